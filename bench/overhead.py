@@ -1,0 +1,642 @@
+"""Measure the latency/throughput overhead of the TruckLLM gateway.
+
+Starts three local processes on free loopback ports:
+
+* the TruckLLM mock upstream (``truckllm mock``),
+* a bare passthrough proxy (``bench/baseline_passthrough.py``), the
+  reference for what a perfect Python gateway would cost,
+* the TruckLLM gateway (``truckllm --config ...``) pointed at the mock,
+
+then drives each target (direct-to-mock, through-baseline, through-gateway)
+with ``wrk`` at 1 connection (latency) and 32 connections (throughput) and
+prints a Markdown report.  The run is split into rounds whose target order
+alternates (forward, reverse, ...) to cancel drift; each cell reports the
+median over rounds for latency percentiles and total requests / total time
+for requests/s.
+
+Usage::
+
+    python bench/overhead.py [--duration 10] [--out docs/benchmarks-overhead.md]
+
+``--mock-cmd`` / ``--gateway-cmd`` take command templates (placeholders:
+``{python} {listen} {host} {port} {config} {upstream}``), e.g. to benchmark
+against a stand-in before the real gateway exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+HOST = "127.0.0.1"
+MODEL = "mock-model"
+ROUTE = "/v1/chat/completions"
+UPSTREAM_KEY = "sk-bench-1"
+REQUEST_BODY = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    separators=(",", ":"),
+)
+CONFIG_TEMPLATE = """\
+providers:
+  - id: mock
+    type: openai
+    base_url: {upstream}
+    models: [{model}]
+    keys:
+      - id: k1
+        secret: sk-bench-1
+      - id: k2
+        secret: sk-bench-2
+"""
+DEFAULT_MOCK_CMD = "{python} -m truckllm mock --listen {listen}"
+DEFAULT_GATEWAY_CMD = "{python} -m truckllm --config {config} --listen {listen}"
+BASELINE_CMD = (
+    "{python} "
+    + shlex.quote(str(BENCH_DIR / "baseline_passthrough.py"))
+    + " --listen {listen} --upstream {upstream} --api-key "
+    + UPSTREAM_KEY
+)
+TIME_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+PERCENTILES = ("50", "75", "90", "99")
+READY_TIMEOUT_S = 30.0
+
+
+class BenchError(RuntimeError):
+    """A harness-level failure (process did not start, wrk failed, ...)."""
+
+
+# --------------------------------------------------------------------------
+# wrk
+
+
+@dataclass
+class WrkResult:
+    """Parsed summary of one wrk run (latencies in microseconds)."""
+
+    connections: int
+    requests: int
+    duration_s: float
+    rps: float
+    latency_us: dict[str, float]
+    non_2xx: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx + sum(self.socket_errors.values())
+
+
+def _to_us(value: str, unit: str) -> float:
+    return float(value) * TIME_UNITS_US[unit]
+
+
+def parse_wrk_output(text: str, connections: int) -> WrkResult:
+    """Parse ``wrk --latency`` stdout.
+
+    Handles the unit suffixes wrk uses for times (us/ms/s/m/h).
+    """
+    latency: dict[str, float] = {}
+    for m in re.finditer(
+        r"^\s*(\d+(?:\.\d+)?)%\s+(\d+(?:\.\d+)?)(us|ms|s|m|h)\s*$", text, re.MULTILINE
+    ):
+        pct = m.group(1).removesuffix(".000").removesuffix(".00")
+        latency[pct] = _to_us(m.group(2), m.group(3))
+    missing = [p for p in PERCENTILES if p not in latency]
+    if missing:
+        raise BenchError(f"wrk output lacks latency percentiles {missing}:\n{text}")
+
+    m_req = re.search(r"^\s*(\d+) requests in (\d+(?:\.\d+)?)(us|ms|s|m|h)", text, re.MULTILINE)
+    m_rps = re.search(r"^Requests/sec:\s+(\d+(?:\.\d+)?)", text, re.MULTILINE)
+    if not m_req or not m_rps:
+        raise BenchError(f"cannot parse wrk summary:\n{text}")
+    m_non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    m_sock = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    socket_errors: dict[str, int] = {}
+    if m_sock:
+        for name, val in zip(("connect", "read", "write", "timeout"), m_sock.groups(), strict=True):
+            if int(val):
+                socket_errors[name] = int(val)
+    return WrkResult(
+        connections=connections,
+        requests=int(m_req.group(1)),
+        duration_s=_to_us(m_req.group(2), m_req.group(3)) / 1e6,
+        rps=float(m_rps.group(1)),
+        latency_us=latency,
+        non_2xx=int(m_non2xx.group(1)) if m_non2xx else 0,
+        socket_errors=socket_errors,
+    )
+
+
+def write_lua(path: Path, headers: dict[str, str]) -> None:
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_str(REQUEST_BODY)}"]
+    lines += [f"wrk.headers[{_lua_str(k)}] = {_lua_str(v)}" for k, v in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _lua_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) -> WrkResult:
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"{shlex.join(cmd)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return parse_wrk_output(proc.stdout, connections)
+
+
+# --------------------------------------------------------------------------
+# processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    name: str
+    cmd: list[str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_DIR,
+                start_new_session=True,  # own process group -> killpg
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+    def wait_ready(self, headers: dict[str, str]) -> None:
+        """Poll until TCP connects and one chat completion returns 200."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last_err = "not tried"
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited with {self.proc.returncode} during startup:\n"
+                    f"$ {shlex.join(self.cmd)}\n{self.log_tail()}"
+                )
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    pass
+                status, body = post_chat(self.base + ROUTE, headers)
+                if status == 200:
+                    check_completion(self.name, body)
+                    return
+                last_err = f"HTTP {status}: {body[:300]!r}"
+            except OSError as exc:
+                last_err = repr(exc)
+            time.sleep(0.1)
+        raise BenchError(
+            f"{self.name} not ready after {READY_TIMEOUT_S:.0f}s (last: {last_err}):\n"
+            f"$ {shlex.join(self.cmd)}\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def post_chat(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=REQUEST_BODY.encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def check_completion(name: str, body: bytes) -> None:
+    try:
+        data = json.loads(body)
+        data["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BenchError(f"{name}: response is not a chat completion: {body[:300]!r}") from exc
+
+
+@contextlib.contextmanager
+def services_running(services: Sequence[Service]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+# --------------------------------------------------------------------------
+# report
+
+
+@dataclass
+class Target:
+    key: str
+    label: str
+    url: str
+    script: Path
+
+
+@dataclass
+class Cell:
+    runs: list[WrkResult] = field(default_factory=list)
+
+    def pct(self, p: str) -> float:
+        return statistics.median(r.latency_us[p] for r in self.runs)
+
+    @property
+    def rps(self) -> float:
+        return sum(r.requests for r in self.runs) / sum(r.duration_s for r in self.runs)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.runs)
+
+
+def fmt_ms(us: float) -> str:
+    return f"{us / 1e3:.3f}"
+
+
+def fmt_delta_ms(us: float) -> str:
+    return f"{us / 1e3:+.3f}"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no commits yet?)"
+    return rev + (" (src/ dirty)" if dirty else "")
+
+
+def tool_version(python: str, dist: str) -> str:
+    code = (
+        "import importlib.metadata as m, sys\n"
+        f"try: print(m.version({dist!r}))\n"
+        "except m.PackageNotFoundError: print('not installed')"
+    )
+    try:
+        return subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def wrk_version(wrk: str) -> str:
+    proc = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    first = (proc.stdout or proc.stderr).splitlines()
+    return first[0].split(" Copyright")[0] if first else "unknown"
+
+
+def machine_info(python: str, wrk: str) -> list[tuple[str, str]]:
+    py_ver = subprocess.run(
+        [python, "-c", "import sys; print(sys.version.split()[0])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return [
+        ("CPU", f"{os.cpu_count()} x {cpu_model()} (nproc={len(os.sched_getaffinity(0))})"),
+        ("OS", f"{platform.system()} {platform.release()} {platform.machine()}"),
+        ("Python", f"{py_ver} ({python})"),
+        ("truckllm", f"{tool_version(python, 'truckllm')}, git {git_rev()}"),
+        (
+            "aiohttp / uvicorn",
+            f"{tool_version(python, 'aiohttp')} / {tool_version(python, 'uvicorn')}",
+        ),
+        ("Load generator", f"{wrk_version(wrk)}, -t1, shares the CPUs with all servers"),
+    ]
+
+
+def render_report(
+    targets: Sequence[Target],
+    cells: dict[tuple[str, int], Cell],
+    conns: tuple[int, int],
+    info: list[tuple[str, str]],
+    command: str,
+    rounds: int,
+    run_seconds: int,
+    warmup: int,
+) -> str:
+    lo, hi = conns
+    direct_lo, direct_hi = cells[("direct", lo)], cells[("direct", hi)]
+    out: list[str] = []
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out.append("# TruckLLM gateway overhead\n")
+    out.append(f"Generated {now} by:\n\n```\n{command}\n```\n")
+    out += [f"- **{k}**: {v}" for k, v in info]
+    out.append(
+        f"- **Method**: `POST {ROUTE}` `{REQUEST_BODY}`; mock upstream answers "
+        f"immediately. {rounds} round(s) x {run_seconds}s per cell, target order "
+        f"alternating per round, {warmup}s warm-up (32 conns) per target per round. "
+        "Latency = median of the per-round wrk percentiles; req/s = total requests "
+        "/ total time. Times in ms.\n"
+    )
+
+    out.append(f"## {lo} connection (sequential latency)\n")
+    out.append("| Target | p50 | p90 | p99 | added p50 | added p99 | req/s |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        c = cells[(t.key, lo)]
+        added50 = fmt_delta_ms(c.pct("50") - direct_lo.pct("50")) if t.key != "direct" else "-"
+        added99 = fmt_delta_ms(c.pct("99") - direct_lo.pct("99")) if t.key != "direct" else "-"
+        out.append(
+            f"| {t.label} | {fmt_ms(c.pct('50'))} | {fmt_ms(c.pct('90'))} | "
+            f"{fmt_ms(c.pct('99'))} | {added50} | {added99} | {c.rps:,.0f} |"
+        )
+
+    out.append(f"\n## {hi} connections (throughput)\n")
+    out.append("| Target | req/s | vs direct | p50 | p99 | added p50 | added p99 |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        c = cells[(t.key, hi)]
+        is_direct = t.key == "direct"
+        out.append(
+            f"| {t.label} | {c.rps:,.0f} | "
+            f"{'-' if is_direct else f'{100 * c.rps / direct_hi.rps:.0f}%'} | "
+            f"{fmt_ms(c.pct('50'))} | {fmt_ms(c.pct('99'))} | "
+            f"{'-' if is_direct else fmt_delta_ms(c.pct('50') - direct_hi.pct('50'))} | "
+            f"{'-' if is_direct else fmt_delta_ms(c.pct('99') - direct_hi.pct('99'))} |"
+        )
+
+    bad = [
+        (t.label, n, cells[(t.key, n)]) for t in targets for n in conns if cells[(t.key, n)].errors
+    ]
+    if bad:
+        out.append("\n**Errors** (results for these cells are suspect):\n")
+        for label, n, c in bad:
+            non2xx = sum(r.non_2xx for r in c.runs)
+            sock: dict[str, int] = {}
+            for r in c.runs:
+                for k, v in r.socket_errors.items():
+                    sock[k] = sock.get(k, 0) + v
+            out.append(f"- {label} @ {n} conns: non-2xx={non2xx}, socket errors={sock}")
+
+    out.append("\n<details><summary>Raw wrk runs</summary>\n")
+    out.append("| Target | conns | round | requests | req/s | p50 | p75 | p90 | p99 | errors |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        for n in conns:
+            for i, r in enumerate(cells[(t.key, n)].runs, 1):
+                lat = " | ".join(fmt_ms(r.latency_us[p]) for p in PERCENTILES)
+                out.append(
+                    f"| {t.label} | {n} | {i} | {r.requests} | {r.rps:,.0f} | {lat} | {r.errors} |"
+                )
+    out.append("\n</details>\n")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# main
+
+
+def default_python() -> str:
+    if importlib.util.find_spec("truckllm") is not None:
+        return sys.executable
+    venv_py = REPO_DIR / ".venv" / "bin" / "python"
+    return str(venv_py) if venv_py.exists() else sys.executable
+
+
+def build_cmd(template: str, **values: str) -> list[str]:
+    quoted = {k: shlex.quote(v) for k, v in values.items()}
+    return shlex.split(template.format(**quoted))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Benchmark TruckLLM gateway overhead vs direct and a bare proxy."
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="measured seconds per (target, concurrency) cell (default 10)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="split each cell into N rounds, alternating target order",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=2, help="warm-up seconds per target per round (default 2)"
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=32,
+        help="connections for the throughput run (default 32)",
+    )
+    p.add_argument("--out", type=Path, help="also write the Markdown report here")
+    p.add_argument(
+        "--python", default=default_python(), help="interpreter for the mock, baseline and gateway"
+    )
+    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    p.add_argument("--mock-cmd", default=DEFAULT_MOCK_CMD, help="command template")
+    p.add_argument("--gateway-cmd", default=DEFAULT_GATEWAY_CMD, help="command template")
+    p.add_argument(
+        "--keep-logs", action="store_true", help="keep the temp dir with process logs and config"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which(args.wrk) is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    rounds = max(1, args.rounds)
+    run_seconds = max(1, math.ceil(args.duration / rounds))
+    conns = (1, args.connections)
+
+    tmp = Path(tempfile.mkdtemp(prefix="truckllm-bench-"))
+    keep_logs = args.keep_logs
+    try:
+        mock = Service("mock", [], free_port(), tmp / "mock.log")
+        upstream = f"{mock.base}/v1"
+        config = tmp / "gateway.yaml"
+        config.write_text(CONFIG_TEMPLATE.format(upstream=upstream, model=MODEL))
+        baseline = Service("baseline", [], free_port(), tmp / "baseline.log")
+        gateway = Service("gateway", [], free_port(), tmp / "gateway.log")
+        for svc, template in (
+            (mock, args.mock_cmd),
+            (baseline, BASELINE_CMD),
+            (gateway, args.gateway_cmd),
+        ):
+            svc.cmd = build_cmd(
+                template,
+                python=args.python,
+                listen=f"{HOST}:{svc.port}",
+                host=HOST,
+                port=str(svc.port),
+                config=str(config),
+                upstream=upstream,
+            )
+
+        direct_headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {UPSTREAM_KEY}",
+        }
+        proxy_headers = {"Content-Type": "application/json"}
+        targets = [
+            Target("direct", "direct -> mock", mock.base + ROUTE, tmp / "direct.lua"),
+            Target("baseline", "bare passthrough", baseline.base + ROUTE, tmp / "proxy.lua"),
+            Target("gateway", "TruckLLM gateway", gateway.base + ROUTE, tmp / "proxy.lua"),
+        ]
+        write_lua(tmp / "direct.lua", direct_headers)
+        write_lua(tmp / "proxy.lua", proxy_headers)
+
+        services = [mock, baseline, gateway]
+        with services_running(services):
+            for svc in services:
+                print(f"starting {svc.name}: {shlex.join(svc.cmd)}", file=sys.stderr)
+                svc.start()
+            mock.wait_ready(direct_headers)
+            baseline.wait_ready(proxy_headers)
+            gateway.wait_ready(proxy_headers)
+
+            cells: dict[tuple[str, int], Cell] = {
+                (t.key, n): Cell() for t in targets for n in conns
+            }
+            for rnd in range(rounds):
+                order = targets if rnd % 2 == 0 else list(reversed(targets))
+                for t in order:
+                    print(f"round {rnd + 1}/{rounds}: {t.label}", file=sys.stderr)
+                    run_wrk(args.wrk, t.url, t.script, args.connections, args.warmup)
+                    for n in conns:
+                        res = run_wrk(args.wrk, t.url, t.script, n, run_seconds)
+                        cells[(t.key, n)].runs.append(res)
+                        print(
+                            f"  c={n:<3} {res.rps:>9,.0f} req/s  "
+                            f"p50={fmt_ms(res.latency_us['50'])}ms "
+                            f"p99={fmt_ms(res.latency_us['99'])}ms "
+                            f"errors={res.errors}",
+                            file=sys.stderr,
+                        )
+                for svc in services:
+                    if svc.proc is not None and svc.proc.poll() is not None:
+                        raise BenchError(f"{svc.name} died during the run:\n{svc.log_tail()}")
+
+        report = render_report(
+            targets,
+            cells,
+            conns,
+            machine_info(args.python, args.wrk),
+            command,
+            rounds,
+            run_seconds,
+            args.warmup,
+        )
+        print(report)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(report)
+            print(f"wrote {args.out}", file=sys.stderr)
+        return 0
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        keep_logs = True
+        return 1
+    finally:
+        if keep_logs:
+            print(f"logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""A raw ASGI callable: client auth, size limits, minimal parse, OpenAI-shaped errors, JSON or SSE
+out. No framework on the hot path: a request costs a dict lookup for its route and one JSON parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from truckllm import __version__
+from truckllm.config import Config
+from truckllm.errors import APIError, invalid_request, model_not_found
+from truckllm.gateway import Gateway, Runtime, StreamBroken
+from truckllm.plugins import Registry
+from truckllm.providers import ProviderFactory, provider_registry
+from truckllm.providers.base import Endpoint
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("truckllm.api")
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request was read."""
+
+
+class App:
+    """The gateway's ASGI application. Owns the shared upstream session and the current runtime.
+
+    ``start()``/``close()`` run from the ASGI lifespan, or by whoever embeds the app.
+    """
+
+    def __init__(self, config: Config, registry: Registry[ProviderFactory] | None = None) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else provider_registry()
+        self.gateway = Gateway()
+        self.session: aiohttp.ClientSession | None = None
+        self._runtime: Runtime | None = None
+        self._routes: dict[tuple[str, str], Callable[[Runtime, Scope, Receive, Send, str], Awaitable[None]]] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/embeddings"): self._embeddings,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/healthz"): self._healthz,
+        }
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("App.start() has not run")
+        return self._runtime
+
+    async def start(self) -> None:
+        if self.session is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30)
+            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+        self._runtime = Runtime(self.config, self.registry, self.session)
+        if not self._runtime.client_keys:
+            log.warning(
+                "server.api_keys is empty: the gateway serves ANY client without authentication. "
+                "Set server.api_keys before exposing it beyond this machine."
+            )
+
+    def swap(self, config: Config) -> None:
+        """Install a new configuration. The caller validated it; in-flight requests keep the old
+        runtime they already hold; key state carries over by id."""
+        assert self.session is not None
+        self._runtime = Runtime(config, self.registry, self.session, previous=self._runtime)
+        self.config = config
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = self.runtime  # one runtime for the whole request, even if a reload swaps it
+        request_id = _request_id(scope)
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            route = self._routes.get((scope["method"], scope["path"]))
+            if route is None:
+                route = self._fallback_route(scope)
+            await route(rt, scope, receive, tracked_send, request_id)
+        except APIError as err:
+            if not started:
+                await _send_error(send, err, request_id)
+        except ClientGone:
+            pass
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": request_id})
+            if not started:
+                await _send_error(
+                    send,
+                    APIError(500, f"internal gateway error (request id {request_id})", code="internal_error", type_="server_error"),
+                    request_id,
+                )
+
+    def _fallback_route(self, scope: Scope) -> Callable[[Runtime, Scope, Receive, Send, str], Awaitable[None]]:
+        method, path = scope["method"], scope["path"]
+        if path.startswith("/v1/models/") and method == "GET":
+            return self._model
+        if any(p == path for (_, p) in self._routes) or path.startswith("/v1/models/"):
+            raise APIError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed", type_="invalid_request_error")
+        raise APIError(404, f"Unknown request URL: {method} {path}.", code="unknown_url", type_="invalid_request_error")
+
+    # -- auth and input -----------------------------------------------------------------------
+
+    @staticmethod
+    def _authenticate(rt: Runtime, scope: Scope) -> str:
+        """The client id for the request's bearer key. Keys are looked up by their SHA-256 digest,
+        never compared as text, so the time taken reveals nothing about any configured key."""
+        if not rt.client_keys:
+            return "anonymous"
+        token = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    token = b""
+                break
+        if not token:
+            raise APIError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+                code="missing_api_key",
+                type_="invalid_request_error",
+            )
+        digest = hashlib.sha256(token.strip()).digest()
+        client = rt.client_keys.get(digest)
+        if client is None:
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key", type_="invalid_request_error")
+        return client
+
+    async def _read_json(self, rt: Runtime, scope: Scope, receive: Receive) -> tuple[dict[str, Any], bytes]:
+        limit = rt.config.server.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    raise invalid_request("Invalid Content-Length header.") from None
+                if too_big:
+                    raise APIError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large", type_="invalid_request_error")
+                break
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        raw: bytes = message.get("body", b"")
+        if message.get("more_body"):
+            parts = [raw]
+            size = len(raw)
+            while message.get("more_body"):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large", type_="invalid_request_error")
+                parts.append(chunk)
+            raw = b"".join(parts)
+        elif len(raw) > limit:
+            raise APIError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large", type_="invalid_request_error")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise invalid_request(
+                f"We could not parse the JSON body of your request. ({exc.msg} at position {exc.pos})",
+                code="invalid_json",
+            ) from None
+        if not isinstance(body, dict):
+            raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+        return body, raw
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    async def _chat(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        self._authenticate(rt, scope)
+        body, raw = await self._read_json(rt, scope, receive)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise invalid_request(
+                "'messages' is required and must be a non-empty array." if messages is None or messages == []
+                else f"Invalid type for 'messages': expected an array, got {_json_type(messages)}.",
+                param="messages",
+            )
+        await self._proxy(rt, scope, receive, send, request_id, "chat", body, raw)
+
+    async def _embeddings(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        self._authenticate(rt, scope)
+        body, raw = await self._read_json(rt, scope, receive)
+        inp = body.get("input")
+        if not isinstance(inp, str | list) or (isinstance(inp, list) and not inp):
+            raise invalid_request(
+                "'input' is required and must be a string or a non-empty array.", param="input"
+            )
+        await self._proxy(rt, scope, receive, send, request_id, "embeddings", body, raw)
+
+    async def _proxy(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str,
+        endpoint: Endpoint, body: dict[str, Any], raw: bytes,
+    ) -> None:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise invalid_request(
+                "you must provide a model parameter" if model is None
+                else f"Invalid type for 'model': expected a string, got {_json_type(model)}.",
+                param="model",
+            )
+        stream = body.get("stream", False)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):
+            raise invalid_request(f"Invalid type for 'stream': expected a boolean, got {_json_type(stream)}.", param="stream")
+        if endpoint != "chat":
+            stream = False
+        opts = body.get("stream_options")
+        if opts is not None and not isinstance(opts, dict):
+            raise invalid_request(
+                f"Invalid type for 'stream_options': expected an object, got {_json_type(opts)}.", param="stream_options"
+            )
+        wants_usage = bool(opts.get("include_usage")) if opts else False
+        targets = rt.resolver.resolve(model)
+        if targets is None:
+            raise model_not_found(model)
+
+        # Race the work against the client going away: a disconnect cancels the upstream call.
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(receive())
+        gone = False
+
+        def on_message(fut: asyncio.Future[Message]) -> None:
+            nonlocal gone
+            if not fut.cancelled() and fut.exception() is None and fut.result()["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+
+        watcher.add_done_callback(on_message)
+        try:
+            served = await self.gateway.execute(rt, targets, endpoint, body, raw, stream, wants_usage, request_id)
+            reply = served.reply
+            headers = [
+                (b"x-request-id", request_id.encode()),
+                (b"x-truckllm-provider", served.target.provider_id.encode()),
+                (b"x-truckllm-key-id", served.pick.key.id.encode()),
+                (b"x-truckllm-attempts", str(served.attempts).encode()),
+            ]
+            if reply.events is None:
+                assert reply.body is not None
+                if reply.status == 429:
+                    retry_after = reply.headers.get("retry-after")
+                    if retry_after:
+                        headers.append((b"retry-after", retry_after.encode()))
+                await send({
+                    "type": "http.response.start",
+                    "status": reply.status,
+                    "headers": [(b"content-type", reply.content_type.encode()), (b"content-length", str(len(reply.body)).encode()), *headers],
+                })
+                await send({"type": "http.response.body", "body": reply.body})
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
+            events = self.gateway.relay(served)
+            try:
+                async for batch in events:
+                    await send({"type": "http.response.body", "body": batch, "more_body": True})
+            except StreamBroken as broken:
+                log.warning("stream broken after first byte", extra={"request_id": request_id, "error": broken.error.message})
+                await send({"type": "http.response.body", "body": b"data: " + broken.error.body() + b"\n\n", "more_body": True})
+            finally:
+                await events.aclose()
+            await send({"type": "http.response.body", "body": b""})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+            raise ClientGone from None
+        except OSError:  # the server's send() after the client left
+            raise ClientGone from None
+        finally:
+            watcher.remove_done_callback(on_message)
+            watcher.cancel()
+
+    async def _models(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        self._authenticate(rt, scope)
+        data = [_model_obj(name, "truckllm", rt.created) for name in rt.resolver.aliases]
+        seen = set(rt.resolver.aliases)
+        for name, targets in rt.resolver.models.items():
+            if name not in seen:
+                seen.add(name)
+                data.append(_model_obj(name, targets[0].provider_id, rt.created))
+        await _send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
+
+    async def _model(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        self._authenticate(rt, scope)
+        name = scope["path"][len("/v1/models/"):]
+        targets = rt.resolver.resolve(name)
+        if targets is None:
+            raise model_not_found(name)
+        owner = "truckllm" if name in rt.resolver.aliases else targets[0].provider_id
+        await _send_json(send, 200, orjson.dumps(_model_obj(name, owner, rt.created)), request_id)
+
+    async def _healthz(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        await _send_json(send, 200, orjson.dumps({"status": "ok", "version": __version__}), request_id)
+
+
+def _model_obj(name: str, owner: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
+            text: str = value.decode()
+            if text.isprintable():
+                return text
+            break
+    return "req_" + os.urandom(12).hex()
+
+
+async def _send_json(send: Send, status: int, body: bytes, request_id: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()), *(headers or [])],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, err: APIError, request_id: str) -> None:
+    with contextlib.suppress(OSError):
+        await _send_json(send, err.status, err.body(), request_id, err.headers)

@@ -1,0 +1,530 @@
+"""Load a configuration in steps: YAML -> ${ENV} expansion -> strict typed decode -> validation.
+
+Every problem is collected (not just the first) and names the file and the key path, e.g.
+``config.yaml: providers[0].keys[1].secret: expected a string, got a list``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from truckllm.config.schema import (
+    ClientKey,
+    Config,
+    KeyConfig,
+    ProviderConfig,
+    Timeouts,
+)
+from truckllm.config.secret import Secret
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration could not be loaded. ``problems`` lists every error found, each a line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Expanded(str):
+    """A string produced by ${VAR} expansion: may be coerced to a number or a boolean."""
+
+    __slots__ = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+# ---------------------------------------------------------------------------------------------
+# ${ENV} expansion
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path}: environment variable {name} is not set and has no default")
+            return ""
+
+        return _Expanded(_VAR.sub(sub, value))
+    if isinstance(value, dict):
+        return {k: _expand(v, _join(path, k), env, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict typed decode
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _type_name(tp: Any) -> str:
+    if tp is str or tp is Secret:
+        return "a string"
+    if tp is bool:
+        return "a boolean"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is type(None):
+        return "null"
+    origin = get_origin(tp)
+    if origin in (tuple, list):
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    return str(tp)
+
+
+class _Decoder:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self._hints: dict[type, dict[str, Any]] = {}
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path or '<top level>'}: {message}")
+
+    def wrong(self, path: str, tp: Any, value: Any) -> None:
+        self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+
+    def decode(self, value: Any, tp: Any, path: str) -> Any:
+        origin = get_origin(tp)
+        if tp is Any:
+            return value
+        if origin in (Union, types.UnionType):
+            return self._union(value, get_args(tp), path, tp)
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            return self._dataclass(value, tp, path)
+        if origin is Literal:
+            if value not in get_args(tp):
+                self.wrong(path, tp, value) if not isinstance(value, str) else self.fail(
+                    path, f"expected {_type_name(tp)}, got {value!r}"
+                )
+            return value
+        if origin is tuple or origin is list:
+            if not isinstance(value, list):
+                self.wrong(path, tp, value)
+                return ()
+            (item_tp, *_) = get_args(tp)
+            items = [self.decode(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.wrong(path, tp, value)
+                return {}
+            key_tp, val_tp = get_args(tp)
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    self.fail(_join(path, k), "keys must be strings")
+                    continue
+                out[k] = self.decode(v, val_tp, _join(path, k))
+            return out
+        return self._scalar(value, tp, path)
+
+    def _scalar(self, value: Any, tp: Any, path: str) -> Any:
+        expanded = isinstance(value, _Expanded)
+        if tp is str:
+            if isinstance(value, str):
+                return str(value)
+        elif tp is Secret:
+            if isinstance(value, str):
+                return Secret(str(value))
+        elif tp is bool:
+            if isinstance(value, bool):
+                return value
+            if expanded and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+        elif tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if expanded:
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
+        elif tp is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            if expanded:
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        elif tp is type(None):
+            if value is None:
+                return None
+        else:  # pragma: no cover - a schema bug, not a user error
+            raise TypeError(f"unsupported config type {tp!r}")
+        self.wrong(path, tp, value)
+        return None
+
+    def _union(self, value: Any, members: tuple[Any, ...], path: str, tp: Any) -> Any:
+        if value is None:
+            if type(None) in members:
+                return None
+            self.wrong(path, tp, value)
+            return None
+        # Choose the member by the value's shape, then decode strictly with it.
+        for member in members:
+            origin = get_origin(member)
+            if isinstance(value, dict) and (dataclasses.is_dataclass(member) or origin is dict):
+                return self.decode(value, member, path)
+            if isinstance(value, list) and origin in (tuple, list):
+                return self.decode(value, member, path)
+        for member in members:
+            if member is type(None) or get_origin(member) in (tuple, list, dict):
+                continue
+            if dataclasses.is_dataclass(member):
+                continue
+            trial = _Decoder()
+            result = trial.decode(value, member, path)
+            if not trial.problems:
+                return result
+        self.wrong(path, tp, value)
+        return None
+
+    def _dataclass(self, value: Any, cls: type[T], path: str) -> T | None:
+        if not isinstance(value, dict):
+            self.wrong(path, cls, value)
+            return None
+        hints = self._hints.get(cls)
+        if hints is None:
+            hints = self._hints[cls] = get_type_hints(cls)
+        fields = {
+            f.name: f
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if not f.metadata.get("internal")
+        }
+        kwargs: dict[str, Any] = {}
+        for key, raw in value.items():
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                self.fail(_join(path, key), f"unknown key (allowed here: {known})")
+                continue
+            before = len(self.problems)
+            decoded = self.decode(raw, hints[key], _join(path, key))
+            if len(self.problems) == before or isinstance(decoded, tuple | list | dict):
+                kwargs[key] = decoded  # a field that failed keeps its default; its error is recorded
+            elif fields[key].default is dataclasses.MISSING and fields[key].default_factory is dataclasses.MISSING:
+                return None
+        for name, f in fields.items():
+            if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.fail(_join(path, name), "is required")
+                return None
+        try:
+            return cls(**kwargs)
+        except TypeError:  # a field failed to decode into None where a value is needed
+            return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and derived values
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+# Well-known OpenAI-compatible services: the base_url may be left out for these provider ids.
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "groq": "https://api.groq.com/openai/v1",
+    "together": "https://api.together.xyz/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "fireworks": "https://api.fireworks.ai/inference/v1",
+    "ollama": "http://localhost:11434/v1",
+    "vllm": "http://localhost:8000/v1",
+    "anthropic": "https://api.anthropic.com",
+    "claude": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "google": "https://generativelanguage.googleapis.com",
+}
+
+_TYPE_BY_ID = {"anthropic": "anthropic", "claude": "anthropic", "gemini": "gemini", "google": "gemini"}
+
+
+def infer_provider_type(provider_id: str) -> str:
+    return _TYPE_BY_ID.get(provider_id.lower(), "openai")
+
+
+def derive_key_id(provider_id: str, secret: Secret | None, index: int) -> str:
+    """A stable, non-secret id: a short digest of the secret, so it survives reordering."""
+    if secret is None or not secret.reveal():
+        return f"{provider_id}-{index}"
+    digest = hashlib.sha256(secret.reveal().encode()).hexdigest()[:8]
+    return f"{provider_id}-{digest}"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``":8080"``, ``"8080"``, ``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host, port)."""
+    text = listen.strip()
+    if text.isdigit():
+        host, port_s = "", text
+    elif text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"cannot parse listen address {listen!r}")
+        host, port_s = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"cannot parse listen address {listen!r}; use host:port or :port")
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"invalid port in listen address {listen!r}")
+    return host or "0.0.0.0", int(port_s)
+
+
+def provider_timeouts(provider: ProviderConfig, default: Timeouts) -> Timeouts:
+    if provider.timeout is None:
+        return default
+    if isinstance(provider.timeout, Timeouts):
+        return provider.timeout
+    seconds = float(provider.timeout)
+    return Timeouts(connect=min(default.connect, seconds), read=seconds, total=seconds)
+
+
+def _validate(cfg: Config, decoder: _Decoder, provider_types: Iterable[str] | None) -> Config:
+    fail = decoder.fail
+    known_types = set(provider_types) if provider_types is not None else None
+    providers: list[ProviderConfig] = []
+    provider_ids: set[str] = set()
+    key_ids: dict[str, str] = {}
+    if not cfg.providers:
+        fail("providers", "at least one provider is required")
+    for pi, p in enumerate(cfg.providers):
+        if p is None:
+            continue
+        ppath = f"providers[{pi}]"
+        if not _ID.match(p.id):
+            fail(f"{ppath}.id", f"{p.id!r} is not a valid id (letters, digits, '_', '.', '-')")
+        elif p.id in provider_ids:
+            fail(f"{ppath}.id", f"duplicate provider id {p.id!r}")
+        provider_ids.add(p.id)
+        ptype = p.type or infer_provider_type(p.id)
+        if known_types is not None and ptype not in known_types:
+            fail(
+                f"{ppath}.type",
+                f"unknown provider type {ptype!r} (available: {', '.join(sorted(known_types))})",
+            )
+        base_url = (p.base_url or DEFAULT_BASE_URLS.get(p.id.lower(), "")).rstrip("/")
+        if not base_url:
+            fail(f"{ppath}.base_url", "is required for this provider")
+        elif not re.match(r"^https?://[^/\s]+", base_url):
+            fail(f"{ppath}.base_url", f"{base_url!r} is not an http(s) URL")
+        if isinstance(p.timeout, float) and p.timeout <= 0:
+            fail(f"{ppath}.timeout", "must be positive")
+        keys: list[KeyConfig] = []
+        for ki, k in enumerate(p.keys):
+            if k is None:
+                continue
+            kpath = f"{ppath}.keys[{ki}]"
+            kid = k.id or derive_key_id(p.id, k.secret, ki)
+            if not _ID.match(kid):
+                fail(f"{kpath}.id", f"{kid!r} is not a valid id (letters, digits, '_', '.', '-')")
+            elif kid in key_ids:
+                what = "the same secret as" if not k.id else "the same id as"
+                fail(f"{kpath}.id", f"duplicate key id {kid!r} ({what} {key_ids[kid]})")
+            key_ids.setdefault(kid, kpath)
+            if k.weight <= 0:
+                fail(f"{kpath}.weight", "must be positive")
+            for name in ("rpm", "tpm", "rpd", "tpd"):
+                v = getattr(k.limits, name)
+                if v is not None and v < 1:
+                    fail(f"{kpath}.limits.{name}", "must be at least 1")
+            for name in ("input_token_cost", "output_token_cost", "cached_input_token_cost"):
+                v = getattr(k.pricing, name)
+                if v is not None and v < 0:
+                    fail(f"{kpath}.pricing.{name}", "must not be negative")
+            keys.append(dataclasses.replace(k, id=kid))
+        if not keys:
+            keys.append(KeyConfig(id=f"{p.id}-anonymous"))  # keyless upstream (local vLLM, Ollama)
+        for mi, m in enumerate(p.models):
+            if not m:
+                fail(f"{ppath}.models[{mi}]", "must not be empty")
+        providers.append(dataclasses.replace(p, type=ptype, base_url=base_url, keys=tuple(keys)))
+
+    aliases: dict[str, str | tuple[str, ...]] = {}
+    for name, target in cfg.model_aliases.items():
+        apath = f"model_aliases.{name}"
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        if not targets:
+            fail(apath, "must name at least one target")
+        for ti, t in enumerate(targets):
+            tpath = apath if isinstance(target, str) else f"{apath}[{ti}]"
+            pid, sep, model = t.partition(":")
+            if not sep or not model:
+                fail(tpath, f"{t!r} must have the form provider:model")
+            elif pid not in provider_ids:
+                fail(tpath, f"unknown provider {pid!r} (known: {', '.join(sorted(provider_ids))})")
+        aliases[name] = target
+
+    server = cfg.server
+    try:
+        parse_listen(server.listen)
+    except ValueError as exc:
+        fail("server.listen", str(exc))
+    if server.max_body_bytes < 1:
+        fail("server.max_body_bytes", "must be positive")
+    client_ids: set[str] = set()
+    for ci, entry in enumerate(server.api_keys):
+        cpath = f"server.api_keys[{ci}]"
+        if isinstance(entry, ClientKey):
+            if (entry.key is None) == (entry.key_sha256 is None):
+                fail(cpath, "give exactly one of key or key_sha256")
+            elif entry.key_sha256 is not None and not _HEX64.match(entry.key_sha256):
+                fail(f"{cpath}.key_sha256", "must be 64 hexadecimal digits (a SHA-256 digest)")
+            cid = entry.id
+        else:
+            cid = ""
+        if cid:
+            if cid in client_ids:
+                fail(f"{cpath}.id", f"duplicate client key id {cid!r}")
+            client_ids.add(cid)
+    if cfg.retry.max_attempts < 1:
+        fail("retry.max_attempts", "must be at least 1")
+    for name in ("connect", "read", "total"):
+        if getattr(server.timeouts, name) <= 0:
+            fail(f"server.timeouts.{name}", "must be positive")
+    return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_config(
+    text: str,
+    source: str = "<memory>",
+    env: Mapping[str, str] | None = None,
+    provider_types: Iterable[str] | None = None,
+) -> Config:
+    """Parse and validate YAML text. Raises :class:`ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {exc}".replace("\n", " ")]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping, got {_describe(raw)}"])
+    expand_problems: list[str] = []
+    expanded = _expand(raw, "", env, expand_problems)
+    decoder = _Decoder()
+    decoder.problems.extend(expand_problems)
+    cfg = decoder.decode(expanded, Config, "")
+    if cfg is not None:
+        cfg = _validate(cfg, decoder, provider_types)
+    if decoder.problems or cfg is None:
+        raise ConfigError([f"{source}: {p}" for p in dict.fromkeys(decoder.problems)])
+    return typing.cast(Config, dataclasses.replace(cfg, source=source))
+
+
+def load_config(
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    provider_types: Iterable[str] | None = None,
+) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    return parse_config(text, str(p), env, provider_types)
+
+
+def client_key_digests(cfg: Config) -> dict[bytes, str]:
+    """SHA-256 digest of every client key -> the client's id (derived when not configured)."""
+    out: dict[bytes, str] = {}
+    for i, entry in enumerate(cfg.server.api_keys):
+        if isinstance(entry, Secret):
+            digest = hashlib.sha256(entry.reveal().encode()).digest()
+            out[digest] = f"client-{digest.hex()[:8]}"
+        elif entry.key is not None:
+            digest = hashlib.sha256(entry.key.reveal().encode()).digest()
+            out[digest] = entry.id or f"client-{digest.hex()[:8]}"
+        elif entry.key_sha256 is not None:
+            digest = bytes.fromhex(entry.key_sha256)
+            out[digest] = entry.id or f"client-{i}"
+    return out
+
+
+__all__: list[str] = [
+    "ConfigError",
+    "derive_key_id",
+    "infer_provider_type",
+    "load_config",
+    "parse_config",
+    "parse_listen",
+    "provider_timeouts",
+]
+

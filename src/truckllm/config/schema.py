@@ -1,0 +1,124 @@
+"""The typed configuration tree. Decoded strictly from YAML by :mod:`truckllm.config.loader`.
+
+Every class is frozen: a configuration is a value, and a reload builds a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from truckllm.config.secret import Secret
+
+PricingUnit = Literal["per_1k_tokens", "per_1m_tokens", "per_token"]
+_UNIT_DIVISOR = {"per_1k_tokens": 1_000.0, "per_1m_tokens": 1_000_000.0, "per_token": 1.0}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-key limits: requests and tokens per minute and per day. ``None`` means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+    tpd: int | None = None
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """USD prices of one key. The unit defaults to USD per 1,000 tokens, as in the original docs."""
+
+    input_token_cost: float = 0.0
+    output_token_cost: float = 0.0
+    cached_input_token_cost: float | None = None
+    unit: PricingUnit = "per_1k_tokens"
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """Cost of one request. Cached prompt tokens use their own price when one is set."""
+        div = _UNIT_DIVISOR[self.unit]
+        cached_price = self.input_token_cost if self.cached_input_token_cost is None else self.cached_input_token_cost
+        uncached = max(prompt_tokens - cached_tokens, 0)
+        return (
+            uncached * self.input_token_cost
+            + min(cached_tokens, prompt_tokens) * cached_price
+            + completion_tokens * self.output_token_cost
+        ) / div
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """One upstream API key. ``id`` is stable and non-secret; derived from the secret when absent."""
+
+    secret: Secret | None = None
+    id: str = ""
+    weight: float = 1.0
+    limits: Limits = field(default_factory=Limits)
+    pricing: Pricing = field(default_factory=Pricing)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. ``read`` bounds the silence between two reads from the upstream (so it also bounds
+    the gap between stream events); ``total`` bounds a whole non-streamed request."""
+
+    connect: float = 10.0
+    read: float = 300.0
+    total: float = 600.0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    id: str
+    base_url: str = ""
+    type: str = ""
+    keys: tuple[KeyConfig, ...] = ()
+    models: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | Timeouts | None = None
+    auth_header: str = "Authorization"
+    query_params: dict[str, str] = field(default_factory=dict)
+    stream_usage: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A client credential: ``key`` in clear, or ``key_sha256`` (hex digest) so the file need not
+    hold it. ``id`` names the client in logs and usage; derived when absent."""
+
+    id: str = ""
+    key: Secret | None = None
+    key_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = ":8080"
+    api_keys: tuple[Secret | ClientKey, ...] = ()
+    admin_api_key: Secret | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """How many upstream attempts one client request may make (first try included)."""
+
+    max_attempts: int = 2
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    providers: tuple[ProviderConfig, ...] = ()
+    model_aliases: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = field(default="<memory>", compare=False, metadata={"internal": True})

@@ -1,0 +1,44 @@
+"""A string that never prints itself."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+
+class Secret:
+    """Holds a credential. ``str``, ``repr``, ``format`` and pickling never reveal it.
+
+    The only way to the value is :meth:`reveal`, so every place that uses a secret is greppable.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __str__(self) -> str:
+        return "********"
+
+    def __format__(self, spec: str) -> str:
+        return "********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("Secret values cannot be pickled")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self

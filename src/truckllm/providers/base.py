@@ -1,0 +1,124 @@
+"""The provider seam: what the gateway hands an adapter (:class:`Call`) and gets back (:class:`Reply`).
+
+A provider adapter is pure translation plus HTTP on the shared aiohttp session. It knows nothing
+of routing: it is told which key to use, and it reports what the upstream said. Every reply it
+returns speaks OpenAI's wire format, whatever the upstream speaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import aiohttp
+
+from truckllm.config.schema import KeyConfig, ProviderConfig, Timeouts
+
+Endpoint = Literal["chat", "embeddings"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One upstream attempt's input. ``body`` is the client's parsed JSON (never mutated);
+    ``raw`` its bytes, forwarded as they are when nothing needs rewriting."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    raw: bytes
+    model: str
+    stream: bool
+    wants_usage: bool
+    request_id: str
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def from_openai(cls, obj: Any) -> Usage | None:
+        """Read an OpenAI ``usage`` object; ``None`` when it is absent or malformed."""
+        if not isinstance(obj, dict):
+            return None
+        try:
+            prompt = int(obj.get("prompt_tokens") or obj.get("input_tokens") or 0)
+            completion = int(obj.get("completion_tokens") or obj.get("output_tokens") or 0)
+            pdet = obj.get("prompt_tokens_details") or {}
+            cdet = obj.get("completion_tokens_details") or {}
+            cached = int(pdet.get("cached_tokens") or 0) if isinstance(pdet, dict) else 0
+            reasoning = int(cdet.get("reasoning_tokens") or 0) if isinstance(cdet, dict) else 0
+        except (TypeError, ValueError):
+            return None
+        return cls(prompt, completion, cached, reasoning)
+
+
+@dataclass(slots=True, eq=False)
+class Reply:
+    """An upstream answer, already in OpenAI's format.
+
+    Exactly one of ``body`` (a complete JSON body: a result or an OpenAI-shaped error) and
+    ``events`` (complete SSE events, each ending in a blank line, forwarded as they arrive) is set.
+    ``usage`` is known for bodies at once and for streams once ``events`` is exhausted.
+    The consumer must ``await aclose()`` it, which releases the upstream connection.
+    """
+
+    status: int
+    content_type: str
+    headers: Mapping[str, str]
+    body: bytes | None = None
+    events: AsyncIterator[bytes] | None = None
+    usage: Usage | None = None
+    error_code: str | None = None
+    _release: Any = field(default=None, repr=False)
+
+    async def aclose(self) -> None:
+        if self.events is not None:
+            aclose = getattr(self.events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke off. Raised ``from`` the transport's error."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderContext:
+    """What a provider adapter is built from."""
+
+    config: ProviderConfig
+    session: aiohttp.ClientSession
+    timeouts: Timeouts
+
+
+class Provider(Protocol):
+    """One wire format. Built once per configuration by ``factory(ProviderContext)``."""
+
+    async def send(self, call: Call, key: KeyConfig) -> Reply:
+        """Make one upstream attempt with ``key``. Raises :class:`UpstreamError` when the upstream
+        cannot be reached or times out before answering; any HTTP status is a :class:`Reply`."""
+        ...

@@ -1,0 +1,64 @@
+"""OpenAI-shaped error bodies, shared by the API layer and the provider adapters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+def error_type_for(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def error_body(
+    message: str,
+    status: int,
+    code: str | None = None,
+    param: str | None = None,
+    type_: str | None = None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": type_ or error_type_for(status),
+                "param": param,
+                "code": code,
+            }
+        }
+    )
+
+
+def normalise_upstream_error(data: bytes, status: int, provider_id: str) -> tuple[bytes, str | None]:
+    """An upstream error body as an OpenAI-shaped body, and its ``code``.
+
+    A body that already is OpenAI-shaped passes through byte for byte; anything else (plain text,
+    HTML from a proxy, ``{"detail": ...}``, ``{"error": "text"}``) is wrapped with its text.
+    """
+    obj: Any = None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            code = err.get("code")
+            return data, code if isinstance(code, str) else None
+        for field in ("error", "message", "detail"):
+            text = obj.get(field)
+            if isinstance(text, str) and text:
+                return error_body(text, status), None
+    text = data.decode("utf-8", "replace").strip()[:500] or "(empty body)"
+    return error_body(f"provider {provider_id!r} answered {status}: {text}", status), None

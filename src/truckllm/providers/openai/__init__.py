@@ -1,0 +1,181 @@
+"""OpenAI and every OpenAI-compatible service (vLLM, Ollama, Groq, Together, OpenRouter, ...).
+
+A passthrough: the client's body goes upstream with only ``model`` (and, for streams,
+``stream_options``) rewritten, and the response bytes come back as they came. Usage is read from
+the response without re-serialising it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import orjson
+
+from truckllm import __version__
+from truckllm.config.schema import KeyConfig
+from truckllm.providers.base import (
+    Call,
+    ProviderContext,
+    Reply,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    Usage,
+)
+from truckllm.providers.errors import normalise_upstream_error
+
+_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_USAGE_NULLS = (b',"usage":null', b', "usage": null')
+
+
+class OpenAIProvider:
+    """The ``openai`` provider type."""
+
+    def __init__(self, ctx: ProviderContext) -> None:
+        cfg = ctx.config
+        self.id = cfg.id
+        self._session = ctx.session
+        query = ("?" + urlencode(cfg.query_params)) if cfg.query_params else ""
+        self._urls = {ep: cfg.base_url + path + query for ep, path in _PATHS.items()}
+        self._stream_usage = cfg.stream_usage
+        self._auth_header = cfg.auth_header
+        self._extra_headers = dict(cfg.headers)
+        self._headers: dict[str, dict[str, str]] = {}
+        t = ctx.timeouts
+        self._timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read)
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
+
+    def _headers_for(self, key: KeyConfig) -> dict[str, str]:
+        headers = self._headers.get(key.id)
+        if headers is None:
+            headers = {"Content-Type": "application/json", "User-Agent": f"truckllm/{__version__}"}
+            headers.update(self._extra_headers)
+            if key.secret is not None and key.secret.reveal():
+                if self._auth_header.lower() == "authorization":
+                    headers["Authorization"] = "Bearer " + key.secret.reveal()
+                else:
+                    headers[self._auth_header] = key.secret.reveal()
+            self._headers[key.id] = headers
+        return headers
+
+    def _request_body(self, call: Call) -> tuple[bytes, bool]:
+        """The upstream body, and whether the usage chunk must be stripped from the stream."""
+        inject_usage = call.stream and self._stream_usage and not call.wants_usage
+        if not inject_usage and call.body.get("model") == call.model:
+            return call.raw, False
+        body = dict(call.body)
+        body["model"] = call.model
+        if inject_usage:
+            opts = body.get("stream_options")
+            body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
+        return orjson.dumps(body), inject_usage
+
+    async def send(self, call: Call, key: KeyConfig) -> Reply:
+        data, strip_usage = self._request_body(call)
+        try:
+            resp = await self._session.post(
+                self._urls[call.endpoint],
+                data=data,
+                headers=self._headers_for(key),
+                timeout=self._stream_timeout if call.stream else self._timeout,
+            )
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.id!r} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"provider {self.id!r} is unreachable: {type(exc).__name__}") from exc
+        ctype = resp.headers.get("Content-Type", "application/json")
+        if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
+            reply = Reply(200, ctype, resp.headers, _release=resp.close)
+            reply.events = self._events(resp, reply, strip_usage)
+            return reply
+        try:
+            body = await resp.read()
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.id!r} stopped sending its response") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"provider {self.id!r} broke off its response: {type(exc).__name__}") from exc
+        finally:
+            resp.release()
+        if resp.status >= 400:
+            if key.secret is not None and key.secret.reveal() and key.secret.reveal().encode() in body:
+                body = body.replace(key.secret.reveal().encode(), b"********")
+            body, code = normalise_upstream_error(body, resp.status, self.id)
+            return Reply(resp.status, "application/json", resp.headers, body=body, error_code=code)
+        return Reply(resp.status, ctype, resp.headers, body=body, usage=_usage_of_body(body))
+
+    async def _events(self, resp: aiohttp.ClientResponse, reply: Reply, strip_usage: bool) -> AsyncIterator[bytes]:
+        """Complete SSE events, batched as they arrived in one read; the usage chunk recorded and,
+        when only the gateway asked for it, removed."""
+        buf = b""
+        try:
+            async for chunk in resp.content.iter_any():
+                if b"\r" in chunk:
+                    chunk = chunk.replace(b"\r\n", b"\n")
+                buf = buf + chunk if buf else chunk
+                end = buf.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                batch, buf = buf[: end + 2], buf[end + 2 :]
+                if b'"usage"' in batch:
+                    batch = _take_usage(batch, reply, strip_usage)
+                    if not batch:
+                        continue
+                yield batch
+            if buf.strip():
+                yield buf + b"\n\n"
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.id!r} stalled mid-stream") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"provider {self.id!r} broke off the stream: {type(exc).__name__}") from exc
+        finally:
+            resp.close()
+
+
+def _usage_of_body(body: bytes) -> Usage | None:
+    if b'"usage"' not in body:
+        return None
+    try:
+        obj: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return Usage.from_openai(obj.get("usage")) if isinstance(obj, dict) else None
+
+
+def _take_usage(batch: bytes, reply: Reply, strip: bool) -> bytes:
+    if strip:
+        for null in _USAGE_NULLS:
+            batch = batch.replace(null, b"")
+    if not _USAGE_OBJECT.search(batch):
+        return batch
+    kept: list[bytes] = []
+    for event in batch.split(b"\n\n"):
+        if not event:
+            continue
+        if _USAGE_OBJECT.search(event):
+            obj = _event_json(event)
+            if obj is not None:
+                usage = Usage.from_openai(obj.get("usage"))
+                if usage is not None:
+                    reply.usage = usage
+                if strip and obj.get("choices") == []:
+                    continue
+                if strip:
+                    obj.pop("usage", None)
+                    kept.append(b"data: " + orjson.dumps(obj))
+                    continue
+        kept.append(event)
+    return b"".join(e + b"\n\n" for e in kept)
+
+
+def _event_json(event: bytes) -> dict[str, Any] | None:
+    data = b"".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None

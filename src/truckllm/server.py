@@ -1,0 +1,92 @@
+"""Run the ASGI app under uvicorn (uvloop + httptools), in the foreground or in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from truckllm.api import App
+from truckllm.config import parse_listen
+
+
+def uvicorn_config(app: App, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "server_header": False,
+        "backlog": 2048,
+        "timeout_keep_alive": 75,
+        "timeout_graceful_shutdown": app.config.server.timeouts.total,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def serve(app: App, listen: str | None = None) -> None:
+    host, port = parse_listen(listen or app.config.server.listen)
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerThread:
+    """A uvicorn server on its own event loop in a daemon thread (tests, embedding)."""
+
+    def __init__(self, app: App, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.app = app
+        self.host = host
+        self.port = port or free_port(host)
+        self.server = uvicorn.Server(uvicorn_config(app, self.host, self.port, loop="asyncio", timeout_graceful_shutdown=2))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=f"truckllm-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        self.server.config.setup_event_loop()
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self.server.serve())
+        self.loop.close()
+
+    def start(self, timeout: float = 10.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.started:
+                return self
+            if not self._thread.is_alive():
+                break
+            time.sleep(0.01)
+        raise RuntimeError("the gateway did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def running(app: App, host: str = "127.0.0.1") -> Iterator[ServerThread]:
+    thread = ServerThread(app, host).start()
+    try:
+        yield thread
+    finally:
+        thread.stop()

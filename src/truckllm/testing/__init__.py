@@ -1,0 +1,1 @@
+"""Simulated upstreams and helpers to run servers, for the demo, the test suite and benchmarks."""
