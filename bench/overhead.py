@@ -538,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     rounds = max(1, args.rounds)
     run_seconds = max(1, math.ceil(args.duration / rounds))
@@ -631,6 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         keep_logs = True
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         if keep_logs:
             print(f"logs kept in {tmp}", file=sys.stderr)

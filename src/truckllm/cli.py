@@ -1,16 +1,17 @@
 """The ``truckllm`` command.
 
-    truckllm -config config.yaml [-listen :8080]     serve (also --config/--listen, or "serve")
-    truckllm check --config config.yaml              validate; exit 0, or print every problem, exit 2
-    truckllm demo [--listen :8080]                   gateway + simulated upstreams, no keys needed
-    truckllm mock [--listen 127.0.0.1:9000]          the simulated OpenAI-compatible upstream alone
-    truckllm                                         keys from the environment, else the demo
+truckllm -config config.yaml [-listen :8080]     serve (also --config/--listen, or "serve")
+truckllm check --config config.yaml              validate; exit 0, or print every problem, exit 2
+truckllm demo [--listen :8080]                   gateway + simulated upstreams, no keys needed
+truckllm mock [--listen 127.0.0.1:9000]          the simulated OpenAI-compatible upstream alone
+truckllm                                         keys from the environment, else the demo
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -27,9 +28,22 @@ log = logging.getLogger("truckllm")
 def _parser(prog: str, with_config: bool, default_listen: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
     if with_config:
-        p.add_argument("-config", "--config", "-c", dest="config", metavar="FILE", help="YAML configuration file")
-    p.add_argument("-listen", "--listen", dest="listen", metavar="ADDR", default=default_listen,
-                   help="listen address, host:port or :port (overrides server.listen)")
+        p.add_argument(
+            "-config",
+            "--config",
+            "-c",
+            dest="config",
+            metavar="FILE",
+            help="YAML configuration file",
+        )
+    p.add_argument(
+        "-listen",
+        "--listen",
+        dest="listen",
+        metavar="ADDR",
+        default=default_listen,
+        help="listen address, host:port or :port (overrides server.listen)",
+    )
     return p
 
 
@@ -39,7 +53,11 @@ def _load(path: str) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    command = args.pop(0) if args and args[0] in ("serve", "check", "demo", "mock", "version") else "serve"
+    command = (
+        args.pop(0)
+        if args and args[0] in ("serve", "check", "demo", "mock", "version")
+        else "serve"
+    )
     if command == "version":
         print(f"truckllm {__version__}")
         return 0
@@ -69,7 +87,9 @@ def _check(args: list[str]) -> int:
             status = 2
             continue
         keys = sum(len(pr.keys) for pr in cfg.providers)
-        print(f"{path}: OK ({len(cfg.providers)} providers, {keys} keys, {len(cfg.model_aliases)} aliases)")
+        print(
+            f"{path}: OK ({len(cfg.providers)} providers, {keys} keys, {len(cfg.model_aliases)} aliases)"
+        )
     return status
 
 
@@ -88,8 +108,10 @@ def _serve(args: list[str]) -> int:
     else:
         env_cfg = config_from_environment(os.environ)
         if env_cfg is None:
-            print("No --config and no provider keys in the environment (OPENAI_API_KEY): starting the demo.",
-                  file=sys.stderr)
+            print(
+                "No --config and no provider keys in the environment (OPENAI_API_KEY): starting the demo.",
+                file=sys.stderr,
+            )
             return _demo(args)
         cfg = env_cfg
     setup_logging(cfg.logging.level, cfg.logging.format)
@@ -154,10 +176,10 @@ def _demo(args: list[str]) -> int:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
     setup_logging("info", "auto")
-    try:
-        asyncio.run(_run_demo(host, port))
-    except KeyboardInterrupt:
-        pass
+    from truckllm.server import run_async
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(_run_demo(host, port))
     return 0
 
 
@@ -172,8 +194,12 @@ async def _run_demo(host: str, port: int) -> None:
     url_a, url_b = await mock_a.start(), await mock_b.start()
     mock_a.record = mock_b.record = False
     shown = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-    cfg = parse_config(DEMO_CONFIG.format(url_a=url_a, url_b=url_b, listen=f"{host}:{port}"), "<demo>", {},
-                       provider_registry().names())
+    cfg = parse_config(
+        DEMO_CONFIG.format(url_a=url_a, url_b=url_b, listen=f"{host}:{port}"),
+        "<demo>",
+        {},
+        provider_registry().names(),
+    )
     server = uvicorn.Server(uvicorn_config(App(cfg), host, port))
     print(_demo_banner(shown), flush=True)
     try:
@@ -226,13 +252,8 @@ def _mock(args: list[str]) -> int:
         finally:
             await mock.stop()
 
-    try:
-        try:
-            import uvloop
+    from truckllm.server import run_async
 
-            uvloop.run(run())
-        except ImportError:
-            asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(run())
     return 0

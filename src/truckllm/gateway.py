@@ -7,7 +7,7 @@ the first byte reaches the client; after that an upstream failure ends the strea
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -91,7 +91,9 @@ class Runtime:
         for p in config.providers:
             ctx = ProviderContext(p, session, provider_timeouts(p, config.server.timeouts))
             self.providers[p.id] = registry.get(p.type)(ctx)
-        self.router = Router(config.providers, carry_over=previous.router if previous else None)
+        self.router: Router = Router(
+            config.providers, carry_over=previous.router if previous else None
+        )
         self.resolver = ModelResolver(config)
         self.client_keys: Mapping[bytes, str] = client_key_digests(config)
         self.retry = RetryPolicy(max_attempts=config.retry.max_attempts)
@@ -119,20 +121,40 @@ class StreamBroken(Exception):
         self.error = error
 
 
+_PASSED_ON = frozenset({OutcomeKind.RATE_LIMITED, OutcomeKind.SERVER_ERROR})
+
+
 def _outcome_for(exc: UpstreamError) -> OutcomeKind:
     return OutcomeKind.TIMEOUT if isinstance(exc, UpstreamTimeout) else OutcomeKind.CONNECTION_ERROR
 
 
-def _final_error(last: Reply | UpstreamError | None, kind: OutcomeKind | None, target: Target | None) -> APIError:
+def _final_error(
+    last: Reply | UpstreamError | None, kind: OutcomeKind | None, target: Target | None
+) -> APIError:
     """The error a client sees when every attempt failed."""
     if isinstance(last, UpstreamError):
         return APIError(last.status, str(last), code=last.code, type_="api_error")
     where = f"provider {target.provider_id!r}" if target else "the provider"
     if kind is OutcomeKind.AUTH_ERROR:
-        return APIError(502, f"{where} rejected the gateway's credentials", code="upstream_auth_failed", type_="api_error")
+        return APIError(
+            502,
+            f"{where} rejected the gateway's credentials",
+            code="upstream_auth_failed",
+            type_="api_error",
+        )
     if kind is OutcomeKind.QUOTA_EXHAUSTED:
-        return APIError(502, f"{where} reports the gateway's quota exhausted", code="upstream_quota_exhausted", type_="api_error")
-    return APIError(503, "no upstream key is available for this model", code="no_available_key", type_="api_error")
+        return APIError(
+            502,
+            f"{where} reports the gateway's quota exhausted",
+            code="upstream_quota_exhausted",
+            type_="api_error",
+        )
+    return APIError(
+        503,
+        "no upstream key is available for this model",
+        code="no_available_key",
+        type_="api_error",
+    )
 
 
 class Gateway:
@@ -204,13 +226,14 @@ class Gateway:
             await reply.aclose()
             last, last_kind = reply, kind
             policy = policy.increment()
-        if isinstance(last, Reply) and last_kind is OutcomeKind.RATE_LIMITED and last_pick and last_target:
-            # Every key tried is throttled: the client sees the 429 and its Retry-After, as from
-            # OpenAI. That attempt has reported already; ``done`` is idempotent.
+        if isinstance(last, Reply) and last_pick and last_target and last_kind in _PASSED_ON:
+            # Attempts used up on throttling or server errors: the client sees the last upstream
+            # answer (a 429 keeps its Retry-After), as it would from the provider. That attempt
+            # has reported already; ``done`` is idempotent.
             return Served(last, last_pick, last_target, attempts, started)
         raise _final_error(last, last_kind, last_target)
 
-    async def relay(self, served: Served) -> AsyncIterator[bytes]:
+    async def relay(self, served: Served) -> AsyncGenerator[bytes, None]:
         """The committed stream's events. Reports the attempt's outcome exactly once, whether the
         stream ends, breaks, or the consumer goes away (``aclose`` or cancellation)."""
         reply = served.reply
@@ -224,7 +247,9 @@ class Gateway:
             kind = OutcomeKind.SUCCESS
         except UpstreamError as exc:
             kind = OutcomeKind.STREAM_BROKEN
-            raise StreamBroken(APIError(exc.status, str(exc), code=exc.code, type_="api_error")) from exc
+            raise StreamBroken(
+                APIError(exc.status, str(exc), code=exc.code, type_="api_error")
+            ) from exc
         finally:
             served.pick.done(
                 Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)

@@ -32,7 +32,9 @@ class Registry(Generic[F]):
 
     def register(self, name: str, factory: F, origin: str = "built-in") -> None:
         if not _NAME.match(name):
-            raise PluginError(f"{self.kind} name {name!r} must be lower-case letters, digits, '_' or '-'")
+            raise PluginError(
+                f"{self.kind} name {name!r} must be lower-case letters, digits, '_' or '-'"
+            )
         if not callable(factory):
             raise PluginError(f"{self.kind} {name!r} from {origin} is not callable")
         if name in self._factories:

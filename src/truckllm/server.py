@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -39,6 +39,16 @@ def serve(app: App, listen: str | None = None) -> None:
     uvicorn.Server(uvicorn_config(app, host, port)).run()
 
 
+def run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine on uvloop where it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -53,7 +63,9 @@ class ServerThread:
         self.app = app
         self.host = host
         self.port = port or free_port(host)
-        self.server = uvicorn.Server(uvicorn_config(app, self.host, self.port, loop="asyncio", timeout_graceful_shutdown=2))
+        self.server = uvicorn.Server(
+            uvicorn_config(app, self.host, self.port, loop="asyncio", timeout_graceful_shutdown=2)
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"truckllm-{self.port}", daemon=True)
 
@@ -62,7 +74,6 @@ class ServerThread:
         return f"http://{self.host}:{self.port}"
 
     def _run(self) -> None:
-        self.server.config.setup_event_loop()
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self.server.serve())
         self.loop.close()

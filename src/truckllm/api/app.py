@@ -54,7 +54,9 @@ class App:
         self.gateway = Gateway()
         self.session: aiohttp.ClientSession | None = None
         self._runtime: Runtime | None = None
-        self._routes: dict[tuple[str, str], Callable[[Runtime, Scope, Receive, Send, str], Awaitable[None]]] = {
+        self._routes: dict[
+            tuple[str, str], Callable[[Runtime, Scope, Receive, Send, str], Awaitable[None]]
+        ] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/v1/models"): self._models,
@@ -69,8 +71,12 @@ class App:
 
     async def start(self) -> None:
         if self.session is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30)
-            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+            )
+            self.session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, trust_env=False
+            )
         self._runtime = Runtime(self.config, self.registry, self.session)
         if not self._runtime.client_keys:
             log.warning(
@@ -139,17 +145,34 @@ class App:
             if not started:
                 await _send_error(
                     send,
-                    APIError(500, f"internal gateway error (request id {request_id})", code="internal_error", type_="server_error"),
+                    APIError(
+                        500,
+                        f"internal gateway error (request id {request_id})",
+                        code="internal_error",
+                        type_="server_error",
+                    ),
                     request_id,
                 )
 
-    def _fallback_route(self, scope: Scope) -> Callable[[Runtime, Scope, Receive, Send, str], Awaitable[None]]:
+    def _fallback_route(
+        self, scope: Scope
+    ) -> Callable[[Runtime, Scope, Receive, Send, str], Awaitable[None]]:
         method, path = scope["method"], scope["path"]
         if path.startswith("/v1/models/") and method == "GET":
             return self._model
         if any(p == path for (_, p) in self._routes) or path.startswith("/v1/models/"):
-            raise APIError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed", type_="invalid_request_error")
-        raise APIError(404, f"Unknown request URL: {method} {path}.", code="unknown_url", type_="invalid_request_error")
+            raise APIError(
+                405,
+                f"Method {method} is not allowed on {path}.",
+                code="method_not_allowed",
+                type_="invalid_request_error",
+            )
+        raise APIError(
+            404,
+            f"Unknown request URL: {method} {path}.",
+            code="unknown_url",
+            type_="invalid_request_error",
+        )
 
     # -- auth and input -----------------------------------------------------------------------
 
@@ -176,10 +199,17 @@ class App:
         digest = hashlib.sha256(token.strip()).digest()
         client = rt.client_keys.get(digest)
         if client is None:
-            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key", type_="invalid_request_error")
+            raise APIError(
+                401,
+                "Incorrect API key provided.",
+                code="invalid_api_key",
+                type_="invalid_request_error",
+            )
         return client
 
-    async def _read_json(self, rt: Runtime, scope: Scope, receive: Receive) -> tuple[dict[str, Any], bytes]:
+    async def _read_json(
+        self, rt: Runtime, scope: Scope, receive: Receive
+    ) -> tuple[dict[str, Any], bytes]:
         limit = rt.config.server.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -188,7 +218,12 @@ class App:
                 except ValueError:
                     raise invalid_request("Invalid Content-Length header.") from None
                 if too_big:
-                    raise APIError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large", type_="invalid_request_error")
+                    raise APIError(
+                        413,
+                        f"Request body is larger than the limit of {limit} bytes.",
+                        code="request_too_large",
+                        type_="invalid_request_error",
+                    )
                 break
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -204,11 +239,21 @@ class App:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise APIError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large", type_="invalid_request_error")
+                    raise APIError(
+                        413,
+                        f"Request body is larger than the limit of {limit} bytes.",
+                        code="request_too_large",
+                        type_="invalid_request_error",
+                    )
                 parts.append(chunk)
             raw = b"".join(parts)
         elif len(raw) > limit:
-            raise APIError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large", type_="invalid_request_error")
+            raise APIError(
+                413,
+                f"Request body is larger than the limit of {limit} bytes.",
+                code="request_too_large",
+                type_="invalid_request_error",
+            )
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -222,19 +267,24 @@ class App:
 
     # -- endpoints ----------------------------------------------------------------------------
 
-    async def _chat(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _chat(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
         self._authenticate(rt, scope)
         body, raw = await self._read_json(rt, scope, receive)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise invalid_request(
-                "'messages' is required and must be a non-empty array." if messages is None or messages == []
+                "'messages' is required and must be a non-empty array."
+                if messages is None or messages == []
                 else f"Invalid type for 'messages': expected an array, got {_json_type(messages)}.",
                 param="messages",
             )
         await self._proxy(rt, scope, receive, send, request_id, "chat", body, raw)
 
-    async def _embeddings(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _embeddings(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
         self._authenticate(rt, scope)
         body, raw = await self._read_json(rt, scope, receive)
         inp = body.get("input")
@@ -245,13 +295,21 @@ class App:
         await self._proxy(rt, scope, receive, send, request_id, "embeddings", body, raw)
 
     async def _proxy(
-        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str,
-        endpoint: Endpoint, body: dict[str, Any], raw: bytes,
+        self,
+        rt: Runtime,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        raw: bytes,
     ) -> None:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise invalid_request(
-                "you must provide a model parameter" if model is None
+                "you must provide a model parameter"
+                if model is None
                 else f"Invalid type for 'model': expected a string, got {_json_type(model)}.",
                 param="model",
             )
@@ -259,13 +317,17 @@ class App:
         if stream is None:
             stream = False
         if not isinstance(stream, bool):
-            raise invalid_request(f"Invalid type for 'stream': expected a boolean, got {_json_type(stream)}.", param="stream")
+            raise invalid_request(
+                f"Invalid type for 'stream': expected a boolean, got {_json_type(stream)}.",
+                param="stream",
+            )
         if endpoint != "chat":
             stream = False
         opts = body.get("stream_options")
         if opts is not None and not isinstance(opts, dict):
             raise invalid_request(
-                f"Invalid type for 'stream_options': expected an object, got {_json_type(opts)}.", param="stream_options"
+                f"Invalid type for 'stream_options': expected an object, got {_json_type(opts)}.",
+                param="stream_options",
             )
         wants_usage = bool(opts.get("include_usage")) if opts else False
         targets = rt.resolver.resolve(model)
@@ -280,13 +342,19 @@ class App:
 
         def on_message(fut: asyncio.Future[Message]) -> None:
             nonlocal gone
-            if not fut.cancelled() and fut.exception() is None and fut.result()["type"] == "http.disconnect":
+            if (
+                not fut.cancelled()
+                and fut.exception() is None
+                and fut.result()["type"] == "http.disconnect"
+            ):
                 gone = True
                 task.cancel()
 
         watcher.add_done_callback(on_message)
         try:
-            served = await self.gateway.execute(rt, targets, endpoint, body, raw, stream, wants_usage, request_id)
+            served = await self.gateway.execute(
+                rt, targets, endpoint, body, raw, stream, wants_usage, request_id
+            )
             reply = served.reply
             headers = [
                 (b"x-request-id", request_id.encode()),
@@ -300,21 +368,38 @@ class App:
                     retry_after = reply.headers.get("retry-after")
                     if retry_after:
                         headers.append((b"retry-after", retry_after.encode()))
-                await send({
-                    "type": "http.response.start",
-                    "status": reply.status,
-                    "headers": [(b"content-type", reply.content_type.encode()), (b"content-length", str(len(reply.body)).encode()), *headers],
-                })
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": reply.status,
+                        "headers": [
+                            (b"content-type", reply.content_type.encode()),
+                            (b"content-length", str(len(reply.body)).encode()),
+                            *headers,
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": reply.body})
                 return
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers}
+            )
             events = self.gateway.relay(served)
             try:
                 async for batch in events:
                     await send({"type": "http.response.body", "body": batch, "more_body": True})
             except StreamBroken as broken:
-                log.warning("stream broken after first byte", extra={"request_id": request_id, "error": broken.error.message})
-                await send({"type": "http.response.body", "body": b"data: " + broken.error.body() + b"\n\n", "more_body": True})
+                log.warning(
+                    "stream broken after first byte",
+                    extra={"request_id": request_id, "error": broken.error.message},
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + broken.error.body() + b"\n\n",
+                        "more_body": True,
+                    }
+                )
             finally:
                 await events.aclose()
             await send({"type": "http.response.body", "body": b""})
@@ -329,7 +414,9 @@ class App:
             watcher.remove_done_callback(on_message)
             watcher.cancel()
 
-    async def _models(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _models(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
         self._authenticate(rt, scope)
         data = [_model_obj(name, "truckllm", rt.created) for name in rt.resolver.aliases]
         seen = set(rt.resolver.aliases)
@@ -339,17 +426,23 @@ class App:
                 data.append(_model_obj(name, targets[0].provider_id, rt.created))
         await _send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
 
-    async def _model(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _model(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
         self._authenticate(rt, scope)
-        name = scope["path"][len("/v1/models/"):]
+        name = scope["path"][len("/v1/models/") :]
         targets = rt.resolver.resolve(name)
         if targets is None:
             raise model_not_found(name)
         owner = "truckllm" if name in rt.resolver.aliases else targets[0].provider_id
         await _send_json(send, 200, orjson.dumps(_model_obj(name, owner, rt.created)), request_id)
 
-    async def _healthz(self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        await _send_json(send, 200, orjson.dumps({"status": "ok", "version": __version__}), request_id)
+    async def _healthz(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        await _send_json(
+            send, 200, orjson.dumps({"status": "ok", "version": __version__}), request_id
+        )
 
 
 def _model_obj(name: str, owner: str, created: int) -> dict[str, Any]:
@@ -380,12 +473,25 @@ def _request_id(scope: Scope) -> str:
     return "req_" + os.urandom(12).hex()
 
 
-async def _send_json(send: Send, status: int, body: bytes, request_id: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()), *(headers or [])],
-    })
+async def _send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                _JSON,
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -12,7 +12,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -52,10 +52,12 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last one."""
 
 
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _construct_mapping(
+    loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -180,7 +182,7 @@ class _Decoder:
             if not isinstance(value, dict):
                 self.wrong(path, tp, value)
                 return {}
-            key_tp, val_tp = get_args(tp)
+            _, val_tp = get_args(tp)
             out = {}
             for k, v in value.items():
                 if not isinstance(k, str):
@@ -273,11 +275,20 @@ class _Decoder:
             before = len(self.problems)
             decoded = self.decode(raw, hints[key], _join(path, key))
             if len(self.problems) == before or isinstance(decoded, tuple | list | dict):
-                kwargs[key] = decoded  # a field that failed keeps its default; its error is recorded
-            elif fields[key].default is dataclasses.MISSING and fields[key].default_factory is dataclasses.MISSING:
+                kwargs[key] = (
+                    decoded  # a field that failed keeps its default; its error is recorded
+                )
+            elif (
+                fields[key].default is dataclasses.MISSING
+                and fields[key].default_factory is dataclasses.MISSING
+            ):
                 return None
         for name, f in fields.items():
-            if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if (
+                name not in kwargs
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ):
                 self.fail(_join(path, name), "is required")
                 return None
         try:
@@ -309,7 +320,12 @@ DEFAULT_BASE_URLS = {
     "google": "https://generativelanguage.googleapis.com",
 }
 
-_TYPE_BY_ID = {"anthropic": "anthropic", "claude": "anthropic", "gemini": "gemini", "google": "gemini"}
+_TYPE_BY_ID = {
+    "anthropic": "anthropic",
+    "claude": "anthropic",
+    "gemini": "gemini",
+    "google": "gemini",
+}
 
 
 def infer_provider_type(provider_id: str) -> str:
@@ -470,7 +486,7 @@ def parse_config(
     """Parse and validate YAML text. Raises :class:`ConfigError` listing every problem."""
     env = os.environ if env is None else env
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: invalid YAML: {exc}".replace("\n", " ")]) from exc
     if raw is None:
@@ -527,4 +543,3 @@ __all__: list[str] = [
     "parse_listen",
     "provider_timeouts",
 ]
-

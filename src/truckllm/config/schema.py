@@ -36,7 +36,11 @@ class Pricing:
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """Cost of one request. Cached prompt tokens use their own price when one is set."""
         div = _UNIT_DIVISOR[self.unit]
-        cached_price = self.input_token_cost if self.cached_input_token_cost is None else self.cached_input_token_cost
+        cached_price = (
+            self.input_token_cost
+            if self.cached_input_token_cost is None
+            else self.cached_input_token_cost
+        )
         uncached = max(prompt_tokens - cached_tokens, 0)
         return (
             uncached * self.input_token_cost

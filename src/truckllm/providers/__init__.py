@@ -21,4 +21,13 @@ def provider_registry(load_plugins: bool = True) -> Registry[ProviderFactory]:
     return registry
 
 
-__all__ = ["Call", "Provider", "ProviderContext", "ProviderFactory", "Reply", "UpstreamError", "Usage", "provider_registry"]
+__all__ = [
+    "Call",
+    "Provider",
+    "ProviderContext",
+    "ProviderFactory",
+    "Reply",
+    "UpstreamError",
+    "Usage",
+    "provider_registry",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
@@ -40,17 +41,17 @@ def error_body(
     )
 
 
-def normalise_upstream_error(data: bytes, status: int, provider_id: str) -> tuple[bytes, str | None]:
+def normalise_upstream_error(
+    data: bytes, status: int, provider_id: str
+) -> tuple[bytes, str | None]:
     """An upstream error body as an OpenAI-shaped body, and its ``code``.
 
     A body that already is OpenAI-shaped passes through byte for byte; anything else (plain text,
     HTML from a proxy, ``{"detail": ...}``, ``{"error": "text"}``) is wrapped with its text.
     """
     obj: Any = None
-    try:
+    with contextlib.suppress(orjson.JSONDecodeError):
         obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
     if isinstance(obj, dict):
         err = obj.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):

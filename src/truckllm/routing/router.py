@@ -54,8 +54,12 @@ class Pick:
 
 
 class Router:
-    def __init__(self, providers: Iterable[ProviderConfig], clock: Clock = time.monotonic,
-                 carry_over: Router | None = None) -> None:
+    def __init__(
+        self,
+        providers: Iterable[ProviderConfig],
+        clock: Clock = time.monotonic,
+        carry_over: Router | None = None,
+    ) -> None:
         self._clock = clock
         self._keys: dict[str, list[KeyState]] = {}
         self._cursor: dict[str, int] = {}
@@ -75,7 +79,9 @@ class Router:
     def states(self) -> dict[str, KeyState]:
         return {s.key.id: s for states in self._keys.values() for s in states}
 
-    def pick(self, provider_id: str, exclude: frozenset[str] | set[str] = frozenset()) -> Pick | None:
+    def pick(
+        self, provider_id: str, exclude: frozenset[str] | set[str] = frozenset()
+    ) -> Pick | None:
         """The next enabled key of the provider in rotation, skipping ids in ``exclude``."""
         states = self._keys.get(provider_id)
         if not states:

@@ -52,8 +52,14 @@ class Received:
 
 
 class MockUpstream:
-    def __init__(self, *, valid_keys: set[str] | None = None, latency: float = 0.0,
-                 reply_words: int = 8, event_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        valid_keys: set[str] | None = None,
+        latency: float = 0.0,
+        reply_words: int = 8,
+        event_delay: float = 0.0,
+    ) -> None:
         self.valid_keys = valid_keys
         self.latency = latency
         self.reply_words = reply_words
@@ -61,6 +67,7 @@ class MockUpstream:
         self.script: deque[Scripted] = deque()
         self.received: list[Received] = []
         self.record = True
+        self.cancelled = 0  # handlers cancelled because the client (the gateway) went away
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -71,7 +78,9 @@ class MockUpstream:
         self.app = app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024)
         await site.start()
@@ -88,26 +97,35 @@ class MockUpstream:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def _begin(self, request: web.Request) -> tuple[Any, Scripted | None, web.StreamResponse | None]:
+    async def _begin(self, request: web.Request) -> tuple[Any, web.StreamResponse | None]:
         raw = await request.read()
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
         if self.record:
-            self.received.append(Received(request.method, request.path, dict(request.headers), body, raw))
+            self.received.append(
+                Received(request.method, request.path, dict(request.headers), body, raw)
+            )
         scripted = self.script.popleft() if self.script else None
         if scripted is not None:
-            return body, scripted, await self._play(request, scripted)
+            return body, await self._play(request, scripted)
         if self.latency:
             await asyncio.sleep(self.latency)
         if self.valid_keys is not None:
             key = request.headers.get("Authorization", "").removeprefix("Bearer ")
             if key not in self.valid_keys:
-                return body, None, _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+                return body, _error(
+                    401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+                )
         if not isinstance(body, dict):
-            return body, None, _error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
-        return body, None, None
+            return body, _error(
+                400,
+                "We could not parse the JSON body of your request.",
+                "invalid_request_error",
+                None,
+            )
+        return body, None
 
     async def _play(self, request: web.Request, s: Scripted) -> web.StreamResponse:
         if s.delay:
@@ -117,10 +135,16 @@ class MockUpstream:
             request.transport.close()
             raise asyncio.CancelledError  # aiohttp drops the handler: the client sees a reset
         if s.events is None:
-            body = s.body if isinstance(s.body, bytes) else orjson.dumps(s.body if s.body is not None else {})
+            body = (
+                s.body
+                if isinstance(s.body, bytes)
+                else orjson.dumps(s.body if s.body is not None else {})
+            )
             headers = {"Content-Type": "application/json", **s.headers}
             return web.Response(status=s.status, body=body, headers=headers)
-        resp = web.StreamResponse(status=s.status, headers={"Content-Type": "text/event-stream", **s.headers})
+        resp = web.StreamResponse(
+            status=s.status, headers={"Content-Type": "text/event-stream", **s.headers}
+        )
         await resp.prepare(request)
         for i, ev in enumerate(s.events):
             if s.cut_after is not None and i >= s.cut_after:
@@ -138,11 +162,15 @@ class MockUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._chat_inner(request)
-        except (ConnectionError, asyncio.CancelledError):  # the gateway went away mid-answer
+        except asyncio.CancelledError:
+            self.cancelled += 1  # the gateway went away mid-answer
+            raise
+        except ConnectionError:
+            self.cancelled += 1
             return web.Response(status=499)
 
     async def _chat_inner(self, request: web.Request) -> web.StreamResponse:
-        body, scripted, resp = await self._begin(request)
+        body, resp = await self._begin(request)
         if resp is not None:
             return resp
         model = str(body.get("model", "mock-model"))
@@ -155,35 +183,64 @@ class MockUpstream:
         if not body.get("stream"):
             if tool is not None:
                 message: dict[str, Any] = {
-                    "role": "assistant", "content": None, "refusal": None,
-                    "tool_calls": [{"id": f"call_mock{next(self._ids):06d}", "type": "function",
-                                    "function": {"name": tool, "arguments": "{}"}}],
+                    "role": "assistant",
+                    "content": None,
+                    "refusal": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_mock{next(self._ids):06d}",
+                            "type": "function",
+                            "function": {"name": tool, "arguments": "{}"},
+                        }
+                    ],
                 }
                 finish = "tool_calls"
             else:
                 message = {"role": "assistant", "content": " ".join(words), "refusal": None}
                 finish = "stop"
             out = {
-                "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                "usage": usage, "system_fingerprint": "fp_mock",
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                ],
+                "usage": usage,
+                "system_fingerprint": "fp_mock",
             }
             return web.Response(body=orjson.dumps(out), content_type="application/json")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
-        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": "fp_mock"}
+        base = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_mock",
+        }
         if include_usage:
             base["usage"] = None
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+            return _sse(
+                {
+                    **base,
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    ],
+                }
+            )
 
         await resp.write(chunk({"role": "assistant", "content": "", "refusal": None}))
         if tool is not None:
-            call = {"index": 0, "id": f"call_mock{next(self._ids):06d}", "type": "function",
-                    "function": {"name": tool, "arguments": ""}}
+            call = {
+                "index": 0,
+                "id": f"call_mock{next(self._ids):06d}",
+                "type": "function",
+                "function": {"name": tool, "arguments": ""},
+            }
             await resp.write(chunk({"tool_calls": [call]}))
             await resp.write(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
             finish = "tool_calls"
@@ -201,11 +258,15 @@ class MockUpstream:
         return resp
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        body, scripted, resp = await self._begin(request)
+        body, resp = await self._begin(request)
         if resp is not None:
             return resp
         inputs = body.get("input")
-        items = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
+        items = (
+            inputs
+            if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int)
+            else [inputs]
+        )
         dims = int(body.get("dimensions") or 8)
         data = []
         tokens = 0
@@ -213,14 +274,25 @@ class MockUpstream:
             text = orjson.dumps(item)
             tokens += max(1, len(text) // 4)
             vec = _vector(text, dims)
-            emb: Any = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if body.get("encoding_format") == "base64" else vec
+            emb: Any = (
+                base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+                if body.get("encoding_format") == "base64"
+                else vec
+            )
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        out = {"object": "list", "data": data, "model": body.get("model"),
-               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        out = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
     async def _models(self, request: web.Request) -> web.Response:
-        out = {"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}
+        out = {
+            "object": "list",
+            "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
+        }
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
 
@@ -239,10 +311,16 @@ def _error(status: int, message: str, type_: str, code: str | None) -> web.Respo
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
     return {
-        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 

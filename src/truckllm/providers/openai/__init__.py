@@ -7,7 +7,6 @@ the response without re-serialising it.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -47,8 +46,12 @@ class OpenAIProvider:
         self._extra_headers = dict(cfg.headers)
         self._headers: dict[str, dict[str, str]] = {}
         t = ctx.timeouts
-        self._timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read)
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
+        self._timeout = aiohttp.ClientTimeout(
+            total=t.total, sock_connect=t.connect, sock_read=t.read
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=t.connect, sock_read=t.read
+        )
 
     def _headers_for(self, key: KeyConfig) -> dict[str, str]:
         headers = self._headers.get(key.id)
@@ -72,7 +75,11 @@ class OpenAIProvider:
         body["model"] = call.model
         if inject_usage:
             opts = body.get("stream_options")
-            body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
+            body["stream_options"] = (
+                {**opts, "include_usage": True}
+                if isinstance(opts, dict)
+                else {"include_usage": True}
+            )
         return orjson.dumps(body), inject_usage
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
@@ -84,10 +91,12 @@ class OpenAIProvider:
                 headers=self._headers_for(key),
                 timeout=self._stream_timeout if call.stream else self._timeout,
             )
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"provider {self.id!r} did not answer in time") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"provider {self.id!r} is unreachable: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"provider {self.id!r} is unreachable: {type(exc).__name__}"
+            ) from exc
         ctype = resp.headers.get("Content-Type", "application/json")
         if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
             reply = Reply(200, ctype, resp.headers, _release=resp.close)
@@ -95,20 +104,28 @@ class OpenAIProvider:
             return reply
         try:
             body = await resp.read()
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"provider {self.id!r} stopped sending its response") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"provider {self.id!r} broke off its response: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"provider {self.id!r} broke off its response: {type(exc).__name__}"
+            ) from exc
         finally:
             resp.release()
         if resp.status >= 400:
-            if key.secret is not None and key.secret.reveal() and key.secret.reveal().encode() in body:
+            if (
+                key.secret is not None
+                and key.secret.reveal()
+                and key.secret.reveal().encode() in body
+            ):
                 body = body.replace(key.secret.reveal().encode(), b"********")
             body, code = normalise_upstream_error(body, resp.status, self.id)
             return Reply(resp.status, "application/json", resp.headers, body=body, error_code=code)
         return Reply(resp.status, ctype, resp.headers, body=body, usage=_usage_of_body(body))
 
-    async def _events(self, resp: aiohttp.ClientResponse, reply: Reply, strip_usage: bool) -> AsyncIterator[bytes]:
+    async def _events(
+        self, resp: aiohttp.ClientResponse, reply: Reply, strip_usage: bool
+    ) -> AsyncIterator[bytes]:
         """Complete SSE events, batched as they arrived in one read; the usage chunk recorded and,
         when only the gateway asked for it, removed."""
         buf = b""
@@ -128,10 +145,12 @@ class OpenAIProvider:
                 yield batch
             if buf.strip():
                 yield buf + b"\n\n"
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"provider {self.id!r} stalled mid-stream") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"provider {self.id!r} broke off the stream: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"provider {self.id!r} broke off the stream: {type(exc).__name__}"
+            ) from exc
         finally:
             resp.close()
 
