@@ -184,10 +184,8 @@ def _demo(args: list[str]) -> int:
 
 
 async def _run_demo(host: str, port: int) -> None:
-    import uvicorn
-
     from truckllm.api import App
-    from truckllm.server import uvicorn_config
+    from truckllm.server import GatewayServer, uvicorn_config
     from truckllm.testing.mock import MockUpstream
 
     mock_a, mock_b = MockUpstream(event_delay=0.02), MockUpstream(event_delay=0.02)
@@ -200,7 +198,7 @@ async def _run_demo(host: str, port: int) -> None:
         {},
         provider_registry().names(),
     )
-    server = uvicorn.Server(uvicorn_config(App(cfg), host, port))
+    server = GatewayServer(uvicorn_config(App(cfg), host, port))
     print(_demo_banner(shown), flush=True)
     try:
         await server.serve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -14,6 +15,26 @@ import uvicorn
 
 from truckllm.api import App
 from truckllm.config import parse_listen
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, but SIGINT/SIGTERM end it gracefully with exit status 0 instead of being
+    re-raised once shutdown completes (a second signal still forces the exit)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
 
 def uvicorn_config(app: App, host: str, port: int, **overrides: Any) -> uvicorn.Config:
@@ -36,7 +57,7 @@ def uvicorn_config(app: App, host: str, port: int, **overrides: Any) -> uvicorn.
 
 def serve(app: App, listen: str | None = None) -> None:
     host, port = parse_listen(listen or app.config.server.listen)
-    uvicorn.Server(uvicorn_config(app, host, port)).run()
+    run_async(GatewayServer(uvicorn_config(app, host, port)).serve())
 
 
 def run_async(main: Coroutine[Any, Any, None]) -> None:
