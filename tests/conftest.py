@@ -49,8 +49,12 @@ def gateway_factory() -> Iterator[Callable[..., Gateway]]:
     running: list[ServerThread] = []
 
     def make(config_yaml: str, env: dict[str, str] | None = None, registry: Any = None) -> Gateway:
-        cfg = parse_config(textwrap.dedent(config_yaml), "<test>", env or {},
-                           (registry or provider_registry()).names())
+        cfg = parse_config(
+            textwrap.dedent(config_yaml),
+            "<test>",
+            env or {},
+            (registry or provider_registry()).names(),
+        )
         app = App(cfg, registry=registry)
         server = ServerThread(app).start()
         running.append(server)
@@ -59,5 +63,3 @@ def gateway_factory() -> Iterator[Callable[..., Gateway]]:
     yield make
     for server in running:
         server.stop()
-
-

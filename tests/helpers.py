@@ -22,8 +22,14 @@ class Gateway:
     def url(self) -> str:
         return self.server.url
 
-    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                raw: bytes | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Response:
         return request(method, self.url + path, body, headers, raw)
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Response:
@@ -43,14 +49,22 @@ class Response:
         return orjson.loads(self.body)
 
 
-def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-            raw: bytes | None = None, timeout: float = 15.0) -> Response:
+def request(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 15.0,
+) -> Response:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=data, headers=hdrs)
+        conn.request(
+            method, parts.path + (f"?{parts.query}" if parts.query else ""), body=data, headers=hdrs
+        )
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:

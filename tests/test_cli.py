@@ -13,23 +13,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import request
 
 from truckllm.server import free_port
 from truckllm.testing.mock import MockUpstream
-
-from helpers import request
 
 TRUCKLLM = shutil.which("truckllm", path=os.path.dirname(sys.executable)) or "truckllm"
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @contextmanager
-def running(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[dict[str, object]]:
+def running(
+    args: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[dict[str, object]]:
     """Run the command until the block ends, then SIGINT it; yields a dict that gets the exit
     status and output."""
     result: dict[str, object] = {}
-    proc = subprocess.Popen([TRUCKLLM, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [TRUCKLLM, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -52,7 +58,9 @@ def running(args: list[str], port: int, env: dict[str, str] | None = None) -> It
 
 
 @pytest.mark.parametrize("flags", [("-config", "-listen"), ("--config", "--listen")])
-def test_serve_with_the_original_flag_spelling(flags: tuple[str, str], upstream: MockUpstream, tmp_path: Path) -> None:
+def test_serve_with_the_original_flag_spelling(
+    flags: tuple[str, str], upstream: MockUpstream, tmp_path: Path
+) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"""
 providers:
@@ -66,7 +74,11 @@ server:
   listen: ":1"
 """)
     port = free_port()
-    with running([flags[0], str(cfg), flags[1], f"127.0.0.1:{port}"], port, env={"UPSTREAM_KEY": "sk-from-env"}) as result:
+    with running(
+        [flags[0], str(cfg), flags[1], f"127.0.0.1:{port}"],
+        port,
+        env={"UPSTREAM_KEY": "sk-from-env"},
+    ) as result:
         resp = request("POST", f"http://127.0.0.1:{port}/v1/chat/completions", CHAT)
         assert resp.status == 200
         assert upstream.received[-1].bearer == "sk-from-env"
@@ -78,8 +90,12 @@ server:
 
 def test_serve_refuses_a_bad_config_with_every_problem(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("providers: [{id: openai, keys: [{secret: s, wieght: 2}]}]\nmodel_aliases: {a: x:y}\n")
-    result = subprocess.run([TRUCKLLM, "-config", str(cfg)], capture_output=True, text=True, timeout=30)
+    cfg.write_text(
+        "providers: [{id: openai, keys: [{secret: s, wieght: 2}]}]\nmodel_aliases: {a: x:y}\n"
+    )
+    result = subprocess.run(
+        [TRUCKLLM, "-config", str(cfg)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     assert f"{cfg}: providers[0].keys[0].wieght: unknown key" in result.stderr
     assert f"{cfg}: model_aliases.a: unknown provider 'x'" in result.stderr
@@ -88,21 +104,37 @@ def test_serve_refuses_a_bad_config_with_every_problem(tmp_path: Path) -> None:
 def test_demo_serves_with_no_keys_and_no_network() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    proc = subprocess.Popen([TRUCKLLM, "demo", "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [TRUCKLLM, "demo", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 15
         while True:
             try:
-                resp = request("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
-                               {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]}, timeout=2)
+                resp = request(
+                    "POST",
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]},
+                    timeout=2,
+                )
                 break
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.05)
         assert resp.status == 200 and resp.json()["choices"][0]["message"]["content"]
-        stream = request("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
-                         {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
+        stream = request(
+            "POST",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            {
+                "model": "gpt-4o-mini",
+                "stream": True,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        )
         assert stream.body.rstrip().endswith(b"data: [DONE]")
     finally:
         proc.send_signal(signal.SIGINT)

@@ -81,60 +81,109 @@ def test_env_expansion_everywhere_with_defaults_and_coercion() -> None:
 
 
 def test_expanded_values_are_not_reparsed_as_yaml() -> None:
-    cfg = parse("providers: [{id: p, base_url: 'http://x', keys: [{secret: '${K}'}]}]", {"K": "a: [b, c] # d"})
+    cfg = parse(
+        "providers: [{id: p, base_url: 'http://x', keys: [{secret: '${K}'}]}]",
+        {"K": "a: [b, c] # d"},
+    )
     assert cfg.providers[0].keys[0].secret == Secret("a: [b, c] # d")
 
 
 BAD = [
-    ("providers: [{id: openai, keys: [{secret: a}, {secret: [1]}]}]",
-     "test.yaml: providers[0].keys[1].secret: expected a string or null, got a list"),
-    ("providers: [{id: openai, base_url: 'http://x', bogus: 1}]",
-     "test.yaml: providers[0].bogus: unknown key"),
-    ("providers: [{id: openai}]\nmodel_alias: {a: openai:b}",
-     "test.yaml: model_alias: unknown key"),
-    ("providers: [{id: openai}, {id: openai}]",
-     "test.yaml: providers[1].id: duplicate provider id 'openai'"),
-    ("providers: [{id: a, base_url: 'http://x', keys: [{id: k, secret: s1}]}, {id: b, base_url: 'http://y', keys: [{id: k, secret: s2}]}]",
-     "test.yaml: providers[1].keys[0].id: duplicate key id 'k'"),
-    ("providers: [{id: a, base_url: 'http://x', keys: [{secret: same}, {secret: same}]}]",
-     "test.yaml: providers[0].keys[1].id: duplicate key id"),
-    ("providers: [{id: openai}]\nmodel_aliases: {gpt-4: azure:gpt-4}",
-     "test.yaml: model_aliases.gpt-4: unknown provider 'azure'"),
-    ("providers: [{id: openai}]\nmodel_aliases: {gpt-4: [openai:gpt-4, gpt4]}",
-     "test.yaml: model_aliases.gpt-4[1]: 'gpt4' must have the form provider:model"),
-    ("providers: [{id: openai, keys: [{secret: '${MISSING}'}]}]",
-     "test.yaml: providers[0].keys[0].secret: environment variable MISSING is not set and has no default"),
-    ("providers: [{id: openai, keys: [{secret: s, limits: {rpm: fast}}]}]",
-     "test.yaml: providers[0].keys[0].limits.rpm: expected an integer or null, got a string"),
-    ("providers: [{id: openai, keys: [{secret: s, limits: {rpm: 0}}]}]",
-     "test.yaml: providers[0].keys[0].limits.rpm: must be at least 1"),
-    ("providers: [{id: openai, keys: [{secret: s, weight: true}]}]",
-     "test.yaml: providers[0].keys[0].weight: expected a number, got a boolean"),
-    ("providers: [{id: openai, keys: [{secret: s, pricing: {unit: per_million}}]}]",
-     "test.yaml: providers[0].keys[0].pricing.unit: expected one of 'per_1k_tokens', 'per_1m_tokens', 'per_token', got 'per_million'"),
-    ("providers: [{id: custom}]",
-     "test.yaml: providers[0].base_url: is required for this provider"),
-    ("providers: [{id: custom, base_url: 'ftp://host'}]",
-     "test.yaml: providers[0].base_url: 'ftp://host' is not an http(s) URL"),
-    ("providers: [{id: claude}]",
-     "test.yaml: providers[0].type: unknown provider type 'anthropic' (available: openai)"),
-    ("providers: [{id: 'bad:id', base_url: 'http://x'}]",
-     "test.yaml: providers[0].id: 'bad:id' is not a valid id"),
+    (
+        "providers: [{id: openai, keys: [{secret: a}, {secret: [1]}]}]",
+        "test.yaml: providers[0].keys[1].secret: expected a string or null, got a list",
+    ),
+    (
+        "providers: [{id: openai, base_url: 'http://x', bogus: 1}]",
+        "test.yaml: providers[0].bogus: unknown key",
+    ),
+    (
+        "providers: [{id: openai}]\nmodel_alias: {a: openai:b}",
+        "test.yaml: model_alias: unknown key",
+    ),
+    (
+        "providers: [{id: openai}, {id: openai}]",
+        "test.yaml: providers[1].id: duplicate provider id 'openai'",
+    ),
+    (
+        "providers: [{id: a, base_url: 'http://x', keys: [{id: k, secret: s1}]}, {id: b, base_url: 'http://y', keys: [{id: k, secret: s2}]}]",
+        "test.yaml: providers[1].keys[0].id: duplicate key id 'k'",
+    ),
+    (
+        "providers: [{id: a, base_url: 'http://x', keys: [{secret: same}, {secret: same}]}]",
+        "test.yaml: providers[0].keys[1].id: duplicate key id",
+    ),
+    (
+        "providers: [{id: openai}]\nmodel_aliases: {gpt-4: azure:gpt-4}",
+        "test.yaml: model_aliases.gpt-4: unknown provider 'azure'",
+    ),
+    (
+        "providers: [{id: openai}]\nmodel_aliases: {gpt-4: [openai:gpt-4, gpt4]}",
+        "test.yaml: model_aliases.gpt-4[1]: 'gpt4' must have the form provider:model",
+    ),
+    (
+        "providers: [{id: openai, keys: [{secret: '${MISSING}'}]}]",
+        "test.yaml: providers[0].keys[0].secret: environment variable MISSING is not set and has no default",
+    ),
+    (
+        "providers: [{id: openai, keys: [{secret: s, limits: {rpm: fast}}]}]",
+        "test.yaml: providers[0].keys[0].limits.rpm: expected an integer or null, got a string",
+    ),
+    (
+        "providers: [{id: openai, keys: [{secret: s, limits: {rpm: 0}}]}]",
+        "test.yaml: providers[0].keys[0].limits.rpm: must be at least 1",
+    ),
+    (
+        "providers: [{id: openai, keys: [{secret: s, weight: true}]}]",
+        "test.yaml: providers[0].keys[0].weight: expected a number, got a boolean",
+    ),
+    (
+        "providers: [{id: openai, keys: [{secret: s, pricing: {unit: per_million}}]}]",
+        "test.yaml: providers[0].keys[0].pricing.unit: expected one of 'per_1k_tokens', 'per_1m_tokens', 'per_token', got 'per_million'",
+    ),
+    (
+        "providers: [{id: custom}]",
+        "test.yaml: providers[0].base_url: is required for this provider",
+    ),
+    (
+        "providers: [{id: custom, base_url: 'ftp://host'}]",
+        "test.yaml: providers[0].base_url: 'ftp://host' is not an http(s) URL",
+    ),
+    (
+        "providers: [{id: claude}]",
+        "test.yaml: providers[0].type: unknown provider type 'anthropic' (available: openai)",
+    ),
+    (
+        "providers: [{id: 'bad:id', base_url: 'http://x'}]",
+        "test.yaml: providers[0].id: 'bad:id' is not a valid id",
+    ),
     ("providers: []", "test.yaml: providers: at least one provider is required"),
-    ("providers: [{id: openai}]\nserver: {listen: nowhere}",
-     "test.yaml: server.listen: cannot parse listen address 'nowhere'"),
-    ("providers: [{id: openai}]\nserver: {api_keys: [{id: a}]}",
-     "test.yaml: server.api_keys[0]: give exactly one of key or key_sha256"),
-    ("providers: [{id: openai}]\nserver: {api_keys: [{id: a, key_sha256: abc}]}",
-     "test.yaml: server.api_keys[0].key_sha256: must be 64 hexadecimal digits"),
-    ("providers: [{id: openai}]\nserver: {max_body_bytes: -1}",
-     "test.yaml: server.max_body_bytes: must be positive"),
-    ("providers: [{id: openai}]\nretry: {max_attempts: 0}",
-     "test.yaml: retry.max_attempts: must be at least 1"),
+    (
+        "providers: [{id: openai}]\nserver: {listen: nowhere}",
+        "test.yaml: server.listen: cannot parse listen address 'nowhere'",
+    ),
+    (
+        "providers: [{id: openai}]\nserver: {api_keys: [{id: a}]}",
+        "test.yaml: server.api_keys[0]: give exactly one of key or key_sha256",
+    ),
+    (
+        "providers: [{id: openai}]\nserver: {api_keys: [{id: a, key_sha256: abc}]}",
+        "test.yaml: server.api_keys[0].key_sha256: must be 64 hexadecimal digits",
+    ),
+    (
+        "providers: [{id: openai}]\nserver: {max_body_bytes: -1}",
+        "test.yaml: server.max_body_bytes: must be positive",
+    ),
+    (
+        "providers: [{id: openai}]\nretry: {max_attempts: 0}",
+        "test.yaml: retry.max_attempts: must be at least 1",
+    ),
     ("providers: [{id: openai}]\nproviders: []", "test.yaml: invalid YAML: "),
     ("- just\n- a list", "test.yaml: the top level must be a mapping, got a list"),
-    ("providers: [{id: openai, keys: {secret: x}}]",
-     "test.yaml: providers[0].keys: expected a list, got a mapping"),
+    (
+        "providers: [{id: openai, keys: {secret: x}}]",
+        "test.yaml: providers[0].keys: expected a list, got a mapping",
+    ),
 ]
 
 
@@ -206,16 +255,31 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     good.write_text(ORIGINAL_DOCS)
     bad = tmp_path / "bad.yaml"
     bad.write_text("providers: [{id: openai, keys: [{secret: s, limits: {rpm: x}}]}]\nextra: 1\n")
-    ok = subprocess.run([sys.executable, "-m", "truckllm", "check", "--config", str(good)],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "truckllm", "check", "--config", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout
-    ko = subprocess.run([sys.executable, "-m", "truckllm", "check", "-config", str(bad)],
-                        capture_output=True, text=True, timeout=60)
+    ko = subprocess.run(
+        [sys.executable, "-m", "truckllm", "check", "-config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ko.returncode == 2
     lines = ko.stderr.strip().splitlines()
-    assert f"{bad}: providers[0].keys[0].limits.rpm: expected an integer or null, got a string" in lines
+    assert (
+        f"{bad}: providers[0].keys[0].limits.rpm: expected an integer or null, got a string"
+        in lines
+    )
     assert any(line.startswith(f"{bad}: extra: unknown key") for line in lines)
-    missing = subprocess.run([sys.executable, "-m", "truckllm", "check", "--config", str(tmp_path / "none.yaml")],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "truckllm", "check", "--config", str(tmp_path / "none.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "cannot read" in missing.stderr

@@ -10,11 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import Gateway
 
 from truckllm.plugins import PluginError, Registry
 from truckllm.providers import provider_registry
-
-from helpers import Gateway
 
 PLUGIN = '''
 """A provider plugin that answers every chat with the reversed prompt."""
@@ -49,29 +48,43 @@ def install_plugin(site: Path, name: str, entry_points: str, module: str | None 
     importlib.invalidate_caches()
 
 
-def test_an_installed_provider_plugin_serves_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      gateway_factory: Callable[..., Gateway]) -> None:
-    install_plugin(tmp_path, "reverse_provider", "[truckllm.providers]\nreverse = reverse_provider:ReverseProvider\n", PLUGIN)
+def test_an_installed_provider_plugin_serves_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gateway_factory: Callable[..., Gateway]
+) -> None:
+    install_plugin(
+        tmp_path,
+        "reverse_provider",
+        "[truckllm.providers]\nreverse = reverse_provider:ReverseProvider\n",
+        PLUGIN,
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = provider_registry()
     assert "reverse" in registry.names()
-    gw = gateway_factory("""
+    gw = gateway_factory(
+        """
         providers:
           - id: backwards
             type: reverse
             base_url: http://unused.invalid
             models: [rev-1]
             options: {greeting: "> "}
-        """, registry=registry)
-    resp = gw.post("/v1/chat/completions", {"model": "rev-1", "messages": [{"role": "user", "content": "abc"}]})
+        """,
+        registry=registry,
+    )
+    resp = gw.post(
+        "/v1/chat/completions", {"model": "rev-1", "messages": [{"role": "user", "content": "abc"}]}
+    )
     assert resp.status == 200, resp.body
     assert resp.json()["choices"][0]["message"]["content"] == "> cba"
     assert resp.headers["x-truckllm-provider"] == "backwards"
 
 
-def test_a_broken_plugin_is_skipped_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               caplog: pytest.LogCaptureFixture) -> None:
-    install_plugin(tmp_path, "broken_plugin", "[truckllm.providers]\nbroken = broken_plugin_missing:Nope\n")
+def test_a_broken_plugin_is_skipped_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_plugin(
+        tmp_path, "broken_plugin", "[truckllm.providers]\nbroken = broken_plugin_missing:Nope\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     logging.getLogger("truckllm").propagate = True
     with caplog.at_level(logging.ERROR, logger="truckllm.plugins"):

@@ -20,7 +20,9 @@ CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def one_provider(url: str, keys: int = 2, extra: str = "") -> str:
-    key_lines = "\n".join(f"          - {{id: k{i}, secret: sk-upstream-{i}}}" for i in range(1, keys + 1))
+    key_lines = "\n".join(
+        f"          - {{id: k{i}, secret: sk-upstream-{i}}}" for i in range(1, keys + 1)
+    )
     return f"""
     providers:
       - id: openai
@@ -56,17 +58,30 @@ def assert_no_attempt_in_flight(gw: Gateway) -> None:
 # -- passthrough fidelity --------------------------------------------------------------------
 
 
-def test_only_model_is_rewritten_and_every_other_field_passes_untouched(gw: Gateway, upstream: MockUpstream) -> None:
+def test_only_model_is_rewritten_and_every_other_field_passes_untouched(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     body = {
         "model": "gpt-4",
         "messages": [
             {"role": "system", "content": "Answer in JSON."},
-            {"role": "user", "content": [
-                {"type": "text", "text": "What is in this image?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"},
+                    },
+                ],
+            },
         ],
-        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+            }
+        ],
         "tool_choice": "none",
         "response_format": {"type": "json_object"},
         "temperature": 0.25,
@@ -74,21 +89,29 @@ def test_only_model_is_rewritten_and_every_other_field_passes_untouched(gw: Gate
         "logit_bias": {"50256": -100},
         "vendor_extension": {"nested": [1, 2.5, None, True]},
     }
-    upstream.script.append(Scripted(body=b'{"id":"x",  "object":"chat.completion", "weird_spacing" : true}'))
+    upstream.script.append(
+        Scripted(body=b'{"id":"x",  "object":"chat.completion", "weird_spacing" : true}')
+    )
     resp = gw.post("/v1/chat/completions", body)
     assert resp.status == 200
-    assert resp.body == b'{"id":"x",  "object":"chat.completion", "weird_spacing" : true}'  # bytes as they came
+    assert (
+        resp.body == b'{"id":"x",  "object":"chat.completion", "weird_spacing" : true}'
+    )  # bytes as they came
     sent = upstream.received[-1].body
     assert sent == {**body, "model": "gpt-4-0613"}
 
 
-def test_body_is_forwarded_byte_for_byte_when_the_model_name_is_unchanged(gw: Gateway, upstream: MockUpstream) -> None:
+def test_body_is_forwarded_byte_for_byte_when_the_model_name_is_unchanged(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     raw = b'{"model": "gpt-4o-mini",   "messages": [{"role": "user", "content": "hi"}], "x": 1.0}'
     assert gw.post("/v1/chat/completions", raw=raw).status == 200
     assert upstream.received[-1].raw == raw
 
 
-def test_response_headers_name_provider_key_and_request(gw: Gateway, upstream: MockUpstream) -> None:
+def test_response_headers_name_provider_key_and_request(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     resp = gw.post("/v1/chat/completions", CHAT, headers={"X-Request-Id": "my-trace-1"})
     assert resp.headers["x-request-id"] == "my-trace-1"
     assert resp.headers["x-truckllm-provider"] == "openai"
@@ -99,7 +122,9 @@ def test_response_headers_name_provider_key_and_request(gw: Gateway, upstream: M
     assert generated.startswith("req_") and len(generated) > 10
 
 
-def test_the_key_picked_is_the_key_used_and_keys_rotate(gw: Gateway, upstream: MockUpstream) -> None:
+def test_the_key_picked_is_the_key_used_and_keys_rotate(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     used = []
     for _ in range(6):
         resp = gw.post("/v1/chat/completions", CHAT)
@@ -113,8 +138,9 @@ def test_the_key_picked_is_the_key_used_and_keys_rotate(gw: Gateway, upstream: M
 # -- model resolution ------------------------------------------------------------------------
 
 
-def test_model_resolution_alias_then_provider_prefix_then_listing(upstream_factory: Callable[..., MockUpstream],
-                                                                  gateway_factory: Callable[..., Gateway]) -> None:
+def test_model_resolution_alias_then_provider_prefix_then_listing(
+    upstream_factory: Callable[..., MockUpstream], gateway_factory: Callable[..., Gateway]
+) -> None:
     a, b = upstream_factory(), upstream_factory()
     gw = gateway_factory(f"""
         providers:
@@ -124,8 +150,13 @@ def test_model_resolution_alias_then_provider_prefix_then_listing(upstream_facto
           smart: [b:big, a:big]
           only-a: b:other
         """)
-    cases = [("smart", "b", "big"), ("only-a", "b", "other"), ("a:shared", "a", "shared"),
-             ("b:llama3:8b", "b", "llama3:8b"), ("shared", "a", "shared")]
+    cases = [
+        ("smart", "b", "big"),
+        ("only-a", "b", "other"),
+        ("a:shared", "a", "shared"),
+        ("b:llama3:8b", "b", "llama3:8b"),
+        ("shared", "a", "shared"),
+    ]
     for model, provider, upstream_model in cases:
         resp = gw.post("/v1/chat/completions", {**CHAT, "model": model})
         assert resp.status == 200, (model, resp.body)
@@ -139,31 +170,47 @@ def test_model_resolution_alias_then_provider_prefix_then_listing(upstream_facto
         assert resp.json()["error"]["param"] == "model"
 
 
-def test_catch_all_provider_serves_any_model_name(upstream: MockUpstream, gateway_factory: Callable[..., Gateway]) -> None:
+def test_catch_all_provider_serves_any_model_name(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
     gw = gateway_factory(f"providers: [{{id: local, base_url: {upstream.url}, models: ['*']}}]")
     assert gw.post("/v1/chat/completions", {**CHAT, "model": "qwen2.5:7b"}).status == 200
     assert upstream.received[-1].body["model"] == "qwen2.5:7b"
-    assert "authorization" not in {h.lower() for h in upstream.received[-1].headers}  # keyless upstream
+    assert "authorization" not in {
+        h.lower() for h in upstream.received[-1].headers
+    }  # keyless upstream
 
 
 def test_models_listing_and_retrieval(gw: Gateway) -> None:
     listing = gw.request("GET", "/v1/models").json()
     assert listing["object"] == "list"
-    assert {m["id"]: m["owned_by"] for m in listing["data"]} == {"gpt-4": "truckllm", "gpt-4o-mini": "openai"}
+    assert {m["id"]: m["owned_by"] for m in listing["data"]} == {
+        "gpt-4": "truckllm",
+        "gpt-4o-mini": "openai",
+    }
     one = gw.request("GET", "/v1/models/gpt-4o-mini")
-    assert one.status == 200 and one.json()["id"] == "gpt-4o-mini" and one.json()["object"] == "model"
+    assert (
+        one.status == 200 and one.json()["id"] == "gpt-4o-mini" and one.json()["object"] == "model"
+    )
     assert gw.request("GET", "/v1/models/nope").json()["error"]["code"] == "model_not_found"
 
 
 # -- client auth -----------------------------------------------------------------------------
 
 
-def test_client_auth_plain_and_hashed_keys(upstream: MockUpstream, gateway_factory: Callable[..., Gateway]) -> None:
+def test_client_auth_plain_and_hashed_keys(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
     digest = hashlib.sha256(b"hashed-client-key").hexdigest()
-    gw = gateway_factory(one_provider(upstream.url, extra=f"""
+    gw = gateway_factory(
+        one_provider(
+            upstream.url,
+            extra=f"""
     server:
       api_keys: [plain-client-key, {{id: team, key_sha256: "{digest}"}}]
-    """))
+    """,
+        )
+    )
     for headers, status, code in [
         ({}, 401, "missing_api_key"),
         ({"Authorization": "Bearer wrong"}, 401, "invalid_api_key"),
@@ -182,19 +229,38 @@ def test_client_auth_plain_and_hashed_keys(upstream: MockUpstream, gateway_facto
 # -- client errors ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "param", "fragment"), [
-    (b"{not json", None, "could not parse the JSON body"),
-    (b"[1, 2]", None, "must be a JSON object"),
-    (b'{"messages": [{"role": "user", "content": "x"}]}', "model", "you must provide a model parameter"),
-    (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "model", "expected a string, got a number"),
-    (b'{"model": "gpt-4", "messages": "hello"}', "messages", "expected an array, got a string"),
-    (b'{"model": "gpt-4", "messages": []}', "messages", "non-empty array"),
-    (b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream", "expected a boolean"),
-    (b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "stream": true, "stream_options": 1}',
-     "stream_options", "expected an object"),
-])
-def test_bad_requests_get_400_and_never_reach_the_upstream(gw: Gateway, upstream: MockUpstream, raw: bytes,
-                                                           param: str | None, fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "param", "fragment"),
+    [
+        (b"{not json", None, "could not parse the JSON body"),
+        (b"[1, 2]", None, "must be a JSON object"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}]}',
+            "model",
+            "you must provide a model parameter",
+        ),
+        (
+            b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}',
+            "model",
+            "expected a string, got a number",
+        ),
+        (b'{"model": "gpt-4", "messages": "hello"}', "messages", "expected an array, got a string"),
+        (b'{"model": "gpt-4", "messages": []}', "messages", "non-empty array"),
+        (
+            b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+            "stream",
+            "expected a boolean",
+        ),
+        (
+            b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "stream": true, "stream_options": 1}',
+            "stream_options",
+            "expected an object",
+        ),
+    ],
+)
+def test_bad_requests_get_400_and_never_reach_the_upstream(
+    gw: Gateway, upstream: MockUpstream, raw: bytes, param: str | None, fragment: str
+) -> None:
     resp = gw.post("/v1/chat/completions", raw=raw)
     assert resp.status == 400
     err = resp.json()["error"]
@@ -209,7 +275,9 @@ def test_embeddings_input_is_validated(gw: Gateway) -> None:
     assert resp.status == 400 and resp.json()["error"]["param"] == "input"
 
 
-def test_oversized_bodies_get_413(upstream: MockUpstream, gateway_factory: Callable[..., Gateway]) -> None:
+def test_oversized_bodies_get_413(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
     gw = gateway_factory(one_provider(upstream.url, extra="server: {max_body_bytes: 1000}"))
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 2000}]}
     resp = gw.post("/v1/chat/completions", big)
@@ -217,8 +285,13 @@ def test_oversized_bodies_get_413(upstream: MockUpstream, gateway_factory: Calla
     # Without a Content-Length (chunked upload) the limit holds while reading.
     host, port = gw.server.host, gw.server.port
     conn = http.client.HTTPConnection(host, port, timeout=10)
-    conn.request("POST", "/v1/chat/completions", body=iter([orjson.dumps(big)]),
-                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=iter([orjson.dumps(big)]),
+        headers={"Content-Type": "application/json"},
+        encode_chunked=True,
+    )
     chunked = conn.getresponse()
     assert chunked.status == 413
     conn.close()
@@ -235,7 +308,9 @@ def test_unknown_paths_and_methods(gw: Gateway) -> None:
 # -- upstream errors, retries and failover ---------------------------------------------------
 
 
-def test_upstream_client_errors_pass_through_untouched_without_retry(gw: Gateway, upstream: MockUpstream) -> None:
+def test_upstream_client_errors_pass_through_untouched_without_retry(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     err = b'{"error":{"message":"This model\'s maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}'
     upstream.script.append(Scripted(status=400, body=err))
     resp = gw.post("/v1/chat/completions", CHAT)
@@ -244,15 +319,45 @@ def test_upstream_client_errors_pass_through_untouched_without_retry(gw: Gateway
     assert len(upstream.received) == 1
 
 
-@pytest.mark.parametrize("first", [
-    Scripted(status=429, body={"error": {"message": "Rate limit reached", "type": "requests", "param": None, "code": "rate_limit_exceeded"}},
-             headers={"retry-after": "20"}),
-    Scripted(status=500, body={"error": {"message": "boom", "type": "server_error", "param": None, "code": None}}),
-    Scripted(status=503, body=b"<html>Service Unavailable</html>"),
-    Scripted(reset=True),
-    Scripted(status=401, body={"error": {"message": "Incorrect API key provided: sk-upstream-1.", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}),
-])
-def test_retryable_failures_move_to_the_next_key(gw: Gateway, upstream: MockUpstream, first: Scripted) -> None:
+@pytest.mark.parametrize(
+    "first",
+    [
+        Scripted(
+            status=429,
+            body={
+                "error": {
+                    "message": "Rate limit reached",
+                    "type": "requests",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                }
+            },
+            headers={"retry-after": "20"},
+        ),
+        Scripted(
+            status=500,
+            body={
+                "error": {"message": "boom", "type": "server_error", "param": None, "code": None}
+            },
+        ),
+        Scripted(status=503, body=b"<html>Service Unavailable</html>"),
+        Scripted(reset=True),
+        Scripted(
+            status=401,
+            body={
+                "error": {
+                    "message": "Incorrect API key provided: sk-upstream-1.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            },
+        ),
+    ],
+)
+def test_retryable_failures_move_to_the_next_key(
+    gw: Gateway, upstream: MockUpstream, first: Scripted
+) -> None:
     upstream.script.append(first)
     resp = gw.post("/v1/chat/completions", CHAT)
     assert resp.status == 200, resp.body
@@ -260,12 +365,23 @@ def test_retryable_failures_move_to_the_next_key(gw: Gateway, upstream: MockUpst
     assert resp.headers["x-truckllm-key-id"] == "k2"
     assert [r.bearer for r in upstream.received] == ["sk-upstream-1", "sk-upstream-2"]
     assert gw.states()["k1"].outcomes.get(OutcomeKind.SUCCESS) is None
-    assert sum(gw.states()["k1"].outcomes.values()) == 1 and gw.states()["k2"].outcomes == {OutcomeKind.SUCCESS: 1}
+    assert sum(gw.states()["k1"].outcomes.values()) == 1 and gw.states()["k2"].outcomes == {
+        OutcomeKind.SUCCESS: 1
+    }
     assert_no_attempt_in_flight(gw)
 
 
-def test_when_every_key_is_throttled_the_client_gets_the_429_and_retry_after(gw: Gateway, upstream: MockUpstream) -> None:
-    body = {"error": {"message": "Rate limit reached for requests", "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+def test_when_every_key_is_throttled_the_client_gets_the_429_and_retry_after(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
+    body = {
+        "error": {
+            "message": "Rate limit reached for requests",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
     upstream.script.extend([Scripted(status=429, body=body, headers={"retry-after": "7"})] * 2)
     resp = gw.post("/v1/chat/completions", CHAT)
     assert resp.status == 429
@@ -274,16 +390,32 @@ def test_when_every_key_is_throttled_the_client_gets_the_429_and_retry_after(gw:
     assert resp.headers["x-truckllm-attempts"] == "2"
 
 
-def test_upstream_credential_failures_become_502_without_leaking_the_key(gw: Gateway, upstream: MockUpstream) -> None:
+def test_upstream_credential_failures_become_502_without_leaking_the_key(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     for i in (1, 2):
-        upstream.script.append(Scripted(status=401, body={"error": {"message": f"Incorrect API key provided: sk-upstream-{i}", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}))
+        upstream.script.append(
+            Scripted(
+                status=401,
+                body={
+                    "error": {
+                        "message": f"Incorrect API key provided: sk-upstream-{i}",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
+        )
     resp = gw.post("/v1/chat/completions", CHAT)
     assert resp.status == 502
     assert resp.json()["error"]["code"] == "upstream_auth_failed"
     assert b"sk-upstream" not in resp.body
 
 
-def test_unreachable_upstream_is_502_and_timeout_is_504(upstream: MockUpstream, gateway_factory: Callable[..., Gateway]) -> None:
+def test_unreachable_upstream_is_502_and_timeout_is_504(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
@@ -308,8 +440,9 @@ def test_unreachable_upstream_is_502_and_timeout_is_504(upstream: MockUpstream, 
     assert_no_attempt_in_flight(slow)
 
 
-def test_aliases_fail_over_between_providers(upstream_factory: Callable[..., MockUpstream],
-                                             gateway_factory: Callable[..., Gateway]) -> None:
+def test_aliases_fail_over_between_providers(
+    upstream_factory: Callable[..., MockUpstream], gateway_factory: Callable[..., Gateway]
+) -> None:
     a, b = upstream_factory(), upstream_factory()
     gw = gateway_factory(f"""
         providers:
@@ -323,9 +456,16 @@ def test_aliases_fail_over_between_providers(upstream_factory: Callable[..., Moc
     assert b.received[-1].body["model"] == "m2"
 
 
-def test_retry_budget_is_configurable(upstream: MockUpstream, gateway_factory: Callable[..., Gateway]) -> None:
+def test_retry_budget_is_configurable(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
     gw = gateway_factory(one_provider(upstream.url, keys=3, extra="retry: {max_attempts: 1}"))
-    upstream.script.append(Scripted(status=500, body={"error": {"message": "x", "type": "server_error", "param": None, "code": None}}))
+    upstream.script.append(
+        Scripted(
+            status=500,
+            body={"error": {"message": "x", "type": "server_error", "param": None, "code": None}},
+        )
+    )
     resp = gw.post("/v1/chat/completions", CHAT)
     assert resp.status == 500 and len(upstream.received) == 1
 
@@ -335,13 +475,26 @@ def test_retry_budget_is_configurable(upstream: MockUpstream, gateway_factory: C
 
 def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
     delta = {"content": content} if content is not None else {}
-    return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
 
 
-def open_stream(gw: Gateway, body: dict[str, Any]) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+def open_stream(
+    gw: Gateway, body: dict[str, Any]
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     conn = http.client.HTTPConnection(gw.server.host, gw.server.port, timeout=10)
-    conn.request("POST", "/v1/chat/completions", body=orjson.dumps(body), headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=orjson.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
     return conn, conn.getresponse()
 
 
@@ -353,14 +506,18 @@ def test_stream_events_are_forwarded_as_they_arrive(gw: Gateway, upstream: MockU
     started = time.monotonic()
     first = resp.readline()
     assert b'"content":"a"' in first
-    assert time.monotonic() - started < 0.3  # the first event came before the upstream finished (1.6 s)
+    assert (
+        time.monotonic() - started < 0.3
+    )  # the first event came before the upstream finished (1.6 s)
     rest = resp.read()
     assert time.monotonic() - started > 1.0
     conn.close()
     assert sse_events(first + rest)[-1] == b"[DONE]"
 
 
-def test_stream_usage_is_requested_and_stripped_when_the_client_did_not_ask(gw: Gateway, upstream: MockUpstream) -> None:
+def test_stream_usage_is_requested_and_stripped_when_the_client_did_not_ask(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
     assert upstream.received[-1].body["stream_options"] == {"include_usage": True}
     payloads = sse_events(resp.body)
@@ -373,14 +530,19 @@ def test_stream_usage_is_requested_and_stripped_when_the_client_did_not_ask(gw: 
 
 
 def test_stream_usage_reaches_the_client_that_asked(gw: Gateway, upstream: MockUpstream) -> None:
-    resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    resp = gw.post(
+        "/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    )
     chunks = [orjson.loads(p) for p in sse_events(resp.body)[:-1]]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
-    assert upstream.received[-1].raw == orjson.dumps({**CHAT, "model": "gpt-4-0613", "stream": True,
-                                                      "stream_options": {"include_usage": True}})
+    assert upstream.received[-1].raw == orjson.dumps(
+        {**CHAT, "model": "gpt-4-0613", "stream": True, "stream_options": {"include_usage": True}}
+    )
 
 
-def test_a_stream_that_fails_before_its_first_event_fails_over(gw: Gateway, upstream: MockUpstream) -> None:
+def test_a_stream_that_fails_before_its_first_event_fails_over(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     upstream.script.append(Scripted(events=[chunk("never")], cut_after=0))
     resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
     assert resp.status == 200
@@ -389,8 +551,14 @@ def test_a_stream_that_fails_before_its_first_event_fails_over(gw: Gateway, upst
     assert_no_attempt_in_flight(gw)
 
 
-def test_a_stream_cut_after_the_first_byte_ends_with_an_error_event_not_done(gw: Gateway, upstream: MockUpstream) -> None:
-    upstream.script.append(Scripted(events=[chunk("partial"), chunk("more"), chunk("lost")], cut_after=2, event_delay=0.05))
+def test_a_stream_cut_after_the_first_byte_ends_with_an_error_event_not_done(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
+    upstream.script.append(
+        Scripted(
+            events=[chunk("partial"), chunk("more"), chunk("lost")], cut_after=2, event_delay=0.05
+        )
+    )
     resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
     payloads = sse_events(resp.body)
     assert b'"partial"' in payloads[0]
@@ -402,7 +570,9 @@ def test_a_stream_cut_after_the_first_byte_ends_with_an_error_event_not_done(gw:
     assert_no_attempt_in_flight(gw)
 
 
-def test_a_client_that_disconnects_cancels_the_upstream_stream(gw: Gateway, upstream: MockUpstream) -> None:
+def test_a_client_that_disconnects_cancels_the_upstream_stream(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     upstream.script.append(Scripted(events=[chunk("one"), chunk("two")], stall_after=1))
     conn, resp = open_stream(gw, {**CHAT, "stream": True})
     assert b'"one"' in resp.readline()
@@ -415,12 +585,17 @@ def test_a_client_that_disconnects_cancels_the_upstream_stream(gw: Gateway, upst
     wait_for(lambda: upstream.cancelled == 1)  # the upstream saw its request dropped
 
 
-def test_a_client_that_disconnects_while_waiting_cancels_the_upstream_call(gw: Gateway, upstream: MockUpstream) -> None:
+def test_a_client_that_disconnects_while_waiting_cancels_the_upstream_call(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     upstream.script.append(Scripted(delay=30))
     sock = socket.create_connection((gw.server.host, gw.server.port))
     body = orjson.dumps(CHAT)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     deadline = time.monotonic() + 5
     while not any(s.in_flight for s in gw.states().values()) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -430,15 +605,21 @@ def test_a_client_that_disconnects_while_waiting_cancels_the_upstream_call(gw: G
     wait_for(lambda: upstream.cancelled == 1)
 
 
-def test_every_attempt_reports_exactly_once_under_concurrency(upstream_factory: Callable[..., MockUpstream],
-                                                              gateway_factory: Callable[..., Gateway]) -> None:
+def test_every_attempt_reports_exactly_once_under_concurrency(
+    upstream_factory: Callable[..., MockUpstream], gateway_factory: Callable[..., Gateway]
+) -> None:
     import concurrent.futures
 
     # k3's credentials are refused upstream: every request that draws it first moves on.
     upstream = upstream_factory(valid_keys={"sk-upstream-1", "sk-upstream-2"})
     gw = gateway_factory(one_provider(upstream.url, keys=3))
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda i: gw.post("/v1/chat/completions", {**CHAT, "stream": i % 2 == 0}), range(120)))
+        results = list(
+            pool.map(
+                lambda i: gw.post("/v1/chat/completions", {**CHAT, "stream": i % 2 == 0}),
+                range(120),
+            )
+        )
     assert [r.status for r in results] == [200] * 120
     attempts = sum(int(r.headers["x-truckllm-attempts"]) for r in results)
     assert attempts > 120
@@ -448,7 +629,9 @@ def test_every_attempt_reports_exactly_once_under_concurrency(upstream_factory: 
     assert_no_attempt_in_flight(gw)
 
 
-def test_non_json_upstream_error_is_wrapped_in_openai_shape(gw: Gateway, upstream: MockUpstream) -> None:
+def test_non_json_upstream_error_is_wrapped_in_openai_shape(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
     upstream.script.append(Scripted(status=404, body=b"404 page not found"))
     resp = gw.post("/v1/chat/completions", CHAT)
     assert resp.status == 404

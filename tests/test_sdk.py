@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import openai
 import pytest
+from helpers import Gateway
 
 from truckllm.testing.mock import MockUpstream, Scripted
-
-from helpers import Gateway
 
 CONFIG = """
 providers:
@@ -29,7 +28,11 @@ WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 
@@ -45,25 +48,43 @@ def client(gw: Gateway) -> openai.OpenAI:
 
 
 def test_chat_plain(client: openai.OpenAI, upstream: MockUpstream) -> None:
-    reply = client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Hello"}])
+    reply = client.chat.completions.create(
+        model="gpt-4", messages=[{"role": "user", "content": "Hello"}]
+    )
     assert reply.object == "chat.completion"
-    assert reply.choices[0].message.content == "Hello from the TruckLLM mock upstream model speaking"
+    assert (
+        reply.choices[0].message.content == "Hello from the TruckLLM mock upstream model speaking"
+    )
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None and reply.usage.total_tokens == reply.usage.prompt_tokens + 8
     assert upstream.received[-1].body["model"] == "gpt-4-turbo"
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4", messages=[{"role": "user", "content": "x"}]
+    )
     assert raw.headers["x-truckllm-provider"] == "openai"
 
 
 def test_chat_streamed_with_and_without_usage(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
     chunks = list(stream)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Hello from")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith(
+        "Hello from"
+    )
     assert all(c.usage is None for c in chunks)
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+    assert (
+        chunks[-1].choices == []
+        and chunks[-1].usage is not None
+        and chunks[-1].usage.completion_tokens == 8
+    )
 
 
 def test_tool_calls_plain_and_streamed(client: openai.OpenAI, upstream: MockUpstream) -> None:
@@ -74,32 +95,52 @@ def test_tool_calls_plain_and_streamed(client: openai.OpenAI, upstream: MockUpst
     assert call.function.name == "get_weather" and call.function.arguments == "{}"
     assert upstream.received[-1].body["tools"] == [WEATHER_TOOL]
     # The tool result goes back through the gateway untouched, and the model answers.
-    messages += [reply.choices[0].message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}]
+    messages += [
+        reply.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'},
+    ]
     final = client.chat.completions.create(model="gpt-4", messages=messages, tools=[WEATHER_TOOL])  # type: ignore[arg-type]
     assert final.choices[0].message.content
-    assert upstream.received[-1].body["messages"][2] == {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}
-    stream = client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Weather?"}],
-                                            tools=[WEATHER_TOOL], stream=True)  # type: ignore[list-item]
+    assert upstream.received[-1].body["messages"][2] == {
+        "role": "tool",
+        "tool_call_id": call.id,
+        "content": '{"temp_c": 21}',
+    }
+    stream = client.chat.completions.create(
+        model="gpt-4",
+        messages=[{"role": "user", "content": "Weather?"}],
+        tools=[WEATHER_TOOL],
+        stream=True,
+    )  # type: ignore[list-item]
     deltas = [tc for c in stream if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert deltas[0].function is not None and deltas[0].function.name == "get_weather"
     assert "".join((d.function.arguments or "") for d in deltas if d.function) == "{}"
 
 
 def test_json_mode_and_images_pass_through(client: openai.OpenAI, upstream: MockUpstream) -> None:
-    content = [{"type": "text", "text": "Describe"},
-               {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
-    client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": content}],  # type: ignore[misc,list-item]
-                                   response_format={"type": "json_object"})
+    content = [
+        {"type": "text", "text": "Describe"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ]
+    client.chat.completions.create(
+        model="gpt-4",
+        messages=[{"role": "user", "content": content}],  # type: ignore[misc,list-item]
+        response_format={"type": "json_object"},
+    )
     sent = upstream.received[-1].body
-    assert sent["response_format"] == {"type": "json_object"} and sent["messages"][0]["content"] == content
+    assert (
+        sent["response_format"] == {"type": "json_object"}
+        and sent["messages"][0]["content"] == content
+    )
 
 
 def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
     result = client.embeddings.create(model="text-embedding-3-small", input=["one", "two"])
     assert [d.index for d in result.data] == [0, 1]
     assert len(result.data[0].embedding) == 8 and isinstance(result.data[0].embedding[0], float)
-    floats = client.embeddings.create(model="text-embedding-3-small", input="one", encoding_format="float")
+    floats = client.embeddings.create(
+        model="text-embedding-3-small", input="one", encoding_format="float"
+    )
     assert floats.data[0].embedding == pytest.approx(result.data[0].embedding)
     assert result.usage.prompt_tokens > 0
 
@@ -112,19 +153,35 @@ def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
         client.models.retrieve("nope")
 
 
-def test_errors_surface_as_the_sdks_own_exceptions(client: openai.OpenAI, gw: Gateway, upstream: MockUpstream) -> None:
+def test_errors_surface_as_the_sdks_own_exceptions(
+    client: openai.OpenAI, gw: Gateway, upstream: MockUpstream
+) -> None:
     msgs = [{"role": "user", "content": "x"}]
     with pytest.raises(openai.NotFoundError) as nf:
         client.chat.completions.create(model="no-such-model", messages=msgs)  # type: ignore[arg-type]
     assert nf.value.code == "model_not_found"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=gw.url + "/v1", api_key="wrong", max_retries=0).models.list()
-    rate = {"error": {"message": "Rate limit reached", "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+    rate = {
+        "error": {
+            "message": "Rate limit reached",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
     upstream.script.extend([Scripted(status=429, body=rate, headers={"retry-after": "1"})] * 2)
     with pytest.raises(openai.RateLimitError) as rl:
         client.chat.completions.create(model="gpt-4", messages=msgs)  # type: ignore[arg-type]
     assert rl.value.code == "rate_limit_exceeded"
-    bad = {"error": {"message": "Invalid 'temperature'", "type": "invalid_request_error", "param": "temperature", "code": "invalid_value"}}
+    bad = {
+        "error": {
+            "message": "Invalid 'temperature'",
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "invalid_value",
+        }
+    }
     upstream.script.append(Scripted(status=400, body=bad))
     with pytest.raises(openai.BadRequestError) as br:
         client.chat.completions.create(model="gpt-4", messages=msgs, temperature=9)  # type: ignore[arg-type]
@@ -136,11 +193,22 @@ def test_errors_surface_as_the_sdks_own_exceptions(client: openai.OpenAI, gw: Ga
         client.chat.completions.create(model="gpt-4", messages=[])
 
 
-def test_a_stream_broken_midway_raises_in_the_sdk(client: openai.OpenAI, upstream: MockUpstream) -> None:
-    first = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "par"}, "finish_reason": None}]}
+def test_a_stream_broken_midway_raises_in_the_sdk(
+    client: openai.OpenAI, upstream: MockUpstream
+) -> None:
+    first = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "par"}, "finish_reason": None}
+        ],
+    }
     upstream.script.append(Scripted(events=[first, first, first], cut_after=1))
-    stream = client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}], stream=True)
+    stream = client.chat.completions.create(
+        model="gpt-4", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     received = []
     with pytest.raises(openai.APIError):
         for c in stream:

@@ -47,9 +47,10 @@ def uvicorn_config(app: App, host: str, port: int, **overrides: Any) -> uvicorn.
         "access_log": False,
         "log_config": None,
         "server_header": False,
+        "proxy_headers": False,
         "backlog": 2048,
         "timeout_keep_alive": 75,
-        "timeout_graceful_shutdown": app.config.server.timeouts.total,
+        "timeout_graceful_shutdown": 30,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

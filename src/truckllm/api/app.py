@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -42,6 +43,41 @@ class ClientGone(Exception):
     """The client disconnected before the request was read."""
 
 
+class _DisconnectWatch:
+    """Cancels the request's task when the client disconnects, so the upstream call is dropped
+    too. Requests that finish within ``delay`` never pay for a watcher task: a timer starts it."""
+
+    __slots__ = ("_fut", "_receive", "_timer", "gone", "task")
+
+    def __init__(self, receive: Receive, delay: float = 0.1) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.gone = False
+        self._receive = receive
+        self._fut: asyncio.Future[Message] | None = None
+        self._timer: asyncio.TimerHandle | None = task.get_loop().call_later(delay, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._fut = asyncio.ensure_future(self._receive())
+        self._fut.add_done_callback(self._on_message)
+
+    def _on_message(self, fut: asyncio.Future[Message]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        if fut.result()["type"] == "http.disconnect":
+            self.gone = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._fut is not None:
+            self._fut.remove_done_callback(self._on_message)
+            self._fut.cancel()
+
+
 class App:
     """The gateway's ASGI application. Owns the shared upstream session and the current runtime.
 
@@ -54,6 +90,8 @@ class App:
         self.gateway = Gateway()
         self.session: aiohttp.ClientSession | None = None
         self._runtime: Runtime | None = None
+        self._id_prefix = "req_" + os.urandom(6).hex()
+        self._ids = itertools.count(1)
         self._routes: dict[
             tuple[str, str], Callable[[Runtime, Scope, Receive, Send, str], Awaitable[None]]
         ] = {
@@ -122,37 +160,40 @@ class App:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self.runtime  # one runtime for the whole request, even if a reload swaps it
-        request_id = _request_id(scope)
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
+        request_id = self._request_id(scope)
         try:
             route = self._routes.get((scope["method"], scope["path"]))
             if route is None:
                 route = self._fallback_route(scope)
-            await route(rt, scope, receive, tracked_send, request_id)
-        except APIError as err:
-            if not started:
-                await _send_error(send, err, request_id)
+            await route(rt, scope, receive, send, request_id)
+        except APIError as err:  # raised only before the response starts
+            await _send_error(send, err, request_id)
         except ClientGone:
             pass
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
-            if not started:
-                await _send_error(
-                    send,
-                    APIError(
-                        500,
-                        f"internal gateway error (request id {request_id})",
-                        code="internal_error",
-                        type_="server_error",
-                    ),
-                    request_id,
-                )
+            await _send_error(
+                send,
+                APIError(
+                    500,
+                    f"internal gateway error (request id {request_id})",
+                    code="internal_error",
+                    type_="server_error",
+                ),
+                request_id,
+            )
+
+    def _request_id(self, scope: Scope) -> str:
+        """The client's ``X-Request-Id`` when it sends a sane one, else a new unique id: a random
+        per-process prefix and a counter (no system call per request)."""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if 0 < len(value) <= 128 and value.isascii():
+                    text: str = value.decode()
+                    if text.isprintable():
+                        return text
+                break
+        return f"{self._id_prefix}{next(self._ids):x}"
 
     def _fallback_route(
         self, scope: Scope
@@ -334,23 +375,7 @@ class App:
         if targets is None:
             raise model_not_found(model)
 
-        # Race the work against the client going away: a disconnect cancels the upstream call.
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.ensure_future(receive())
-        gone = False
-
-        def on_message(fut: asyncio.Future[Message]) -> None:
-            nonlocal gone
-            if (
-                not fut.cancelled()
-                and fut.exception() is None
-                and fut.result()["type"] == "http.disconnect"
-            ):
-                gone = True
-                task.cancel()
-
-        watcher.add_done_callback(on_message)
+        watch = _DisconnectWatch(receive)
         try:
             served = await self.gateway.execute(
                 rt, targets, endpoint, body, raw, stream, wants_usage, request_id
@@ -404,15 +429,14 @@ class App:
                 await events.aclose()
             await send({"type": "http.response.body", "body": b""})
         except asyncio.CancelledError:
-            if not gone:
+            if not watch.gone:
                 raise
-            task.uncancel()
+            watch.task.uncancel()
             raise ClientGone from None
         except OSError:  # the server's send() after the client left
             raise ClientGone from None
         finally:
-            watcher.remove_done_callback(on_message)
-            watcher.cancel()
+            watch.stop()
 
     async def _models(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
@@ -463,16 +487,6 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
-            text: str = value.decode()
-            if text.isprintable():
-                return text
-            break
-    return "req_" + os.urandom(12).hex()
-
-
 async def _send_json(
     send: Send,
     status: int,
@@ -496,5 +510,6 @@ async def _send_json(
 
 
 async def _send_error(send: Send, err: APIError, request_id: str) -> None:
-    with contextlib.suppress(OSError):
+    # RuntimeError: the response had already started (the server refuses a second start).
+    with contextlib.suppress(OSError, RuntimeError):
         await _send_json(send, err.status, err.body(), request_id, err.headers)

@@ -468,7 +468,8 @@ def _validate(cfg: Config, decoder: _Decoder, provider_types: Iterable[str] | No
     if cfg.retry.max_attempts < 1:
         fail("retry.max_attempts", "must be at least 1")
     for name in ("connect", "read", "total"):
-        if getattr(server.timeouts, name) <= 0:
+        value = getattr(server.timeouts, name)
+        if value is not None and value <= 0:
             fail(f"server.timeouts.{name}", "must be positive")
     return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
 

@@ -63,12 +63,13 @@ class KeyConfig:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. ``read`` bounds the silence between two reads from the upstream (so it also bounds
-    the gap between stream events); ``total`` bounds a whole non-streamed request."""
+    """Seconds. ``read`` bounds the silence between two reads from the upstream: the wait for a
+    non-streamed answer and the gap between stream events. ``total``, when set, also bounds a whole
+    non-streamed request (it costs a timer per request, so it is off by default)."""
 
     connect: float = 10.0
     read: float = 300.0
-    total: float = 600.0
+    total: float | None = None
 
 
 @dataclass(frozen=True)

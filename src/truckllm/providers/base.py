@@ -64,6 +64,9 @@ class Reply:
     Exactly one of ``body`` (a complete JSON body: a result or an OpenAI-shaped error) and
     ``events`` (complete SSE events, each ending in a blank line, forwarded as they arrive) is set.
     ``usage`` is known for bodies at once and for streams once ``events`` is exhausted.
+    ``headers`` are the upstream's own (rate-limit headers are read from them by the routing
+    layer); ``error_code`` is the upstream error's code and ``retry_after`` its advice in seconds
+    (``Retry-After``, or a body field such as Gemini's ``RetryInfo``), both ``None`` on success.
     The consumer must ``await aclose()`` it, which releases the upstream connection.
     """
 
@@ -74,6 +77,7 @@ class Reply:
     events: AsyncIterator[bytes] | None = None
     usage: Usage | None = None
     error_code: str | None = None
+    retry_after: float | None = None  # seconds, when the upstream said when to come back
     _release: Any = field(default=None, repr=False)
 
     async def aclose(self) -> None:

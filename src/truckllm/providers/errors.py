@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import time
 from typing import Any
 
 import orjson
@@ -63,3 +65,21 @@ def normalise_upstream_error(
                 return error_body(text, status), None
     text = data.decode("utf-8", "replace").strip()[:500] or "(empty body)"
     return error_body(f"provider {provider_id!r} answered {status}: {text}", status), None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date; ``None`` if absent or
+    unreadable. Never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(when.timestamp() - current, 0.0)

@@ -25,7 +25,7 @@ from truckllm.providers.base import (
     UpstreamUnavailable,
     Usage,
 )
-from truckllm.providers.errors import normalise_upstream_error
+from truckllm.providers.errors import normalise_upstream_error, parse_retry_after
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -120,7 +120,14 @@ class OpenAIProvider:
             ):
                 body = body.replace(key.secret.reveal().encode(), b"********")
             body, code = normalise_upstream_error(body, resp.status, self.id)
-            return Reply(resp.status, "application/json", resp.headers, body=body, error_code=code)
+            return Reply(
+                resp.status,
+                "application/json",
+                resp.headers,
+                body=body,
+                error_code=code,
+                retry_after=parse_retry_after(resp.headers.get("retry-after")),
+            )
         return Reply(resp.status, ctype, resp.headers, body=body, usage=_usage_of_body(body))
 
     async def _events(
@@ -156,13 +163,44 @@ class OpenAIProvider:
 
 
 def _usage_of_body(body: bytes) -> Usage | None:
-    if b'"usage"' not in body:
+    """Usage from a response body without parsing all of it: the ``usage`` object is small and
+    comes last in OpenAI's format, so parse just that slice; parse the whole body otherwise."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
         return None
+    start = body.find(b"{", at)
+    if start > 0 and body[at + 7 : start].strip() == b":":
+        end = _object_end(body, start)
+        if end > 0:
+            try:
+                return Usage.from_openai(orjson.loads(body[start : end + 1]))
+            except orjson.JSONDecodeError:
+                pass
     try:
         obj: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     return Usage.from_openai(obj.get("usage")) if isinstance(obj, dict) else None
+
+
+def _object_end(body: bytes, start: int) -> int:
+    """Index of the brace that closes the object opening at ``start``, or -1. Braces inside
+    strings are not expected in a usage object; if there are any, the parse of the slice fails."""
+    depth = 0
+    i = start
+    while True:
+        close = body.find(b"}", i)
+        if close < 0:
+            return -1
+        opening = body.find(b"{", i, close)
+        if opening >= 0:
+            depth += 1
+            i = opening + 1
+            continue
+        depth -= 1
+        i = close + 1
+        if depth == 0:
+            return close
 
 
 def _take_usage(batch: bytes, reply: Reply, strip: bool) -> bytes:
