@@ -32,6 +32,7 @@ def one_provider(url: str, keys: int = 2, extra: str = "") -> str:
 {key_lines}
     model_aliases:
       gpt-4: openai:gpt-4-0613
+    routing: {{strategy: round_robin}}
     {extra}
     """
 

@@ -21,6 +21,7 @@ model_aliases:
   gpt-4: openai:gpt-4-turbo
 server:
   api_keys: [client-key]
+routing: {{strategy: round_robin}}
 """
 
 WEATHER_TOOL = {

@@ -1,4 +1,4 @@
-"""One client request: model -> candidate targets; loop { pick -> send -> outcome } until served.
+"""One client request: model -> route; loop { pick -> send -> outcome } until served.
 
 The only module that knows both the providers and the routing layer. Failover is possible until
 the first byte reaches the client; after that an upstream failure ends the stream with an error.
@@ -6,6 +6,9 @@ the first byte reaches the client; after that an upstream failure ends the strea
 
 from __future__ import annotations
 
+import asyncio
+import math
+import random
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
@@ -13,12 +16,21 @@ from typing import Any
 
 import aiohttp
 
-from truckllm.config import Config, client_key_digests, provider_timeouts
+from truckllm.config import AliasConfig, Config, client_key_digests, provider_timeouts
 from truckllm.errors import APIError
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
 from truckllm.providers.base import Call, Endpoint, Reply, UpstreamError, UpstreamTimeout
-from truckllm.routing import Outcome, OutcomeKind, Pick, Router, classify_status
+from truckllm.routing import (
+    Outcome,
+    OutcomeKind,
+    Pick,
+    Router,
+    RoutingSettings,
+    classify_status,
+    estimate,
+    parse_quota,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,29 +40,94 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Where a model name leads: targets in priority order (or to balance), and how to choose."""
+
+    targets: tuple[Target, ...]
+    balance: bool = False
+    strategy: str | None = None
+    context_fallback: str | None = None
+
+    @property
+    def provider_ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.provider_id for t in self.targets))
+
+    def target_for(self, provider_id: str) -> Target:
+        for t in self.targets:
+            if t.provider_id == provider_id:
+                return t
+        raise KeyError(provider_id)
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Immutable: ``increment()`` returns the policy for the next attempt, or ``None`` when the
-    attempts are used up."""
+    """Immutable: ``next()`` returns the policy for the next attempt, or ``None`` when no attempt
+    is left. Key switches and same-key retries are counted apart."""
 
-    max_attempts: int = 2
-    attempt: int = 1
+    max_attempts: int = 3
+    max_same_key_retries: int = 1
+    deadline_s: float = 60.0
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 1.0
+    attempts: int = 0
+    key_switches: int = 0
+    same_key_retries: int = 0
 
-    def increment(self) -> RetryPolicy | None:
-        if self.attempt >= self.max_attempts:
+    def next(self, same_key: bool) -> RetryPolicy | None:
+        if self.attempts + 1 > self.max_attempts:
             return None
-        return replace(self, attempt=self.attempt + 1)
+        if same_key:
+            if self.same_key_retries >= self.max_same_key_retries:
+                return None
+            return replace(
+                self, attempts=self.attempts + 1, same_key_retries=self.same_key_retries + 1
+            )
+        switches = self.key_switches + (1 if self.attempts else 0)
+        return replace(self, attempts=self.attempts + 1, key_switches=switches)
+
+    def backoff(self, rng: random.Random) -> float:
+        """Full-jitter exponential backoff before retry number ``attempts``, capped."""
+        cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** max(self.attempts - 1, 0))
+        return rng.uniform(0, cap)
+
+
+class RetryBudget:
+    """Retries are at most ``ratio`` of requests plus a ``burst``: a token bucket that requests
+    fill and retries drain, so a provider-wide outage does not become a retry storm."""
+
+    __slots__ = ("_burst", "_ratio", "tokens")
+
+    def __init__(self, ratio: float, burst: int) -> None:
+        self._ratio = ratio
+        self._burst = float(burst)
+        self.tokens = float(burst)
+
+    def on_request(self) -> None:
+        self.tokens = min(self.tokens + self._ratio, self._burst)
+
+    def try_spend(self) -> bool:
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 class ModelResolver:
-    """Client model name -> targets: an alias, then ``provider:model``, then providers that list
-    the model under its own name (in configuration order)."""
+    """Client model name -> route: an alias, then ``provider:model``, then providers that list
+    the model under its own name (in configuration order), then catch-all providers."""
 
     def __init__(self, cfg: Config) -> None:
         self._providers = {p.id for p in cfg.providers}
-        self.aliases: dict[str, tuple[Target, ...]] = {}
+        self.aliases: dict[str, Route] = {}
         for name, spec in cfg.model_aliases.items():
-            specs = (spec,) if isinstance(spec, str) else spec
-            self.aliases[name] = tuple(Target(*s.split(":", 1)) for s in specs)
+            if isinstance(spec, AliasConfig):
+                targets = tuple(Target(*s.split(":", 1)) for s in spec.targets)
+                self.aliases[name] = Route(
+                    targets, spec.mode == "balance", spec.strategy, spec.context_fallback
+                )
+            else:
+                specs = (spec,) if isinstance(spec, str) else spec
+                self.aliases[name] = Route(tuple(Target(*s.split(":", 1)) for s in specs))
         self.models: dict[str, list[Target]] = {}
         self._catch_all: list[str] = []  # providers listing "*": they serve any other model name
         for p in cfg.providers:
@@ -60,18 +137,18 @@ class ModelResolver:
                 else:
                     self.models.setdefault(m, []).append(Target(p.id, m))
 
-    def resolve(self, name: str) -> tuple[Target, ...] | None:
-        targets = self.aliases.get(name)
-        if targets is not None:
-            return targets
+    def resolve(self, name: str) -> Route | None:
+        route = self.aliases.get(name)
+        if route is not None:
+            return route
         pid, sep, model = name.partition(":")
         if sep and model and pid in self._providers:
-            return (Target(pid, model),)
+            return Route((Target(pid, model),))
         listed = self.models.get(name)
         if listed:
-            return tuple(listed)
+            return Route(tuple(listed))
         if self._catch_all:
-            return tuple(Target(pid, name) for pid in self._catch_all)
+            return Route(tuple(Target(pid, name) for pid in self._catch_all))
         return None
 
 
@@ -85,18 +162,42 @@ class Runtime:
         registry: Registry[ProviderFactory],
         session: aiohttp.ClientSession,
         previous: Runtime | None = None,
+        router: Router | None = None,
     ) -> None:
         self.config = config
         self.providers: dict[str, Provider] = {}
         for p in config.providers:
             ctx = ProviderContext(p, session, provider_timeouts(p, config.server.timeouts))
             self.providers[p.id] = registry.get(p.type)(ctx)
-        self.router: Router = Router(
-            config.providers, carry_over=previous.router if previous else None
+        r = config.routing
+        settings = RoutingSettings(
+            cooldown_base_s=r.cooldown.base,
+            cooldown_max_s=r.cooldown.max,
+            breaker_failures=r.breaker.failures,
+            provider_breaker_failures=r.breaker.provider_failures,
+            breaker_open_s=r.breaker.open_for,
+            breaker_open_max_s=r.breaker.max_open_for,
+            out_of_service_probe_s=r.out_of_service_probe,
+        )
+        self.router: Router = router or Router(
+            config.providers,
+            settings,
+            default_strategy=r.strategy,
+            strategies={p.id: p.strategy for p in config.providers if p.strategy},
+            carry_over=previous.router if previous else None,
         )
         self.resolver = ModelResolver(config)
         self.client_keys: Mapping[bytes, str] = client_key_digests(config)
-        self.retry = RetryPolicy(max_attempts=config.retry.max_attempts)
+        rc = config.retry
+        self.retry = RetryPolicy(
+            rc.max_attempts, rc.max_same_key_retries, rc.deadline, rc.backoff_base, rc.backoff_max
+        )
+        self.budget: RetryBudget = (
+            previous.budget if previous else RetryBudget(rc.budget_ratio, rc.budget_burst)
+        )
+        self.max_wait_s = r.max_wait
+        self.default_output_tokens = r.default_max_output_tokens
+        self.rng = random.Random()
         self.created = int(time.time())
 
 
@@ -126,6 +227,31 @@ _PASSED_ON = frozenset({OutcomeKind.RATE_LIMITED, OutcomeKind.SERVER_ERROR})
 
 def _outcome_for(exc: UpstreamError) -> OutcomeKind:
     return OutcomeKind.TIMEOUT if isinstance(exc, UpstreamTimeout) else OutcomeKind.CONNECTION_ERROR
+
+
+def _no_room(wait_s: float) -> APIError:
+    if math.isinf(wait_s):
+        return APIError(
+            503,
+            "no upstream key is available for this model",
+            code="no_available_key",
+            type_="api_error",
+        )
+    seconds = max(1, math.ceil(wait_s))
+    return APIError(
+        429,
+        f"Every key for this model is at its rate limit; retry after {seconds} s.",
+        code="rate_limit_exceeded",
+        type_="rate_limit_error",
+        headers=[(b"retry-after", str(seconds).encode())],
+    )
+
+
+def _is_context_error(reply: Reply) -> bool:
+    if reply.error_code == "context_length_exceeded":
+        return True
+    text = (reply.body or b"")[:2000].lower()
+    return b"context length" in text or b"context window" in text or b"prompt is too long" in text
 
 
 def _final_error(
@@ -163,7 +289,7 @@ class Gateway:
     async def execute(
         self,
         rt: Runtime,
-        targets: tuple[Target, ...],
+        route: Route,
         endpoint: Endpoint,
         body: dict[str, Any],
         raw: bytes,
@@ -171,67 +297,139 @@ class Gateway:
         wants_usage: bool,
         request_id: str,
     ) -> Served:
-        policy: RetryPolicy | None = rt.retry
+        router = rt.router
+        est = estimate(endpoint, body, len(raw), rt.default_output_tokens)
+        rt.budget.on_request()
+        policy: RetryPolicy | None = rt.retry.next(same_key=False)
+        deadline = router.clock() + rt.retry.deadline_s
+        wait_left = rt.max_wait_s
         tried: set[str] = set()
-        ti = 0
         attempts = 0
         last: Reply | UpstreamError | None = None
         last_kind: OutcomeKind | None = None
         last_target: Target | None = None
         last_pick: Pick | None = None
-        started = time.perf_counter()
-        while policy is not None and ti < len(targets):
-            target = targets[ti]
-            pick = rt.router.pick(target.provider_id, tried)
-            if pick is None:
-                ti += 1
-                continue
+        no_room_s = math.inf
+        while policy is not None:
+            choice = router.pick(route.provider_ids, est, tried, route.strategy, route.balance)
+            if (
+                not isinstance(choice, Pick)
+                and tried
+                and last_kind is not None
+                and last_kind.needs_backoff
+            ):
+                same = policy.next(same_key=True) if attempts else None
+                if same is not None:  # no other key left: retry one already tried
+                    choice = router.pick(
+                        route.provider_ids, est, frozenset(), route.strategy, route.balance
+                    )
+                    if isinstance(choice, Pick):
+                        policy = same
+            if not isinstance(choice, Pick):
+                no_room_s = choice
+                if choice <= wait_left and router.clock() + choice < deadline:
+                    wait_left -= choice
+                    await asyncio.sleep(choice + 0.001)
+                    continue
+                break
+            pick = choice
+            target = route.target_for(pick.provider.id)
             tried.add(pick.key.id)
             attempts += 1
             last_target, last_pick = target, pick
-            call = Call(endpoint, body, raw, target.model, stream, wants_usage, request_id)
-            t0 = time.perf_counter()
-            try:
-                reply = await rt.providers[target.provider_id].send(call, pick.key)
-            except UpstreamError as exc:
-                last_kind = _outcome_for(exc)
-                pick.done(Outcome(last_kind, exc.status, time.perf_counter() - t0))
-                last = exc
-                policy = policy.increment()
-                continue
-            except BaseException:
-                pick.done(Outcome(OutcomeKind.CANCELLED))
-                raise
-            kind = classify_status(reply.status, reply.error_code)
-            if kind is OutcomeKind.SUCCESS and reply.events is not None:
-                # Commit only once the first event is in hand: until then another key may serve.
-                try:
-                    first = await anext(reply.events, b"")
-                except UpstreamError as exc:
-                    last_kind = _outcome_for(exc)
-                    pick.done(Outcome(last_kind, 200, time.perf_counter() - t0))
+            kind, failure, served = await self._attempt(
+                rt, pick, target, endpoint, body, raw, stream, wants_usage, request_id, attempts
+            )
+            if served is not None:
+                return served
+            if kind is OutcomeKind.CLIENT_ERROR and isinstance(failure, Reply):
+                reply = failure
+                fallback = (
+                    rt.resolver.resolve(route.context_fallback) if route.context_fallback else None
+                )
+                if fallback is not None and _is_context_error(reply):
+                    route, tried = fallback, set()
                     await reply.aclose()
-                    last = exc
-                    policy = policy.increment()
+                    policy = policy.next(same_key=False)
                     continue
-                except BaseException:
-                    pick.done(Outcome(OutcomeKind.CANCELLED, 200))
-                    await reply.aclose()
-                    raise
-                return Served(reply, pick, target, attempts, t0, first, time.perf_counter() - t0)
-            if kind is OutcomeKind.SUCCESS or not kind.retryable:
-                pick.done(Outcome(kind, reply.status, time.perf_counter() - t0, usage=reply.usage))
-                return Served(reply, pick, target, attempts, t0)
-            pick.done(Outcome(kind, reply.status, time.perf_counter() - t0))
-            await reply.aclose()
-            last, last_kind = reply, kind
-            policy = policy.increment()
+                return Served(reply, pick, target, attempts, pick.started)
+            last, last_kind = failure, kind
+            policy = policy.next(same_key=False)
+            if policy is None or router.clock() >= deadline or not rt.budget.try_spend():
+                break
+            if kind.needs_backoff:
+                await asyncio.sleep(policy.backoff(rt.rng))
         if isinstance(last, Reply) and last_pick and last_target and last_kind in _PASSED_ON:
             # Attempts used up on throttling or server errors: the client sees the last upstream
             # answer (a 429 keeps its Retry-After), as it would from the provider. That attempt
             # has reported already; ``done`` is idempotent.
-            return Served(last, last_pick, last_target, attempts, started)
+            return Served(last, last_pick, last_target, attempts, last_pick.started)
+        if last is None:
+            raise _no_room(no_room_s)
         raise _final_error(last, last_kind, last_target)
+
+    async def _attempt(
+        self,
+        rt: Runtime,
+        pick: Pick,
+        target: Target,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        raw: bytes,
+        stream: bool,
+        wants_usage: bool,
+        request_id: str,
+        attempts: int,
+    ) -> tuple[OutcomeKind, Reply | UpstreamError | None, Served | None]:
+        """One upstream attempt, reported to its pick. Returns (kind, failure, served):
+        ``served`` when the reply is committed, else the failed reply or transport error."""
+        call = Call(endpoint, body, raw, target.model, stream, wants_usage, request_id)
+        t0 = time.perf_counter()
+        try:
+            reply = await rt.providers[target.provider_id].send(call, pick.key)
+        except UpstreamError as exc:
+            kind = _outcome_for(exc)
+            pick.done(Outcome(kind, exc.status, time.perf_counter() - t0))
+            return kind, exc, None
+        except BaseException:
+            pick.done(Outcome(OutcomeKind.CANCELLED))
+            raise
+        kind = classify_status(reply.status, reply.error_code)
+        if kind is OutcomeKind.SUCCESS and reply.events is not None:
+            # Commit only once the first event is in hand: until then another key may serve.
+            try:
+                first = await anext(reply.events, b"")
+            except UpstreamError as exc:
+                kind = _outcome_for(exc)
+                pick.done(Outcome(kind, 200, time.perf_counter() - t0))
+                await reply.aclose()
+                return kind, exc, None
+            except BaseException:
+                pick.done(Outcome(OutcomeKind.CANCELLED, 200))
+                await reply.aclose()
+                raise
+            return (
+                kind,
+                None,
+                Served(reply, pick, target, attempts, t0, first, time.perf_counter() - t0),
+            )
+        quota = parse_quota(reply.headers)
+        pick.done(
+            Outcome(
+                kind,
+                reply.status,
+                time.perf_counter() - t0,
+                None,
+                reply.usage,
+                quota,
+                reply.retry_after,
+            )
+        )
+        if kind is OutcomeKind.SUCCESS:
+            return kind, None, Served(reply, pick, target, attempts, t0)
+        if kind.retryable:
+            await reply.aclose()
+        return kind, reply, None
 
     async def relay(self, served: Served) -> AsyncGenerator[bytes, None]:
         """The committed stream's events. Reports the attempt's outcome exactly once, whether the

@@ -371,14 +371,14 @@ class App:
                 param="stream_options",
             )
         wants_usage = bool(opts.get("include_usage")) if opts else False
-        targets = rt.resolver.resolve(model)
-        if targets is None:
+        route = rt.resolver.resolve(model)
+        if route is None:
             raise model_not_found(model)
 
         watch = _DisconnectWatch(receive)
         try:
             served = await self.gateway.execute(
-                rt, targets, endpoint, body, raw, stream, wants_usage, request_id
+                rt, route, endpoint, body, raw, stream, wants_usage, request_id
             )
             reply = served.reply
             headers = [
@@ -455,10 +455,10 @@ class App:
     ) -> None:
         self._authenticate(rt, scope)
         name = scope["path"][len("/v1/models/") :]
-        targets = rt.resolver.resolve(name)
-        if targets is None:
+        route = rt.resolver.resolve(name)
+        if route is None:
             raise model_not_found(name)
-        owner = "truckllm" if name in rt.resolver.aliases else targets[0].provider_id
+        owner = "truckllm" if name in rt.resolver.aliases else route.targets[0].provider_id
         await _send_json(send, 200, orjson.dumps(_model_obj(name, owner, rt.created)), request_id)
 
     async def _healthz(

@@ -9,6 +9,7 @@ from truckllm.config.loader import (
     provider_timeouts,
 )
 from truckllm.config.schema import (
+    AliasConfig,
     ClientKey,
     Config,
     KeyConfig,
@@ -17,12 +18,14 @@ from truckllm.config.schema import (
     Pricing,
     ProviderConfig,
     RetryConfig,
+    RoutingConfig,
     ServerConfig,
     Timeouts,
 )
 from truckllm.config.secret import Secret
 
 __all__ = [
+    "AliasConfig",
     "ClientKey",
     "Config",
     "ConfigError",
@@ -32,6 +35,7 @@ __all__ = [
     "Pricing",
     "ProviderConfig",
     "RetryConfig",
+    "RoutingConfig",
     "Secret",
     "ServerConfig",
     "Timeouts",

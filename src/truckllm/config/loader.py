@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from truckllm.config.schema import (
+    AliasConfig,
     ClientKey,
     Config,
     KeyConfig,
@@ -428,14 +429,23 @@ def _validate(cfg: Config, decoder: _Decoder, provider_types: Iterable[str] | No
                 fail(f"{ppath}.models[{mi}]", "must not be empty")
         providers.append(dataclasses.replace(p, type=ptype, base_url=base_url, keys=tuple(keys)))
 
-    aliases: dict[str, str | tuple[str, ...]] = {}
+    aliases: dict[str, str | tuple[str, ...] | AliasConfig] = {}
     for name, target in cfg.model_aliases.items():
         apath = f"model_aliases.{name}"
-        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        if isinstance(target, AliasConfig):
+            targets, tbase = target.targets, f"{apath}.targets"
+            if (
+                target.context_fallback is not None
+                and target.context_fallback not in cfg.model_aliases
+            ):
+                fail(f"{apath}.context_fallback", f"unknown alias {target.context_fallback!r}")
+        else:
+            targets = (target,) if isinstance(target, str) else tuple(target or ())
+            tbase = apath
         if not targets:
             fail(apath, "must name at least one target")
         for ti, t in enumerate(targets):
-            tpath = apath if isinstance(target, str) else f"{apath}[{ti}]"
+            tpath = apath if isinstance(target, str) else f"{tbase}[{ti}]"
             pid, sep, model = t.partition(":")
             if not sep or not model:
                 fail(tpath, f"{t!r} must have the form provider:model")
@@ -465,8 +475,35 @@ def _validate(cfg: Config, decoder: _Decoder, provider_types: Iterable[str] | No
             if cid in client_ids:
                 fail(f"{cpath}.id", f"duplicate client key id {cid!r}")
             client_ids.add(cid)
-    if cfg.retry.max_attempts < 1:
+    retry = cfg.retry
+    if retry.max_attempts < 1:
         fail("retry.max_attempts", "must be at least 1")
+    for name in ("max_same_key_retries", "budget_burst"):
+        if getattr(retry, name) < 0:
+            fail(f"retry.{name}", "must not be negative")
+    for name in ("deadline", "backoff_max"):
+        if getattr(retry, name) <= 0:
+            fail(f"retry.{name}", "must be positive")
+    if not 0 <= retry.budget_ratio <= 1:
+        fail("retry.budget_ratio", "must be between 0 and 1")
+    if retry.backoff_base < 0:
+        fail("retry.backoff_base", "must not be negative")
+    routing = cfg.routing
+    if routing.max_wait < 0:
+        fail("routing.max_wait", "must not be negative")
+    if routing.default_max_output_tokens < 1:
+        fail("routing.default_max_output_tokens", "must be at least 1")
+    if routing.breaker.failures < 1 or routing.breaker.provider_failures < 1:
+        fail("routing.breaker", "failure thresholds must be at least 1")
+    for name, value in (
+        ("cooldown.base", routing.cooldown.base),
+        ("cooldown.max", routing.cooldown.max),
+        ("breaker.open_for", routing.breaker.open_for),
+        ("breaker.max_open_for", routing.breaker.max_open_for),
+        ("out_of_service_probe", routing.out_of_service_probe),
+    ):
+        if value <= 0:
+            fail(f"routing.{name}", "must be positive")
     for name in ("connect", "read", "total"):
         value = getattr(server.timeouts, name)
         if value is not None and value <= 0:

@@ -11,6 +11,9 @@ from typing import Any, Literal
 from truckllm.config.secret import Secret
 
 PricingUnit = Literal["per_1k_tokens", "per_1m_tokens", "per_token"]
+Strategy = Literal[
+    "round_robin", "weighted", "least_loaded", "lowest_latency", "lowest_cost", "adaptive"
+]
 _UNIT_DIVISOR = {"per_1k_tokens": 1_000.0, "per_1m_tokens": 1_000_000.0, "per_token": 1.0}
 
 
@@ -84,6 +87,7 @@ class ProviderConfig:
     auth_header: str = "Authorization"
     query_params: dict[str, str] = field(default_factory=dict)
     stream_usage: bool = True
+    strategy: Strategy | None = None  # key selection; routing.strategy when absent
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,10 +111,51 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class RetryConfig:
-    """How many upstream attempts one client request may make (first try included)."""
+class AliasConfig:
+    """An alias in mapping form. ``mode``: ``priority`` tries targets in order (failover);
+    ``balance`` scores every target's best key and takes the better one."""
 
-    max_attempts: int = 2
+    targets: tuple[str, ...]
+    mode: Literal["priority", "balance"] = "priority"
+    strategy: Strategy | None = None  # key selection inside each target's provider
+    context_fallback: str | None = None  # an alias to try when the prompt is too long
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Retry and failover policy for one client request."""
+
+    max_attempts: int = 3  # upstream attempts, the first included
+    max_same_key_retries: int = 1  # retries on a key already tried, when no other key is left
+    deadline: float = 60.0  # seconds for all attempts (a stream's own duration is not counted)
+    budget_ratio: float = 0.2  # retries are at most this share of requests ...
+    budget_burst: int = 20  # ... plus this many
+    backoff_base: float = 0.05  # seconds; full jitter, doubled per retry after 5xx/timeouts
+    backoff_max: float = 1.0
+
+
+@dataclass(frozen=True)
+class CooldownConfig:
+    base: float = 1.0
+    max: float = 60.0
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failures: int = 5
+    provider_failures: int = 20
+    open_for: float = 10.0
+    max_open_for: float = 300.0
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    strategy: Strategy = "adaptive"
+    max_wait: float = 2.0  # seconds to wait for a key to have room before answering 429
+    cooldown: CooldownConfig = field(default_factory=CooldownConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    out_of_service_probe: float = 300.0
+    default_max_output_tokens: int = 512  # reserved when a request names no max_tokens
 
 
 @dataclass(frozen=True)
@@ -122,8 +167,9 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class Config:
     providers: tuple[ProviderConfig, ...] = ()
-    model_aliases: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    model_aliases: dict[str, str | tuple[str, ...] | AliasConfig] = field(default_factory=dict)
     server: ServerConfig = field(default_factory=ServerConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = field(default="<memory>", compare=False, metadata={"internal": True})

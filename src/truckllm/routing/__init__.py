@@ -1,6 +1,24 @@
-"""Key and provider state, and the choice of key for each attempt."""
+"""Key and provider state, limits, cooldowns, breakers, and the choice of key for each attempt."""
 
+from truckllm.routing.estimate import Estimate, estimate
+from truckllm.routing.headers import Quota, parse_quota
 from truckllm.routing.outcome import Outcome, OutcomeKind, classify_status
-from truckllm.routing.router import KeyState, Pick, Router
+from truckllm.routing.router import Pick, Router
+from truckllm.routing.state import KeyState, RoutingSettings, Status
+from truckllm.routing.strategies import STRATEGIES
 
-__all__ = ["KeyState", "Outcome", "OutcomeKind", "Pick", "Router", "classify_status"]
+__all__ = [
+    "STRATEGIES",
+    "Estimate",
+    "KeyState",
+    "Outcome",
+    "OutcomeKind",
+    "Pick",
+    "Quota",
+    "Router",
+    "RoutingSettings",
+    "Status",
+    "classify_status",
+    "estimate",
+    "parse_quota",
+]

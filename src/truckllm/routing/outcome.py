@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from truckllm.providers.base import Usage
+from truckllm.routing.headers import Quota
 
 
 class OutcomeKind(Enum):
@@ -25,6 +26,11 @@ class OutcomeKind(Enum):
         """Whether another key may serve the request (before any byte reached the client)."""
         return self in _RETRYABLE
 
+    @property
+    def needs_backoff(self) -> bool:
+        """Whether the next attempt should wait a little: the upstream itself is struggling."""
+        return self in _BACKOFF
+
 
 _RETRYABLE = frozenset(
     {
@@ -36,6 +42,7 @@ _RETRYABLE = frozenset(
         OutcomeKind.TIMEOUT,
     }
 )
+_BACKOFF = frozenset({OutcomeKind.SERVER_ERROR, OutcomeKind.CONNECTION_ERROR, OutcomeKind.TIMEOUT})
 
 
 def classify_status(status: int, error_code: str | None = None) -> OutcomeKind:
@@ -61,3 +68,5 @@ class Outcome:
     latency_s: float = 0.0
     ttft_s: float | None = None
     usage: Usage | None = None
+    quota: Quota | None = None
+    retry_after: float | None = None

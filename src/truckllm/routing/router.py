@@ -1,41 +1,52 @@
-"""Key state and selection. This first router rotates round-robin over a provider's enabled keys;
-the balancer replaces the choice, not the seam: ``pick()`` returns the key together with a
-``done(outcome)`` callback, and every attempt reports to exactly the key it used, exactly once."""
+"""Key selection and learning. ``pick()`` returns the chosen key together with its ``done(outcome)``
+callback: the key picked is the key used, and every attempt reports to exactly that key, exactly
+once. Health, limits, cooldowns and latency learn from those reports only.
+
+The router never sleeps or does I/O; the clock and the random source are injected.
+"""
 
 from __future__ import annotations
 
+import math
+import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from truckllm.config.schema import KeyConfig, ProviderConfig
+from truckllm.routing.estimate import Estimate
 from truckllm.routing.outcome import Outcome, OutcomeKind
+from truckllm.routing.state import KeyState, ProviderState, RoutingSettings
+from truckllm.routing.strategies import (
+    DEFAULT_LATENCY_S,
+    adaptive_score,
+    choose_exact,
+    request_cost,
+)
 
 Clock = Callable[[], float]
-
-
-@dataclass(slots=True)
-class KeyState:
-    """Runtime state of one key. Owned by the router; survives reloads by key id."""
-
-    key: KeyConfig
-    provider_id: str
-    in_flight: int = 0
-    requests: int = 0
-    failures: int = 0
-    last_outcome: OutcomeKind | None = None
-    outcomes: dict[OutcomeKind, int] = field(default_factory=dict)
+T = TypeVar("T")
+_SAMPLE_DRAWS = 8  # random draws before adaptive falls back to scanning every key
 
 
 class Pick:
     """The key chosen for one attempt. ``done`` is idempotent: only the first report counts."""
 
-    __slots__ = ("_finished", "_router", "started", "state")
+    __slots__ = ("_finished", "_router", "provider", "reserved", "started", "state")
 
-    def __init__(self, router: Router, state: KeyState, started: float) -> None:
+    def __init__(
+        self,
+        router: Router,
+        state: KeyState,
+        provider: ProviderState,
+        started: float,
+        reserved: float,
+    ) -> None:
         self._router = router
         self.state = state
+        self.provider = provider
         self.started = started
+        self.reserved = reserved
         self._finished = False
 
     @property
@@ -50,56 +61,231 @@ class Pick:
         if self._finished:
             return
         self._finished = True
-        self._router._report(self.state, outcome)
+        self._router._report(self, outcome)
 
 
 class Router:
     def __init__(
         self,
         providers: Iterable[ProviderConfig],
+        settings: RoutingSettings | None = None,
+        default_strategy: str = "adaptive",
+        strategies: dict[str, str] | None = None,
         clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
         carry_over: Router | None = None,
     ) -> None:
-        self._clock = clock
-        self._keys: dict[str, list[KeyState]] = {}
+        self.settings = settings or RoutingSettings()
+        self.clock = clock
+        self._rng = rng or random.Random()
+        self._default_strategy = default_strategy
+        self._strategies = strategies or {}
+        self.providers: dict[str, ProviderState] = {}
         self._cursor: dict[str, int] = {}
         previous = carry_over.states() if carry_over is not None else {}
         for p in providers:
-            states = []
+            old_provider = carry_over.providers.get(p.id) if carry_over is not None else None
+            ps = ProviderState(p.id, self.settings)
+            if old_provider is not None:
+                ps.breaker = old_provider.breaker
             for k in p.keys:
                 old = previous.get(k.id)
                 if old is not None and old.provider_id == p.id:
-                    old.key = k  # keep counters, adopt the new settings
-                    states.append(old)
+                    old.key = k  # keep counters, cooldowns and averages; adopt the new settings
+                    old.settings = self.settings
+                    old.apply_limits(k.limits)
+                    ps.keys.append(old)
                 else:
-                    states.append(KeyState(k, p.id))
-            self._keys[p.id] = states
+                    ps.keys.append(KeyState(k, p.id, self.settings))
+            self.providers[p.id] = ps
             self._cursor[p.id] = carry_over._cursor.get(p.id, 0) if carry_over is not None else 0
 
     def states(self) -> dict[str, KeyState]:
-        return {s.key.id: s for states in self._keys.values() for s in states}
+        return {s.key.id: s for ps in self.providers.values() for s in ps.keys}
+
+    def strategy_of(self, provider_id: str) -> str:
+        return self._strategies.get(provider_id, self._default_strategy)
+
+    # -- selection ----------------------------------------------------------------------------
 
     def pick(
-        self, provider_id: str, exclude: frozenset[str] | set[str] = frozenset()
-    ) -> Pick | None:
-        """The next enabled key of the provider in rotation, skipping ids in ``exclude``."""
-        states = self._keys.get(provider_id)
-        if not states:
-            return None
-        n = len(states)
-        start = self._cursor[provider_id]
-        for i in range(n):
-            state = states[(start + i) % n]
-            if state.key.enabled and state.key.id not in exclude:
-                self._cursor[provider_id] = (start + i + 1) % n
-                state.in_flight += 1
-                state.requests += 1
-                return Pick(self, state, self._clock())
-        return None
+        self,
+        provider_ids: Sequence[str],
+        est: Estimate,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        strategy: str | None = None,
+        balance: bool = False,
+    ) -> Pick | float:
+        """Pick and reserve a key among the providers, in order (first with an eligible key), or
+        by score across all of them when ``balance``. Returns the seconds until one could be
+        eligible (``inf`` if none ever will without an operator) when none is eligible now."""
+        now = self.clock()
+        wait = math.inf
+        found: list[tuple[KeyState, ProviderState]] = []
+        for pid in provider_ids:
+            ps = self.providers.get(pid)
+            if ps is None:
+                continue
+            state, w = self._choose(ps, strategy or self.strategy_of(pid), est, exclude, now)
+            if state is None:
+                wait = min(wait, w)
+                continue
+            found.append((state, ps))
+            if not balance or len(found) == 2:
+                break
+        if not found:
+            return wait
+        state, ps = found[0]
+        if len(found) == 2:
+            prior = self._prior_latency([s for s, _ in found])
+            cheapest = min(request_cost(s, est) for s, _ in found)
+            state, ps = self._soft_min(
+                found[0],
+                found[1],
+                adaptive_score(found[0][0], now, est, prior, cheapest),
+                adaptive_score(found[1][0], now, est, prior, cheapest),
+            )
+        state.reserve(now, est.total)
+        return Pick(self, state, ps, now, est.total)
 
-    def _report(self, state: KeyState, outcome: Outcome) -> None:
-        state.in_flight -= 1
-        state.last_outcome = outcome.kind
-        state.outcomes[outcome.kind] = state.outcomes.get(outcome.kind, 0) + 1
-        if outcome.kind.retryable:
-            state.failures += 1
+    def _choose(
+        self,
+        ps: ProviderState,
+        strategy: str,
+        est: Estimate,
+        exclude: set[str] | frozenset[str],
+        now: float,
+    ) -> tuple[KeyState | None, float]:
+        ready = ps.breaker.ready_at(now)
+        if ready > now:
+            return None, ready - now
+        keys = ps.keys
+        n = len(keys)
+        tokens = est.total
+        if strategy == "round_robin":
+            start = self._cursor[ps.id]
+            wait = math.inf
+            for i in range(n):
+                s = keys[(start + i) % n]
+                if s.key.id in exclude:
+                    continue
+                at = s.ready_at(now, tokens)
+                if at <= now:
+                    self._cursor[ps.id] = (start + i + 1) % n
+                    return s, 0.0
+                wait = min(wait, at - now)
+            return None, wait
+        if strategy == "adaptive" and n > 2:
+            sampled: list[KeyState] = []
+            for _ in range(_SAMPLE_DRAWS):
+                s = keys[self._rng.randrange(n)]
+                if s.key.id in exclude or (sampled and s is sampled[0]):
+                    continue
+                if s.ready_at(now, tokens) <= now:
+                    sampled.append(s)
+                    if len(sampled) == 2:
+                        return self._better(sampled, now, est), 0.0
+        eligible: list[KeyState] = []
+        wait = math.inf
+        for s in keys:
+            if s.key.id in exclude:
+                continue
+            at = s.ready_at(now, tokens)
+            if at <= now:
+                eligible.append(s)
+            else:
+                wait = min(wait, at - now)
+        if not eligible:
+            return None, wait
+        if strategy == "adaptive":
+            if len(eligible) > 2:
+                eligible = self._rng.sample(eligible, 2)
+            return self._better(eligible, now, est), 0.0
+        start = self._cursor[ps.id]
+        self._cursor[ps.id] = start + 1
+        return choose_exact(strategy, eligible, est, start), 0.0
+
+    def _better(self, candidates: list[KeyState], now: float, est: Estimate) -> KeyState:
+        if len(candidates) == 1:
+            return candidates[0]
+        prior = self._prior_latency(candidates)
+        cheapest = min(request_cost(s, est) for s in candidates)
+        a, b = candidates[0], candidates[1]
+        return self._soft_min(
+            a,
+            b,
+            adaptive_score(a, now, est, prior, cheapest),
+            adaptive_score(b, now, est, prior, cheapest),
+        )
+
+    def _soft_min(self, a: T, b: T, score_a: float, score_b: float) -> T:
+        """``a`` with probability ``score_b**2 / (score_a**2 + score_b**2)``: a key twice as good
+        wins 80% of the time, equal keys share evenly, and a worse key still gets a trickle that
+        keeps its figures fresh."""
+        wa, wb = score_b * score_b, score_a * score_a
+        total = wa + wb
+        if total <= 0 or math.isinf(total):
+            return a if score_a <= score_b else b
+        return a if self._rng.random() * total < wa else b
+
+    @staticmethod
+    def _prior_latency(candidates: list[KeyState]) -> float:
+        known = [s.latency_s for s in candidates if s.latency_s is not None]
+        return min(known) if known else DEFAULT_LATENCY_S
+
+    # -- learning -----------------------------------------------------------------------------
+
+    def _report(self, pick: Pick, outcome: Outcome) -> None:
+        now = self.clock()
+        s = pick.state
+        kind = outcome.kind
+        s.in_flight -= 1
+        s.outcomes[kind] = s.outcomes.get(kind, 0) + 1
+        if outcome.usage is not None:
+            actual = float(outcome.usage.prompt_tokens + outcome.usage.completion_tokens)
+        elif kind in (OutcomeKind.SUCCESS, OutcomeKind.STREAM_BROKEN, OutcomeKind.CANCELLED):
+            actual = pick.reserved  # the upstream may have spent them; keep the estimate
+        else:
+            actual = 0.0
+        s.reconcile_tokens(now, pick.reserved, actual)
+        if outcome.quota is not None and not outcome.quota.empty:
+            s.observe_quota(now, outcome.quota)
+        latency = outcome.ttft_s if outcome.ttft_s is not None else outcome.latency_s
+        if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.CLIENT_ERROR:
+            s.consecutive_429 = 0
+            s.out_of_service = None
+            s.breaker.success()
+            pick.provider.breaker.success()
+            s.learn(latency, True if kind is OutcomeKind.SUCCESS else None)
+        elif kind is OutcomeKind.RATE_LIMITED:
+            s.consecutive_429 += 1
+            s.cool(now, self._cooldown(s, outcome))
+            s.breaker.release()
+            pick.provider.breaker.release()
+        elif kind is OutcomeKind.AUTH_ERROR or kind is OutcomeKind.QUOTA_EXHAUSTED:
+            what = "credentials refused" if kind is OutcomeKind.AUTH_ERROR else "quota exhausted"
+            s.out_of_service = f"{what} (HTTP {outcome.status})"
+            s.probe_at = now + self.settings.out_of_service_probe_s
+            s.breaker.release()
+            pick.provider.breaker.release()
+        elif kind is OutcomeKind.CANCELLED:
+            s.breaker.release()
+            pick.provider.breaker.release()
+        else:  # server error, timeout, connection error, stream broken
+            s.learn(None, False)
+            s.breaker.failure(now)
+            pick.provider.breaker.failure(now)
+
+    def _cooldown(self, s: KeyState, outcome: Outcome) -> float:
+        """How long a throttled key rests: what the provider said, else exponential backoff."""
+        if outcome.retry_after is not None:
+            return min(outcome.retry_after, 3600.0)
+        q = outcome.quota
+        if q is not None:
+            if q.remaining_requests == 0 and q.reset_requests_s is not None:
+                return q.reset_requests_s
+            if q.remaining_tokens is not None and q.reset_tokens_s is not None:
+                return q.reset_tokens_s
+        st = self.settings
+        backoff: float = st.cooldown_base_s * 2.0 ** (s.consecutive_429 - 1)
+        return min(backoff, st.cooldown_max_s)

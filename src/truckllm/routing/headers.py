@@ -1,0 +1,106 @@
+"""What a provider says about a key's remaining quota, read from its response headers.
+
+OpenAI and most OpenAI-compatible services: ``x-ratelimit-remaining-requests``,
+``x-ratelimit-remaining-tokens`` and ``x-ratelimit-reset-requests``/``-tokens`` as durations such
+as ``1s``, ``6m0s`` or ``20ms``. Anthropic: ``anthropic-ratelimit-{requests,tokens,input-tokens,
+output-tokens}-{remaining,reset}`` with RFC 3339 reset times. ``retry-after`` is read by the
+provider adapters into ``Reply.retry_after`` (Gemini's ``RetryInfo`` too).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Remaining requests/tokens and the seconds until each resets; ``None`` where not said."""
+
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.remaining_requests is None and self.remaining_tokens is None
+
+
+def parse_duration(text: str) -> float | None:
+    """``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or plain seconds -> seconds."""
+    text = text.strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        return None
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def _seconds_until(stamp: str, now: float) -> float | None:
+    try:
+        when = datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def parse_quota(headers: Mapping[str, str], wall_now: float | None = None) -> Quota:
+    """The quota a response reports. Header names are matched case-insensitively by the mapping
+    (aiohttp's ``CIMultiDictProxy``); a plain dict must use lower-case names."""
+    get = headers.get
+    remaining_requests = _int(get("x-ratelimit-remaining-requests"))
+    if remaining_requests is not None or get("x-ratelimit-remaining-tokens") is not None:
+        reset_r = get("x-ratelimit-reset-requests")
+        reset_t = get("x-ratelimit-reset-tokens")
+        return Quota(
+            remaining_requests,
+            _int(get("x-ratelimit-remaining-tokens")),
+            parse_duration(reset_r) if reset_r else None,
+            parse_duration(reset_t) if reset_t else None,
+            _int(get("x-ratelimit-limit-requests")),
+            _int(get("x-ratelimit-limit-tokens")),
+        )
+    remaining_requests = _int(get("anthropic-ratelimit-requests-remaining"))
+    tokens = [
+        _int(get(f"anthropic-ratelimit-{kind}-remaining"))
+        for kind in ("tokens", "input-tokens", "output-tokens")
+    ]
+    known = [t for t in tokens if t is not None]
+    if remaining_requests is None and not known:
+        return Quota()
+    now = time.time() if wall_now is None else wall_now
+    resets = [
+        _seconds_until(stamp, now)
+        for kind in ("tokens", "input-tokens", "output-tokens")
+        if (stamp := get(f"anthropic-ratelimit-{kind}-reset"))
+    ]
+    reset_r = get("anthropic-ratelimit-requests-reset")
+    return Quota(
+        remaining_requests,
+        min(known) if known else None,
+        _seconds_until(reset_r, now) if reset_r else None,
+        max((r for r in resets if r is not None), default=None),
+        _int(get("anthropic-ratelimit-requests-limit")),
+        _int(get("anthropic-ratelimit-tokens-limit")),
+    )

@@ -1,0 +1,73 @@
+"""Sliding-window counters for per-key limits (requests and tokens per minute and per day).
+
+A window is a ring of buckets. It counts the bucket that straddles the window's start in full, so
+it never under-counts: a limit of 60 per minute is never exceeded over any 60-second span. The
+total is kept running, so reads are O(1) amortised.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class SlidingWindow:
+    __slots__ = ("_bucket_s", "_buckets", "_head", "_head_start", "limit", "span_s", "total")
+
+    def __init__(self, limit: int, span_s: float, buckets: int = 60) -> None:
+        self.limit = limit
+        self.span_s = span_s
+        self._bucket_s = span_s / buckets
+        self._buckets = [0.0] * buckets
+        self._head = 0  # index of the bucket that holds "now"
+        self._head_start = 0.0  # start time of the head bucket
+        self.total = 0.0
+
+    def _advance(self, now: float) -> None:
+        steps = int((now - self._head_start) // self._bucket_s)
+        if steps <= 0:
+            return
+        n = len(self._buckets)
+        if steps >= n:
+            self._buckets = [0.0] * n
+            self.total = 0.0
+            self._head = 0
+        else:
+            for _ in range(steps):
+                self._head = (self._head + 1) % n
+                self.total -= self._buckets[self._head]
+                self._buckets[self._head] = 0.0
+        self._head_start += steps * self._bucket_s
+        if self.total < 1e-9:
+            self.total = 0.0
+
+    def add(self, now: float, amount: float) -> None:
+        """Count ``amount`` at ``now`` (negative to give back part of a reservation)."""
+        self._advance(now)
+        self._buckets[self._head] += amount
+        self.total += amount
+        if self.total < 0:
+            self.total = 0.0
+
+    def used(self, now: float) -> float:
+        self._advance(now)
+        return self.total
+
+    def room(self, now: float) -> float:
+        return self.limit - self.used(now)
+
+    def wait_for(self, now: float, amount: float) -> float:
+        """Seconds until ``amount`` more fits (0 if it fits now; ``inf`` if it never can)."""
+        self._advance(now)
+        if amount > self.limit:
+            return math.inf
+        excess = self.total + amount - self.limit
+        if excess <= 0:
+            return 0.0
+        n = len(self._buckets)
+        freed = 0.0
+        for age in range(n - 1, -1, -1):  # oldest bucket first
+            freed += self._buckets[(self._head - age) % n]
+            if freed >= excess:
+                expiry = self._head_start - age * self._bucket_s + self.span_s + self._bucket_s
+                return max(expiry - now, 0.0)
+        return self.span_s
