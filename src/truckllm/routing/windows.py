@@ -17,7 +17,7 @@ class SlidingWindow:
         self.limit = limit
         self.span_s = span_s
         self._bucket_s = span_s / buckets
-        self._buckets = [0.0] * buckets
+        self._buckets = [0.0] * (buckets + 1)  # + the bucket straddling the window's start
         self._head = 0  # index of the bucket that holds "now"
         self._head_start = 0.0  # start time of the head bucket
         self.total = 0.0

@@ -12,6 +12,8 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import math
+import random
 import struct
 import time
 from collections import deque
@@ -51,6 +53,17 @@ class Received:
         return self.headers.get("Authorization", "").removeprefix("Bearer ")
 
 
+@dataclass
+class KeyBehaviour:
+    """How the mock treats one API key: its own rate limit (requests per ``window_s``, enforced
+    exactly with real 429s and OpenAI's rate-limit headers), extra latency, and a share of 500s."""
+
+    rpm: int | None = None
+    window_s: float = 60.0
+    latency: float = 0.0
+    error_rate: float = 0.0
+
+
 class MockUpstream:
     def __init__(
         self,
@@ -59,6 +72,8 @@ class MockUpstream:
         latency: float = 0.0,
         reply_words: int = 8,
         event_delay: float = 0.0,
+        keys: dict[str, KeyBehaviour] | None = None,
+        seed: int = 0,
     ) -> None:
         self.valid_keys = valid_keys
         self.latency = latency
@@ -68,6 +83,11 @@ class MockUpstream:
         self.received: list[Received] = []
         self.record = True
         self.cancelled = 0  # handlers cancelled because the client (the gateway) went away
+        self.keys = keys or {}
+        self._rng = random.Random(seed)
+        self._log: dict[str, deque[float]] = {}
+        self.arrivals: list[tuple[str, float]] = []  # (key, monotonic time) of every request
+        self.throttled: list[tuple[str, float, float]] = []  # (key, when, retry-after) of each 429
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -114,6 +134,21 @@ class MockUpstream:
         scripted = self.script.popleft() if self.script else None
         if scripted is not None:
             return body, await self._play(request, scripted)
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        behaviour = self.keys.get(key)
+        if behaviour is not None:
+            limited = self._limit(key, behaviour)
+            if limited is not None:
+                return body, limited
+            if behaviour.latency:
+                await asyncio.sleep(behaviour.latency)
+            if behaviour.error_rate and self._rng.random() < behaviour.error_rate:
+                return body, _error(
+                    500,
+                    "The server had an error while processing your request.",
+                    "server_error",
+                    None,
+                )
         if self.latency:
             await asyncio.sleep(self.latency)
         if self.valid_keys is not None:
@@ -130,6 +165,60 @@ class MockUpstream:
                 None,
             )
         return body, None
+
+    def _limit(self, key: str, b: KeyBehaviour) -> web.Response | None:
+        """Count the request against the key's window; a real 429 when it is over the limit."""
+        now = time.monotonic()
+        self.arrivals.append((key, now))
+        if b.rpm is None:
+            return None
+        log = self._log.setdefault(key, deque())
+        while log and log[0] <= now - b.window_s:
+            log.popleft()
+        reset = (log[0] + b.window_s - now) if log else 0.0
+        if len(log) >= b.rpm:
+            retry_after = max(reset, 0.001)
+            self.throttled.append((key, now, retry_after))
+            body = {
+                "error": {
+                    "message": f"Rate limit reached for requests per min (RPM): Limit {b.rpm}, Used {len(log)}, "
+                    f"Requested 1. Please try again in {retry_after:.3f}s.",
+                    "type": "requests",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                }
+            }
+            headers = {
+                **self._quota_headers(b, 0, retry_after),
+                "retry-after": str(math.ceil(retry_after)),
+                "retry-after-ms": str(int(retry_after * 1000)),
+            }
+            return web.Response(
+                status=429,
+                body=orjson.dumps(body),
+                content_type="application/json",
+                headers=headers,
+            )
+        log.append(now)
+        return None
+
+    @staticmethod
+    def _quota_headers(b: KeyBehaviour, remaining: int, reset: float) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(b.rpm),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s",
+        }
+
+    def quota_headers_for(self, request: web.Request) -> dict[str, str]:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        b = self.keys.get(key)
+        if b is None or b.rpm is None:
+            return {}
+        log = self._log.get(key) or deque()
+        now = time.monotonic()
+        reset = (log[0] + b.window_s - now) if log else 0.0
+        return self._quota_headers(b, max(b.rpm - len(log), 0), max(reset, 0.0))
 
     async def _play(self, request: web.Request, s: Scripted) -> web.StreamResponse:
         if s.delay:
@@ -213,9 +302,18 @@ class MockUpstream:
                 "usage": usage,
                 "system_fingerprint": "fp_mock",
             }
-            return web.Response(body=orjson.dumps(out), content_type="application/json")
+            return web.Response(
+                body=orjson.dumps(out),
+                content_type="application/json",
+                headers=self.quota_headers_for(request),
+            )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                **self.quota_headers_for(request),
+            }
+        )
         await resp.prepare(request)
         base = {
             "id": cid,
