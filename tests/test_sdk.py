@@ -163,18 +163,6 @@ def test_errors_surface_as_the_sdks_own_exceptions(
     assert nf.value.code == "model_not_found"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=gw.url + "/v1", api_key="wrong", max_retries=0).models.list()
-    rate = {
-        "error": {
-            "message": "Rate limit reached",
-            "type": "requests",
-            "param": None,
-            "code": "rate_limit_exceeded",
-        }
-    }
-    upstream.script.extend([Scripted(status=429, body=rate, headers={"retry-after": "1"})] * 2)
-    with pytest.raises(openai.RateLimitError) as rl:
-        client.chat.completions.create(model="gpt-4", messages=msgs)  # type: ignore[arg-type]
-    assert rl.value.code == "rate_limit_exceeded"
     bad = {
         "error": {
             "message": "Invalid 'temperature'",
@@ -187,11 +175,25 @@ def test_errors_surface_as_the_sdks_own_exceptions(
     with pytest.raises(openai.BadRequestError) as br:
         client.chat.completions.create(model="gpt-4", messages=msgs, temperature=9)  # type: ignore[arg-type]
     assert br.value.param == "temperature"
-    upstream.script.extend([Scripted(status=500, body=b"oops")] * 2)
+    upstream.script.extend([Scripted(status=500, body=b"oops")] * 3)  # every attempt fails
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="gpt-4", messages=msgs)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="gpt-4", messages=[])
+    # Last, since it leaves both keys cooling: every key throttled for longer than routing.max_wait.
+    rate = {
+        "error": {
+            "message": "Rate limit reached",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
+    upstream.script.extend([Scripted(status=429, body=rate, headers={"retry-after": "30"})] * 2)
+    with pytest.raises(openai.RateLimitError) as rl:
+        client.chat.completions.create(model="gpt-4", messages=msgs)  # type: ignore[arg-type]
+    assert rl.value.code == "rate_limit_exceeded"
+    assert rl.value.response.headers["retry-after"] == "30"
 
 
 def test_a_stream_broken_midway_raises_in_the_sdk(

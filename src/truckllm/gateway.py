@@ -334,7 +334,6 @@ class Gateway:
                 break
             pick = choice
             target = route.target_for(pick.provider.id)
-            tried.add(pick.key.id)
             attempts += 1
             last_target, last_pick = target, pick
             kind, failure, served = await self._attempt(
@@ -354,6 +353,10 @@ class Gateway:
                     continue
                 return Served(reply, pick, target, attempts, pick.started)
             last, last_kind = failure, kind
+            if kind.needs_backoff:
+                # A throttled or refused key is kept out by its own state (cooling, out of
+                # service); one that failed is kept out of this request's later attempts.
+                tried.add(pick.key.id)
             policy = policy.next(same_key=False)
             if policy is None or router.clock() >= deadline or not rt.budget.try_spend():
                 break

@@ -129,6 +129,7 @@ class KeyState:
         self.in_flight = 0
         self.requests = 0
         self.latency_s: float | None = None  # time to the answer's start (TTFT for streams)
+        self.latency_samples = 0
         self.success_rate = 1.0  # decaying
         self.outcomes: dict[OutcomeKind, int] = {}
         self.cooldowns: deque[tuple[float, float]] = deque(maxlen=64)
@@ -141,6 +142,7 @@ class KeyState:
         self.tpm: SlidingWindow | None = None
         self.rpd: SlidingWindow | None = None
         self.tpd: SlidingWindow | None = None
+        self._windows: list[tuple[SlidingWindow, bool]] = []
         self.apply_limits(key.limits)
 
     def apply_limits(self, limits: Limits) -> None:
@@ -148,35 +150,47 @@ class KeyState:
         self.tpm = _window(limits.tpm, 60.0, self.tpm)
         self.rpd = _window(limits.rpd, 86400.0, self.rpd)
         self.tpd = _window(limits.tpd, 86400.0, self.tpd)
+        self._windows = [
+            (w, is_tokens)
+            for w, is_tokens in (
+                (self.rpm, False),
+                (self.rpd, False),
+                (self.tpm, True),
+                (self.tpd, True),
+            )
+            if w is not None
+        ]
 
     # -- eligibility --------------------------------------------------------------------------
 
     def ready_at(self, now: float, tokens: float) -> float:
         """The earliest time this key could take a request of ``tokens``: ``now`` if it can now,
-        ``inf`` if only an operator (or a later probe) can bring it back."""
+        ``inf`` if only an operator (or a later probe) can bring it back. Called for many keys
+        per pick, so the common case (no limits, nothing wrong) is a few attribute reads."""
         if self.disabled_by_operator or not self.key.enabled:
             return math.inf
         at = now
-        if self.out_of_service is not None:
-            at = max(at, self.probe_at)
+        if self.out_of_service is not None and self.probe_at > at:
+            at = self.probe_at
         if self.cooling_until > at:
             at = self.cooling_until
-        b = self.breaker.ready_at(now)
-        if b > at:
-            at = b
-        for window, amount in (
-            (self.rpm, 1.0),
-            (self.rpd, 1.0),
-            (self.tpm, tokens),
-            (self.tpd, tokens),
-        ):
-            if window is not None:
-                amount = min(
-                    amount, window.limit
-                )  # a request larger than the limit waits for an empty window
-                wait = window.wait_for(now, amount)
-                if now + wait > at:
-                    at = now + wait
+        if self.breaker.open_until:
+            b = self.breaker.ready_at(now)
+            if b > at:
+                at = b
+        for window, is_tokens in self._windows:
+            amount = (
+                min(tokens, window.limit) if is_tokens else 1.0
+            )  # a request over the limit waits for an empty window
+            wait = window.wait_for(now, amount)
+            if wait and now + wait > at:
+                at = now + wait
+        q = self.quota
+        if q.remaining_requests is not None or q.remaining_tokens is not None:
+            at = self._quota_ready_at(at, tokens)
+        return at
+
+    def _quota_ready_at(self, at: float, tokens: float) -> float:
         q = self.quota
         if q.remaining_requests is not None and q.remaining_requests - self.quota_requests_used < 1:
             reset = self.quota_seen_at + (
@@ -263,9 +277,11 @@ class KeyState:
                     window.add(now, delta)
 
     def observe_quota(self, now: float, quota: Quota) -> None:
+        """Adopt the provider's figures. Requests still in flight may not have reached it yet, so
+        they count as used: concurrency cannot overshoot what it says remains."""
         self.quota = quota
         self.quota_seen_at = now
-        self.quota_requests_used = 0
+        self.quota_requests_used = self.in_flight
         self.quota_tokens_used = 0.0
 
     def cool(self, now: float, seconds: float) -> None:

@@ -35,6 +35,7 @@ STRATEGIES: tuple[str, ...] = (
 )
 
 DEFAULT_LATENCY_S = 0.5  # assumed for a key never measured when no other key has a figure
+LATENCY_FLOOR_S = 0.05  # added to every latency: a few ms of difference is noise for LLM calls
 
 
 def request_cost(state: KeyState, est: Estimate) -> float:
@@ -46,12 +47,14 @@ def adaptive_score(
 ) -> float:
     """Lower is better: expected latency, inflated by queueing, errors, lack of headroom and price.
 
-    ``latency * (1 + in_flight/weight) / success_rate**2 / (0.25 + 0.75*headroom) * price**0.5``
-    where ``price`` is this key's cost for the request over the cheapest candidate's (1 when free).
+    ``(latency + 50 ms) * (1 + in_flight/weight/4) / success_rate**4 / (0.25 + 0.75*headroom)
+    * price**0.5`` where ``price`` is this key's cost for the request over the cheapest
+    candidate's (1 when free). Providers serve requests in parallel, so load counts lightly; a
+    failure costs a whole extra attempt, so errors count heavily (30% errors: about 4x).
     """
-    latency = state.latency_s if state.latency_s is not None else prior_latency
-    load = 1.0 + state.in_flight / state.key.weight
-    health = max(state.success_rate, 0.05)
+    latency = (state.latency_s if state.latency_s is not None else prior_latency) + LATENCY_FLOOR_S
+    load = 1.0 + 0.25 * state.in_flight / state.key.weight
+    health = max(state.success_rate, 0.05) ** 2
     room = 0.25 + 0.75 * state.headroom(now, est.total)
     score = latency * load / (health * health * room)
     if cheapest > 0:

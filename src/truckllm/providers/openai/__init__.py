@@ -8,7 +8,7 @@ the response without re-serialising it.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -126,7 +126,7 @@ class OpenAIProvider:
                 resp.headers,
                 body=body,
                 error_code=code,
-                retry_after=parse_retry_after(resp.headers.get("retry-after")),
+                retry_after=_retry_after(resp.headers),
             )
         return Reply(resp.status, ctype, resp.headers, body=body, usage=_usage_of_body(body))
 
@@ -160,6 +160,17 @@ class OpenAIProvider:
             ) from exc
         finally:
             resp.close()
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """OpenAI's precise ``retry-after-ms`` when given, else the standard ``retry-after``."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def _usage_of_body(body: bytes) -> Usage | None:
