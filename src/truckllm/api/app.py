@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -389,10 +390,9 @@ class App:
             ]
             if reply.events is None:
                 assert reply.body is not None
-                if reply.status == 429:
-                    retry_after = reply.headers.get("retry-after")
-                    if retry_after:
-                        headers.append((b"retry-after", retry_after.encode()))
+                if reply.status == 429 and reply.retry_after is not None:
+                    # Whatever the provider's form (header, RetryInfo), clients get seconds.
+                    headers.append((b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode()))
                 await send(
                     {
                         "type": "http.response.start",

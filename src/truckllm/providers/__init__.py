@@ -12,10 +12,14 @@ ProviderFactory = Callable[[ProviderContext], Provider]
 
 def provider_registry(load_plugins: bool = True) -> Registry[ProviderFactory]:
     """A registry with the built-in provider types and, unless told not to, installed plugins."""
+    from truckllm.providers.anthropic import AnthropicProvider
+    from truckllm.providers.gemini import GeminiProvider
     from truckllm.providers.openai import OpenAIProvider
 
     registry: Registry[ProviderFactory] = Registry("provider", "truckllm.providers")
     registry.register("openai", OpenAIProvider)
+    registry.register("anthropic", AnthropicProvider)
+    registry.register("gemini", GeminiProvider)
     if load_plugins:
         registry.load_entry_points()
     return registry

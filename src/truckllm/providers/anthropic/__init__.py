@@ -1,0 +1,219 @@
+"""Anthropic's native Messages API (``type: anthropic``), answering in OpenAI's format.
+
+``POST {base_url}/v1/messages`` with ``x-api-key`` and ``anthropic-version``; the provider's
+``headers`` are merged in (e.g. ``anthropic-beta``), and ``options.max_tokens`` sets the output
+limit used when the client gives none (Anthropic requires one; 4096 otherwise). Chat only:
+Anthropic has no embeddings API, so an embeddings call gets an OpenAI-shaped 400.
+
+Translation is in :mod:`.request`, :mod:`.response` and :mod:`.stream` (pure), errors in
+:mod:`.errors`; this module does the HTTP and hands the routing layer the upstream's headers
+(``retry-after``, ``anthropic-ratelimit-*``) and status unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import orjson
+
+from truckllm import __version__
+from truckllm.config.schema import KeyConfig
+from truckllm.providers.anthropic.errors import AnthropicStreamError, translate_error
+from truckllm.providers.anthropic.request import (
+    DEFAULT_MAX_TOKENS,
+    TranslationError,
+    translate_request,
+)
+from truckllm.providers.anthropic.response import translate_response
+from truckllm.providers.anthropic.stream import StreamTranslator
+from truckllm.providers.base import (
+    Call,
+    ProviderContext,
+    Reply,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from truckllm.providers.errors import error_body, parse_retry_after
+
+ANTHROPIC_VERSION = "2023-06-01"
+_NO_HEADERS: Mapping[str, str] = {}
+
+__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStreamError"]
+
+
+class AnthropicProvider:
+    """The ``anthropic`` provider type. Safe to share between concurrent requests."""
+
+    def __init__(self, ctx: ProviderContext) -> None:
+        cfg = ctx.config
+        self.id = cfg.id
+        self._session = ctx.session
+        query = ("?" + urlencode(cfg.query_params)) if cfg.query_params else ""
+        self._url = cfg.base_url + "/v1/messages" + query
+        self._extra_headers = dict(cfg.headers)
+        self._headers: dict[str, dict[str, str]] = {}
+        max_tokens = cfg.options.get("max_tokens", DEFAULT_MAX_TOKENS)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(
+                f"provider {cfg.id!r}: options.max_tokens must be a positive integer, "
+                f"got {max_tokens!r}"
+            )
+        self._max_tokens = max_tokens
+        t = ctx.timeouts
+        self._timeout = aiohttp.ClientTimeout(
+            total=t.total, sock_connect=t.connect, sock_read=t.read
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=t.connect, sock_read=t.read
+        )
+
+    def _headers_for(self, key: KeyConfig) -> dict[str, str]:
+        headers = self._headers.get(key.id)
+        if headers is None:
+            headers = {
+                "Content-Type": "application/json",
+                "anthropic-version": ANTHROPIC_VERSION,
+                "User-Agent": f"truckllm/{__version__}",
+            }
+            headers.update(self._extra_headers)
+            if key.secret is not None and key.secret.reveal():
+                headers["x-api-key"] = key.secret.reveal()
+            self._headers[key.id] = headers
+        return headers
+
+    async def send(self, call: Call, key: KeyConfig) -> Reply:
+        if call.endpoint != "chat":
+            return _bad_request(
+                f"provider {self.id!r} serves Anthropic models, which have no embeddings API; "
+                "route embedding models to another provider.",
+                "unsupported_endpoint",
+                "model",
+            )
+        try:
+            native = translate_request(call.body, call.model, self._max_tokens)
+        except TranslationError as exc:
+            return _bad_request(exc.message, exc.code, exc.param)
+        try:
+            resp = await self._session.post(
+                self._url,
+                data=orjson.dumps(native.body),
+                headers=self._headers_for(key),
+                timeout=self._stream_timeout if call.stream else self._timeout,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.id!r} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"provider {self.id!r} is unreachable: {type(exc).__name__}"
+            ) from exc
+        ctype = resp.headers.get("Content-Type", "")
+        if call.stream and resp.status < 300 and ctype.startswith("text/event-stream"):
+            reply = Reply(200, "text/event-stream", resp.headers, _release=resp.close)
+            translator = StreamTranslator(
+                call.model, int(time.time()), call.wants_usage, self.id, native.json_tool
+            )
+            reply.events = self._events(resp, reply, translator)
+            return reply
+        body = await self._read(resp)
+        if resp.status >= 400:
+            return self._error(resp, body, key)
+        if call.stream:
+            raise UpstreamProtocolError(
+                f"provider {self.id!r} answered a stream request with {ctype or 'no content type'}"
+            )
+        message: Any = None
+        with contextlib.suppress(orjson.JSONDecodeError):
+            message = orjson.loads(body)
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            raise UpstreamProtocolError(f"provider {self.id!r} answered without a message")
+        out, usage = translate_response(message, call.model, int(time.time()), native.json_tool)
+        return Reply(
+            resp.status, "application/json", resp.headers, body=orjson.dumps(out), usage=usage
+        )
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await resp.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.id!r} stopped sending its response") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"provider {self.id!r} broke off its response: {type(exc).__name__}"
+            ) from exc
+        finally:
+            resp.release()
+
+    def _error(self, resp: aiohttp.ClientResponse, body: bytes, key: KeyConfig) -> Reply:
+        secret = key.secret.reveal().encode() if key.secret is not None else b""
+        if secret and secret in body:
+            body = body.replace(secret, b"********")
+        out, code = translate_error(body, resp.status, self.id)
+        return Reply(
+            resp.status,
+            "application/json",
+            resp.headers,
+            body=out,
+            error_code=code,
+            retry_after=parse_retry_after(resp.headers.get("retry-after")),
+        )
+
+    async def _events(
+        self, resp: aiohttp.ClientResponse, reply: Reply, translator: StreamTranslator
+    ) -> AsyncIterator[bytes]:
+        """The translated stream, one batch per upstream read that completes an event. An
+        ``error`` event raises :class:`AnthropicStreamError` after what preceded it has been
+        yielded; if nothing has been yielded yet, at once (so the gateway may fail over)."""
+        sent = ended = False
+        reads = resp.content.iter_any()
+        try:
+            while True:
+                try:
+                    data = await anext(reads)
+                except StopAsyncIteration:
+                    data, ended = b"", True
+                if translator.done:  # read on to the end, so the connection can be reused
+                    if not data:
+                        break
+                    continue
+                # An empty read is the end: a blank line completes a last unterminated event.
+                out = translator.feed(data or b"\n\n")
+                reply.usage = translator.usage
+                if translator.error is not None:
+                    if out and sent:
+                        yield out
+                    raise translator.error
+                if out:
+                    sent = True
+                    yield out
+                if not data:
+                    if not translator.done:
+                        raise UpstreamProtocolError(
+                            f"provider {self.id!r} ended the stream before message_stop"
+                        )
+                    break
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.id!r} stalled mid-stream") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"provider {self.id!r} broke off the stream: {type(exc).__name__}"
+            ) from exc
+        finally:
+            if ended:
+                resp.release()  # read to the end: the connection goes back to the pool
+            else:
+                resp.close()
+
+
+def _bad_request(message: str, code: str | None, param: str | None) -> Reply:
+    return Reply(
+        400,
+        "application/json",
+        _NO_HEADERS,
+        body=error_body(message, 400, code, param, "invalid_request_error"),
+    )

@@ -1,0 +1,543 @@
+"""A fake Google Gemini API (``generativelanguage`` v1beta) that speaks the real wire format over
+real HTTP.
+
+By default it answers like a healthy Gemini: ``generateContent``, ``streamGenerateContent``
+(server-sent events with ``alt=sse``, a JSON array without it), function calls (with thought
+signatures) when tools are offered, ``usageMetadata``, ``embedContent`` and
+``batchEmbedContents``. Like the real service it refuses what it does not know: unknown fields,
+roles other than ``user``/``model``, JSON Schema keywords outside Gemini's subset, a bad or missing
+``x-goog-api-key`` (when ``valid_keys`` is set), so translation mistakes surface as 400s.
+
+Tests script it by pushing :class:`~truckllm.testing.mock.Scripted` answers (``events`` become
+``data: {json}`` SSE events with CRLF line ends, as Google sends them) and read back every
+request in ``received`` (``path`` includes the query string). :func:`gemini_error` builds
+Google's error bodies. Safe to script from another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+from collections import deque
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from truckllm.testing.mock import Received, Scripted
+
+_TOP = frozenset(
+    {
+        "contents",
+        "tools",
+        "toolConfig",
+        "safetySettings",
+        "systemInstruction",
+        "generationConfig",
+        "cachedContent",
+    }
+)
+_GENERATION = frozenset(
+    {
+        "stopSequences",
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+        "responseModalities",
+        "candidateCount",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseLogprobs",
+        "logprobs",
+        "thinkingConfig",
+        "mediaResolution",
+        "speechConfig",
+    }
+)
+_PART = frozenset(
+    {
+        "text",
+        "inlineData",
+        "fileData",
+        "functionCall",
+        "functionResponse",
+        "executableCode",
+        "codeExecutionResult",
+        "thought",
+        "thoughtSignature",
+        "videoMetadata",
+    }
+)
+_SCHEMA = frozenset(
+    {
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    }
+)
+_TYPES = frozenset({"STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"})
+_WORDS = ["Hello", "from", "the", "fake", "Gemini", "model", "answering", "you"]
+
+
+def gemini_error(
+    code: int, status: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A Google API error body."""
+    err: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+def rate_limited(retry_delay: str = "37s", quota_id: str = "PerMinute") -> Scripted:
+    """A 429 as Gemini sends it when a quota runs out, with ``QuotaFailure`` and ``RetryInfo``."""
+    body = gemini_error(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details.",
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": f"GenerateRequests{quota_id}PerProjectPerModel-FreeTier",
+                        "quotaValue": "10",
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+        ],
+    )
+    return Scripted(status=429, body=body)
+
+
+class FakeGemini:
+    """The fake service. ``url`` (after :meth:`start`) is the base URL, without ``/v1beta``."""
+
+    def __init__(
+        self,
+        *,
+        valid_keys: set[str] | None = None,
+        reply_words: int = 8,
+        dims: int = 8,
+        thought_signatures: bool = True,
+        require_signatures: bool = False,
+        thoughts_tokens: int = 0,
+        cached_tokens: int = 0,
+        event_delay: float = 0.0,
+    ) -> None:
+        self.valid_keys = valid_keys
+        self.reply_words = reply_words
+        self.dims = dims
+        self.thought_signatures = thought_signatures
+        self.require_signatures = require_signatures  # as Gemini 3 does for function calls
+        self.thoughts_tokens = thoughts_tokens
+        self.cached_tokens = cached_tokens
+        self.event_delay = event_delay
+        self.script: deque[Scripted] = deque()
+        self.received: list[Received] = []
+        self.cancelled = 0
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1beta/models/{target}", self._handle)
+        self.app = app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, handler_cancellation=True
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None and hasattr(server, "sockets")
+        self.url = f"http://{host}:{server.sockets[0].getsockname()[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def key_of(self, received: Received) -> str | None:
+        """The API key a recorded request carried."""
+        for name, value in received.headers.items():
+            if name.lower() == "x-goog-api-key":
+                return value
+        return None
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._dispatch(request)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        self.received.append(
+            Received(request.method, request.path_qs, dict(request.headers), body, raw)
+        )
+        if self.script:
+            return await self._play(request, self.script.popleft())
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if self.valid_keys is not None:
+            if not key:
+                return _error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Method doesn't allow unregistered callers (callers without established "
+                    "identity). Please use API Key or other form of API consumer identity to "
+                    "call this API.",
+                )
+            if key not in self.valid_keys:
+                return _error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "API key not valid. Please pass a valid API key.",
+                    [
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": "API_KEY_INVALID",
+                            "domain": "googleapis.com",
+                            "metadata": {"service": "generativelanguage.googleapis.com"},
+                        }
+                    ],
+                )
+        if not isinstance(body, dict):
+            return _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        model, _, method = request.match_info["target"].partition(":")
+        if method in ("generateContent", "streamGenerateContent"):
+            problem = _check_generate(body) or self._check_signatures(body)
+            if problem:
+                return _error(400, "INVALID_ARGUMENT", problem)
+            chunks = self._generate(body, model, stream=method != "generateContent")
+            if method == "generateContent":
+                return _json(chunks[0])
+            if request.query.get("alt") != "sse":
+                return _json(chunks)
+            return await self._stream(request, chunks)
+        if method == "embedContent":
+            return self._embed([body], model)
+        if method == "batchEmbedContents":
+            requests = body.get("requests")
+            if not isinstance(requests, list) or not requests:
+                return _error(
+                    400, "INVALID_ARGUMENT", "* BatchEmbedContentsRequest.requests: required"
+                )
+            for r in requests:
+                if not isinstance(r, dict) or r.get("model") != f"models/{model}":
+                    return _error(
+                        400,
+                        "INVALID_ARGUMENT",
+                        f"Model name in every request must be models/{model}.",
+                    )
+            return self._embed(requests, model, batch=True)
+        return _error(404, "NOT_FOUND", f"Method {method!r} is not found for models/{model}.")
+
+    async def _play(self, request: web.Request, s: Scripted) -> web.StreamResponse:
+        if s.delay:
+            await asyncio.sleep(s.delay)
+        if s.reset:
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
+        if s.events is None:
+            body = s.body if isinstance(s.body, bytes) else orjson.dumps(s.body or {})
+            headers = {"Content-Type": "application/json; charset=UTF-8", **s.headers}
+            return web.Response(status=s.status, body=body, headers=headers)
+        resp = web.StreamResponse(
+            status=s.status, headers={"Content-Type": "text/event-stream", **s.headers}
+        )
+        await resp.prepare(request)
+        for i, ev in enumerate(s.events):
+            if s.cut_after is not None and i >= s.cut_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            if s.stall_after is not None and i >= s.stall_after:
+                await asyncio.sleep(3600)
+            if i and s.event_delay:
+                await asyncio.sleep(s.event_delay)
+            await resp.write(_sse(ev))
+        await resp.write_eof()
+        return resp
+
+    async def _stream(
+        self, request: web.Request, chunks: list[dict[str, Any]]
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, chunk in enumerate(chunks):
+            if i and self.event_delay:
+                await asyncio.sleep(self.event_delay)
+            await resp.write(_sse(chunk))
+        await resp.write_eof()
+        return resp
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def _generate(self, body: dict[str, Any], model: str, stream: bool) -> list[dict[str, Any]]:
+        """The response (first element) or, for streams, every event of it."""
+        gen = body.get("generationConfig") or {}
+        n = int(gen.get("candidateCount") or 1)
+        words = _WORDS * (self.reply_words // len(_WORDS) + 1)
+        words = words[: min(self.reply_words, int(gen.get("maxOutputTokens") or 1 << 30))]
+        truncated = len(words) < self.reply_words
+        call = _function_to_call(body)
+        if gen.get("responseMimeType") == "application/json":
+            words = [orjson.dumps({"answer": " ".join(words)}).decode()]
+        prompt = max(1, len(orjson.dumps(body.get("contents"))) // 4)
+        completion = (1 if call else len(words)) * n
+        rid = f"fake-{next(self._ids):06d}"
+        base = {"modelVersion": model, "responseId": rid}
+        finish = "MAX_TOKENS" if truncated and not call else "STOP"
+
+        def usage(done: bool) -> dict[str, Any]:
+            meta: dict[str, Any] = {"promptTokenCount": prompt}
+            if done:
+                meta["candidatesTokenCount"] = completion
+                if self.thoughts_tokens:
+                    meta["thoughtsTokenCount"] = self.thoughts_tokens
+            if self.cached_tokens:
+                meta["cachedContentTokenCount"] = self.cached_tokens
+            meta["totalTokenCount"] = prompt + (completion + self.thoughts_tokens if done else 0)
+            meta["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+            return meta
+
+        if call is not None:
+            part: dict[str, Any] = {"functionCall": call}
+            if self.thought_signatures:
+                part["thoughtSignature"] = base64.b64encode(f"sig-{rid}".encode()).decode()
+            cands = [
+                {"content": {"parts": [part], "role": "model"}, "finishReason": "STOP", "index": i}
+                for i in range(n)
+            ]
+            return [{"candidates": cands, "usageMetadata": usage(True), **base}]
+        if not stream:
+            text = " ".join(words)
+            cands = [
+                {
+                    "content": {"parts": [{"text": text}], "role": "model"},
+                    "finishReason": finish,
+                    "index": i,
+                }
+                for i in range(n)
+            ]
+            return [{"candidates": cands, "usageMetadata": usage(True), **base}]
+        events = []
+        for w, word in enumerate(words):
+            last = w == len(words) - 1
+            piece = word if w == 0 else " " + word
+            cands = []
+            for i in range(n):
+                cand: dict[str, Any] = {
+                    "content": {"parts": [{"text": piece}], "role": "model"},
+                    "index": i,
+                }
+                if last:
+                    cand["finishReason"] = finish
+                cands.append(cand)
+            events.append({"candidates": cands, "usageMetadata": usage(last), **base})
+        return events
+
+    def _embed(
+        self, requests: list[dict[str, Any]], model: str, batch: bool = False
+    ) -> web.Response:
+        vectors = []
+        for r in requests:
+            parts = (r.get("content") or {}).get("parts")
+            if not isinstance(parts, list) or not parts:
+                return _error(400, "INVALID_ARGUMENT", "* EmbedContentRequest.content: required")
+            text = "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
+            dims = int(r.get("outputDimensionality") or self.dims)
+            vectors.append({"values": _vector(text.encode(), dims)})
+        return _json({"embeddings": vectors} if batch else {"embedding": vectors[0]})
+
+    def _check_signatures(self, body: dict[str, Any]) -> str | None:
+        if not self.require_signatures:
+            return None
+        contents = body.get("contents") or []
+        start = 0
+        for i, c in enumerate(contents):
+            if c.get("role") == "user" and any("functionResponse" not in p for p in c["parts"]):
+                start = i + 1
+        for c in contents[start:]:
+            calls = [p for p in c.get("parts", ()) if "functionCall" in p]
+            if c.get("role") == "model" and calls and "thoughtSignature" not in calls[0]:
+                name = calls[0]["functionCall"].get("name")
+                return (
+                    f"Function call is missing a thought_signature in functionCall parts. "
+                    f"Additional data, function call `default_api:{name}`."
+                )
+        return None
+
+
+# -- request validation, as strict as the real service ---------------------------------------
+
+
+def _check_generate(body: dict[str, Any]) -> str | None:
+    for key in body:
+        if key not in _TOP:
+            return _unknown(key, "")
+    for key in body.get("generationConfig") or {}:
+        if key not in _GENERATION:
+            return _unknown(key, "generation_config")
+    schema = (body.get("generationConfig") or {}).get("responseSchema")
+    if schema is not None:
+        problem = _check_schema(schema, "generation_config.response_schema")
+        if problem:
+            return problem
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return "* GenerateContentRequest.contents: contents is not specified"
+    for i, c in enumerate([*contents, body.get("systemInstruction") or {"parts": [{"text": ""}]}]):
+        role = c.get("role") if isinstance(c, dict) else None
+        if i < len(contents) and role not in ("user", "model"):
+            return "Please use a valid role: user, model."
+        parts = c.get("parts") if isinstance(c, dict) else None
+        if not isinstance(parts, list) or not parts:
+            return (
+                f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."
+            )
+        for p in parts:
+            for key in p:
+                if key not in _PART:
+                    return _unknown(key, f"contents[{i}].parts[0]")
+            fr = p.get("functionResponse")
+            if fr is not None and not isinstance(fr.get("response"), dict):
+                return f"* contents[{i}].function_response.response: must be an object"
+            fc = p.get("functionCall")
+            if fc is not None and not isinstance(fc.get("args", {}), dict):
+                return f"* contents[{i}].function_call.args: must be an object"
+    for tool in body.get("tools") or ():
+        for j, decl in enumerate(tool.get("functionDeclarations") or ()):
+            params = decl.get("parameters")
+            if params is not None:
+                if params.get("type", "").upper() == "OBJECT" and not params.get("properties"):
+                    return (
+                        f"* GenerateContentRequest.tools[0].function_declarations[{j}]"
+                        ".parameters.properties: should be non-empty for OBJECT type"
+                    )
+                problem = _check_schema(params, f"tools[0].function_declarations[{j}].parameters")
+                if problem:
+                    return problem
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    if config.get("mode") not in (None, "AUTO", "ANY", "NONE", "VALIDATED"):
+        return f"Invalid value at 'tool_config.function_calling_config.mode' ({config['mode']})"
+    if config.get("allowedFunctionNames") and config.get("mode") != "ANY":
+        return "allowed_function_names can only be set when mode is ANY."
+    return None
+
+
+def _check_schema(schema: Any, where: str) -> str | None:
+    if not isinstance(schema, dict):
+        return f"Invalid value at '{where}': not an object"
+    for key, value in schema.items():
+        if key not in _SCHEMA:
+            return _unknown(key, where)
+        if key == "type" and str(value).upper() not in _TYPES:
+            return f"Invalid value at '{where}.type' ({value})"
+    for name, sub in (schema.get("properties") or {}).items():
+        problem = _check_schema(sub, f"{where}.properties[{name}].value")
+        if problem:
+            return problem
+    for sub in [schema.get("items"), *(schema.get("anyOf") or ())]:
+        if sub is not None:
+            problem = _check_schema(sub, where)
+            if problem:
+                return problem
+    return None
+
+
+def _unknown(key: str, where: str) -> str:
+    at = f" at '{where}'" if where else ""
+    return f'Invalid JSON payload received. Unknown name "{key}"{at}: Cannot find field.'
+
+
+def _function_to_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    decls = [d for t in body.get("tools") or () for d in t.get("functionDeclarations") or ()]
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    if not decls or config.get("mode") == "NONE":
+        return None
+    last = (body.get("contents") or [{}])[-1]
+    if any("functionResponse" in p for p in last.get("parts", ())):
+        return None
+    allowed = config.get("allowedFunctionNames")
+    decl = next((d for d in decls if d["name"] in allowed), decls[0]) if allowed else decls[0]
+    params = decl.get("parameters") or {}
+    props = params.get("properties") or {}
+    args = {
+        name: "Paris"
+        for name in params.get("required") or ()
+        if str(props.get(name, {}).get("type", "")).upper() == "STRING"
+    }
+    return {"name": decl["name"], "args": args}
+
+
+def _vector(text: bytes, dims: int) -> list[float]:
+    out: list[float] = []
+    seed = hashlib.sha256(text).digest()
+    while len(out) < dims:
+        seed = hashlib.sha256(seed).digest()
+        out.extend((b - 128) / 128.0 for b in seed)
+    return out[:dims]
+
+
+def _sse(ev: dict[str, Any] | bytes | str) -> bytes:
+    if isinstance(ev, bytes):
+        return ev
+    if isinstance(ev, str):
+        return f"data: {ev}\r\n\r\n".encode()
+    return b"data: " + orjson.dumps(ev) + b"\r\n\r\n"
+
+
+def _json(obj: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), content_type="application/json", charset="UTF-8")
+
+
+def _error(
+    code: int, status: str, message: str, details: list[dict[str, Any]] | None = None
+) -> web.Response:
+    return web.Response(
+        status=code,
+        body=orjson.dumps(gemini_error(code, status, message, details)),
+        content_type="application/json",
+        charset="UTF-8",
+    )
