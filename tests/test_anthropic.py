@@ -1162,3 +1162,57 @@ def test_sdk_errors_are_its_own_exception_classes(
         for c in stream:
             received.append(c)
     assert [c.choices[0].delta.content for c in received] == ["par"]
+
+
+# -- what the routing layer learns from this provider ------------------------------------------
+
+
+def test_a_request_anthropic_cannot_express_moves_to_another_target_untouched(
+    fake: FakeAnthropic,
+    upstream_factory: Callable[..., Any],
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    openai_upstream = upstream_factory()
+    gw = gateway_factory(f"""
+        providers:
+          - {{id: claude, base_url: "{fake.url}", keys: [{{id: a1, secret: sk-ant-1, limits: {{rpm: 5}}}}]}}
+          - {{id: oai, base_url: "{openai_upstream.url}", keys: [{{id: o1, secret: sk-o}}]}}
+        model_aliases:
+          smart: ["claude:{MODEL}", "oai:gpt-4o"]
+        """)
+    resp = gw.post("/v1/chat/completions", {**CHAT, "n": 2})  # Anthropic has no n > 1
+    assert resp.status == 200 and resp.headers["x-truckllm-provider"] == "oai"
+    assert resp.headers["x-truckllm-attempts"] == "1"
+    assert fake.received == []
+    a1 = gw.states()["a1"]
+    assert a1.outcomes == {OutcomeKind.NOT_SENT: 1} and a1.requests == 0
+    assert (
+        a1.rpm is not None and a1.rpm.used(gw.app.runtime.router.clock()) == 0
+    )  # reservation given back
+    only_claude = gateway_factory(f"""
+        providers: [{{id: claude, base_url: "{fake.url}", keys: [{{id: a2, secret: sk-ant-1}}]}}]
+        model_aliases: {{smart: "claude:{MODEL}"}}
+        """)
+    refused = only_claude.post("/v1/chat/completions", {**CHAT, "n": 2})
+    assert refused.status == 400 and refused.json()["error"]["param"] == "n"
+
+
+def test_a_rate_limit_event_before_any_content_cools_the_key_and_fails_over(
+    fake: FakeAnthropic, gw: Gateway
+) -> None:
+    events: list[dict[str, Any] | bytes | str] = [
+        message_start(),
+        {
+            "type": "error",
+            "error": {
+                "type": "rate_limit_error",
+                "message": "Number of requests has exceeded your rate limit",
+            },
+        },
+    ]
+    fake.script.append(Scripted(events=events))
+    resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
+    assert resp.status == 200 and resp.headers["x-truckllm-attempts"] == "2"
+    throttled = [s for s in gw.states().values() if OutcomeKind.RATE_LIMITED in s.outcomes]
+    assert len(throttled) == 1
+    assert throttled[0].cooling_until > gw.app.runtime.router.clock()

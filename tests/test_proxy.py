@@ -642,3 +642,19 @@ def test_non_json_upstream_error_is_wrapped_in_openai_shape(
 
 def test_direct_request_helper_speaks_to_mock(upstream: MockUpstream) -> None:
     assert request("GET", upstream.url + "/models").json()["object"] == "list"
+
+
+def test_crlf_event_boundaries_split_across_reads_are_found(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
+    first = orjson.dumps(chunk("a"))
+    second = orjson.dumps(chunk("b"))
+    events: list[dict[str, Any] | bytes | str] = [
+        b"data: " + first + b"\r\n\r",  # the blank line's CRLF arrives in two reads
+        b"\ndata: " + second + b"\r\n\r\n",
+        b"data: [DONE]\r\n\r\n",
+    ]
+    upstream.script.append(Scripted(events=events, event_delay=0.05))
+    resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
+    payloads = sse_events(resp.body)
+    assert payloads[:2] == [first, second] and payloads[-1] == b"[DONE]"

@@ -460,3 +460,13 @@ def test_parse_retry_after_seconds_and_dates() -> None:
         and parse_retry_after("later") is None
         and parse_retry_after(None) is None
     )
+
+
+def test_insufficient_quota_takes_a_key_out_whatever_the_4xx() -> None:
+    from truckllm.routing import classify_status
+
+    assert classify_status(400, "insufficient_quota") is OutcomeKind.QUOTA_EXHAUSTED
+    assert classify_status(429, "insufficient_quota") is OutcomeKind.QUOTA_EXHAUSTED
+    assert classify_status(429, "rate_limit_exceeded") is OutcomeKind.RATE_LIMITED
+    assert classify_status(400, "invalid_value") is OutcomeKind.CLIENT_ERROR
+    assert classify_status(529) is OutcomeKind.SERVER_ERROR

@@ -25,7 +25,16 @@ class APIError(Exception):
         self.type = type_
         self.headers = headers or []
 
+        self._body: bytes | None = None
+
+    def with_body(self, body: bytes) -> APIError:
+        """Answer with this exact (already OpenAI-shaped) body, e.g. a provider's refusal."""
+        self._body = body
+        return self
+
     def body(self) -> bytes:
+        if self._body is not None:
+            return self._body
         return error_body(self.message, self.status, self.code, self.param, self.type)
 
 

@@ -20,7 +20,14 @@ from truckllm.config import AliasConfig, Config, client_key_digests, provider_ti
 from truckllm.errors import APIError
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
-from truckllm.providers.base import Call, Endpoint, Reply, UpstreamError, UpstreamTimeout
+from truckllm.providers.base import (
+    Call,
+    Endpoint,
+    Reply,
+    RequestRejected,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from truckllm.routing import (
     Outcome,
     OutcomeKind,
@@ -222,11 +229,26 @@ class StreamBroken(Exception):
         self.error = error
 
 
+_KEY_SPECIFIC = frozenset(
+    {OutcomeKind.RATE_LIMITED, OutcomeKind.AUTH_ERROR, OutcomeKind.QUOTA_EXHAUSTED}
+)
 _PASSED_ON = frozenset({OutcomeKind.RATE_LIMITED, OutcomeKind.SERVER_ERROR})
 
 
 def _outcome_for(exc: UpstreamError) -> OutcomeKind:
+    if exc.upstream_status is not None:  # the upstream named its error: learn as from a status
+        return classify_status(exc.upstream_status, exc.code)
     return OutcomeKind.TIMEOUT if isinstance(exc, UpstreamTimeout) else OutcomeKind.CONNECTION_ERROR
+
+
+def _error_outcome(exc: UpstreamError, seconds: float) -> Outcome:
+    return Outcome(
+        _outcome_for(exc), exc.upstream_status or exc.status, seconds, retry_after=exc.retry_after
+    )
+
+
+def _client_error(exc: UpstreamError) -> APIError:
+    return APIError(exc.status, str(exc), code=exc.code, type_=exc.error_type)
 
 
 def _no_room(wait_s: float) -> APIError:
@@ -259,7 +281,7 @@ def _final_error(
 ) -> APIError:
     """The error a client sees when every attempt failed."""
     if isinstance(last, UpstreamError):
-        return APIError(last.status, str(last), code=last.code, type_="api_error")
+        return _client_error(last)
     where = f"provider {target.provider_id!r}" if target else "the provider"
     if kind is OutcomeKind.AUTH_ERROR:
         return APIError(
@@ -310,8 +332,10 @@ class Gateway:
         last_target: Target | None = None
         last_pick: Pick | None = None
         no_room_s = math.inf
+        providers = route.provider_ids
+        rejected: RequestRejected | None = None
         while policy is not None:
-            choice = router.pick(route.provider_ids, est, tried, route.strategy, route.balance)
+            choice = router.pick(providers, est, tried, route.strategy, route.balance)
             if (
                 not isinstance(choice, Pick)
                 and tried
@@ -320,9 +344,7 @@ class Gateway:
             ):
                 same = policy.next(same_key=True) if attempts else None
                 if same is not None:  # no other key left: retry one already tried
-                    choice = router.pick(
-                        route.provider_ids, est, frozenset(), route.strategy, route.balance
-                    )
+                    choice = router.pick(providers, est, frozenset(), route.strategy, route.balance)
                     if isinstance(choice, Pick):
                         policy = same
             if not isinstance(choice, Pick):
@@ -341,6 +363,13 @@ class Gateway:
             )
             if served is not None:
                 return served
+            if isinstance(failure, RequestRejected):
+                # This provider cannot express the request; another target of the route may.
+                rejected, attempts = failure, attempts - 1
+                providers = tuple(p for p in providers if p != pick.provider.id)
+                if not providers:
+                    break
+                continue
             if kind is OutcomeKind.CLIENT_ERROR and isinstance(failure, Reply):
                 reply = failure
                 fallback = (
@@ -348,6 +377,7 @@ class Gateway:
                 )
                 if fallback is not None and _is_context_error(reply):
                     route, tried = fallback, set()
+                    providers = route.provider_ids
                     await reply.aclose()
                     policy = policy.next(same_key=False)
                     continue
@@ -367,6 +397,8 @@ class Gateway:
             # answer (a 429 keeps its Retry-After), as it would from the provider. That attempt
             # has reported already; ``done`` is idempotent.
             return Served(last, last_pick, last_target, attempts, last_pick.started)
+        if last is None and rejected is not None:
+            raise APIError(rejected.status, "", headers=[]).with_body(rejected.body)
         if last is None:
             raise _no_room(no_room_s)
         raise _final_error(last, last_kind, last_target)
@@ -383,7 +415,7 @@ class Gateway:
         wants_usage: bool,
         request_id: str,
         attempts: int,
-    ) -> tuple[OutcomeKind, Reply | UpstreamError | None, Served | None]:
+    ) -> tuple[OutcomeKind, Reply | UpstreamError | RequestRejected | None, Served | None]:
         """One upstream attempt, reported to its pick. Returns (kind, failure, served):
         ``served`` when the reply is committed, else the failed reply or transport error."""
         call = Call(endpoint, body, raw, target.model, stream, wants_usage, request_id)
@@ -391,9 +423,12 @@ class Gateway:
         try:
             reply = await rt.providers[target.provider_id].send(call, pick.key)
         except UpstreamError as exc:
-            kind = _outcome_for(exc)
-            pick.done(Outcome(kind, exc.status, time.perf_counter() - t0))
-            return kind, exc, None
+            outcome = _error_outcome(exc, time.perf_counter() - t0)
+            pick.done(outcome)
+            return outcome.kind, exc, None
+        except RequestRejected as rejected:
+            pick.done(Outcome(OutcomeKind.NOT_SENT))
+            return OutcomeKind.NOT_SENT, rejected, None
         except BaseException:
             pick.done(Outcome(OutcomeKind.CANCELLED))
             raise
@@ -403,10 +438,10 @@ class Gateway:
             try:
                 first = await anext(reply.events, b"")
             except UpstreamError as exc:
-                kind = _outcome_for(exc)
-                pick.done(Outcome(kind, 200, time.perf_counter() - t0))
+                outcome = _error_outcome(exc, time.perf_counter() - t0)
+                pick.done(outcome)
                 await reply.aclose()
-                return kind, exc, None
+                return outcome.kind, exc, None
             except BaseException:
                 pick.done(Outcome(OutcomeKind.CANCELLED, 200))
                 await reply.aclose()
@@ -447,10 +482,11 @@ class Gateway:
                 yield batch
             kind = OutcomeKind.SUCCESS
         except UpstreamError as exc:
-            kind = OutcomeKind.STREAM_BROKEN
-            raise StreamBroken(
-                APIError(exc.status, str(exc), code=exc.code, type_="api_error")
-            ) from exc
+            # After the first byte no retry is possible; a named upstream error (a rate limit
+            # mid-stream) still teaches the key, anything else counts as a broken stream.
+            named = _outcome_for(exc) if exc.upstream_status is not None else None
+            kind = named if named in _KEY_SPECIFIC else OutcomeKind.STREAM_BROKEN
+            raise StreamBroken(_client_error(exc)) from exc
         finally:
             served.pick.done(
                 Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)

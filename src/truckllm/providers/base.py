@@ -91,10 +91,29 @@ class Reply:
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or broke off. Raised ``from`` the transport's error."""
+    """The upstream could not be reached, broke off, or reported an error mid-stream. Raised
+    ``from`` the underlying error. ``upstream_status`` is the HTTP status of the upstream's own
+    error when it named one (a stream's ``error`` event: 429 for a rate limit, 529 when
+    overloaded), ``None`` for transport failures; the routing layer learns from it."""
 
     status = 502
     code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        code: str | None = None,
+        error_type: str = "api_error",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        if code is not None:
+            self.code = code
+        self.error_type = error_type
+        self.retry_after = retry_after
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -108,6 +127,19 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
+
+
+class RequestRejected(Exception):
+    """The adapter refuses the request before sending anything: it asks for something the
+    provider's API cannot express (``n > 1`` on Anthropic, embeddings where there are none).
+    ``body`` is the OpenAI-shaped error for the client. The gateway gives the key back untouched
+    (no health or limit is charged) and tries the route's other providers first."""
+
+    def __init__(self, status: int, body: bytes, code: str | None = None) -> None:
+        super().__init__(body.decode("utf-8", "replace"))
+        self.status = status
+        self.body = body
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

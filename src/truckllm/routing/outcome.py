@@ -20,6 +20,7 @@ class OutcomeKind(Enum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"  # the client went away or the task was cancelled
     STREAM_BROKEN = "stream_broken"  # the upstream failed after the first byte went out
+    NOT_SENT = "not_sent"  # the adapter refused the request before sending it: nothing learnt
 
     @property
     def retryable(self) -> bool:
@@ -48,9 +49,9 @@ _BACKOFF = frozenset({OutcomeKind.SERVER_ERROR, OutcomeKind.CONNECTION_ERROR, Ou
 def classify_status(status: int, error_code: str | None = None) -> OutcomeKind:
     if status < 400:
         return OutcomeKind.SUCCESS
+    if error_code == "insufficient_quota" and status < 500:  # a 429, or a 400/403 on some APIs
+        return OutcomeKind.QUOTA_EXHAUSTED
     if status == 429:
-        if error_code == "insufficient_quota":
-            return OutcomeKind.QUOTA_EXHAUSTED
         return OutcomeKind.RATE_LIMITED
     if status in (401, 403):
         return OutcomeKind.AUTH_ERROR

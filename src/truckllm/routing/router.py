@@ -241,6 +241,10 @@ class Router:
         kind = outcome.kind
         s.in_flight -= 1
         s.outcomes[kind] = s.outcomes.get(kind, 0) + 1
+        if kind is OutcomeKind.NOT_SENT:
+            s.release(now, pick.reserved)
+            pick.provider.breaker.release()
+            return
         if outcome.usage is not None:
             actual = float(outcome.usage.prompt_tokens + outcome.usage.completion_tokens)
         elif kind in (OutcomeKind.SUCCESS, OutcomeKind.STREAM_BROKEN, OutcomeKind.CANCELLED):

@@ -269,6 +269,21 @@ class KeyState:
         if self.out_of_service is not None:
             self.probe_at = now + self.settings.out_of_service_probe_s  # one probe per period
 
+    def release(self, now: float, tokens: float) -> None:
+        """Give back a reservation whose request was never sent."""
+        for window, amount in (
+            (self.rpm, -1.0),
+            (self.rpd, -1.0),
+            (self.tpm, -tokens),
+            (self.tpd, -tokens),
+        ):
+            if window is not None:
+                window.add(now, amount)
+        self.requests -= 1
+        self.quota_requests_used = max(self.quota_requests_used - 1, 0)
+        self.quota_tokens_used = max(self.quota_tokens_used - tokens, 0.0)
+        self.breaker.release()
+
     def reconcile_tokens(self, now: float, reserved: float, actual: float) -> None:
         delta = actual - reserved
         if delta:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -35,6 +35,7 @@ from truckllm.providers.base import (
     Call,
     ProviderContext,
     Reply,
+    RequestRejected,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -42,7 +43,6 @@ from truckllm.providers.base import (
 from truckllm.providers.errors import error_body, parse_retry_after
 
 ANTHROPIC_VERSION = "2023-06-01"
-_NO_HEADERS: Mapping[str, str] = {}
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStreamError"]
 
@@ -89,7 +89,7 @@ class AnthropicProvider:
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         if call.endpoint != "chat":
-            return _bad_request(
+            raise _bad_request(
                 f"provider {self.id!r} serves Anthropic models, which have no embeddings API; "
                 "route embedding models to another provider.",
                 "unsupported_endpoint",
@@ -98,7 +98,7 @@ class AnthropicProvider:
         try:
             native = translate_request(call.body, call.model, self._max_tokens)
         except TranslationError as exc:
-            return _bad_request(exc.message, exc.code, exc.param)
+            raise _bad_request(exc.message, exc.code, exc.param) from None
         try:
             resp = await self._session.post(
                 self._url,
@@ -210,10 +210,7 @@ class AnthropicProvider:
                 resp.close()
 
 
-def _bad_request(message: str, code: str | None, param: str | None) -> Reply:
-    return Reply(
-        400,
-        "application/json",
-        _NO_HEADERS,
-        body=error_body(message, 400, code, param, "invalid_request_error"),
+def _bad_request(message: str, code: str | None, param: str | None) -> RequestRejected:
+    return RequestRejected(
+        400, error_body(message, 400, code, param, "invalid_request_error"), code
     )

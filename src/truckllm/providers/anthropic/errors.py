@@ -25,13 +25,33 @@ _CODES = {
 }
 
 
+# Anthropic error type -> the HTTP status it comes with outside a stream.
+_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
 class AnthropicStreamError(UpstreamUnavailable):
-    """An ``error`` event in an Anthropic stream. ``code`` is the error's OpenAI code."""
+    """An ``error`` event in an Anthropic stream. ``code`` is the error's OpenAI code and
+    ``upstream_status`` the status that error type has outside a stream."""
 
     def __init__(self, message: str, error_type: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.code = _CODES.get(error_type, error_type)
+        status = _STATUS.get(error_type, 500)
+        super().__init__(
+            message,
+            upstream_status=status,
+            code=_CODES.get(error_type, error_type),
+            error_type=error_type_for(status),
+        )
+        self.anthropic_type = error_type
 
 
 def translate_error(data: bytes, status: int, provider_id: str) -> tuple[bytes, str | None]:

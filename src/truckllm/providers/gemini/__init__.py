@@ -35,6 +35,7 @@ from truckllm.providers.base import (
     Call,
     ProviderContext,
     Reply,
+    RequestRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -85,7 +86,7 @@ class GeminiProvider:
                 method = "streamGenerateContent" if call.stream else "generateContent"
                 native = chat_request(call.body, call.model, self._signature_fallback)
         except Unsupported as exc:
-            return Reply(400, "application/json", {}, body=exc.body(), error_code=exc.code)
+            raise RequestRejected(400, exc.body(), exc.code) from None
         stream = call.stream and call.endpoint == "chat"
         resp = await self._post(self._url(model_path, method, stream), native, key, stream)
         ctype = resp.headers.get("Content-Type", "")

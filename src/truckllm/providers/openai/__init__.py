@@ -138,9 +138,9 @@ class OpenAIProvider:
         buf = b""
         try:
             async for chunk in resp.content.iter_any():
-                if b"\r" in chunk:
-                    chunk = chunk.replace(b"\r\n", b"\n")
                 buf = buf + chunk if buf else chunk
+                if b"\r" in chunk:  # CRLF line ends; a pair may be split across two reads
+                    buf = buf.replace(b"\r\n", b"\n")
                 end = buf.rfind(b"\n\n")
                 if end < 0:
                     continue
