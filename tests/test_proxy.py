@@ -658,3 +658,58 @@ def test_crlf_event_boundaries_split_across_reads_are_found(
     resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
     payloads = sse_events(resp.body)
     assert payloads[:2] == [first, second] and payloads[-1] == b"[DONE]"
+
+
+def test_every_request_yields_one_record_with_what_happened(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
+    from truckllm.telemetry.record import RequestRecord
+
+    records: list[RequestRecord] = []
+    gw.app.records.subscribe(records.append)
+    gw.post("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r1"})
+    gw.post("/v1/chat/completions", {**CHAT, "stream": True}, headers={"X-Request-Id": "r2"})
+    upstream.script.append(
+        Scripted(
+            status=400,
+            body={
+                "error": {
+                    "message": "bad",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "x",
+                }
+            },
+        )
+    )
+    gw.post("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r3"})
+    gw.post("/v1/chat/completions", {**CHAT, "model": "nope"}, headers={"X-Request-Id": "r4"})
+    gw.post("/v1/chat/completions", raw=b"{", headers={"X-Request-Id": "r5"})
+    wait_for(lambda: len(records) == 5)
+    by_id = {r.request_id: r for r in records}
+    ok, streamed, upstream_400, unknown, malformed = (by_id[f"r{i}"] for i in range(1, 6))
+    assert (ok.status, ok.provider, ok.alias, ok.model, ok.upstream_model, ok.attempts) == (
+        200,
+        "openai",
+        "gpt-4",
+        "gpt-4",
+        "gpt-4-0613",
+        1,
+    )
+    assert (
+        ok.client_id == "anonymous"
+        and ok.key_id in ("k1", "k2")
+        and ok.usage is not None
+        and ok.usage.completion_tokens == 8
+    )
+    assert 0 < ok.upstream_s <= ok.latency_s and ok.overhead_s < ok.latency_s
+    assert (
+        streamed.stream and streamed.ttft_s is not None and streamed.usage is not None
+    )  # usage even unasked
+    assert (upstream_400.status, upstream_400.error_code) == (400, "x")
+    assert (unknown.status, unknown.error_code, unknown.provider) == (404, "model_not_found", None)
+    assert (malformed.status, malformed.endpoint, malformed.error_code) == (
+        400,
+        "chat",
+        "invalid_json",
+    )

@@ -26,6 +26,7 @@ class APIError(Exception):
         self.headers = headers or []
 
         self._body: bytes | None = None
+        self.recorded = False  # the API layer already put it in the request's record
 
     def with_body(self, body: bytes) -> APIError:
         """Answer with this exact (already OpenAI-shaped) body, e.g. a provider's refusal."""

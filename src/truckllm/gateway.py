@@ -219,6 +219,7 @@ class Served:
     started: float
     first: bytes | None = None
     ttft_s: float | None = None
+    upstream_s: float = 0.0  # time spent waiting on upstreams, all attempts so far
 
 
 class StreamBroken(Exception):
@@ -332,6 +333,7 @@ class Gateway:
         last_target: Target | None = None
         last_pick: Pick | None = None
         no_room_s = math.inf
+        upstream_s = 0.0
         providers = route.provider_ids
         rejected: RequestRejected | None = None
         while policy is not None:
@@ -358,10 +360,13 @@ class Gateway:
             target = route.target_for(pick.provider.id)
             attempts += 1
             last_target, last_pick = target, pick
+            a0 = time.perf_counter()
             kind, failure, served = await self._attempt(
                 rt, pick, target, endpoint, body, raw, stream, wants_usage, request_id, attempts
             )
+            upstream_s += time.perf_counter() - a0
             if served is not None:
+                served.upstream_s = upstream_s
                 return served
             if isinstance(failure, RequestRejected):
                 # This provider cannot express the request; another target of the route may.
@@ -381,7 +386,7 @@ class Gateway:
                     await reply.aclose()
                     policy = policy.next(same_key=False)
                     continue
-                return Served(reply, pick, target, attempts, pick.started)
+                return Served(reply, pick, target, attempts, pick.started, upstream_s=upstream_s)
             last, last_kind = failure, kind
             if kind.needs_backoff:
                 # A throttled or refused key is kept out by its own state (cooling, out of
@@ -396,7 +401,9 @@ class Gateway:
             # Attempts used up on throttling or server errors: the client sees the last upstream
             # answer (a 429 keeps its Retry-After), as it would from the provider. That attempt
             # has reported already; ``done`` is idempotent.
-            return Served(last, last_pick, last_target, attempts, last_pick.started)
+            return Served(
+                last, last_pick, last_target, attempts, last_pick.started, upstream_s=upstream_s
+            )
         if last is None and rejected is not None:
             raise APIError(rejected.status, "", headers=[]).with_body(rejected.body)
         if last is None:
@@ -478,7 +485,14 @@ class Gateway:
         try:
             if served.first:
                 yield served.first
-            async for batch in reply.events:
+            events = reply.events
+            while True:
+                t = time.perf_counter()
+                try:
+                    batch = await anext(events)
+                except StopAsyncIteration:
+                    break
+                served.upstream_s += time.perf_counter() - t
                 yield batch
             kind = OutcomeKind.SUCCESS
         except UpstreamError as exc:

@@ -11,6 +11,7 @@ import itertools
 import logging
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -20,10 +21,11 @@ import orjson
 from truckllm import __version__
 from truckllm.config import Config
 from truckllm.errors import APIError, invalid_request, model_not_found
-from truckllm.gateway import Gateway, Runtime, StreamBroken
+from truckllm.gateway import Gateway, Runtime, Served, StreamBroken
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderFactory, provider_registry
 from truckllm.providers.base import Endpoint
+from truckllm.telemetry.record import RecordBus, RequestRecord
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -91,6 +93,7 @@ class App:
         self.gateway = Gateway()
         self.session: aiohttp.ClientSession | None = None
         self._runtime: Runtime | None = None
+        self.records = RecordBus()  # survives reloads: metrics, sinks and the ledger subscribe
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._ids = itertools.count(1)
         self._routes: dict[
@@ -168,6 +171,16 @@ class App:
                 route = self._fallback_route(scope)
             await route(rt, scope, receive, send, request_id)
         except APIError as err:  # raised only before the response starts
+            if not err.recorded:
+                self.records.publish(
+                    RequestRecord(
+                        time.time(),
+                        request_id,
+                        _ENDPOINTS.get(scope["path"]) or str(scope["path"]),
+                        status=err.status,
+                        error_code=err.code,
+                    )
+                )
             await _send_error(send, err, request_id)
         except ClientGone:
             pass
@@ -312,7 +325,7 @@ class App:
     async def _chat(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
-        self._authenticate(rt, scope)
+        client = self._authenticate(rt, scope)
         body, raw = await self._read_json(rt, scope, receive)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -322,27 +335,27 @@ class App:
                 else f"Invalid type for 'messages': expected an array, got {_json_type(messages)}.",
                 param="messages",
             )
-        await self._proxy(rt, scope, receive, send, request_id, "chat", body, raw)
+        await self._proxy(rt, receive, send, request_id, client, "chat", body, raw)
 
     async def _embeddings(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
-        self._authenticate(rt, scope)
+        client = self._authenticate(rt, scope)
         body, raw = await self._read_json(rt, scope, receive)
         inp = body.get("input")
         if not isinstance(inp, str | list) or (isinstance(inp, list) and not inp):
             raise invalid_request(
                 "'input' is required and must be a string or a non-empty array.", param="input"
             )
-        await self._proxy(rt, scope, receive, send, request_id, "embeddings", body, raw)
+        await self._proxy(rt, receive, send, request_id, client, "embeddings", body, raw)
 
     async def _proxy(
         self,
         rt: Runtime,
-        scope: Scope,
         receive: Receive,
         send: Send,
         request_id: str,
+        client: str,
         endpoint: Endpoint,
         body: dict[str, Any],
         raw: bytes,
@@ -376,12 +389,24 @@ class App:
         if route is None:
             raise model_not_found(model)
 
+        rec = RequestRecord(
+            time.time(),
+            request_id,
+            endpoint,
+            client,
+            model,
+            model if model in rt.resolver.aliases else None,
+            stream=stream,
+        )
+        t0 = time.perf_counter()
+        served: Served | None = None
         watch = _DisconnectWatch(receive)
         try:
             served = await self.gateway.execute(
                 rt, route, endpoint, body, raw, stream, wants_usage, request_id
             )
             reply = served.reply
+            rec.status, rec.error_code = reply.status, reply.error_code
             headers = [
                 (b"x-request-id", request_id.encode()),
                 (b"x-truckllm-provider", served.target.provider_id.encode()),
@@ -392,7 +417,9 @@ class App:
                 assert reply.body is not None
                 if reply.status == 429 and reply.retry_after is not None:
                     # Whatever the provider's form (header, RetryInfo), clients get seconds.
-                    headers.append((b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode()))
+                    headers.append(
+                        (b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode())
+                    )
                 await send(
                     {
                         "type": "http.response.start",
@@ -412,8 +439,11 @@ class App:
             events = self.gateway.relay(served)
             try:
                 async for batch in events:
+                    if rec.ttft_s is None:
+                        rec.ttft_s = time.perf_counter() - t0
                     await send({"type": "http.response.body", "body": batch, "more_body": True})
             except StreamBroken as broken:
+                rec.error_code = broken.error.code or "stream_broken"
                 log.warning(
                     "stream broken after first byte",
                     extra={"request_id": request_id, "error": broken.error.message},
@@ -428,15 +458,24 @@ class App:
             finally:
                 await events.aclose()
             await send({"type": "http.response.body", "body": b""})
+        except APIError as err:
+            rec.status, rec.error_code, err.recorded = err.status, err.code, True
+            raise
         except asyncio.CancelledError:
+            rec.status, rec.error_code = 499, "client_closed_request"
             if not watch.gone:
                 raise
             watch.task.uncancel()
             raise ClientGone from None
         except OSError:  # the server's send() after the client left
+            rec.status, rec.error_code = 499, "client_closed_request"
             raise ClientGone from None
         finally:
             watch.stop()
+            rec.latency_s = time.perf_counter() - t0
+            if served is not None:
+                _fill(rec, served)
+            self.records.publish(rec)
 
     async def _models(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
@@ -466,6 +505,30 @@ class App:
     ) -> None:
         await _send_json(
             send, 200, orjson.dumps({"status": "ok", "version": __version__}), request_id
+        )
+
+
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+}
+
+
+def _fill(rec: RequestRecord, served: Served) -> None:
+    """What only the committed attempt knows: where it went, what it used, what it cost."""
+    key = served.pick.key
+    rec.provider, rec.key_id, rec.upstream_model = (
+        served.target.provider_id,
+        key.id,
+        served.target.model,
+    )
+    rec.attempts, rec.upstream_s = served.attempts, served.upstream_s
+    usage = served.reply.usage
+    if usage is not None:
+        rec.usage = usage
+        rec.cost_usd = key.pricing.cost_usd(
+            usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
         )
 
 

@@ -1,0 +1,66 @@
+"""One record per client request: what metrics, request-log sinks and the usage ledger consume.
+
+The API layer fills a record as the request runs and hands it, once the response is finished,
+to every consumer of a :class:`RecordBus`. Consumers run on the event loop and must not block:
+they count in memory or enqueue (sinks and stores write in the background).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from truckllm.providers.base import Usage
+
+log = logging.getLogger("truckllm.telemetry")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    time: float  # wall clock at arrival, unix seconds
+    request_id: str
+    endpoint: str  # "chat", "embeddings", "models", or the path of anything else
+    client_id: str | None = None
+    model: str | None = None  # as the client named it
+    alias: str | None = None  # set when ``model`` is an alias
+    provider: str | None = None
+    key_id: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    status: int = 0
+    error_code: str | None = None
+    attempts: int = 0
+    latency_s: float = 0.0  # arrival to the last byte sent
+    ttft_s: float | None = None  # arrival to the first byte of a stream
+    upstream_s: float = 0.0  # of which spent waiting on upstreams (all attempts)
+    usage: Usage | None = None
+    cost_usd: float | None = None
+
+    @property
+    def overhead_s(self) -> float:
+        """The gateway's own time: total minus the time spent waiting on upstreams."""
+        return max(self.latency_s - self.upstream_s, 0.0)
+
+
+Consumer = Callable[[RequestRecord], None]
+
+
+class RecordBus:
+    """Hands each finished request's record to every consumer. A consumer that raises is logged
+    and does not stop the others, nor the request."""
+
+    def __init__(self) -> None:
+        self.consumers: list[Consumer] = []
+
+    def subscribe(self, consumer: Consumer) -> None:
+        self.consumers.append(consumer)
+
+    def publish(self, record: RequestRecord) -> None:
+        for consumer in self.consumers:
+            try:
+                consumer(record)
+            except Exception:
+                log.exception(
+                    "request record consumer failed", extra={"request_id": record.request_id}
+                )
