@@ -123,7 +123,7 @@ def _serve(args: list[str]) -> int:
             return 2
     listen = ns.listen or cfg.server.listen
     log.info("truckllm %s serving on %s (%d providers)", __version__, listen, len(cfg.providers))
-    serve(App(cfg), listen)
+    serve(App(cfg, config_path=ns.config), listen)
     return 0
 
 
@@ -198,7 +198,8 @@ async def _run_demo(host: str, port: int) -> None:
         {},
         provider_registry().names(),
     )
-    server = GatewayServer(uvicorn_config(App(cfg), host, port))
+    app = App(cfg)
+    server = GatewayServer(uvicorn_config(app, host, port), app)
     print(_demo_banner(shown), flush=True)
     try:
         await server.serve()

@@ -18,8 +18,23 @@ from truckllm.config import parse_listen
 
 
 class GatewayServer(uvicorn.Server):
-    """uvicorn's server, but SIGINT/SIGTERM end it gracefully with exit status 0 instead of being
-    re-raised once shutdown completes (a second signal still forces the exit)."""
+    """uvicorn's server with the gateway's signals. SIGINT/SIGTERM drain: stop accepting, let
+    in-flight requests and streams finish up to ``server.shutdown_timeout``, flush, exit 0 (a
+    second signal forces the exit). SIGHUP reloads the configuration file."""
+
+    def __init__(self, config: uvicorn.Config, app: App | None = None) -> None:
+        super().__init__(config)
+        self.gateway_app = app
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if self.gateway_app is not None:
+            self.gateway_app.draining = True  # /readyz says so while connections finish
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    def _reload(self) -> None:
+        app = self.gateway_app
+        if app is not None and app.reloader is not None:
+            app.reloader.request("sighup")
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -30,10 +45,11 @@ class GatewayServer(uvicorn.Server):
         signals = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:
             loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             yield
         finally:
-            for sig in signals:
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
 
@@ -50,7 +66,7 @@ def uvicorn_config(app: App, host: str, port: int, **overrides: Any) -> uvicorn.
         "proxy_headers": False,
         "backlog": 2048,
         "timeout_keep_alive": 75,
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": app.config.server.shutdown_timeout,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
@@ -58,7 +74,7 @@ def uvicorn_config(app: App, host: str, port: int, **overrides: Any) -> uvicorn.
 
 def serve(app: App, listen: str | None = None) -> None:
     host, port = parse_listen(listen or app.config.server.listen)
-    run_async(GatewayServer(uvicorn_config(app, host, port)).serve())
+    run_async(GatewayServer(uvicorn_config(app, host, port), app).serve())
 
 
 def run_async(main: Coroutine[Any, Any, None]) -> None:

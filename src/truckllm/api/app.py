@@ -19,12 +19,14 @@ import aiohttp
 import orjson
 
 from truckllm import __version__
+from truckllm.admin import AdminAPI
 from truckllm.config import Config
 from truckllm.errors import APIError, invalid_request, model_not_found
 from truckllm.gateway import Gateway, Runtime, Served, StreamBroken
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderFactory, provider_registry
 from truckllm.providers.base import Endpoint
+from truckllm.reload import Reloader
 from truckllm.telemetry.record import RecordBus, RequestRecord
 
 Scope = MutableMapping[str, Any]
@@ -87,13 +89,26 @@ class App:
     ``start()``/``close()`` run from the ASGI lifespan, or by whoever embeds the app.
     """
 
-    def __init__(self, config: Config, registry: Registry[ProviderFactory] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry[ProviderFactory] | None = None,
+        config_path: str | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry if registry is not None else provider_registry()
         self.gateway = Gateway()
         self.session: aiohttp.ClientSession | None = None
         self._runtime: Runtime | None = None
         self.records = RecordBus()  # survives reloads: metrics, sinks and the ledger subscribe
+        self.admin = AdminAPI(self)
+        self.records.subscribe(self.admin.stats)
+        self.reloader = (
+            Reloader(self, config_path, config.server.reload_interval) if config_path else None
+        )
+        # Readiness checks beside the runtime itself: name -> () -> (ok, reason).
+        self.health_checks: dict[str, Callable[[], tuple[bool, str | None]]] = {}
+        self.draining = False
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._ids = itertools.count(1)
         self._routes: dict[
@@ -103,6 +118,7 @@ class App:
             ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
+            ("GET", "/readyz"): self._readyz,
         }
 
     @property
@@ -120,6 +136,8 @@ class App:
                 connector=connector, auto_decompress=True, trust_env=False
             )
         self._runtime = Runtime(self.config, self.registry, self.session)
+        if self.reloader is not None:
+            self.reloader.start_watching()
         if not self._runtime.client_keys:
             log.warning(
                 "server.api_keys is empty: the gateway serves ANY client without authentication. "
@@ -134,6 +152,9 @@ class App:
         self.config = config
 
     async def close(self) -> None:
+        self.draining = True
+        if self.reloader is not None:
+            await self.reloader.stop()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -215,6 +236,8 @@ class App:
         method, path = scope["method"], scope["path"]
         if path.startswith("/v1/models/") and method == "GET":
             return self._model
+        if path.startswith("/admin/"):
+            return self._admin
         if any(p == path for (_, p) in self._routes) or path.startswith("/v1/models/"):
             raise APIError(
                 405,
@@ -265,7 +288,21 @@ class App:
     async def _read_json(
         self, rt: Runtime, scope: Scope, receive: Receive
     ) -> tuple[dict[str, Any], bytes]:
-        limit = rt.config.server.max_body_bytes
+        raw = await self._read_body(scope, receive, rt.config.server.max_body_bytes)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise invalid_request(
+                f"We could not parse the JSON body of your request. ({exc.msg} at position {exc.pos})",
+                code="invalid_json",
+            ) from None
+        if not isinstance(body, dict):
+            raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+        return body, raw
+
+    @staticmethod
+    async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+        """The request body; 413 as soon as it is known to exceed ``limit`` bytes."""
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -273,12 +310,7 @@ class App:
                 except ValueError:
                     raise invalid_request("Invalid Content-Length header.") from None
                 if too_big:
-                    raise APIError(
-                        413,
-                        f"Request body is larger than the limit of {limit} bytes.",
-                        code="request_too_large",
-                        type_="invalid_request_error",
-                    )
+                    raise _too_large(limit)
                 break
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -294,31 +326,12 @@ class App:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise APIError(
-                        413,
-                        f"Request body is larger than the limit of {limit} bytes.",
-                        code="request_too_large",
-                        type_="invalid_request_error",
-                    )
+                    raise _too_large(limit)
                 parts.append(chunk)
             raw = b"".join(parts)
         elif len(raw) > limit:
-            raise APIError(
-                413,
-                f"Request body is larger than the limit of {limit} bytes.",
-                code="request_too_large",
-                type_="invalid_request_error",
-            )
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise invalid_request(
-                f"We could not parse the JSON body of your request. ({exc.msg} at position {exc.pos})",
-                code="invalid_json",
-            ) from None
-        if not isinstance(body, dict):
-            raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-        return body, raw
+            raise _too_large(limit)
+        return raw
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -500,6 +513,33 @@ class App:
         owner = "truckllm" if name in rt.resolver.aliases else route.targets[0].provider_id
         await _send_json(send, 200, orjson.dumps(_model_obj(name, owner, rt.created)), request_id)
 
+    async def _admin(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        body = b""
+        if scope["method"] == "POST":
+            limit = min(rt.config.server.max_body_bytes, 1024 * 1024)
+            body = await self._read_body(scope, receive, limit)
+        status, payload = await self.admin.handle(rt, scope, body)
+        await _send_json(send, status, payload, request_id)
+
+    async def _readyz(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        """200 while serving (``degraded`` with reasons when a dependency such as a shared store
+        is down but the gateway still serves on local state); 503 while draining."""
+        if self.draining:
+            await _send_json(send, 503, b'{"status":"draining"}', request_id)
+            return
+        problems = {}
+        for name, check in self.health_checks.items():
+            ok, reason = check()
+            if not ok:
+                problems[name] = reason
+        body = {"status": "degraded" if problems else "ready", "problems": problems,
+                "config": rt.config.source}
+        await _send_json(send, 200, orjson.dumps(body), request_id)
+
     async def _healthz(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
@@ -513,6 +553,15 @@ _ENDPOINTS = {
     "/v1/embeddings": "embeddings",
     "/v1/models": "models",
 }
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"Request body is larger than the limit of {limit} bytes.",
+        code="request_too_large",
+        type_="invalid_request_error",
+    )
 
 
 def _fill(rec: RequestRecord, served: Served) -> None:

@@ -460,6 +460,10 @@ def _validate(cfg: Config, decoder: _Decoder, provider_types: Iterable[str] | No
         fail("server.listen", str(exc))
     if server.max_body_bytes < 1:
         fail("server.max_body_bytes", "must be positive")
+    if server.reload_interval < 0:
+        fail("server.reload_interval", "must not be negative")
+    if server.shutdown_timeout < 0:
+        fail("server.shutdown_timeout", "must not be negative")
     client_ids: set[str] = set()
     for ci, entry in enumerate(server.api_keys):
         cpath = f"server.api_keys[{ci}]"

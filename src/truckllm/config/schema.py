@@ -108,6 +108,8 @@ class ServerConfig:
     admin_api_key: Secret | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     timeouts: Timeouts = field(default_factory=Timeouts)
+    reload_interval: float = 1.0  # seconds between checks of the config file; 0 turns it off
+    shutdown_timeout: float = 30.0  # seconds in-flight requests may take to finish on SIGTERM
 
 
 @dataclass(frozen=True)
