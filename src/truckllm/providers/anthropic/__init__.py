@@ -21,7 +21,6 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
-from truckllm import __version__
 from truckllm.config.schema import KeyConfig
 from truckllm.providers.anthropic.errors import AnthropicStreamError, translate_error
 from truckllm.providers.anthropic.request import (
@@ -37,10 +36,9 @@ from truckllm.providers.base import (
     Reply,
     RequestRejected,
     UpstreamProtocolError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from truckllm.providers.errors import error_body, parse_retry_after
+from truckllm.providers.http import UpstreamHTTP, header, scrub
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -53,11 +51,8 @@ class AnthropicProvider:
     def __init__(self, ctx: ProviderContext) -> None:
         cfg = ctx.config
         self.id = cfg.id
-        self._session = ctx.session
         query = ("?" + urlencode(cfg.query_params)) if cfg.query_params else ""
         self._url = cfg.base_url + "/v1/messages" + query
-        self._extra_headers = dict(cfg.headers)
-        self._headers: dict[str, dict[str, str]] = {}
         max_tokens = cfg.options.get("max_tokens", DEFAULT_MAX_TOKENS)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(
@@ -65,27 +60,9 @@ class AnthropicProvider:
                 f"got {max_tokens!r}"
             )
         self._max_tokens = max_tokens
-        t = ctx.timeouts
-        self._timeout = aiohttp.ClientTimeout(
-            total=t.total, sock_connect=t.connect, sock_read=t.read
+        self._http = UpstreamHTTP(
+            ctx, header("x-api-key"), fixed={"anthropic-version": ANTHROPIC_VERSION}
         )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=t.connect, sock_read=t.read
-        )
-
-    def _headers_for(self, key: KeyConfig) -> dict[str, str]:
-        headers = self._headers.get(key.id)
-        if headers is None:
-            headers = {
-                "Content-Type": "application/json",
-                "anthropic-version": ANTHROPIC_VERSION,
-                "User-Agent": f"truckllm/{__version__}",
-            }
-            headers.update(self._extra_headers)
-            if key.secret is not None and key.secret.reveal():
-                headers["x-api-key"] = key.secret.reveal()
-            self._headers[key.id] = headers
-        return headers
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         if call.endpoint != "chat":
@@ -99,19 +76,7 @@ class AnthropicProvider:
             native = translate_request(call.body, call.model, self._max_tokens)
         except TranslationError as exc:
             raise _bad_request(exc.message, exc.code, exc.param) from None
-        try:
-            resp = await self._session.post(
-                self._url,
-                data=orjson.dumps(native.body),
-                headers=self._headers_for(key),
-                timeout=self._stream_timeout if call.stream else self._timeout,
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} is unreachable: {type(exc).__name__}"
-            ) from exc
+        resp = await self._http.post(self._url, orjson.dumps(native.body), key, call.stream)
         ctype = resp.headers.get("Content-Type", "")
         if call.stream and resp.status < 300 and ctype.startswith("text/event-stream"):
             reply = Reply(200, "text/event-stream", resp.headers, _release=resp.close)
@@ -120,7 +85,7 @@ class AnthropicProvider:
             )
             reply.events = self._events(resp, reply, translator)
             return reply
-        body = await self._read(resp)
+        body = await self._http.read(resp)
         if resp.status >= 400:
             return self._error(resp, body, key)
         if call.stream:
@@ -137,23 +102,8 @@ class AnthropicProvider:
             resp.status, "application/json", resp.headers, body=orjson.dumps(out), usage=usage
         )
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        try:
-            return await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} stopped sending its response") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} broke off its response: {type(exc).__name__}"
-            ) from exc
-        finally:
-            resp.release()
-
     def _error(self, resp: aiohttp.ClientResponse, body: bytes, key: KeyConfig) -> Reply:
-        secret = key.secret.reveal().encode() if key.secret is not None else b""
-        if secret and secret in body:
-            body = body.replace(secret, b"********")
-        out, code = translate_error(body, resp.status, self.id)
+        out, code = translate_error(scrub(body, key), resp.status, self.id)
         return Reply(
             resp.status,
             "application/json",
@@ -172,37 +122,32 @@ class AnthropicProvider:
         sent = ended = False
         reads = resp.content.iter_any()
         try:
-            while True:
-                try:
-                    data = await anext(reads)
-                except StopAsyncIteration:
-                    data, ended = b"", True
-                if translator.done:  # read on to the end, so the connection can be reused
-                    if not data:
-                        break
-                    continue
-                # An empty read is the end: a blank line completes a last unterminated event.
-                out = translator.feed(data or b"\n\n")
-                reply.usage = translator.usage
-                if translator.error is not None:
-                    if out and sent:
+            with self._http.mid_stream():
+                while True:
+                    try:
+                        data = await anext(reads)
+                    except StopAsyncIteration:
+                        data, ended = b"", True
+                    if translator.done:  # read on to the end, so the connection can be reused
+                        if not data:
+                            break
+                        continue
+                    # An empty read is the end: a blank line completes a last unterminated event.
+                    out = translator.feed(data or b"\n\n")
+                    reply.usage = translator.usage
+                    if translator.error is not None:
+                        if out and sent:
+                            yield out
+                        raise translator.error
+                    if out:
+                        sent = True
                         yield out
-                    raise translator.error
-                if out:
-                    sent = True
-                    yield out
-                if not data:
-                    if not translator.done:
-                        raise UpstreamProtocolError(
-                            f"provider {self.id!r} ended the stream before message_stop"
-                        )
-                    break
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} stalled mid-stream") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} broke off the stream: {type(exc).__name__}"
-            ) from exc
+                    if not data:
+                        if not translator.done:
+                            raise UpstreamProtocolError(
+                                f"provider {self.id!r} ended the stream before message_stop"
+                            )
+                        break
         finally:
             if ended:
                 resp.release()  # read to the end: the connection goes back to the pool

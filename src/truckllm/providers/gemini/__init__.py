@@ -29,14 +29,12 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from truckllm import __version__
 from truckllm.config.schema import KeyConfig
 from truckllm.providers.base import (
     Call,
     ProviderContext,
     Reply,
     RequestRejected,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from truckllm.providers.errors import error_body, parse_retry_after
@@ -45,6 +43,7 @@ from truckllm.providers.gemini.errors import Unsupported, translate_error
 from truckllm.providers.gemini.request import SKIP_SIGNATURE, chat_request
 from truckllm.providers.gemini.response import chat_completion
 from truckllm.providers.gemini.stream import StreamFailed, StreamTranslator
+from truckllm.providers.http import UpstreamHTTP, header, scrub
 
 _URL_CACHE_LIMIT = 512  # model names come from clients when a provider lists "*"
 
@@ -55,7 +54,6 @@ class GeminiProvider:
     def __init__(self, ctx: ProviderContext) -> None:
         cfg = ctx.config
         self.id = cfg.id
-        self._session = ctx.session
         base = cfg.base_url.rstrip("/")
         if not base.endswith(("/v1beta", "/v1", "/v1alpha")):
             base += "/v1beta"
@@ -63,18 +61,11 @@ class GeminiProvider:
         self._query = urlencode(cfg.query_params) if cfg.query_params else ""
         self._urls: dict[tuple[str, str], str] = {}
         auth = cfg.auth_header
-        self._auth_header = auth if auth.lower() != "authorization" else "x-goog-api-key"
-        self._extra_headers = dict(cfg.headers)
-        self._headers: dict[str, dict[str, str]] = {}
+        self._http = UpstreamHTTP(
+            ctx, header(auth if auth.lower() != "authorization" else "x-goog-api-key")
+        )
         fallback = cfg.options.get("thought_signature_fallback", SKIP_SIGNATURE)
         self._signature_fallback = fallback if isinstance(fallback, str) and fallback else None
-        t = ctx.timeouts
-        self._timeout = aiohttp.ClientTimeout(
-            total=t.total, sock_connect=t.connect, sock_read=t.read
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=t.connect, sock_read=t.read
-        )
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         model_path = call.model if "/" in call.model else "models/" + call.model
@@ -88,16 +79,18 @@ class GeminiProvider:
         except Unsupported as exc:
             raise RequestRejected(400, exc.body(), exc.code) from None
         stream = call.stream and call.endpoint == "chat"
-        resp = await self._post(self._url(model_path, method, stream), native, key, stream)
+        resp = await self._http.post(
+            self._url(model_path, method, stream), orjson.dumps(native), key, stream
+        )
         ctype = resp.headers.get("Content-Type", "")
         if stream and resp.status == 200 and ctype.startswith("text/event-stream"):
             reply = Reply(200, "text/event-stream", resp.headers, _release=resp.close)
             translator = StreamTranslator(call.model, call.wants_usage)
             reply.events = self._events(resp, reply, translator, key)
             return reply
-        data = await self._read(resp)
+        data = await self._http.read(resp)
         if resp.status >= 400:
-            return self._error_reply(_scrub(data, key), resp.status, resp.headers)
+            return self._error_reply(scrub(data, key), resp.status, resp.headers)
         obj: Any = None
         with contextlib.suppress(orjson.JSONDecodeError):
             obj = orjson.loads(data)
@@ -144,45 +137,6 @@ class GeminiProvider:
             self._urls[(model_path, method)] = url
         return url
 
-    def _headers_for(self, key: KeyConfig) -> dict[str, str]:
-        headers = self._headers.get(key.id)
-        if headers is None:
-            headers = {"Content-Type": "application/json", "User-Agent": f"truckllm/{__version__}"}
-            headers.update(self._extra_headers)
-            if key.secret is not None and key.secret.reveal():
-                headers[self._auth_header] = key.secret.reveal()
-            self._headers[key.id] = headers
-        return headers
-
-    async def _post(
-        self, url: str, native: dict[str, Any], key: KeyConfig, stream: bool
-    ) -> aiohttp.ClientResponse:
-        try:
-            return await self._session.post(
-                url,
-                data=orjson.dumps(native),
-                headers=self._headers_for(key),
-                timeout=self._stream_timeout if stream else self._timeout,
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} is unreachable: {type(exc).__name__}"
-            ) from exc
-
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        try:
-            return await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} stopped sending its response") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} broke off its response: {type(exc).__name__}"
-            ) from exc
-        finally:
-            resp.release()
-
     def _error_reply(self, data: bytes, status: int, headers: Mapping[str, str]) -> Reply:
         failure = translate_error(data, status, self.id)
         retry_after = failure.retry_after
@@ -213,33 +167,28 @@ class GeminiProvider:
         the latest ``usageMetadata``."""
         buf = b""
         try:
-            async for chunk in resp.content.iter_any():
-                buf = buf + chunk if buf else chunk
-                if b"\r" in buf:
-                    buf = buf.replace(b"\r\n", b"\n")
-                end = buf.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                batch, buf = buf[:end], buf[end + 2 :]
-                out, failed = _translate_all(batch, translator)
-                reply.usage = translator.usage
-                if out:
-                    yield out
-                if failed is not None:
-                    raise failed
+            with self._http.mid_stream():
+                async for chunk in resp.content.iter_any():
+                    buf = buf + chunk if buf else chunk
+                    if b"\r" in buf:
+                        buf = buf.replace(b"\r\n", b"\n")
+                    end = buf.rfind(b"\n\n")
+                    if end < 0:
+                        continue
+                    batch, buf = buf[:end], buf[end + 2 :]
+                    out, failed = _translate_all(batch, translator)
+                    reply.usage = translator.usage
+                    if out:
+                        yield out
+                    if failed is not None:
+                        raise failed
             out = _translate(buf, translator) + translator.finish()
             reply.usage = translator.usage
             yield out
         except StreamFailed as exc:
-            detail = _scrub(str(exc).encode(), key).decode("utf-8", "replace")
+            detail = scrub(str(exc).encode(), key).decode("utf-8", "replace")
             raise UpstreamUnavailable(
                 f"provider {self.id!r} broke off the stream: {detail}"
-            ) from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} stalled mid-stream") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} broke off the stream: {type(exc).__name__}"
             ) from exc
         finally:
             resp.close()
@@ -268,11 +217,6 @@ def _translate(event: bytes, translator: StreamTranslator) -> bytes:
     if not isinstance(obj, dict):
         raise StreamFailed("an event that is not a JSON object")
     return translator.feed(obj)
-
-
-def _scrub(data: bytes, key: KeyConfig) -> bytes:
-    secret = key.secret.reveal().encode() if key.secret is not None else b""
-    return data.replace(secret, b"********") if secret and secret in data else data
 
 
 __all__ = ["GeminiProvider"]

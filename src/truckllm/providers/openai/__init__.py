@@ -15,17 +15,15 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
-from truckllm import __version__
 from truckllm.config.schema import KeyConfig
 from truckllm.providers.base import (
     Call,
     ProviderContext,
     Reply,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     Usage,
 )
 from truckllm.providers.errors import normalise_upstream_error, parse_retry_after
+from truckllm.providers.http import UpstreamHTTP, bearer, header, scrub
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -38,33 +36,11 @@ class OpenAIProvider:
     def __init__(self, ctx: ProviderContext) -> None:
         cfg = ctx.config
         self.id = cfg.id
-        self._session = ctx.session
         query = ("?" + urlencode(cfg.query_params)) if cfg.query_params else ""
         self._urls = {ep: cfg.base_url + path + query for ep, path in _PATHS.items()}
         self._stream_usage = cfg.stream_usage
-        self._auth_header = cfg.auth_header
-        self._extra_headers = dict(cfg.headers)
-        self._headers: dict[str, dict[str, str]] = {}
-        t = ctx.timeouts
-        self._timeout = aiohttp.ClientTimeout(
-            total=t.total, sock_connect=t.connect, sock_read=t.read
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=t.connect, sock_read=t.read
-        )
-
-    def _headers_for(self, key: KeyConfig) -> dict[str, str]:
-        headers = self._headers.get(key.id)
-        if headers is None:
-            headers = {"Content-Type": "application/json", "User-Agent": f"truckllm/{__version__}"}
-            headers.update(self._extra_headers)
-            if key.secret is not None and key.secret.reveal():
-                if self._auth_header.lower() == "authorization":
-                    headers["Authorization"] = "Bearer " + key.secret.reveal()
-                else:
-                    headers[self._auth_header] = key.secret.reveal()
-            self._headers[key.id] = headers
-        return headers
+        auth = bearer if cfg.auth_header.lower() == "authorization" else header(cfg.auth_header)
+        self._http = UpstreamHTTP(ctx, auth)
 
     def _request_body(self, call: Call) -> tuple[bytes, bool]:
         """The upstream body, and whether the usage chunk must be stripped from the stream."""
@@ -84,42 +60,15 @@ class OpenAIProvider:
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         data, strip_usage = self._request_body(call)
-        try:
-            resp = await self._session.post(
-                self._urls[call.endpoint],
-                data=data,
-                headers=self._headers_for(key),
-                timeout=self._stream_timeout if call.stream else self._timeout,
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} is unreachable: {type(exc).__name__}"
-            ) from exc
+        resp = await self._http.post(self._urls[call.endpoint], data, key, call.stream)
         ctype = resp.headers.get("Content-Type", "application/json")
         if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
             reply = Reply(200, ctype, resp.headers, _release=resp.close)
             reply.events = self._events(resp, reply, strip_usage)
             return reply
-        try:
-            body = await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} stopped sending its response") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} broke off its response: {type(exc).__name__}"
-            ) from exc
-        finally:
-            resp.release()
+        body = await self._http.read(resp)
         if resp.status >= 400:
-            if (
-                key.secret is not None
-                and key.secret.reveal()
-                and key.secret.reveal().encode() in body
-            ):
-                body = body.replace(key.secret.reveal().encode(), b"********")
-            body, code = normalise_upstream_error(body, resp.status, self.id)
+            body, code = normalise_upstream_error(scrub(body, key), resp.status, self.id)
             return Reply(
                 resp.status,
                 "application/json",
@@ -137,27 +86,22 @@ class OpenAIProvider:
         when only the gateway asked for it, removed."""
         buf = b""
         try:
-            async for chunk in resp.content.iter_any():
-                buf = buf + chunk if buf else chunk
-                if b"\r" in chunk:  # CRLF line ends; a pair may be split across two reads
-                    buf = buf.replace(b"\r\n", b"\n")
-                end = buf.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                batch, buf = buf[: end + 2], buf[end + 2 :]
-                if b'"usage"' in batch:
-                    batch = _take_usage(batch, reply, strip_usage)
-                    if not batch:
+            with self._http.mid_stream():
+                async for chunk in resp.content.iter_any():
+                    buf = buf + chunk if buf else chunk
+                    if b"\r" in chunk:  # CRLF line ends; a pair may be split across two reads
+                        buf = buf.replace(b"\r\n", b"\n")
+                    end = buf.rfind(b"\n\n")
+                    if end < 0:
                         continue
-                yield batch
+                    batch, buf = buf[: end + 2], buf[end + 2 :]
+                    if b'"usage"' in batch:
+                        batch = _take_usage(batch, reply, strip_usage)
+                        if not batch:
+                            continue
+                    yield batch
             if buf.strip():
                 yield buf + b"\n\n"
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} stalled mid-stream") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} broke off the stream: {type(exc).__name__}"
-            ) from exc
         finally:
             resp.close()
 
