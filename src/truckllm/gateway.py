@@ -29,6 +29,7 @@ from truckllm.providers.base import (
     UpstreamTimeout,
 )
 from truckllm.routing import (
+    Estimate,
     Outcome,
     OutcomeKind,
     Pick,
@@ -199,6 +200,7 @@ class Runtime:
         self.retry = RetryPolicy(
             rc.max_attempts, rc.max_same_key_retries, rc.deadline, rc.backoff_base, rc.backoff_max
         )
+        self.first_attempt = self.retry.next(same_key=False)  # the same for every request
         self.budget: RetryBudget = (
             previous.budget if previous else RetryBudget(rc.budget_ratio, rc.budget_burst)
         )
@@ -220,6 +222,8 @@ class Served:
     first: bytes | None = None
     ttft_s: float | None = None
     upstream_s: float = 0.0  # time spent waiting on upstreams, all attempts so far
+    estimate: Estimate | None = None  # what the request was guessed to use (billing fallback)
+    events_out: int = 0  # stream events relayed to the client
 
 
 class StreamBroken(Exception):
@@ -323,7 +327,7 @@ class Gateway:
         router = rt.router
         est = estimate(endpoint, body, len(raw), rt.default_output_tokens)
         rt.budget.on_request()
-        policy: RetryPolicy | None = rt.retry.next(same_key=False)
+        policy: RetryPolicy | None = rt.first_attempt
         deadline = router.clock() + rt.retry.deadline_s
         wait_left = rt.max_wait_s
         tried: set[str] = set()
@@ -367,6 +371,7 @@ class Gateway:
             upstream_s += time.perf_counter() - a0
             if served is not None:
                 served.upstream_s = upstream_s
+                served.estimate = est
                 return served
             if isinstance(failure, RequestRejected):
                 # This provider cannot express the request; another target of the route may.
@@ -484,6 +489,7 @@ class Gateway:
         kind = OutcomeKind.CANCELLED
         try:
             if served.first:
+                served.events_out += served.first.count(b"\n\n")
                 yield served.first
             events = reply.events
             while True:
@@ -493,6 +499,7 @@ class Gateway:
                 except StopAsyncIteration:
                     break
                 served.upstream_s += time.perf_counter() - t
+                served.events_out += batch.count(b"\n\n")
                 yield batch
             kind = OutcomeKind.SUCCESS
         except UpstreamError as exc:
