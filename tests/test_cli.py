@@ -141,3 +141,15 @@ def test_demo_serves_with_no_keys_and_no_network() -> None:
         out, _ = proc.communicate(timeout=10)
     assert f"curl -s http://127.0.0.1:{port}/v1/chat/completions" in out
     assert 'OpenAI(base_url="http://127.0.0.1:' in out
+
+
+def test_no_config_serves_openai_from_the_environment(upstream: MockUpstream) -> None:
+    port = free_port()
+    env = {"OPENAI_API_KEY": "sk-env-key", "OPENAI_BASE_URL": upstream.url}
+    with running(["-listen", f"127.0.0.1:{port}"], port, env=env) as result:
+        resp = request("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
+                       {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status == 200
+        assert upstream.received[-1].body["model"] == "gpt-4.1-nano"  # every model name passes through
+        assert upstream.received[-1].bearer == "sk-env-key"
+    assert result["status"] == 0 and "sk-env-key" not in str(result["output"])
