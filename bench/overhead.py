@@ -18,6 +18,10 @@ Usage::
 
     python bench/overhead.py [--duration 10] [--out docs/benchmarks-overhead.md]
 
+``--with-telemetry`` turns on what operators run in production: the gateway's config gets
+``metrics`` on (and scraped once a second during the run, as Prometheus would) and a ``file``
+request-log sink in the temp dir. Without it, metrics are off and there are no sinks (the core).
+
 ``--mock-cmd`` / ``--gateway-cmd`` take command templates (placeholders:
 ``{python} {listen} {host} {port} {config} {upstream}``), e.g. to benchmark
 against a stand-in before the real gateway exists.
@@ -42,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,6 +77,15 @@ providers:
       - id: k2
         secret: sk-bench-2
 """
+TELEMETRY_OFF = "metrics: {enabled: false}\n"
+TELEMETRY_ON = """\
+metrics: {{enabled: true, path: /metrics}}
+logging:
+  sinks:
+    - {{type: file, path: {log}, max_bytes: 67108864, keep: 2}}
+"""
+STORE_FILE = "storage: {{runtime: {{type: file, path: {path}}}}}\n"
+STORE_REDIS = "storage: {{runtime: {{type: redis, url: 'redis://{host}:{port}/0'}}}}\n"
 DEFAULT_MOCK_CMD = "{python} -m truckllm mock --listen {listen}"
 DEFAULT_GATEWAY_CMD = "{python} -m truckllm --config {config} --listen {listen}"
 BASELINE_CMD = (
@@ -297,6 +311,31 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+class Scraper:
+    """Fetches the metrics page once a second in a thread, as a Prometheus server would."""
+
+    def __init__(self, url: str, interval_s: float = 1.0) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    resp.read()
+                    self.count += 1
+            except OSError as exc:
+                print(f"metrics scrape failed: {exc}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 # --------------------------------------------------------------------------
 # report
 
@@ -403,15 +442,15 @@ def machine_info(python: str, wrk: str) -> list[tuple[str, str]]:
 def render_report(
     targets: Sequence[Target],
     cells: dict[tuple[str, int], Cell],
-    conns: tuple[int, int],
+    conns: tuple[int, ...],
     info: list[tuple[str, str]],
     command: str,
     rounds: int,
     run_seconds: int,
     warmup: int,
 ) -> str:
-    lo, hi = conns
-    direct_lo, direct_hi = cells[("direct", lo)], cells[("direct", hi)]
+    lo = conns[0]
+    direct_lo = cells[("direct", lo)]
     out: list[str] = []
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out.append("# TruckLLM gateway overhead\n")
@@ -437,19 +476,28 @@ def render_report(
             f"{fmt_ms(c.pct('99'))} | {added50} | {added99} | {c.rps:,.0f} |"
         )
 
-    out.append(f"\n## {hi} connections (throughput)\n")
-    out.append("| Target | req/s | vs direct | p50 | p99 | added p50 | added p99 |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|")
-    for t in targets:
-        c = cells[(t.key, hi)]
-        is_direct = t.key == "direct"
+    for hi in conns[1:]:
+        direct_hi, bare_hi = cells[("direct", hi)], cells.get(("baseline", hi))
+        out.append(f"\n## {hi} connections (throughput)\n")
         out.append(
-            f"| {t.label} | {c.rps:,.0f} | "
-            f"{'-' if is_direct else f'{100 * c.rps / direct_hi.rps:.0f}%'} | "
-            f"{fmt_ms(c.pct('50'))} | {fmt_ms(c.pct('99'))} | "
-            f"{'-' if is_direct else fmt_delta_ms(c.pct('50') - direct_hi.pct('50'))} | "
-            f"{'-' if is_direct else fmt_delta_ms(c.pct('99') - direct_hi.pct('99'))} |"
+            "| Target | req/s | vs direct | vs bare passthrough | p50 | p99 | added p50 | added p99 |"
         )
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for t in targets:
+            c = cells[(t.key, hi)]
+            is_direct = t.key == "direct"
+            vs_bare = (
+                f"{c.rps / bare_hi.rps:.2f}"
+                if bare_hi and t.key not in ("direct", "baseline")
+                else "-"
+            )
+            out.append(
+                f"| {t.label} | {c.rps:,.0f} | "
+                f"{'-' if is_direct else f'{100 * c.rps / direct_hi.rps:.0f}%'} | {vs_bare} | "
+                f"{fmt_ms(c.pct('50'))} | {fmt_ms(c.pct('99'))} | "
+                f"{'-' if is_direct else fmt_delta_ms(c.pct('50') - direct_hi.pct('50'))} | "
+                f"{'-' if is_direct else fmt_delta_ms(c.pct('99') - direct_hi.pct('99'))} |"
+            )
 
     bad = [
         (t.label, n, cells[(t.key, n)]) for t in targets for n in conns if cells[(t.key, n)].errors
@@ -476,6 +524,23 @@ def render_report(
                 )
     out.append("\n</details>\n")
     return "\n".join(out)
+
+
+def results_json(
+    targets: Sequence[Target], cells: dict[tuple[str, int], Cell], conns: tuple[int, ...]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """target -> connections -> req/s, latency percentiles (ms) and errors."""
+    return {
+        t.key: {
+            str(n): {
+                "rps": cells[(t.key, n)].rps,
+                "errors": cells[(t.key, n)].errors,
+                **{f"p{p}": cells[(t.key, n)].pct(p) / 1e3 for p in PERCENTILES},
+            }
+            for n in conns
+        }
+        for t in targets
+    }
 
 
 # --------------------------------------------------------------------------
@@ -519,7 +584,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=32,
         help="connections for the throughput run (default 32)",
     )
+    p.add_argument(
+        "--also-connections",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="more throughput runs at these connection counts (e.g. 128)",
+    )
     p.add_argument("--out", type=Path, help="also write the Markdown report here")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here (run_all.py)")
     p.add_argument(
         "--python", default=default_python(), help="interpreter for the mock, baseline and gateway"
     )
@@ -529,7 +603,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--keep-logs", action="store_true", help="keep the temp dir with process logs and config"
     )
+    p.add_argument(
+        "--with-telemetry",
+        action="store_true",
+        help="gateway with metrics on (scraped every second) and a file request-log sink",
+    )
+    p.add_argument(
+        "--store",
+        choices=("memory", "file", "redis"),
+        default="memory",
+        help="the gateway's storage.runtime.type (redis: a redis-server is started on a free port)",
+    )
+    p.add_argument(
+        "--key-rpm",
+        type=int,
+        help="give both keys limits: {rpm: N} (with --store redis they are shared: leased)",
+    )
     return p.parse_args(argv)
+
+
+def store_config(args: argparse.Namespace, tmp: Path, redis_port: int) -> str:
+    if args.store == "file":
+        return STORE_FILE.format(path=tmp / "usage.json")
+    if args.store == "redis":
+        return STORE_REDIS.format(host=HOST, port=redis_port)
+    return ""
+
+
+def start_redis(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server not found: apt-get install -y redis-server")
+    cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise BenchError("redis-server did not start")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -542,15 +657,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     rounds = max(1, args.rounds)
     run_seconds = max(1, math.ceil(args.duration / rounds))
-    conns = (1, args.connections)
+    conns = (1, args.connections, *args.also_connections)
 
     tmp = Path(tempfile.mkdtemp(prefix="truckllm-bench-"))
     keep_logs = args.keep_logs
+    redis_proc: subprocess.Popen[bytes] | None = None
     try:
+        redis_port = free_port()
         mock = Service("mock", [], free_port(), tmp / "mock.log")
         upstream = f"{mock.base}/v1"
         config = tmp / "gateway.yaml"
-        config.write_text(CONFIG_TEMPLATE.format(upstream=upstream, model=MODEL))
+        request_log = tmp / "requests.jsonl"
+        config.write_text(
+            CONFIG_TEMPLATE.format(upstream=upstream, model=MODEL)
+            + (TELEMETRY_ON.format(log=request_log) if args.with_telemetry else TELEMETRY_OFF)
+            + store_config(args, tmp, redis_port)
+        )
+        if args.key_rpm:
+            text = config.read_text()
+            for key in ("sk-bench-1", "sk-bench-2"):
+                text = text.replace(
+                    f"secret: {key}\n", f"secret: {key}\n        limits: {{rpm: {args.key_rpm}}}\n"
+                )
+            config.write_text(text)
+        if args.store == "redis":
+            redis_proc = start_redis(redis_port, tmp / "redis.log")
         baseline = Service("baseline", [], free_port(), tmp / "baseline.log")
         gateway = Service("gateway", [], free_port(), tmp / "gateway.log")
         for svc, template in (
@@ -593,6 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cells: dict[tuple[str, int], Cell] = {
                 (t.key, n): Cell() for t in targets for n in conns
             }
+            scraper = Scraper(gateway.base + "/metrics") if args.with_telemetry else None
             for rnd in range(rounds):
                 order = targets if rnd % 2 == 0 else list(reversed(targets))
                 for t in order:
@@ -611,12 +743,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for svc in services:
                     if svc.proc is not None and svc.proc.poll() is not None:
                         raise BenchError(f"{svc.name} died during the run:\n{svc.log_tail()}")
+            if scraper is not None:
+                scraper.stop()
+        if args.with_telemetry:
+            # The gateway flushed its sink on SIGTERM: count what it wrote.
+            logged = sum(p.read_bytes().count(b"\n") for p in tmp.glob("requests.jsonl*"))
+            print(
+                f"telemetry: {logged:,} request records written"
+                f" (retention may have dropped older files), {scraper.count if scraper else 0}"
+                " metrics scrapes",
+                file=sys.stderr,
+            )
 
         report = render_report(
             targets,
             cells,
             conns,
-            machine_info(args.python, args.wrk),
+            [
+                *machine_info(args.python, args.wrk),
+                (
+                    "Gateway telemetry",
+                    "metrics on (scraped every 1 s) + file request-log sink"
+                    if args.with_telemetry
+                    else "off (metrics disabled, no request-log sinks)",
+                ),
+            ],
             command,
             rounds,
             run_seconds,
@@ -627,6 +778,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(report)
             print(f"wrote {args.out}", file=sys.stderr)
+        if args.json:
+            args.json.write_text(json.dumps(results_json(targets, cells, conns), indent=1))
         return 0
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
@@ -636,6 +789,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
+        if redis_proc is not None:
+            redis_proc.kill()
+            redis_proc.wait(5)
         if keep_logs:
             print(f"logs kept in {tmp}", file=sys.stderr)
         else:

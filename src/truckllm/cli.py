@@ -3,14 +3,13 @@
 truckllm -config config.yaml [-listen :8080]     serve (also --config/--listen, or "serve")
 truckllm check --config config.yaml              validate; exit 0, or print every problem, exit 2
 truckllm demo [--listen :8080]                   gateway + simulated upstreams, no keys needed
-truckllm mock [--listen 127.0.0.1:9000]          the simulated OpenAI-compatible upstream alone
+truckllm mock [--listen 127.0.0.1:9000]          simulated OpenAI, Anthropic and Gemini upstreams
 truckllm                                         keys from the environment, else the demo
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -123,6 +122,23 @@ def _serve(args: list[str]) -> int:
             return 2
     listen = ns.listen or cfg.server.listen
     log.info("truckllm %s serving on %s (%d providers)", __version__, listen, len(cfg.providers))
+    if cfg.server.workers > 1:
+        from truckllm.workers import serve_workers
+
+        def worker_app() -> App:
+            """A worker (re)started later reads the file as it is now, as a reload would."""
+            current = cfg
+            if ns.config:
+                try:
+                    current = _load(ns.config)
+                except ConfigError as exc:
+                    log.error("%s; this worker keeps the start-up configuration", exc)
+            return App(current, config_path=ns.config)
+
+        host, port = parse_listen(listen)
+        return serve_workers(
+            worker_app, host, port, cfg.server.workers, cfg.server.shutdown_timeout
+        )
     serve(App(cfg, config_path=ns.config), listen)
     return 0
 
@@ -186,11 +202,13 @@ def _demo(args: list[str]) -> int:
 async def _run_demo(host: str, port: int) -> None:
     from truckllm.api import App
     from truckllm.server import GatewayServer, uvicorn_config
-    from truckllm.testing.mock import MockUpstream
+    from truckllm.testing.behaviour import KeyBehaviour
+    from truckllm.testing.mock_server import MockServer
 
-    mock_a, mock_b = MockUpstream(event_delay=0.02), MockUpstream(event_delay=0.02)
-    url_a, url_b = await mock_a.start(), await mock_b.start()
-    mock_a.record = mock_b.record = False
+    # One simulated service (OpenAI, Anthropic and Gemini formats) that answers like a real one:
+    # a first token after about 50 ms, then 50 tokens a second.
+    mock = MockServer(KeyBehaviour(ttft=0.05, tokens_per_s=50))
+    url_a = url_b = await mock.start() + "/v1"
     shown = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     cfg = parse_config(
         DEMO_CONFIG.format(url_a=url_a, url_b=url_b, listen=f"{host}:{port}"),
@@ -204,8 +222,7 @@ async def _run_demo(host: str, port: int) -> None:
     try:
         await server.serve()
     finally:
-        await mock_a.stop()
-        await mock_b.stop()
+        await mock.stop()
 
 
 def _demo_banner(addr: str) -> str:
@@ -231,28 +248,6 @@ Press Ctrl-C to stop.
 
 
 def _mock(args: list[str]) -> int:
-    p = _parser("truckllm mock", False, "127.0.0.1:9000")
-    p.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
-    p.add_argument("--words", type=int, default=8, help="words in each reply")
-    p.add_argument("--event-delay", type=float, default=0.0, help="seconds between stream events")
-    ns = p.parse_args(args)
-    host, port = parse_listen(ns.listen)
-    setup_logging("info", "auto")
+    from truckllm.testing.mock_server import main as mock_main
 
-    async def run() -> None:
-        from truckllm.testing.mock import MockUpstream
-
-        mock = MockUpstream(latency=ns.latency, reply_words=ns.words, event_delay=ns.event_delay)
-        mock.record = False
-        url = await mock.start(host, port)
-        print(f"mock OpenAI-compatible upstream on {url}", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await mock.stop()
-
-    from truckllm.server import run_async
-
-    with contextlib.suppress(KeyboardInterrupt):
-        run_async(run())
-    return 0
+    return mock_main(args)

@@ -234,6 +234,7 @@ class StreamBroken(Exception):
         self.error = error
 
 
+_GRACE_S = 0.1
 _KEY_SPECIFIC = frozenset(
     {OutcomeKind.RATE_LIMITED, OutcomeKind.AUTH_ERROR, OutcomeKind.QUOTA_EXHAUSTED}
 )
@@ -330,6 +331,7 @@ class Gateway:
         policy: RetryPolicy | None = rt.first_attempt
         deadline = router.clock() + rt.retry.deadline_s
         wait_left = rt.max_wait_s
+        grace_left = _GRACE_S  # short waits (a shared limit's lease on its way) beyond max_wait
         tried: set[str] = set()
         attempts = 0
         last: Reply | UpstreamError | None = None
@@ -355,8 +357,12 @@ class Gateway:
                         policy = same
             if not isinstance(choice, Pick):
                 no_room_s = choice
-                if choice <= wait_left and router.clock() + choice < deadline:
-                    wait_left -= choice
+                fits = choice <= wait_left or choice <= grace_left
+                if fits and router.clock() + choice < deadline:
+                    if choice <= wait_left:
+                        wait_left -= choice
+                    else:
+                        grace_left -= choice
                     await asyncio.sleep(choice + 0.001)
                     continue
                 break

@@ -59,6 +59,7 @@ def uvicorn_config(app: App, host: str, port: int, **overrides: Any) -> uvicorn.
         "port": port,
         "loop": "uvloop",
         "http": "httptools",
+        "ws": "none",  # no WebSocket routes: skips importing a WebSocket stack at start-up
         "lifespan": "on",
         "access_log": False,
         "log_config": None,

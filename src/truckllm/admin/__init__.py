@@ -79,6 +79,7 @@ class AdminAPI:
         self.add("GET", "config", _config)
         self.add("POST", "config/validate", _validate)
         self.add("POST", "reload", _reload)
+        self.add("GET", "usage", _usage)
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         """Serve ``method /admin/v1/<pattern>``; ``*`` matches one path segment, passed on."""
@@ -202,6 +203,14 @@ async def _providers(
     app: App, rt: Runtime, params: list[str], query: dict[str, str], body: bytes
 ) -> tuple[int, Any]:
     return 200, {"object": "list", "data": providers_view(rt)}
+
+
+async def _usage(
+    app: App, rt: Runtime, params: list[str], query: dict[str, str], body: bytes
+) -> tuple[int, Any]:
+    from truckllm.accounting import usage_view
+
+    return await usage_view(app, query)
 
 
 async def _stats(

@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from truckllm import __version__
+from truckllm.accounting import Accounting, format_usd, settle_usage
 from truckllm.admin import AdminAPI
 from truckllm.config import Config
 from truckllm.errors import APIError, invalid_request, model_not_found
@@ -27,6 +28,7 @@ from truckllm.plugins import Registry
 from truckllm.providers import ProviderFactory, provider_registry
 from truckllm.providers.base import Endpoint
 from truckllm.reload import Reloader
+from truckllm.telemetry.hub import Telemetry
 from truckllm.telemetry.record import RecordBus, RequestRecord
 
 Scope = MutableMapping[str, Any]
@@ -103,6 +105,7 @@ class App:
         self.records = RecordBus()  # survives reloads: metrics, sinks and the ledger subscribe
         self.admin = AdminAPI(self)
         self.records.subscribe(self.admin.stats)
+        self.accounting = Accounting(config)  # usage ledger, client rules, the state store
         self.reloader = (
             Reloader(self, config_path, config.server.reload_interval) if config_path else None
         )
@@ -120,6 +123,12 @@ class App:
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
         }
+        # Metrics (GET <metrics.path>, unauthenticated: a scrape target) and request-log sinks.
+        self.telemetry = Telemetry(config, self.records)
+        if self.telemetry.metrics_path is not None:
+            self._routes[("GET", self.telemetry.metrics_path)] = self.telemetry.serve_metrics
+        if self.reloader is not None:
+            self.reloader.listeners.append(self.telemetry.reload_result)
 
     @property
     def runtime(self) -> Runtime:
@@ -136,6 +145,11 @@ class App:
                 connector=connector, auto_decompress=True, trust_env=False
             )
         self._runtime = Runtime(self.config, self.registry, self.session)
+        await self.telemetry.start()
+        if self.accounting.store is None:  # first start: subscribe once
+            self.records.subscribe(self.accounting.record)
+            self.health_checks["store"] = self.accounting.health
+        await self.accounting.start(self._runtime)
         if self.reloader is not None:
             self.reloader.start_watching()
         if not self._runtime.client_keys:
@@ -149,12 +163,15 @@ class App:
         runtime they already hold; key state carries over by id."""
         assert self.session is not None
         self._runtime = Runtime(config, self.registry, self.session, previous=self._runtime)
+        self.accounting.attach(self._runtime)
         self.config = config
 
     async def close(self) -> None:
         self.draining = True
         if self.reloader is not None:
             await self.reloader.stop()
+        await self.telemetry.close()  # flushes the request-log sinks
+        await self.accounting.close()  # flushes the usage ledger, gives back leased limits
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -411,6 +428,12 @@ class App:
             model if model in rt.resolver.aliases else None,
             stream=stream,
         )
+        try:
+            await self.accounting.admit(rec, body, len(raw))  # allowed models, limits, budgets
+        except APIError as err:
+            rec.status, rec.error_code, err.recorded = err.status, err.code, True
+            self.records.publish(rec)
+            raise
         t0 = time.perf_counter()
         served: Served | None = None
         watch = _DisconnectWatch(receive)
@@ -433,6 +456,10 @@ class App:
                     headers.append(
                         (b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode())
                     )
+                if reply.usage is not None:
+                    nanos = self.accounting.cost_nanos(served.pick.key.pricing, reply.usage)
+                    rec.usage, rec.cost_usd = reply.usage, nanos / 1e9
+                    headers.append((b"x-truckllm-cost-usd", format_usd(nanos).encode()))
                 await send(
                     {
                         "type": "http.response.start",
@@ -487,7 +514,7 @@ class App:
             watch.stop()
             rec.latency_s = time.perf_counter() - t0
             if served is not None:
-                _fill(rec, served)
+                _fill(rec, served, self.accounting)
             self.records.publish(rec)
 
     async def _models(
@@ -564,7 +591,7 @@ def _too_large(limit: int) -> APIError:
     )
 
 
-def _fill(rec: RequestRecord, served: Served) -> None:
+def _fill(rec: RequestRecord, served: Served, accounting: Accounting) -> None:
     """What only the committed attempt knows: where it went, what it used, what it cost."""
     key = served.pick.key
     rec.provider, rec.key_id, rec.upstream_model = (
@@ -573,12 +600,12 @@ def _fill(rec: RequestRecord, served: Served) -> None:
         served.target.model,
     )
     rec.attempts, rec.upstream_s = served.attempts, served.upstream_s
-    usage = served.reply.usage
+    if rec.usage is not None:
+        return  # priced when the response started
+    usage = settle_usage(served, rec.error_code is None and rec.status == 200)
     if usage is not None:
         rec.usage = usage
-        rec.cost_usd = key.pricing.cost_usd(
-            usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
-        )
+        rec.cost_usd = accounting.cost_nanos(key.pricing, usage) / 1e9
 
 
 def _model_obj(name: str, owner: str, created: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -22,9 +22,12 @@ from truckllm.config.schema import (
     AliasConfig,
     ClientKey,
     Config,
+    FileSinkConfig,
     KeyConfig,
+    PluginSinkConfig,
     ProviderConfig,
     Timeouts,
+    WebhookSinkConfig,
 )
 from truckllm.config.secret import Secret
 
@@ -236,6 +239,18 @@ class _Decoder:
                 return None
             self.wrong(path, tp, value)
             return None
+        if isinstance(value, dict):
+            tagged, builtin = self._tagged_member(value, members)
+            if tagged is not None:
+                before = len(self.problems)
+                result = self.decode(value, tagged, path)
+                if len(self.problems) > before and builtin and "type" in value:
+                    self.fail(
+                        _join(path, "type"),
+                        f"{value['type']!r} is not one of {', '.join(builtin)}; "
+                        "other (plugin) types take their settings under 'options'",
+                    )
+                return result
         # Choose the member by the value's shape, then decode strictly with it.
         for member in members:
             origin = get_origin(member)
@@ -254,6 +269,30 @@ class _Decoder:
                 return result
         self.wrong(path, tp, value)
         return None
+
+    def _tagged_member(
+        self, value: dict[Any, Any], members: tuple[Any, ...]
+    ) -> tuple[Any, tuple[str, ...]]:
+        """For a union of dataclasses told apart by a ``type: Literal[...]`` field (sinks): the
+        member whose literal names ``value["type"]``, else the member whose ``type`` is any
+        ``str`` (plugins), with the literal names when it is that fallback. ``None`` when the
+        union is not tagged."""
+        fallback: Any = None
+        builtin: list[str] = []
+        for member in members:
+            if not (dataclasses.is_dataclass(member) and isinstance(member, type)):
+                continue
+            hints = self._hints.get(member)
+            if hints is None:
+                hints = self._hints[member] = get_type_hints(member)
+            tag = hints.get("type")
+            if get_origin(tag) is Literal:
+                if value.get("type") in get_args(tag):
+                    return member, ()
+                builtin.extend(get_args(tag))
+            elif tag is str:
+                fallback = member
+        return (fallback, tuple(builtin)) if builtin else (None, ())
 
     def _dataclass(self, value: Any, cls: type[T], path: str) -> T | None:
         if not isinstance(value, dict):
@@ -369,7 +408,12 @@ def provider_timeouts(provider: ProviderConfig, default: Timeouts) -> Timeouts:
     return Timeouts(connect=min(default.connect, seconds), read=seconds, total=seconds)
 
 
-def _validate(cfg: Config, decoder: _Decoder, provider_types: Iterable[str] | None) -> Config:
+def _validate(
+    cfg: Config,
+    decoder: _Decoder,
+    provider_types: Iterable[str] | None,
+    sink_types: Iterable[str] | None = None,
+) -> Config:
     fail = decoder.fail
     known_types = set(provider_types) if provider_types is not None else None
     providers: list[ProviderConfig] = []
@@ -472,6 +516,7 @@ def _validate(cfg: Config, decoder: _Decoder, provider_types: Iterable[str] | No
                 fail(cpath, "give exactly one of key or key_sha256")
             elif entry.key_sha256 is not None and not _HEX64.match(entry.key_sha256):
                 fail(f"{cpath}.key_sha256", "must be 64 hexadecimal digits (a SHA-256 digest)")
+            _validate_client_policy(entry, cpath, fail)
             cid = entry.id
         else:
             cid = ""
@@ -512,7 +557,129 @@ def _validate(cfg: Config, decoder: _Decoder, provider_types: Iterable[str] | No
         value = getattr(server.timeouts, name)
         if value is not None and value <= 0:
             fail(f"server.timeouts.{name}", "must be positive")
+    if not 1 <= server.workers <= 256:
+        fail("server.workers", "must be between 1 and 256")
+    _validate_telemetry(cfg, fail, sink_types)
+    _validate_storage(cfg, fail)
     return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
+
+
+_BUILTIN_SINKS = ("file", "webhook", "stdout")
+
+
+def _installed_sink_types() -> set[str]:
+    """Built-in sink types and those installed plugins declare (read, not imported)."""
+    from importlib.metadata import entry_points
+
+    return {*_BUILTIN_SINKS, *(ep.name for ep in entry_points(group="truckllm.sinks"))}
+
+
+def _validate_telemetry(
+    cfg: Config, fail: Callable[[str, str], None], sink_types: Iterable[str] | None
+) -> None:
+    metrics = cfg.metrics
+    if not metrics.path.startswith("/"):
+        fail("metrics.path", f"{metrics.path!r} must start with '/'")
+    elif metrics.path.startswith(("/v1/", "/admin/")) or metrics.path in ("/healthz", "/readyz"):
+        fail("metrics.path", f"{metrics.path!r} is taken by the API")
+    known: set[str] | None = set(sink_types) if sink_types is not None else None
+    paths: dict[str, str] = {}
+    for i, sink in enumerate(cfg.logging.sinks):
+        spath = f"logging.sinks[{i}]"
+        if sink is None:
+            continue
+        if isinstance(sink, PluginSinkConfig):
+            if known is None:
+                known = _installed_sink_types()
+            if sink.type not in known:
+                fail(
+                    f"{spath}.type",
+                    f"unknown sink type {sink.type!r} (available: {', '.join(sorted(known))})",
+                )
+            continue
+        if sink.max_queue < 1:
+            fail(f"{spath}.max_queue", "must be at least 1")
+        if sink.batch_size < 1:
+            fail(f"{spath}.batch_size", "must be at least 1")
+        if sink.flush_interval <= 0:
+            fail(f"{spath}.flush_interval", "must be positive")
+        if isinstance(sink, FileSinkConfig):
+            if not sink.path:
+                fail(f"{spath}.path", "must not be empty")
+            else:
+                resolved = os.path.abspath(sink.path)
+                if resolved in paths:
+                    fail(f"{spath}.path", f"{sink.path!r} is already written by {paths[resolved]}")
+                paths[resolved] = spath
+            if sink.max_bytes is not None and sink.max_bytes < 1:
+                fail(f"{spath}.max_bytes", "must be at least 1")
+            if sink.rotate_every is not None and sink.rotate_every <= 0:
+                fail(f"{spath}.rotate_every", "must be positive")
+            if sink.keep < 0:
+                fail(f"{spath}.keep", "must not be negative")
+        elif isinstance(sink, WebhookSinkConfig):
+            if not re.match(r"^https?://[^/\s]+", sink.url):
+                fail(f"{spath}.url", f"{sink.url!r} is not an http(s) URL")
+            if sink.timeout <= 0:
+                fail(f"{spath}.timeout", "must be positive")
+            if sink.max_retries is not None and sink.max_retries < 0:
+                fail(f"{spath}.max_retries", "must not be negative")
+            if sink.backoff_base < 0:
+                fail(f"{spath}.backoff_base", "must not be negative")
+            if sink.backoff_max <= 0:
+                fail(f"{spath}.backoff_max", "must be positive")
+            for name in sink.headers:
+                if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
+                    fail(f"{spath}.headers.{name}", "is not a valid header name")
+
+
+def _validate_client_policy(entry: ClientKey, cpath: str, fail: Callable[[str, str], None]) -> None:
+    for name in ("rpm", "tpm"):
+        v = getattr(entry, name)
+        if v is not None and v < 1:
+            fail(f"{cpath}.{name}", "must be at least 1")
+    if entry.allowed_models is not None:
+        for mi, m in enumerate(entry.allowed_models):
+            if not m:
+                fail(f"{cpath}.allowed_models[{mi}]", "must not be empty")
+    if entry.budget is not None:
+        for name in ("daily", "monthly", "total"):
+            v = getattr(entry.budget, name)
+            if v is not None and v < 0:
+                fail(f"{cpath}.budget.{name}", "must not be negative")
+
+
+_STORE_TYPES = ("memory", "file", "redis", "http")
+
+
+def _validate_storage(cfg: Config, fail: Callable[[str, str], None]) -> None:
+    rs = cfg.storage.runtime
+    path = "storage.runtime"
+    if rs.type not in _STORE_TYPES:
+        from importlib.metadata import entry_points
+
+        plugins = {ep.name for ep in entry_points(group="truckllm.stores")}
+        if rs.type not in plugins:
+            known = ", ".join(sorted({*_STORE_TYPES, *plugins}))
+            fail(f"{path}.type", f"unknown store type {rs.type!r} (available: {known})")
+    if rs.type == "file" and not rs.path:
+        fail(f"{path}.path", "is required for the file store")
+    if rs.type == "file" and cfg.server.workers > 1:
+        fail(f"{path}.type", "the file store serves one process: with server.workers, use redis")
+    if rs.type in ("redis", "http"):
+        url = rs.url.reveal() if rs.url is not None else ""
+        schemes = ("redis://", "rediss://", "unix://") if rs.type == "redis" else ("http://", "https://")
+        if not url:
+            fail(f"{path}.url", f"is required for the {rs.type} store")
+        elif not url.startswith(schemes):
+            fail(f"{path}.url", f"must start with {' or '.join(schemes)}")
+    for name in ("flush_interval", "timeout", "lease_ttl"):
+        if getattr(rs, name) <= 0:
+            fail(f"{path}.{name}", "must be positive")
+    if rs.lease_slack < 0:
+        fail(f"{path}.lease_slack", "must not be negative")
+    if not rs.prefix or any(c in rs.prefix for c in "{} "):
+        fail(f"{path}.prefix", "must be non-empty, without braces or spaces")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,8 +691,12 @@ def parse_config(
     source: str = "<memory>",
     env: Mapping[str, str] | None = None,
     provider_types: Iterable[str] | None = None,
+    sink_types: Iterable[str] | None = None,
 ) -> Config:
-    """Parse and validate YAML text. Raises :class:`ConfigError` listing every problem."""
+    """Parse and validate YAML text. Raises :class:`ConfigError` listing every problem.
+
+    ``provider_types``/``sink_types`` are the registered type names; sink types default to the
+    built-ins and those declared by installed plugins."""
     env = os.environ if env is None else env
     try:
         raw = yaml.load(text, Loader=_StrictLoader)
@@ -541,7 +712,7 @@ def parse_config(
     decoder.problems.extend(expand_problems)
     cfg = decoder.decode(expanded, Config, "")
     if cfg is not None:
-        cfg = _validate(cfg, decoder, provider_types)
+        cfg = _validate(cfg, decoder, provider_types, sink_types)
     if decoder.problems or cfg is None:
         raise ConfigError([f"{source}: {p}" for p in dict.fromkeys(decoder.problems)])
     return typing.cast(Config, dataclasses.replace(cfg, source=source))
@@ -551,13 +722,14 @@ def load_config(
     path: str | Path,
     env: Mapping[str, str] | None = None,
     provider_types: Iterable[str] | None = None,
+    sink_types: Iterable[str] | None = None,
 ) -> Config:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
-    return parse_config(text, str(p), env, provider_types)
+    return parse_config(text, str(p), env, provider_types, sink_types)
 
 
 def client_key_digests(cfg: Config) -> dict[bytes, str]:

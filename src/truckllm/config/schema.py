@@ -99,6 +99,19 @@ class ClientKey:
     id: str = ""
     key: Secret | None = None
     key_sha256: str | None = None
+    allowed_models: tuple[str, ...] | None = None  # model names or aliases, globs allowed; None: all
+    rpm: int | None = None  # requests per minute for this client
+    tpm: int | None = None  # tokens per minute (estimated at admission, corrected by usage)
+    budget: Budget | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A client's spending limits in USD: per UTC day, per UTC calendar month, and in total."""
+
+    daily: float | None = None
+    monthly: float | None = None
+    total: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class ServerConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     reload_interval: float = 1.0  # seconds between checks of the config file; 0 turns it off
     shutdown_timeout: float = 30.0  # seconds in-flight requests may take to finish on SIGTERM
+    workers: int = 1  # processes serving the one port; read at start-up only
 
 
 @dataclass(frozen=True)
@@ -161,9 +175,93 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class FileSinkConfig:
+    """Request log as JSON Lines, rotated by size and/or time; ``keep`` rotated files are kept."""
+
+    type: Literal["file"]
+    path: str
+    max_bytes: int | None = 100 * 1024 * 1024  # rotate before a file would grow past this
+    rotate_every: float | None = None  # seconds; files roll at multiples of it (UTC)
+    keep: int = 5  # rotated files kept besides the current one
+    max_queue: int = 10_000  # records buffered in memory; more are dropped and counted
+    batch_size: int = 1_000
+    flush_interval: float = 1.0  # seconds a record may wait for its batch to fill
+
+
+@dataclass(frozen=True)
+class WebhookSinkConfig:
+    """Request log as batched JSON-array POSTs, retried with backoff, optionally HMAC-signed."""
+
+    type: Literal["webhook"]
+    url: str
+    batch_size: int = 100
+    flush_interval: float = 1.0
+    max_queue: int = 10_000
+    timeout: float = 10.0  # seconds per POST
+    max_retries: int | None = 10  # per batch, then it is dropped and counted; null: never give up
+    backoff_base: float = 0.5  # seconds, doubled per retry, with jitter
+    backoff_max: float = 30.0
+    hmac_secret: Secret | None = None  # signs the body: X-TruckLLM-Signature: sha256=<hex>
+    headers: dict[str, Secret] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StdoutSinkConfig:
+    """Request log as JSON Lines on standard output."""
+
+    type: Literal["stdout"]
+    max_queue: int = 10_000
+    batch_size: int = 1_000
+    flush_interval: float = 0.2
+
+
+@dataclass(frozen=True)
+class PluginSinkConfig:
+    """A sink type added by a plugin (entry-point group ``truckllm.sinks``): its settings are
+    free-form under ``options``."""
+
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+SinkConfig = FileSinkConfig | WebhookSinkConfig | StdoutSinkConfig | PluginSinkConfig
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "text"] = "auto"
+    sinks: tuple[SinkConfig, ...] = ()  # request-log sinks, any number
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics in text format at ``path`` (no authentication: a scrape target)."""
+
+    enabled: bool = True
+    path: str = "/metrics"
+
+
+@dataclass(frozen=True)
+class RuntimeStoreConfig:
+    """Where usage, cooldowns and shared limits live: ``memory``, ``file``, ``redis``, ``http``
+    or a plugin's type. Options that a type does not use are ignored by it."""
+
+    type: str = "memory"
+    path: str | None = None  # file: the snapshot; the journal is ``<path>.journal``
+    url: Secret | None = None  # redis: redis://...; http: the store's base URL
+    token: Secret | None = None  # http: sent as a bearer token
+    prefix: str = "truckllm"  # redis: key prefix
+    flush_interval: float = 1.0  # seconds between batches of usage to the store
+    timeout: float = 1.0  # seconds per store call
+    lease_ttl: float = 2.0  # shared limits: seconds a leased unit stays spendable
+    lease_slack: float = 1.0  # shared limits: seconds from spending a unit to the upstream
+    options: dict[str, Any] = field(default_factory=dict)  # for plugin stores
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    runtime: RuntimeStoreConfig = field(default_factory=RuntimeStoreConfig)
 
 
 @dataclass(frozen=True)
@@ -174,4 +272,6 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     source: str = field(default="<memory>", compare=False, metadata={"internal": True})

@@ -9,6 +9,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from truckllm.config.schema import KeyConfig, Limits
 from truckllm.routing.headers import Quota
@@ -28,6 +29,22 @@ class RoutingSettings:
     breaker_open_max_s: float = 300.0
     out_of_service_probe_s: float = 300.0  # a key out of service is probed again after this
     ewma_alpha: float = 0.2
+
+
+class SharedLimit(Protocol):
+    """A key's limits shared with other processes (see ``truckllm.state.limits``): consulted
+    beside the key's own windows, with the same ``now``, and told of its cooldowns. Synchronous
+    and free of I/O, like everything here."""
+
+    def ready_at(self, now: float, tokens: float) -> float: ...
+
+    def take(self, now: float, tokens: float) -> None: ...
+
+    def give(self, now: float, tokens: float) -> None: ...
+
+    def adjust(self, now: float, tokens: float) -> None: ...
+
+    def cooled(self, until: float) -> None: ...
 
 
 class Status(Enum):
@@ -143,6 +160,7 @@ class KeyState:
         self.rpd: SlidingWindow | None = None
         self.tpd: SlidingWindow | None = None
         self._windows: list[tuple[SlidingWindow, bool]] = []
+        self.shared: SharedLimit | None = None  # set when a shared store holds the limits
         self.apply_limits(key.limits)
 
     def apply_limits(self, limits: Limits) -> None:
@@ -188,6 +206,8 @@ class KeyState:
         q = self.quota
         if q.remaining_requests is not None or q.remaining_tokens is not None:
             at = self._quota_ready_at(at, tokens)
+        if self.shared is not None and at <= now:
+            at = self.shared.ready_at(now, tokens)
         return at
 
     def _quota_ready_at(self, at: float, tokens: float) -> float:
@@ -268,6 +288,8 @@ class KeyState:
         self.breaker.on_pick()
         if self.out_of_service is not None:
             self.probe_at = now + self.settings.out_of_service_probe_s  # one probe per period
+        if self.shared is not None:
+            self.shared.take(now, tokens)
 
     def release(self, now: float, tokens: float) -> None:
         """Give back a reservation whose request was never sent."""
@@ -283,6 +305,8 @@ class KeyState:
         self.quota_requests_used = max(self.quota_requests_used - 1, 0)
         self.quota_tokens_used = max(self.quota_tokens_used - tokens, 0.0)
         self.breaker.release()
+        if self.shared is not None:
+            self.shared.give(now, tokens)
 
     def reconcile_tokens(self, now: float, reserved: float, actual: float) -> None:
         delta = actual - reserved
@@ -290,6 +314,8 @@ class KeyState:
             for window in (self.tpm, self.tpd):
                 if window is not None:
                     window.add(now, delta)
+            if self.shared is not None:
+                self.shared.adjust(now, delta)
 
     def observe_quota(self, now: float, quota: Quota) -> None:
         """Adopt the provider's figures. Requests still in flight may not have reached it yet, so
@@ -304,6 +330,8 @@ class KeyState:
         if until > self.cooling_until:
             self.cooling_until = until
             self.cooldowns.append((now, until))
+            if self.shared is not None:
+                self.shared.cooled(until)
 
     def learn(self, latency_s: float | None, success: bool | None) -> None:
         a = self.settings.ewma_alpha

@@ -1,1 +1,2 @@
-"""Logs (and, later, metrics and request-log sinks)."""
+"""What the gateway tells operators: structured logs (``log``), one record per request (``record``),
+Prometheus metrics (``metrics``, ``exposition``), request-log sinks (``sinks``), wired up by ``hub``."""

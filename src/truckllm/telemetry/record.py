@@ -34,8 +34,9 @@ class RequestRecord:
     latency_s: float = 0.0  # arrival to the last byte sent
     ttft_s: float | None = None  # arrival to the first byte of a stream
     upstream_s: float = 0.0  # of which spent waiting on upstreams (all attempts)
-    usage: Usage | None = None
-    cost_usd: float | None = None
+    usage: Usage | None = None  # ``usage.estimated`` when a stream ended before its usage came
+    cost_usd: float | None = None  # exact: a whole number of nano-dollars (see accounting.money)
+    client_tokens: int = 0  # tokens reserved against the client's tpm limit at admission
 
     @property
     def overhead_s(self) -> float:

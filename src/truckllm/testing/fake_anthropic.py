@@ -10,22 +10,28 @@ documented event order: ``message_start``, ``content_block_start``, ``ping``,
 ``message_delta`` (stop reason, cumulative usage), ``message_stop``. Every answer carries
 ``request-id`` and ``anthropic-ratelimit-*`` headers.
 
+Latency, pacing, reply length, usage, per-key limits (429 ``rate_limit_error`` with real
+``anthropic-ratelimit-*`` and ``retry-after`` headers) and faults (500, 503, 529 ``overloaded_error``,
+resets, cut and stalled streams) come from :class:`~truckllm.testing.behaviour.Conditions`.
+
 Tests script it with :class:`~truckllm.testing.mock.Scripted` answers (dict events are sent as
 ``event: <type>`` + ``data: <json>``) and read back every request in ``received``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
+import math
 from collections import deque
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from truckllm.testing.mock import Received, Scripted
+from truckllm.testing.behaviour import Conditions, Quota, Throttle, reported_usage
+from truckllm.testing.wire import Received, Scripted, answer, fault_point, gate, play, start_app
+from truckllm.testing.wire import stream as send_stream
 
 ANTHROPIC_VERSION = "2023-06-01"
 WORDS = ["Hello", "from", "the", "TruckLLM", "fake", "Anthropic", "upstream", "model"]
@@ -148,9 +154,50 @@ def message_end(
     ]
 
 
+class AnthropicDialect:
+    """How Anthropic says it: ``rate_limit_error`` 429s with ``anthropic-ratelimit-*`` (RFC 3339
+    resets) and ``retry-after``; ``api_error`` 500/503 and ``overloaded_error`` 529."""
+
+    def throttled(self, t: Throttle) -> web.Response:
+        unit = "requests" if t.kind == "requests" else "input tokens"
+        per = "minute" if t.window_s == 60 else f"{t.window_s:g} seconds"
+        message = (
+            f"This request would exceed the rate limit for your organization of {t.limit:,} "
+            f"{unit} per {per}. For details, refer to: "
+            "https://docs.claude.com/en/api/rate-limits."
+        )
+        headers = {**self.quota_headers(t.quota), "retry-after": str(math.ceil(t.retry_after))}
+        return _error(429, "rate_limit_error", message, "req_fake", headers)
+
+    def failure(self, status: int) -> web.Response:
+        if status == 529:
+            return _error(529, "overloaded_error", "Overloaded", "req_fake")
+        return _error(status, "api_error", "Internal server error", "req_fake")
+
+    def quota_headers(self, q: Quota) -> dict[str, str]:
+        now = dt.datetime.now(dt.UTC)
+        out = {}
+        families: list[tuple[str, int | None, int, float]] = [
+            ("requests", q.limit_requests, q.remaining_requests, q.reset_requests),
+            ("tokens", q.limit_tokens, q.remaining_tokens, q.reset_tokens),
+            ("input-tokens", q.limit_tokens, q.remaining_tokens, q.reset_tokens),
+        ]
+        for family, limit, remaining, reset in families:
+            if limit is None:
+                continue
+            at = now + dt.timedelta(seconds=math.ceil(reset))
+            out[f"anthropic-ratelimit-{family}-limit"] = str(limit)
+            out[f"anthropic-ratelimit-{family}-remaining"] = str(remaining)
+            out[f"anthropic-ratelimit-{family}-reset"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return out
+
+
+ANTHROPIC = AnthropicDialect()
+
+
 class FakeAnthropic:
     """The fake upstream. ``url`` (set by :meth:`start`) is a provider ``base_url``. Safe to
-    script from another thread."""
+    script from another thread. Pass ``conditions`` to share behaviours with other fakes."""
 
     def __init__(
         self,
@@ -160,30 +207,29 @@ class FakeAnthropic:
         event_delay: float = 0.0,
         cache_read_tokens: int = 0,
         cache_creation_tokens: int = 0,
+        conditions: Conditions | None = None,
     ) -> None:
         self.valid_keys = valid_keys
         self.reply_words = reply_words
         self.event_delay = event_delay
         self.cache_read_tokens = cache_read_tokens
         self.cache_creation_tokens = cache_creation_tokens
+        self.conditions = conditions or Conditions()
+        self.record = True
         self.script: deque[Scripted] = deque()
         self.received: list[Received] = []
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self.app.router.add_post("/v1/messages", self._messages)
+        self.app.add_routes(self.routes())
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/messages", self._messages)]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None and hasattr(server, "sockets")
-        self.url = f"http://{host}:{server.sockets[0].getsockname()[1]}"
+        self._runner, bound = await start_app(self.app, host, port)
+        self.url = f"http://{host}:{bound}"
         return self.url
 
     async def stop(self) -> None:
@@ -203,14 +249,26 @@ class FakeAnthropic:
             body: Any = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        self.received.append(
-            Received(request.method, request.path, dict(request.headers), body, raw)
-        )
+        if self.record:
+            self.received.append(
+                Received(request.method, request.path, dict(request.headers), body, raw)
+            )
         rid = f"req_fake{next(self._ids):06d}"
         if self.script:
-            return await self._play(request, self.script.popleft(), rid)
-        if self.valid_keys is not None and request.headers.get("x-api-key") not in self.valid_keys:
+            return await play(
+                request,
+                self.script.popleft(),
+                sse,
+                sse_type="text/event-stream; charset=utf-8",
+                headers={"request-id": rid},
+            )
+        key = request.headers.get("x-api-key", "")
+        if self.valid_keys is not None and key not in self.valid_keys:
             return _error(401, "authentication_error", "invalid x-api-key", rid)
+        d, refusal = await gate(request, self.conditions, ANTHROPIC, key, len(raw) // 4)
+        if refusal is not None:
+            refusal.headers["request-id"] = rid
+            return refusal
         if request.headers.get("anthropic-version") is None:
             return _error(
                 400, "invalid_request_error", "anthropic-version: header is required", rid
@@ -220,14 +278,22 @@ class FakeAnthropic:
         problem = validate(body)
         if problem is not None:
             return _error(400, "invalid_request_error", problem, rid)
-        content, stop_reason, stop_sequence, output_tokens = self._answer(body)
+        words = d.reply_tokens if d.reply_tokens is not None else self.reply_words
+        content, stop_reason, stop_sequence, output_tokens = self._answer(body, words)
         msg_id = f"msg_fake{next(self._ids):06d}"
+        input_tokens, output_tokens, cache_read = reported_usage(
+            d.usage,
+            max(1, len(orjson.dumps(body.get("messages"))) // 4),
+            output_tokens,
+            self.cache_read_tokens,
+        )
         usage = {
-            "input_tokens": max(1, len(orjson.dumps(body.get("messages"))) // 4),
+            "input_tokens": input_tokens,
             "cache_creation_input_tokens": self.cache_creation_tokens,
-            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_read_input_tokens": cache_read,
         }
-        headers = {"request-id": rid, **_ratelimit_headers()}
+        quota = ANTHROPIC.quota_headers(d.quota) if d.quota is not None else _ratelimit_headers()
+        headers = {"request-id": rid, **quota}
         if not body.get("stream"):
             out = {
                 "id": msg_id,
@@ -239,8 +305,12 @@ class FakeAnthropic:
                 "stop_sequence": stop_sequence,
                 "usage": {**usage, "output_tokens": output_tokens, "service_tier": "standard"},
             }
-            return web.Response(
-                body=orjson.dumps(out), content_type="application/json", headers=headers
+            return await answer(
+                request,
+                orjson.dumps(out),
+                {"Content-Type": "application/json", **headers},
+                d.fault,
+                d.generation_time(output_tokens),
             )
         events: list[dict[str, Any]] = [message_start(msg_id, body["model"], **usage)]
         for i, block in enumerate(content):
@@ -257,13 +327,25 @@ class FakeAnthropic:
             if i == 0:
                 events.insert(2, {"type": "ping"})
         events.extend(message_end(stop_reason, output_tokens, stop_sequence))
-        return await self._play(
+        # message_start after the time to first token, then one delta per interval.
+        delays = [self.event_delay if i else d.ttft for i in range(len(events))]
+        deltas = [i for i, ev in enumerate(events) if ev["type"] == "content_block_delta"]
+        for i in deltas[1:]:
+            delays[i] += d.interval
+        cut_after, stall_after = fault_point(d, len(events))
+        return await send_stream(
             request,
-            Scripted(events=list(events), headers=headers, event_delay=self.event_delay),
-            rid,
+            events,
+            sse,
+            headers={"Content-Type": "text/event-stream; charset=utf-8", **headers},
+            delays=delays,
+            cut_after=cut_after,
+            stall_after=stall_after,
         )
 
-    def _answer(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, str | None, int]:
+    def _answer(
+        self, body: dict[str, Any], reply_words: int
+    ) -> tuple[list[dict[str, Any]], str, str | None, int]:
         """Content blocks, stop reason, stop sequence and output tokens for a valid request."""
         tool = _tool_to_call(body)
         if tool is not None:
@@ -277,7 +359,7 @@ class FakeAnthropic:
             if choice == "auto":  # Claude usually says something before an unforced call
                 return [{"type": "text", "text": "Let me check."}, call], "tool_use", None, 12
             return [call], "tool_use", None, 9
-        words = [WORDS[i % len(WORDS)] for i in range(self.reply_words)]
+        words = [WORDS[i % len(WORDS)] for i in range(reply_words)]
         stop_reason, stop_sequence = "end_turn", None
         for i, word in enumerate(words):
             if word in (body.get("stop_sequences") or ()):
@@ -286,36 +368,6 @@ class FakeAnthropic:
         if len(words) > body["max_tokens"]:
             words, stop_reason, stop_sequence = words[: body["max_tokens"]], "max_tokens", None
         return [{"type": "text", "text": " ".join(words)}], stop_reason, stop_sequence, len(words)
-
-    async def _play(self, request: web.Request, s: Scripted, rid: str) -> web.StreamResponse:
-        if s.delay:
-            await asyncio.sleep(s.delay)
-        if s.reset:
-            assert request.transport is not None
-            request.transport.close()
-            raise asyncio.CancelledError
-        headers = {"request-id": rid, **s.headers}
-        if s.events is None:
-            body = s.body if isinstance(s.body, bytes) else orjson.dumps(s.body or {})
-            headers.setdefault("Content-Type", "application/json")
-            return web.Response(status=s.status, body=body, headers=headers)
-        resp = web.StreamResponse(
-            status=s.status,
-            headers={"Content-Type": "text/event-stream; charset=utf-8", **headers},
-        )
-        await resp.prepare(request)
-        for i, ev in enumerate(s.events):
-            if s.cut_after is not None and i >= s.cut_after:
-                assert request.transport is not None
-                request.transport.abort()
-                return resp
-            if s.stall_after is not None and i >= s.stall_after:
-                await asyncio.sleep(3600)
-            if i and s.event_delay:
-                await asyncio.sleep(s.event_delay)
-            await resp.write(sse(ev))
-        await resp.write_eof()
-        return resp
 
 
 def validate(body: dict[str, Any]) -> str | None:
@@ -423,12 +475,14 @@ def _example_input(schema: Any) -> dict[str, Any]:
     return out
 
 
-def _error(status: int, error_type: str, message: str, rid: str) -> web.Response:
+def _error(
+    status: int, error_type: str, message: str, rid: str, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status,
         body=orjson.dumps(error_body(error_type, message, rid)),
         content_type="application/json",
-        headers={"request-id": rid},
+        headers={"request-id": rid, **(headers or {})},
     )
 
 

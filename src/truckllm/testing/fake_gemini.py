@@ -12,6 +12,11 @@ Tests script it by pushing :class:`~truckllm.testing.mock.Scripted` answers (``e
 ``data: {json}`` SSE events with CRLF line ends, as Google sends them) and read back every
 request in ``received`` (``path`` includes the query string). :func:`gemini_error` builds
 Google's error bodies. Safe to script from another thread.
+
+Latency, pacing, reply length, usage, per-key limits (429 ``RESOURCE_EXHAUSTED`` with
+``QuotaFailure`` and ``RetryInfo``, as Gemini sends them: no rate-limit headers) and faults (500
+``INTERNAL``, 503 ``UNAVAILABLE``, 529, resets, cut and stalled streams) come from
+:class:`~truckllm.testing.behaviour.Conditions`.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import math
 from collections import deque
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from truckllm.testing.mock import Received, Scripted
+from truckllm.testing.behaviour import Conditions, Decision, Quota, Throttle, reported_usage
+from truckllm.testing.wire import Received, Scripted, answer, fault_point, gate, play, start_app
+from truckllm.testing.wire import stream as send_stream
 
 _TOP = frozenset(
     {
@@ -115,8 +123,11 @@ def gemini_error(
     return {"error": err}
 
 
-def rate_limited(retry_delay: str = "37s", quota_id: str = "PerMinute") -> Scripted:
+def rate_limited(
+    retry_delay: str = "37s", quota_id: str = "PerMinute", metric: str = "requests", limit: int = 10
+) -> Scripted:
     """A 429 as Gemini sends it when a quota runs out, with ``QuotaFailure`` and ``RetryInfo``."""
+    family = "Requests" if metric == "requests" else "ContentInputTokens"
     body = gemini_error(
         429,
         "RESOURCE_EXHAUSTED",
@@ -126,9 +137,10 @@ def rate_limited(retry_delay: str = "37s", quota_id: str = "PerMinute") -> Scrip
                 "@type": "type.googleapis.com/google.rpc.QuotaFailure",
                 "violations": [
                     {
-                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-                        "quotaId": f"GenerateRequests{quota_id}PerProjectPerModel-FreeTier",
-                        "quotaValue": "10",
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_"
+                        + ("requests" if metric == "requests" else "input_token_count"),
+                        "quotaId": f"Generate{family}{quota_id}PerProjectPerModel-FreeTier",
+                        "quotaValue": str(limit),
                     }
                 ],
             },
@@ -139,8 +151,34 @@ def rate_limited(retry_delay: str = "37s", quota_id: str = "PerMinute") -> Scrip
     return Scripted(status=429, body=body)
 
 
+class GeminiDialect:
+    """How Gemini says it: ``RESOURCE_EXHAUSTED`` 429s whose ``RetryInfo.retryDelay`` tells when
+    to retry (no rate-limit headers); ``INTERNAL`` 500s and ``UNAVAILABLE`` 503s."""
+
+    def throttled(self, t: Throttle) -> web.Response:
+        s = rate_limited(_duration(t.retry_after), "PerMinute", t.kind, t.limit)
+        return _json(s.body, s.status)
+
+    def failure(self, status: int) -> web.Response:
+        if status == 500:
+            return _error(
+                500,
+                "INTERNAL",
+                "An internal error has occurred. Please retry or report in "
+                "https://developers.generativeai.google/guide/troubleshooting",
+            )
+        return _error(status, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+
+    def quota_headers(self, quota: Quota) -> dict[str, str]:
+        return {}
+
+
+GEMINI = GeminiDialect()
+
+
 class FakeGemini:
-    """The fake service. ``url`` (after :meth:`start`) is the base URL, without ``/v1beta``."""
+    """The fake service. ``url`` (after :meth:`start`) is the base URL, without ``/v1beta``.
+    Pass ``conditions`` to share behaviours with other fakes."""
 
     def __init__(
         self,
@@ -153,6 +191,7 @@ class FakeGemini:
         thoughts_tokens: int = 0,
         cached_tokens: int = 0,
         event_delay: float = 0.0,
+        conditions: Conditions | None = None,
     ) -> None:
         self.valid_keys = valid_keys
         self.reply_words = reply_words
@@ -162,26 +201,23 @@ class FakeGemini:
         self.thoughts_tokens = thoughts_tokens
         self.cached_tokens = cached_tokens
         self.event_delay = event_delay
+        self.conditions = conditions or Conditions()
+        self.record = True
         self.script: deque[Scripted] = deque()
         self.received: list[Received] = []
         self.cancelled = 0
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1beta/models/{target}", self._handle)
-        self.app = app
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.add_routes(self.routes())
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1beta/models/{target}", self._handle)]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, handler_cancellation=True
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None and hasattr(server, "sockets")
-        self.url = f"http://{host}:{server.sockets[0].getsockname()[1]}"
+        self._runner, bound = await start_app(self.app, host, port)
+        self.url = f"http://{host}:{bound}"
         return self.url
 
     async def stop(self) -> None:
@@ -211,11 +247,14 @@ class FakeGemini:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        self.received.append(
-            Received(request.method, request.path_qs, dict(request.headers), body, raw)
-        )
+        if self.record:
+            self.received.append(
+                Received(request.method, request.path_qs, dict(request.headers), body, raw)
+            )
         if self.script:
-            return await self._play(request, self.script.popleft())
+            return await play(
+                request, self.script.popleft(), _sse, json_type="application/json; charset=UTF-8"
+            )
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if self.valid_keys is not None:
             if not key:
@@ -240,6 +279,9 @@ class FakeGemini:
                         }
                     ],
                 )
+        d, refusal = await gate(request, self.conditions, GEMINI, key or "", len(raw) // 4)
+        if refusal is not None:
+            return refusal
         if not isinstance(body, dict):
             return _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         model, _, method = request.match_info["target"].partition(":")
@@ -247,12 +289,13 @@ class FakeGemini:
             problem = _check_generate(body) or self._check_signatures(body)
             if problem:
                 return _error(400, "INVALID_ARGUMENT", problem)
-            chunks = self._generate(body, model, stream=method != "generateContent")
-            if method == "generateContent":
-                return _json(chunks[0])
-            if request.query.get("alt") != "sse":
-                return _json(chunks)
-            return await self._stream(request, chunks)
+            stream = method != "generateContent"
+            chunks = self._generate(body, model, stream, d)
+            if stream and request.query.get("alt") == "sse":
+                return await self._stream(request, chunks, d)
+            wait = d.generation_time(len(chunks) if stream else self._words(d))
+            whole = orjson.dumps(chunks if stream else chunks[0])
+            return await answer(request, whole, {"Content-Type": _JSON_TYPE}, d.fault, wait)
         if method == "embedContent":
             return self._embed([body], model)
         if method == "batchEmbedContents":
@@ -271,60 +314,45 @@ class FakeGemini:
             return self._embed(requests, model, batch=True)
         return _error(404, "NOT_FOUND", f"Method {method!r} is not found for models/{model}.")
 
-    async def _play(self, request: web.Request, s: Scripted) -> web.StreamResponse:
-        if s.delay:
-            await asyncio.sleep(s.delay)
-        if s.reset:
-            assert request.transport is not None
-            request.transport.close()
-            raise asyncio.CancelledError
-        if s.events is None:
-            body = s.body if isinstance(s.body, bytes) else orjson.dumps(s.body or {})
-            headers = {"Content-Type": "application/json; charset=UTF-8", **s.headers}
-            return web.Response(status=s.status, body=body, headers=headers)
-        resp = web.StreamResponse(
-            status=s.status, headers={"Content-Type": "text/event-stream", **s.headers}
-        )
-        await resp.prepare(request)
-        for i, ev in enumerate(s.events):
-            if s.cut_after is not None and i >= s.cut_after:
-                assert request.transport is not None
-                request.transport.abort()
-                return resp
-            if s.stall_after is not None and i >= s.stall_after:
-                await asyncio.sleep(3600)
-            if i and s.event_delay:
-                await asyncio.sleep(s.event_delay)
-            await resp.write(_sse(ev))
-        await resp.write_eof()
-        return resp
-
     async def _stream(
-        self, request: web.Request, chunks: list[dict[str, Any]]
+        self, request: web.Request, chunks: list[dict[str, Any]], d: Decision
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for i, chunk in enumerate(chunks):
-            if i and self.event_delay:
-                await asyncio.sleep(self.event_delay)
-            await resp.write(_sse(chunk))
-        await resp.write_eof()
-        return resp
+        delays = [(d.interval + self.event_delay) if i else d.ttft for i in range(len(chunks))]
+        cut_after, stall_after = fault_point(d, len(chunks))
+        return await send_stream(
+            request,
+            chunks,
+            _sse,
+            headers={"Content-Type": "text/event-stream"},
+            delays=delays,
+            cut_after=cut_after,
+            stall_after=stall_after,
+        )
+
+    def _words(self, d: Decision) -> int:
+        return d.reply_tokens if d.reply_tokens is not None else self.reply_words
 
     # -- answers ------------------------------------------------------------------------------
 
-    def _generate(self, body: dict[str, Any], model: str, stream: bool) -> list[dict[str, Any]]:
+    def _generate(
+        self, body: dict[str, Any], model: str, stream: bool, d: Decision
+    ) -> list[dict[str, Any]]:
         """The response (first element) or, for streams, every event of it."""
         gen = body.get("generationConfig") or {}
         n = int(gen.get("candidateCount") or 1)
-        words = _WORDS * (self.reply_words // len(_WORDS) + 1)
-        words = words[: min(self.reply_words, int(gen.get("maxOutputTokens") or 1 << 30))]
-        truncated = len(words) < self.reply_words
+        reply_words = self._words(d)
+        words = _WORDS * (reply_words // len(_WORDS) + 1)
+        words = words[: min(reply_words, int(gen.get("maxOutputTokens") or 1 << 30))]
+        truncated = len(words) < reply_words
         call = _function_to_call(body)
         if gen.get("responseMimeType") == "application/json":
             words = [orjson.dumps({"answer": " ".join(words)}).decode()]
-        prompt = max(1, len(orjson.dumps(body.get("contents"))) // 4)
-        completion = (1 if call else len(words)) * n
+        prompt, completion, cached = reported_usage(
+            d.usage,
+            max(1, len(orjson.dumps(body.get("contents"))) // 4),
+            (1 if call else len(words)) * n,
+            self.cached_tokens,
+        )
         rid = f"fake-{next(self._ids):06d}"
         base = {"modelVersion": model, "responseId": rid}
         finish = "MAX_TOKENS" if truncated and not call else "STOP"
@@ -335,8 +363,8 @@ class FakeGemini:
                 meta["candidatesTokenCount"] = completion
                 if self.thoughts_tokens:
                     meta["thoughtsTokenCount"] = self.thoughts_tokens
-            if self.cached_tokens:
-                meta["cachedContentTokenCount"] = self.cached_tokens
+            if cached:
+                meta["cachedContentTokenCount"] = cached
             meta["totalTokenCount"] = prompt + (completion + self.thoughts_tokens if done else 0)
             meta["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
             return meta
@@ -528,8 +556,17 @@ def _sse(ev: dict[str, Any] | bytes | str) -> bytes:
     return b"data: " + orjson.dumps(ev) + b"\r\n\r\n"
 
 
-def _json(obj: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), content_type="application/json", charset="UTF-8")
+_JSON_TYPE = "application/json; charset=UTF-8"
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(obj), headers={"Content-Type": _JSON_TYPE})
+
+
+def _duration(seconds: float) -> str:
+    """A protobuf ``Duration`` in JSON (``"37s"``, ``"1.5s"``), rounded up to the millisecond."""
+    text = f"{math.ceil(seconds * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{text}s"
 
 
 def _error(

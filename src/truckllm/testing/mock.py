@@ -3,7 +3,10 @@
 By default it answers like a fast, healthy OpenAI: chat completions (JSON and SSE, with usage when
 asked), tool calls when tools are offered, embeddings (float or base64), and the model list.
 Tests script it: push :class:`Scripted` answers (status, headers, body, SSE events with timing,
-disconnects) and read back every request it received. Safe to script from another thread.
+disconnects) and read back every request it received. Per key (or for every key) it simulates
+latency, time to first token, token pace, reply length, usage, rate limits with real 429s and
+OpenAI's ``x-ratelimit-*``/``retry-after(-ms)`` headers, and injected faults: see
+:class:`~truckllm.testing.behaviour.KeyBehaviour`. Safe to script from another thread.
 """
 
 from __future__ import annotations
@@ -13,58 +16,91 @@ import base64
 import hashlib
 import itertools
 import math
-import random
 import struct
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from truckllm.testing.behaviour import (
+    PASS,
+    Conditions,
+    Decision,
+    KeyBehaviour,
+    Quota,
+    Throttle,
+    reported_usage,
+)
+from truckllm.testing.wire import Received, Scripted, answer, fault_point, gate, play, start_app
+from truckllm.testing.wire import stream as send_stream
 
-@dataclass
-class Scripted:
-    """One scripted answer. ``events`` makes an SSE answer: dicts become ``data: {json}``, bytes
-    are sent as they are (include the blank line), ``"[DONE]"`` the terminator."""
-
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    events: list[dict[str, Any] | bytes | str] | None = None
-    delay: float = 0.0  # before the response starts
-    event_delay: float = 0.0  # between events
-    reset: bool = False  # close the connection without answering
-    cut_after: int | None = None  # close the connection after this many events
-    stall_after: int | None = None  # stop sending (but keep the connection) after this many events
+__all__ = ["KeyBehaviour", "MockUpstream", "OpenAIDialect", "Received", "Scripted"]
 
 
-@dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-    raw: bytes
+class OpenAIDialect:
+    """How OpenAI says it: ``rate_limit_exceeded`` 429s with ``x-ratelimit-*``, ``retry-after``
+    and ``retry-after-ms``; ``server_error`` bodies for 5xx."""
 
-    @property
-    def bearer(self) -> str:
-        return self.headers.get("Authorization", "").removeprefix("Bearer ")
+    def throttled(self, t: Throttle) -> web.Response:
+        unit = "requests per min (RPM)" if t.kind == "requests" else "tokens per min (TPM)"
+        body = {
+            "error": {
+                "message": f"Rate limit reached for {unit}: Limit {t.limit}, Used {t.used}, "
+                f"Requested {t.requested}. Please try again in {t.retry_after:.3f}s.",
+                "type": t.kind,
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        }
+        headers = {
+            **self.quota_headers(t.quota),
+            "retry-after": str(math.ceil(t.retry_after)),
+            "retry-after-ms": str(math.ceil(t.retry_after * 1000)),
+        }
+        return web.Response(
+            status=429, body=orjson.dumps(body), content_type="application/json", headers=headers
+        )
+
+    def failure(self, status: int) -> web.Response:
+        if status == 500:
+            return _error(
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            )
+        if status == 503:
+            return _error(
+                503,
+                "The engine is currently overloaded, please try again later.",
+                "server_error",
+                None,
+            )
+        return _error(status, "The server is overloaded.", "server_error", "overloaded")
+
+    def quota_headers(self, q: Quota) -> dict[str, str]:
+        out = {}
+        if q.limit_requests is not None:
+            out["x-ratelimit-limit-requests"] = str(q.limit_requests)
+            out["x-ratelimit-remaining-requests"] = str(q.remaining_requests)
+            out["x-ratelimit-reset-requests"] = f"{q.reset_requests:.3f}s"
+        if q.limit_tokens is not None:
+            out["x-ratelimit-limit-tokens"] = str(q.limit_tokens)
+            out["x-ratelimit-remaining-tokens"] = str(q.remaining_tokens)
+            out["x-ratelimit-reset-tokens"] = f"{q.reset_tokens:.3f}s"
+        return out
 
 
-@dataclass
-class KeyBehaviour:
-    """How the mock treats one API key: its own rate limit (requests per ``window_s``, enforced
-    exactly with real 429s and OpenAI's rate-limit headers), extra latency, and a share of 500s."""
-
-    rpm: int | None = None
-    window_s: float = 60.0
-    latency: float = 0.0
-    error_rate: float = 0.0
+OPENAI = OpenAIDialect()
 
 
 class MockUpstream:
+    """The OpenAI mock. ``url`` (after :meth:`start`) is a provider ``base_url`` (ending in
+    ``/v1``). ``latency`` and ``keys`` are the old spelling of ``conditions``: the default
+    latency and per-key behaviours; pass ``conditions`` to share them with other fakes."""
+
     def __init__(
         self,
         *,
@@ -74,44 +110,48 @@ class MockUpstream:
         event_delay: float = 0.0,
         keys: dict[str, KeyBehaviour] | None = None,
         seed: int = 0,
+        conditions: Conditions | None = None,
     ) -> None:
         self.valid_keys = valid_keys
-        self.latency = latency
         self.reply_words = reply_words
-        self.event_delay = event_delay
+        self.event_delay = event_delay  # added between stream events, whatever the key
+        self.conditions = conditions or Conditions(
+            KeyBehaviour(latency=latency or None), keys, seed=seed
+        )
         self.script: deque[Scripted] = deque()
         self.received: list[Received] = []
         self.record = True
         self.cancelled = 0  # handlers cancelled because the client (the gateway) went away
-        self.keys = keys or {}
-        self._rng = random.Random(seed)
-        self._log: dict[str, deque[float]] = {}
-        self.arrivals: list[tuple[str, float]] = []  # (key, monotonic time) of every request
-        self.throttled: list[tuple[str, float, float]] = []  # (key, when, retry-after) of each 429
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/embeddings", self._embeddings)
-        app.router.add_get("/v1/models", self._models)
-        self.app = app
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.add_routes(self.routes())
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/chat/completions", self._chat),
+            web.post("/v1/embeddings", self._embeddings),
+            web.get("/v1/models", self._models),
+        ]
+
+    @property
+    def keys(self) -> dict[str, KeyBehaviour]:
+        return self.conditions.keys
+
+    @property
+    def arrivals(self) -> list[tuple[str, float]]:
+        """(key, monotonic time) of every request, throttled ones included."""
+        return self.conditions.arrivals
+
+    @property
+    def throttled(self) -> list[tuple[str, float, float]]:
+        """(key, monotonic time, retry-after seconds) of every 429 the limits gave."""
+        return self.conditions.throttled
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(
-            self.app,
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=1.0,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
-        await site.start()
-        server = site._server
-        assert server is not None and hasattr(server, "sockets")
-        bound = server.sockets[0].getsockname()
-        self.url = f"http://{host}:{bound[1]}/v1"
+        self._runner, bound = await start_app(self.app, host, port, backlog=1024)
+        self.url = f"http://{host}:{bound}/v1"
         return self.url
 
     async def stop(self) -> None:
@@ -121,7 +161,7 @@ class MockUpstream:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def _begin(self, request: web.Request) -> tuple[Any, web.StreamResponse | None]:
+    async def _begin(self, request: web.Request) -> tuple[Any, Decision, web.StreamResponse | None]:
         raw = await request.read()
         try:
             body = orjson.loads(raw) if raw else None
@@ -131,126 +171,38 @@ class MockUpstream:
             self.received.append(
                 Received(request.method, request.path, dict(request.headers), body, raw)
             )
-        scripted = self.script.popleft() if self.script else None
-        if scripted is not None:
-            return body, await self._play(request, scripted)
+        if self.script:
+            return body, PASS, await play(request, self.script.popleft(), _sse)
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        behaviour = self.keys.get(key)
-        if behaviour is not None:
-            limited = self._limit(key, behaviour)
-            if limited is not None:
-                return body, limited
-            if behaviour.latency:
-                await asyncio.sleep(behaviour.latency)
-            if behaviour.error_rate and self._rng.random() < behaviour.error_rate:
-                return body, _error(
-                    500,
-                    "The server had an error while processing your request.",
-                    "server_error",
-                    None,
-                )
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        if self.valid_keys is not None:
-            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if key not in self.valid_keys:
-                return body, _error(
+        d, refusal = await gate(request, self.conditions, OPENAI, key, len(raw) // 4)
+        if refusal is not None:
+            return body, d, refusal
+        if self.valid_keys is not None and key not in self.valid_keys:
+            return (
+                body,
+                d,
+                _error(
                     401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-                )
+                ),
+            )
         if not isinstance(body, dict):
-            return body, _error(
-                400,
-                "We could not parse the JSON body of your request.",
-                "invalid_request_error",
-                None,
+            return (
+                body,
+                d,
+                _error(
+                    400,
+                    "We could not parse the JSON body of your request.",
+                    "invalid_request_error",
+                    None,
+                ),
             )
-        return body, None
-
-    def _limit(self, key: str, b: KeyBehaviour) -> web.Response | None:
-        """Count the request against the key's window; a real 429 when it is over the limit."""
-        now = time.monotonic()
-        self.arrivals.append((key, now))
-        if b.rpm is None:
-            return None
-        log = self._log.setdefault(key, deque())
-        while log and log[0] <= now - b.window_s:
-            log.popleft()
-        reset = (log[0] + b.window_s - now) if log else 0.0
-        if len(log) >= b.rpm:
-            retry_after = max(reset, 0.001)
-            self.throttled.append((key, now, retry_after))
-            body = {
-                "error": {
-                    "message": f"Rate limit reached for requests per min (RPM): Limit {b.rpm}, Used {len(log)}, "
-                    f"Requested 1. Please try again in {retry_after:.3f}s.",
-                    "type": "requests",
-                    "param": None,
-                    "code": "rate_limit_exceeded",
-                }
-            }
-            headers = {
-                **self._quota_headers(b, 0, retry_after),
-                "retry-after": str(math.ceil(retry_after)),
-                "retry-after-ms": str(int(retry_after * 1000)),
-            }
-            return web.Response(
-                status=429,
-                body=orjson.dumps(body),
-                content_type="application/json",
-                headers=headers,
-            )
-        log.append(now)
-        return None
-
-    @staticmethod
-    def _quota_headers(b: KeyBehaviour, remaining: int, reset: float) -> dict[str, str]:
-        return {
-            "x-ratelimit-limit-requests": str(b.rpm),
-            "x-ratelimit-remaining-requests": str(remaining),
-            "x-ratelimit-reset-requests": f"{reset:.3f}s",
-        }
+        return body, d, None
 
     def quota_headers_for(self, request: web.Request) -> dict[str, str]:
+        """The rate-limit headers the request's key would get now (empty without limits)."""
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        b = self.keys.get(key)
-        if b is None or b.rpm is None:
-            return {}
-        log = self._log.get(key) or deque()
-        now = time.monotonic()
-        reset = (log[0] + b.window_s - now) if log else 0.0
-        return self._quota_headers(b, max(b.rpm - len(log), 0), max(reset, 0.0))
-
-    async def _play(self, request: web.Request, s: Scripted) -> web.StreamResponse:
-        if s.delay:
-            await asyncio.sleep(s.delay)
-        if s.reset:
-            assert request.transport is not None
-            request.transport.close()
-            raise asyncio.CancelledError  # aiohttp drops the handler: the client sees a reset
-        if s.events is None:
-            body = (
-                s.body
-                if isinstance(s.body, bytes)
-                else orjson.dumps(s.body if s.body is not None else {})
-            )
-            headers = {"Content-Type": "application/json", **s.headers}
-            return web.Response(status=s.status, body=body, headers=headers)
-        resp = web.StreamResponse(
-            status=s.status, headers={"Content-Type": "text/event-stream", **s.headers}
-        )
-        await resp.prepare(request)
-        for i, ev in enumerate(s.events):
-            if s.cut_after is not None and i >= s.cut_after:
-                assert request.transport is not None
-                request.transport.abort()
-                return resp
-            if s.stall_after is not None and i >= s.stall_after:
-                await asyncio.sleep(3600)
-            if i and s.event_delay:
-                await asyncio.sleep(s.event_delay)
-            await resp.write(_sse(ev))
-        await resp.write_eof()
-        return resp
+        quota = self.conditions.quota(key)
+        return OPENAI.quota_headers(quota) if quota is not None else {}
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -263,16 +215,18 @@ class MockUpstream:
             return web.Response(status=499)
 
     async def _chat_inner(self, request: web.Request) -> web.StreamResponse:
-        body, resp = await self._begin(request)
+        body, d, resp = await self._begin(request)
         if resp is not None:
             return resp
         model = str(body.get("model", "mock-model"))
-        words = _reply_words(body, self.reply_words)
+        n = d.reply_tokens if d.reply_tokens is not None else self.reply_words
+        words = _reply_words(body, n)
         prompt_tokens = max(1, len(orjson.dumps(body.get("messages", []))) // 4)
-        usage = _usage(prompt_tokens, len(words))
+        usage = _usage(*reported_usage(d.usage, prompt_tokens, len(words)))
         cid = f"chatcmpl-mock{next(self._ids):08d}"
         created = int(time.time())
         tool = _tool_to_call(body)
+        headers = OPENAI.quota_headers(d.quota) if d.quota is not None else {}
         if not body.get("stream"):
             if tool is not None:
                 message: dict[str, Any] = {
@@ -302,19 +256,14 @@ class MockUpstream:
                 "usage": usage,
                 "system_fingerprint": "fp_mock",
             }
-            return web.Response(
-                body=orjson.dumps(out),
-                content_type="application/json",
-                headers=self.quota_headers_for(request),
+            return await answer(
+                request,
+                orjson.dumps(out),
+                {"Content-Type": "application/json", **headers},
+                d.fault,
+                d.generation_time(len(words)),
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                **self.quota_headers_for(request),
-            }
-        )
-        await resp.prepare(request)
         base = {
             "id": cid,
             "object": "chat.completion.chunk",
@@ -325,17 +274,17 @@ class MockUpstream:
         if include_usage:
             base["usage"] = None
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return _sse(
-                {
-                    **base,
-                    "choices": [
-                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                    ],
-                }
-            )
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
 
-        await resp.write(chunk({"role": "assistant", "content": "", "refusal": None}))
+        events: list[dict[str, Any] | bytes | str] = [
+            chunk({"role": "assistant", "content": "", "refusal": None})
+        ]
         if tool is not None:
             call = {
                 "index": 0,
@@ -343,24 +292,35 @@ class MockUpstream:
                 "type": "function",
                 "function": {"name": tool, "arguments": ""},
             }
-            await resp.write(chunk({"tool_calls": [call]}))
-            await resp.write(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
+            events.append(chunk({"tool_calls": [call]}))
+            events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
             finish = "tool_calls"
         else:
-            for i, word in enumerate(words):
-                if self.event_delay:
-                    await asyncio.sleep(self.event_delay)
-                await resp.write(chunk({"content": word if i == 0 else " " + word}))
+            events.extend(chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words))
             finish = "stop"
-        await resp.write(chunk({}, finish))
+        tokens = len(events) - 1
+        events.append(chunk({}, finish))
         if include_usage:
-            await resp.write(_sse({**base, "choices": [], "usage": usage}))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+            events.append({**base, "choices": [], "usage": usage})
+        events.append("[DONE]")
+        # The role chunk comes with the first token (after ttft), then one token per interval.
+        delays = [0.0] * len(events)
+        delays[0] = d.ttft
+        for i in range(1, tokens + 1):
+            delays[i] = (d.interval if i > 1 else 0.0) + self.event_delay
+        cut_after, stall_after = fault_point(d, tokens + 1)
+        return await send_stream(
+            request,
+            events,
+            _sse,
+            headers={"Content-Type": "text/event-stream; charset=utf-8", **headers},
+            delays=delays,
+            cut_after=cut_after,
+            stall_after=stall_after,
+        )
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        body, resp = await self._begin(request)
+        body, d, resp = await self._begin(request)
         if resp is not None:
             return resp
         inputs = body.get("input")
@@ -388,7 +348,10 @@ class MockUpstream:
             "model": body.get("model"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return web.Response(body=orjson.dumps(out), content_type="application/json")
+        headers = OPENAI.quota_headers(d.quota) if d.quota is not None else {}
+        return await answer(
+            request, orjson.dumps(out), {"Content-Type": "application/json", **headers}, d.fault
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         out = {
@@ -411,12 +374,12 @@ def _error(status: int, message: str, type_: str, code: str | None) -> web.Respo
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,

@@ -1,0 +1,233 @@
+"""Run every benchmark and write one Markdown report (and a plot, when matplotlib is there).
+
+    python bench/run_all.py --out docs/benchmarks.md            # quick: a few minutes
+    python bench/run_all.py --out docs/benchmarks.md --full     # longer runs, more rounds
+    python bench/run_all.py --only overhead,streaming           # a subset
+
+Each benchmark is its own script (``overhead.py``, ``streaming.py``, ``chaos.py``,
+``memory.py``, ``workers.py``) run as a child process with ``--json``; this script collects their
+results, checks them against the performance targets and renders the report. Raw results are kept
+in ``--results`` (default ``bench/results/``, ignored by git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from overhead import default_python, machine_info  # noqa: E402
+
+QUICK: dict[str, list[str]] = {
+    "overhead": [
+        "--duration", "6", "--rounds", "2", "--warmup", "1", "--also-connections", "128",
+        "--with-telemetry", "--key-rpm", "100000000",
+    ],
+    "streaming": ["--streams", "1000", "--rate", "20", "--tokens", "80", "--rounds", "1"],
+    "chaos": ["--requests", "4000"],
+    "memory": ["--runs", "5", "--duration", "5"],
+    "workers": ["--duration", "6", "--rounds", "2", "--warmup", "1"],
+}  # fmt: skip
+FULL: dict[str, list[str]] = {
+    "overhead": [
+        "--duration", "20", "--rounds", "4", "--warmup", "2", "--also-connections", "128",
+        "--with-telemetry", "--key-rpm", "100000000",
+    ],
+    "streaming": ["--streams", "1000", "--rate", "20", "--tokens", "100", "--rounds", "2"],
+    "chaos": ["--requests", "20000"],
+    "memory": ["--runs", "10", "--duration", "20"],
+    "workers": ["--duration", "20", "--rounds", "4", "--warmup", "2"],
+}  # fmt: skip
+TITLES = {
+    "overhead": "Overhead: direct, bare passthrough, gateway",
+    "streaming": "Streaming: 1,000 concurrent streams",
+    "chaos": "Chaos: throttling and failing keys",
+    "memory": "Memory and start-up",
+    "workers": "Multi-process: `server.workers`",
+}
+
+
+def run(name: str, args: list[str], python: str, results: Path) -> dict[str, Any]:
+    out = results / f"{name}.json"
+    out.unlink(missing_ok=True)
+    cmd = [python, str(BENCH / f"{name}.py"), *args, "--json", str(out)]
+    shown = shlex.join(["python", f"bench/{name}.py", *args])
+    print(f"== {shown}", file=sys.stderr)
+    t0 = time.monotonic()
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, check=False)
+    result: dict[str, Any] = {
+        "command": shown,
+        "markdown": proc.stdout,
+        "ok": proc.returncode == 0 and out.exists(),
+        "seconds": time.monotonic() - t0,
+        "load": (load_before, os.getloadavg()[0]),
+    }
+    if result["ok"]:
+        result["data"] = json.loads(out.read_text())
+    else:
+        print(f"{name} failed (exit {proc.returncode})", file=sys.stderr)
+    (results / f"{name}.md").write_text(proc.stdout)
+    return result
+
+
+def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, limit, met) for every target whose benchmark ran."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    o = res.get("overhead", {}).get("data")
+    if o:
+        added = o["gateway"]["1"]["p50"] - o["direct"]["1"]["p50"]
+        out.append(("1 connection: added p50", f"{added:.3f} ms", "<= 0.25 ms", added <= 0.25))
+        rps = o["gateway"]["32"]["rps"]
+        ratio = rps / o["baseline"]["32"]["rps"]
+        out.append(("32 connections: requests/s", f"{rps:,.0f}", ">= 4,000", rps >= 4000))
+        out.append(
+            (
+                "32 connections: share of the bare passthrough",
+                f"{ratio:.2f}",
+                ">= 0.75",
+                ratio >= 0.75,
+            )
+        )
+    s = res.get("streaming", {}).get("data")
+    if s:
+        g = s["gateway"]
+        out.append(
+            (
+                "streams: all complete",
+                f"{g['completed']:,}/{g['streams']:,}",
+                "all",
+                g["completed"] == g["streams"],
+            )
+        )
+        out.append(
+            (
+                "streams: added delay between chunks, p99",
+                f"{s['added_gap_p99']:+.2f} ms",
+                "<= 5 ms",
+                s["added_gap_p99"] <= 5,
+            )
+        )
+        peak = s["gateway_peak_rss_mb"]
+        out.append(("streams: gateway peak RSS", f"{peak:.0f} MB", "<= 150 MB", peak <= 150))
+    c = res.get("chaos", {}).get("data")
+    if c:
+        v = c["cooling_violations"]
+        out.append(("chaos: requests that reached a cooling key", str(v), "0", v == 0))
+    m = res.get("memory", {}).get("data")
+    if m:
+        out.append(("idle RSS", f"{m['idle_rss_mb']:.1f} MB", "<= 60 MB", m["idle_rss_mb"] <= 60))
+        st = m["startup_median_ms"]
+        out.append(("start-up to the first 200 (median)", f"{st:.0f} ms", "< 1,000 ms", st < 1000))
+    return out
+
+
+def render(
+    res: dict[str, dict[str, Any]], info: list[tuple[str, str]], command: str, plot: str | None
+) -> str:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        "# Benchmarks",
+        "",
+        f"Generated {now} by `{command}` (see `bench/README.md`). Every number in a table was "
+        "measured side by side in the same run, on one machine where the load generator, the "
+        "mock upstream and the gateway share the CPUs: compare ratios, not absolute numbers "
+        "across machines.",
+        "",
+        *[f"- **{k}**: {v}" for k, v in info],
+        "",
+        "## Targets",
+        "",
+        "| target | measured | limit | |",
+        "|---|---:|---:|---|",
+    ]
+    for name, measured, limit, met in targets(res):
+        mark = "-" if met is None else ("met" if met else "**missed**")
+        out.append(f"| {name} | {measured} | {limit} | {mark} |")
+    if plot:
+        out += ["", f"![Benchmarks]({plot})"]
+    for name, title in TITLES.items():
+        r = res.get(name)
+        if r is None:
+            continue
+        out += ["", f"## {title}", "", f"`{r['command']}` ({r['seconds']:.0f} s; load average "
+                f"{r['load'][0]:.2f} before, {r['load'][1]:.2f} after)", ""]  # fmt: skip
+        if not r["ok"]:
+            out.append("**This benchmark failed**; its output:\n\n```\n" + r["markdown"] + "\n```")
+            continue
+        md = r["markdown"].strip()
+        if name == "overhead":  # its own header and machine lines are in this report already
+            md = md.split("\n## ", 1)[1] if "\n## " in md else md
+            md = "### " + md.replace("\n## ", "\n### ")
+        out.append(md)
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--full", action="store_true", help="longer runs and more rounds")
+    p.add_argument("--only", help="comma-separated: " + ",".join(QUICK))
+    p.add_argument("--results", type=Path, default=BENCH / "results")
+    p.add_argument(
+        "--plot", type=Path, default=REPO / "docs" / "benchmarks.png", help="PNG (needs matplotlib)"
+    )
+    p.add_argument("--python", default=default_python())
+    args = p.parse_args(argv)
+    plan = FULL if args.full else QUICK
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(plan)
+    unknown = set(names) - set(plan)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    args.results.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(
+        ["python", "bench/run_all.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    load_at_start = os.getloadavg()
+    res = {name: run(name, plan[name], args.python, args.results) for name in names}
+    (args.results / "all.json").write_text(
+        json.dumps(
+            {k: {kk: vv for kk, vv in v.items() if kk != "markdown"} for k, v in res.items()}
+        )
+    )
+    plot_rel: str | None = None
+    plot = subprocess.run(
+        [args.python, str(BENCH / "plot.py"), str(args.results / "all.json"), str(args.plot)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if plot.returncode == 0:
+        plot_rel = os.path.relpath(args.plot, args.out.parent)
+    else:
+        print(f"no plot: {plot.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    info = machine_info(args.python, "wrk")
+    info.append(
+        (
+            "Load average",
+            f"{load_at_start[0]:.2f} (1 min) at the start, {os.getloadavg()[0]:.2f} at the end; "
+            "other work on the machine shows up here",
+        )
+    )
+    report = render(res, info, command, plot_rel)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+    print(f"wrote {args.out}", file=sys.stderr)
+    failed = [n for n, r in res.items() if not r["ok"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

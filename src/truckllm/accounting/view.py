@@ -1,0 +1,99 @@
+"""``GET /admin/v1/usage``: the usage ledger's aggregates, grouped and filtered by time.
+
+Query parameters: ``group_by`` (comma-separated: ``client``, ``provider``, ``key``, ``model``,
+``alias``; none: one total), ``from`` and ``to`` (unix seconds, or ISO 8601 such as ``2025-06-01``
+or ``2025-06-01T12:00:00Z``; ``to`` is exclusive; default: all time), ``bucket`` (``minute``,
+``hour`` or ``day``: one row per group and period). Costs are exact decimal strings in USD.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from truckllm.accounting.money import format_usd
+from truckllm.errors import APIError, invalid_request
+from truckllm.state.base import COST, DIMENSIONS, GRANULARITIES, METRICS, UsageQuery
+
+if TYPE_CHECKING:
+    from truckllm.api.app import App
+
+
+def _time(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    with contextlib.suppress(ValueError):
+        return int(float(value))
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise invalid_request(
+            f"'{name}' must be unix seconds or an ISO 8601 date or time, got {value!r}.", param=name
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp())
+
+
+def parse_query(query: dict[str, str]) -> UsageQuery:
+    group_by = tuple(g.strip() for g in query.get("group_by", "").split(",") if g.strip())
+    for g in group_by:
+        if g not in DIMENSIONS:
+            raise invalid_request(
+                f"Unknown group_by {g!r}: use any of {', '.join(DIMENSIONS)}.", param="group_by"
+            )
+    start = _time(query.get("from"), "from") or 0
+    end = _time(query.get("to"), "to")
+    if end is not None and end <= start:
+        raise invalid_request("'to' must be later than 'from'.", param="to")
+    bucket = query.get("bucket") or None
+    if bucket is not None and bucket not in GRANULARITIES:
+        raise invalid_request("'bucket' must be minute, hour or day.", param="bucket")
+    return UsageQuery(tuple(dict.fromkeys(group_by)), start, end, bucket)  # type: ignore[arg-type]
+
+
+def metrics_json(counts: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {name: counts[i] for i, name in enumerate(METRICS) if i != COST}
+    out["cost_usd"] = format_usd(counts[COST])
+    out["cost_nanos"] = counts[COST]
+    return out
+
+
+async def usage_view(app: App, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    q = parse_query(query)
+    accounting = app.accounting
+    store = accounting.store
+    if store is None:
+        raise APIError(503, "The usage ledger has not started.", code="store_unavailable")
+    await accounting.flush()  # this process's latest requests too
+    try:
+        result = await store.query(q)
+    except Exception as exc:
+        raise APIError(
+            503,
+            f"The state store cannot be read: {exc}",
+            code="store_unavailable",
+            type_="api_error",
+        ) from exc
+    total = [0] * len(METRICS)
+    data = []
+    for group, bucket, counts in result.rows:
+        row: dict[str, Any] = dict(zip(q.group_by, group, strict=True))
+        if q.bucket is not None:
+            row["bucket_start"] = bucket
+        row.update(metrics_json(counts))
+        data.append(row)
+        for i, c in enumerate(counts):
+            total[i] += c
+    return 200, {
+        "object": "usage",
+        "from": q.start,
+        "to": q.end,
+        "group_by": list(q.group_by),
+        "bucket": q.bucket,
+        "granularity": result.granularity,
+        "data": data,
+        "total": metrics_json(total),
+    }

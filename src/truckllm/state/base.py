@@ -1,0 +1,161 @@
+"""The state-store seam: what the gateway shares with (or persists through) a store.
+
+A store keeps three things for the gateway: the usage ledger (aggregated counts and exact costs),
+cooldowns, and, for stores shared by several processes, the windows behind shared rate limits.
+The gateway never waits on a store on the hot path: usage and cooldowns travel in batches from a
+background task (:meth:`Store.sync`), and shared limits are leased ahead of need
+(:meth:`Store.lease`).
+
+Units: money in integer nano-dollars (1e-9 USD), so sums are exact; wall-clock times in unix
+seconds; usage buckets start at UTC minute, hour and day boundaries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+DIMENSIONS = ("client", "provider", "key", "model", "alias")
+METRICS = (
+    "requests",
+    "errors",
+    "estimated",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+)
+COST = METRICS.index("cost_nanos")
+GRANULARITIES: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
+Granularity = Literal["minute", "hour", "day"]
+
+# (client, provider, key id, model, alias); "" where a request has none.
+RowKey = tuple[str, str, str, str, str]
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one process hands its store since the previous batch. ``(origin, seq)`` makes a
+    batch idempotent: a store applies each at most once, so a batch whose answer was lost can be
+    sent again. ``usage`` maps (minute start, row) to counts in :data:`METRICS` order."""
+
+    origin: str
+    seq: int
+    now: float  # the sender's wall clock: which day and month the budgets read
+    usage: dict[tuple[int, RowKey], list[int]] = field(default_factory=dict)
+    cooldowns: dict[str, float] = field(default_factory=dict)  # key id -> cooling until
+
+    @property
+    def empty(self) -> bool:
+        return not self.usage and not self.cooldowns
+
+
+@dataclass(slots=True)
+class View:
+    """What the gateway needs back from the store: every process's spend for the budgets (the
+    UTC day and month of the batch's ``now``), cooldowns, and how many processes share it."""
+
+    day: str = ""
+    month: str = ""
+    spend_day: dict[str, int] = field(default_factory=dict)  # client id -> nano-dollars
+    spend_month: dict[str, int] = field(default_factory=dict)
+    spend_total: dict[str, int] = field(default_factory=dict)
+    cooldowns: dict[str, float] = field(default_factory=dict)
+    peers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A request for ``amount`` units of a shared window: ``limit`` units per ``span_s`` seconds,
+    spent within ``ttl_s`` of the grant. ``slack_s`` covers the time from spending a unit to its
+    request reaching the upstream."""
+
+    window: str
+    span_s: float
+    limit: int
+    amount: int
+    ttl_s: float
+    slack_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Adjust:
+    """A correction to a shared window: ``amount`` units back (negative: leased, never spent) to
+    the bucket they were granted in, or charged (positive) to the current one when ``bucket`` is
+    ``None`` (tokens a request used beyond its estimate)."""
+
+    window: str
+    span_s: float
+    amount: int
+    bucket: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """``amount`` units of ``window`` (0 if none were free), counted in ``bucket``. When short,
+    ``retry_s`` says when units free up."""
+
+    window: str
+    amount: int
+    bucket: int
+    retry_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    group_by: tuple[str, ...] = ()
+    start: int = 0  # unix seconds, inclusive
+    end: int | None = None  # exclusive; None: no end
+    bucket: Granularity | None = None  # also split rows by time
+
+
+@dataclass(slots=True)
+class UsageResult:
+    granularity: Granularity
+    rows: list[tuple[tuple[str, ...], int | None, list[int]]]  # (group, bucket start, counts)
+
+
+class Store(Protocol):
+    """One state store. Built from ``storage.runtime`` by the factory its type names; methods
+    run on the gateway's event loop and may raise :class:`StoreError` (or any error) when the
+    backend is unreachable: the caller keeps its data and tries again later."""
+
+    shared: bool  # several processes share it: limits are leased, spend and cooldowns merged
+
+    async def sync(self, batch: Batch) -> View:
+        """Apply ``batch`` (at most once per ``(origin, seq)``) and return the current view."""
+        ...
+
+    async def lease(self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]) -> list[Grant]:
+        """Grant units of ``scope``'s windows, never more than each window's limit, and apply
+        ``adjusts`` first. One grant per ask, in order."""
+        ...
+
+    async def query(self, q: UsageQuery) -> UsageResult: ...
+
+    def health(self) -> tuple[bool, str | None]:
+        """(ok, reason): ``False`` while the backend is unreachable and the gateway serves on
+        local state."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class StoreError(Exception):
+    """A store's backend failed or could not be reached."""
+
+
+def day_of(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def month_of(ts: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+def add_counts(into: list[int], counts: Sequence[int]) -> None:
+    for i, c in enumerate(counts):
+        into[i] += c

@@ -1,0 +1,118 @@
+"""The ``http`` store: the store's protocol over HTTP, so operators can plug in their own backend.
+
+Three JSON endpoints under ``storage.runtime.url`` (``POST``, ``Content-Type: application/json``,
+``Authorization: Bearer <token>`` when a token is configured); any status but 200 is a failure
+and the gateway retries later. The README documents the bodies; the reference implementation is
+:mod:`truckllm.testing.store_server`.
+
+- ``/sync``: a batch in, the view out. Must apply each ``(origin, seq)`` at most once.
+- ``/lease``: ``{scope, asks, adjusts}`` in, ``{grants}`` out, applied atomically per scope.
+- ``/query``: ``{group_by, start, end, bucket}`` in, ``{granularity, rows}`` out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+
+from truckllm.state.base import (
+    Adjust,
+    Ask,
+    Batch,
+    Grant,
+    StoreError,
+    UsageQuery,
+    UsageResult,
+    View,
+)
+from truckllm.state.tables import batch_to_json, view_from_json
+
+
+class HttpStore:
+    shared = True
+
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 1.0) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._error: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> HttpStore:
+        if config.url is None:
+            raise StoreError("storage.runtime.url is required for the http store")
+        token = config.token.reveal() if config.token is not None else None
+        return cls(config.url.reveal(), token, config.timeout)
+
+    async def _post(self, path: str, body: Any) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.post(
+                self.url + path, data=orjson.dumps(body), headers=self._headers
+            ) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    raise StoreError(f"{path}: HTTP {resp.status}: {data[:200]!r}")
+                result = orjson.loads(data)
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, StoreError) as exc:
+            self._error = f"http store unreachable: {type(exc).__name__}: {exc}"[:300]
+            raise StoreError(self._error) from exc
+        self._error = None
+        return result
+
+    async def sync(self, batch: Batch) -> View:
+        return view_from_json(await self._post("/sync", batch_to_json(batch)))
+
+    async def lease(self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]) -> list[Grant]:
+        data = await self._post(
+            "/lease",
+            {
+                "scope": scope,
+                "asks": [ask_to_json(a) for a in asks],
+                "adjusts": [adjust_to_json(a) for a in adjusts],
+            },
+        )
+        return [
+            Grant(str(g["window"]), int(g["amount"]), int(g["bucket"]), float(g.get("retry_s", 0)))
+            for g in data["grants"]
+        ]
+
+    async def query(self, q: UsageQuery) -> UsageResult:
+        data = await self._post(
+            "/query",
+            {"group_by": list(q.group_by), "start": q.start, "end": q.end, "bucket": q.bucket},
+        )
+        rows = [
+            (tuple(r["group"]), r.get("bucket"), [int(c) for c in r["counts"]]) for r in data["rows"]
+        ]
+        return UsageResult(data["granularity"], rows)
+
+    def health(self) -> tuple[bool, str | None]:
+        return self._error is None, self._error
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def ask_to_json(a: Ask) -> dict[str, Any]:
+    return {
+        "window": a.window,
+        "span_s": a.span_s,
+        "limit": a.limit,
+        "amount": a.amount,
+        "ttl_s": a.ttl_s,
+        "slack_s": a.slack_s,
+    }
+
+
+def adjust_to_json(a: Adjust) -> dict[str, Any]:
+    return {"window": a.window, "span_s": a.span_s, "amount": a.amount, "bucket": a.bucket}

@@ -1,0 +1,114 @@
+"""Metrics and request-log sinks for one app, built from its configuration at start-up.
+
+The app's record bus feeds both. The metrics page is served by the app's router table (GET, no
+authentication: it is a Prometheus scrape target) and renders per-key state from whichever
+runtime serves at the time of the scrape. Sinks and the metrics path are read once at start-up;
+changing them takes a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from truckllm.config.schema import Config
+from truckllm.plugins import Registry
+from truckllm.telemetry.exposition import CONTENT_TYPE
+from truckllm.telemetry.metrics import Metrics
+from truckllm.telemetry.record import RecordBus
+from truckllm.telemetry.sinks import Sink, SinkContext, SinkFactory, sink_registry
+
+if TYPE_CHECKING:
+    from truckllm.gateway import Runtime
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+log = logging.getLogger("truckllm.telemetry")
+
+_CONTENT_TYPE = CONTENT_TYPE.encode()
+
+
+class Telemetry:
+    """Owns the app's metrics (``None`` when ``metrics.enabled`` is false) and request-log sinks.
+    ``registry`` holds the sink types: the built-ins and installed plugins unless given."""
+
+    def __init__(
+        self,
+        config: Config,
+        records: RecordBus,
+        registry: Registry[SinkFactory] | None = None,
+    ) -> None:
+        self.config = config
+        self.records = records
+        self.registry = registry
+        self.metrics: Metrics | None = Metrics() if config.metrics.enabled else None
+        self.metrics_path: str | None = config.metrics.path if self.metrics is not None else None
+        self.sinks: list[Sink] = []
+        self._started = False
+        self._closed = False
+
+    async def start(self) -> None:
+        """Subscribe to the record bus and start the sinks. A sink that cannot be built or
+        started is logged and left out: it must not keep the gateway from serving."""
+        if self._started:
+            return
+        self._started = True
+        if self.metrics is not None:
+            self.records.subscribe(self.metrics.consume)
+        if not self.config.logging.sinks:
+            return
+        registry = self.registry if self.registry is not None else sink_registry()
+        for i, sink_config in enumerate(self.config.logging.sinks):
+            name = f"{sink_config.type}-{i}"
+            try:
+                sink = registry.get(sink_config.type)(SinkContext(name, sink_config))
+                await sink.start()
+            except Exception:
+                log.exception("request-log sink could not start", extra={"sink": name})
+                continue
+            self.sinks.append(sink)
+            self.records.subscribe(sink.submit)
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Flush every sink, all at once, within ``grace_s`` seconds. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        sinks = self.sinks
+        results = await asyncio.gather(
+            *(sink.close(grace_s) for sink in sinks), return_exceptions=True
+        )
+        for sink, result in zip(sinks, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error(
+                    "request-log sink failed to close",
+                    extra={"sink": sink.name, "error": repr(result)},
+                )
+
+    def reload_result(self, ok: bool, when: float) -> None:
+        """A configuration reload happened (``when``: unix seconds); no-op without metrics."""
+        if self.metrics is not None:
+            self.metrics.reload_result(ok, when)
+
+    async def serve_metrics(
+        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        """The ``GET <metrics.path>`` route."""
+        assert self.metrics is not None
+        body = self.metrics.render(rt.router, self.sinks)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", _CONTENT_TYPE),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,261 @@
+"""The request-log record format, and a bounded, batching queue that built-in sinks share.
+
+A sink is fed by the record bus on the event loop, so ``submit`` must cost next to nothing: it
+appends to a deque (or counts a drop) and at most wakes the sink's writer task. Encoding,
+batching and I/O happen in that task, off the request's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+
+from truckllm.telemetry.record import RequestRecord
+
+log = logging.getLogger("truckllm.telemetry.sinks")
+
+_MAX_TEXT = 256  # client-chosen strings (model names) are cut to this many characters
+_ENCODE_CHUNK = 64  # records encoded between two yields to the event loop (~0.25 ms)
+
+
+class DeliveryFailed(Exception):
+    """A batch could not be delivered and is given up; its records count as dropped for
+    ``reason`` (a short, fixed word: it becomes a metric label)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None or len(text) <= _MAX_TEXT:
+        return text
+    return text[:_MAX_TEXT]
+
+
+class RecordEncoder:
+    """Turns records into request-log objects: one JSON object per request, no bodies.
+
+    Keeps the last formatted second, which the records of a batch share, so it belongs to one
+    sink and one thread at a time.
+    """
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def rfc3339(self, t: float) -> str:
+        """UTC with milliseconds: ``2024-05-01T12:00:00.123Z``."""
+        second = int(t)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((t - second) * 1000):03d}Z"
+
+    def obj(self, r: RequestRecord) -> dict[str, Any]:
+        u = r.usage
+        ttft = r.ttft_s
+        own = r.latency_s - r.upstream_s
+        return {
+            "time": self.rfc3339(r.time),
+            "request_id": r.request_id,
+            "client_id": r.client_id,
+            "endpoint": r.endpoint if len(r.endpoint) <= _MAX_TEXT else r.endpoint[:_MAX_TEXT],
+            "model": _cut(r.model),
+            "alias": r.alias,
+            "provider": r.provider,
+            "key_id": r.key_id,
+            "upstream_model": r.upstream_model,
+            "status": r.status,
+            "error_code": _cut(r.error_code),
+            "attempts": r.attempts,
+            "latency_ms": round(r.latency_s * 1000.0, 3),
+            "ttft_ms": None if ttft is None else round(ttft * 1000.0, 3),
+            "overhead_ms": round(own * 1000.0, 3) if own > 0.0 else 0.0,
+            "tokens": None
+            if u is None
+            else {
+                "prompt": u.prompt_tokens,
+                "completion": u.completion_tokens,
+                "cached": u.cached_tokens,
+                "reasoning": u.reasoning_tokens,
+                "estimated": u.estimated,
+            },
+            "cost_usd": r.cost_usd,
+            "stream": r.stream,
+        }
+
+    async def lines(self, batch: list[RequestRecord]) -> list[bytes]:
+        """JSON Lines for a batch, yielding to the event loop between chunks so a large batch
+        never holds it for long."""
+        out: list[bytes] = []
+        dumps, opt, obj = orjson.dumps, orjson.OPT_APPEND_NEWLINE, self.obj
+        for start in range(0, len(batch), _ENCODE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            out.extend(dumps(obj(r), option=opt) for r in batch[start : start + _ENCODE_CHUNK])
+        return out
+
+    async def array(self, batch: list[RequestRecord]) -> bytes:
+        """One JSON array of the batch's objects (a webhook body)."""
+        objs: list[dict[str, Any]] = []
+        obj = self.obj
+        for start in range(0, len(batch), _ENCODE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            objs.extend(obj(r) for r in batch[start : start + _ENCODE_CHUNK])
+        return orjson.dumps(objs)
+
+
+class QueueSink:
+    """A sink with a bounded in-memory queue drained in batches by one named background task.
+
+    ``submit`` is O(1), never blocks and never raises. At most ``max_queue`` records are held
+    (the batch being delivered included); beyond that a record is dropped and counted under
+    ``"queue_full"``, so nothing within the bound is ever lost to a slow or failing destination.
+    Records leave in the order they came, one batch at a time.
+
+    Subclasses implement :meth:`deliver` (raise :class:`DeliveryFailed` to give a batch up) and
+    may override :meth:`open` and :meth:`release` for their resources.
+    """
+
+    type = "queue"
+
+    def __init__(
+        self, name: str, *, max_queue: int, batch_size: int, flush_interval: float
+    ) -> None:
+        self.name = name
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.delivered = 0
+        self.dropped: dict[str, int] = {}
+        self.encoder = RecordEncoder()
+        self._queue: deque[RequestRecord] = deque()
+        self._in_delivery = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._trouble: str | None = None  # "retrying" or "dropping" while the destination fails
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Records held: queued and being delivered."""
+        return len(self._queue) + self._in_delivery
+
+    def submit(self, record: RequestRecord) -> None:
+        queue = self._queue
+        if len(queue) + self._in_delivery >= self.max_queue or self._closed:
+            reason = "shutdown" if self._closed else "queue_full"
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            return
+        queue.append(record)
+        n = len(queue)
+        if n == 1 or n == self.batch_size:
+            self._wake.set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            await self.open()
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"truckllm-sink-{self.name}"
+            )
+
+    async def close(self, grace_s: float) -> None:
+        """Deliver what is queued within ``grace_s`` seconds, then stop. Records still held
+        then are dropped and counted under ``"shutdown"``."""
+        self._closed = True
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            _, pending = await asyncio.wait({task}, timeout=grace_s)
+            if pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._task = None
+        left = self.depth
+        if left:
+            self._queue.clear()
+            self._in_delivery = 0
+            self._count_drop("shutdown", left)
+            log.warning(
+                "request-log sink closed before delivering everything",
+                extra={"sink": self.name, "dropped": left},
+            )
+        try:
+            await self.release()
+        except Exception:
+            log.exception("request-log sink failed to close", extra={"sink": self.name})
+
+    # -- for subclasses -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Acquire resources (a session, a file handle) before the first batch."""
+
+    async def release(self) -> None:
+        """Release them once the queue is drained (or given up)."""
+
+    async def deliver(self, batch: list[RequestRecord]) -> None:
+        raise NotImplementedError
+
+    # -- the writer task ------------------------------------------------------------------------
+
+    def _count_drop(self, reason: str, n: int) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    async def _run(self) -> None:
+        queue, wake = self._queue, self._wake
+        while True:
+            if not queue:
+                if self._closing:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            if len(queue) < self.batch_size and not self._closing:
+                wake.clear()  # set again by a full batch or by close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.flush_interval):
+                        await wake.wait()
+            n = min(len(queue), self.batch_size)
+            batch = [queue.popleft() for _ in range(n)]
+            self._in_delivery = n
+            try:
+                await self.deliver(batch)
+            except DeliveryFailed as exc:
+                self._count_drop(exc.reason, n)
+                self._trouble_is("dropping", exc.detail)
+            except Exception as exc:  # a bug in a sink must not stop its writer
+                self._count_drop("error", n)
+                self._trouble_is("dropping", f"{type(exc).__name__}: {exc}")
+            else:
+                self.delivered += n
+                if self._trouble is not None:
+                    self._trouble = None
+                    log.info("request-log sink recovered", extra={"sink": self.name})
+            self._in_delivery = 0  # (still counted when cancelled: close() counts it as dropped)
+
+    def note_retry(self, detail: str) -> None:
+        """For sinks that retry a batch: say (once per streak) that the destination fails."""
+        self._trouble_is("retrying", detail)
+
+    def _trouble_is(self, what: str, detail: str) -> None:
+        """Logged when the sink starts retrying, and when it starts dropping; not per batch."""
+        if self._trouble is None or (what == "dropping" and self._trouble == "retrying"):
+            self._trouble = what
+            log.warning(
+                f"request-log sink is failing; records are {'retried' if what == 'retrying' else 'dropped'}",
+                extra={"sink": self.name, "error": detail},
+            )

@@ -1,0 +1,105 @@
+"""The ``webhook`` sink: batches POSTed as a JSON array, retried with backoff, optionally signed.
+
+Each POST carries ``X-TruckLLM-Batch-Id`` (the same on every retry of a batch, so a receiver can
+drop a duplicate after a lost answer) and, with ``hmac_secret``, ``X-TruckLLM-Signature:
+sha256=<hex HMAC-SHA256 of the exact body>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import random
+
+import aiohttp
+
+from truckllm import __version__
+from truckllm.config.schema import WebhookSinkConfig
+from truckllm.providers.errors import parse_retry_after
+from truckllm.telemetry.record import RequestRecord
+from truckllm.telemetry.sinks.base import DeliveryFailed, QueueSink
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The signature header's value for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class WebhookSink(QueueSink):
+    """One batch in flight at a time, so batches arrive in order. 5xx, 408, 429 and connection
+    errors are retried (``Retry-After`` honoured up to ``backoff_max``); after ``max_retries``
+    retries, or at once on another 4xx, the batch is dropped and counted."""
+
+    type = "webhook"
+
+    def __init__(self, name: str, config: WebhookSinkConfig) -> None:
+        super().__init__(
+            name,
+            max_queue=config.max_queue,
+            batch_size=config.batch_size,
+            flush_interval=config.flush_interval,
+        )
+        self.config = config
+        self._secret = config.hmac_secret.reveal().encode() if config.hmac_secret else None
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"truckllm/{__version__}",
+            **{k: v.reveal() for k, v in config.headers.items()},
+        }
+        self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()
+        self._batch_prefix = os.urandom(6).hex()
+        self._batches = 0
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4),
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            trust_env=False,
+        )
+
+    async def release(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def backoff(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds before retry number ``retry`` (1, 2, ...): half fixed, half jitter, doubling
+        up to ``backoff_max``; at least the receiver's ``Retry-After`` (within the cap)."""
+        cap = min(self.config.backoff_max, self.config.backoff_base * 2.0 ** (retry - 1))
+        delay = cap / 2 + self._rng.uniform(0, cap / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.backoff_max))
+        return delay
+
+    async def deliver(self, batch: list[RequestRecord]) -> None:
+        assert self._session is not None
+        body = await self.encoder.array(batch)
+        self._batches += 1
+        headers = {**self._headers, "X-TruckLLM-Batch-Id": f"{self._batch_prefix}-{self._batches}"}
+        if self._secret is not None:
+            headers["X-TruckLLM-Signature"] = sign(self._secret, body)
+        retries = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                async with self._session.post(self.config.url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status < 300:
+                        return
+                    detail = f"HTTP {resp.status}"
+                    retryable = resp.status >= 500 or resp.status in (408, 429)
+                    if resp.status in (429, 503):
+                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+                retryable = True
+            if not retryable:
+                raise DeliveryFailed("rejected", f"{self.config.url}: {detail}")
+            if self.config.max_retries is not None and retries >= self.config.max_retries:
+                raise DeliveryFailed("delivery_failed", f"{self.config.url}: {detail}")
+            retries += 1
+            self.note_retry(f"{self.config.url}: {detail}")
+            await asyncio.sleep(self.backoff(retries, retry_after))
