@@ -30,6 +30,7 @@ _RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("server.listen", lambda c: c.server.listen),
     ("server.shutdown_timeout", lambda c: c.server.shutdown_timeout),
     ("logging", lambda c: c.logging),
+    ("metrics", lambda c: c.metrics),
     ("storage", lambda c: c.storage),
 )
 

@@ -41,6 +41,11 @@ class UpstreamHTTP:
             **ctx.config.headers,
         }
         self._headers: dict[str, dict[str, str]] = {}
+        self._secrets = [
+            k.secret.reveal().encode()
+            for k in ctx.config.keys
+            if k.secret is not None and k.secret.reveal()
+        ]
         t = ctx.timeouts
         self.timeout = aiohttp.ClientTimeout(
             total=t.total, sock_connect=t.connect, sock_read=t.read
@@ -88,6 +93,14 @@ class UpstreamHTTP:
         finally:
             resp.release()
 
+    def scrub(self, data: bytes) -> bytes:
+        """``data`` with every one of this provider's secrets replaced, should an upstream echo
+        one in an error (any of them: the key used, or another it mentions)."""
+        for secret in self._secrets:
+            if secret in data:
+                data = data.replace(secret, b"********")
+        return data
+
     @contextlib.contextmanager
     def mid_stream(self) -> Iterator[None]:
         """Wrap reading a stream: a stall or a broken connection becomes an UpstreamError."""
@@ -99,9 +112,3 @@ class UpstreamHTTP:
             raise UpstreamUnavailable(
                 f"provider {self.id!r} broke off the stream: {type(exc).__name__}"
             ) from exc
-
-
-def scrub(data: bytes, key: KeyConfig) -> bytes:
-    """``data`` with the key's secret replaced, should an upstream echo it in an error."""
-    secret = key.secret.reveal().encode() if key.secret is not None else b""
-    return data.replace(secret, b"********") if secret and secret in data else data

@@ -38,7 +38,7 @@ from truckllm.providers.base import (
     UpstreamProtocolError,
 )
 from truckllm.providers.errors import error_body, parse_retry_after
-from truckllm.providers.http import UpstreamHTTP, header, scrub
+from truckllm.providers.http import UpstreamHTTP, header
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -103,7 +103,7 @@ class AnthropicProvider:
         )
 
     def _error(self, resp: aiohttp.ClientResponse, body: bytes, key: KeyConfig) -> Reply:
-        out, code = translate_error(scrub(body, key), resp.status, self.id)
+        out, code = translate_error(self._http.scrub(body), resp.status, self.id)
         return Reply(
             resp.status,
             "application/json",

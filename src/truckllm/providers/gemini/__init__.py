@@ -43,7 +43,7 @@ from truckllm.providers.gemini.errors import Unsupported, translate_error
 from truckllm.providers.gemini.request import SKIP_SIGNATURE, chat_request
 from truckllm.providers.gemini.response import chat_completion
 from truckllm.providers.gemini.stream import StreamFailed, StreamTranslator
-from truckllm.providers.http import UpstreamHTTP, header, scrub
+from truckllm.providers.http import UpstreamHTTP, header
 
 _URL_CACHE_LIMIT = 512  # model names come from clients when a provider lists "*"
 
@@ -90,7 +90,7 @@ class GeminiProvider:
             return reply
         data = await self._http.read(resp)
         if resp.status >= 400:
-            return self._error_reply(scrub(data, key), resp.status, resp.headers)
+            return self._error_reply(self._http.scrub(data), resp.status, resp.headers)
         obj: Any = None
         with contextlib.suppress(orjson.JSONDecodeError):
             obj = orjson.loads(data)
@@ -186,7 +186,7 @@ class GeminiProvider:
             reply.usage = translator.usage
             yield out
         except StreamFailed as exc:
-            detail = scrub(str(exc).encode(), key).decode("utf-8", "replace")
+            detail = self._http.scrub(str(exc).encode()).decode("utf-8", "replace")
             raise UpstreamUnavailable(
                 f"provider {self.id!r} broke off the stream: {detail}"
             ) from exc

@@ -23,7 +23,7 @@ from truckllm.providers.base import (
     Usage,
 )
 from truckllm.providers.errors import normalise_upstream_error, parse_retry_after
-from truckllm.providers.http import UpstreamHTTP, bearer, header, scrub
+from truckllm.providers.http import UpstreamHTTP, bearer, header
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -68,7 +68,7 @@ class OpenAIProvider:
             return reply
         body = await self._http.read(resp)
         if resp.status >= 400:
-            body, code = normalise_upstream_error(scrub(body, key), resp.status, self.id)
+            body, code = normalise_upstream_error(self._http.scrub(body), resp.status, self.id)
             return Reply(
                 resp.status,
                 "application/json",
