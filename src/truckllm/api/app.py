@@ -5,14 +5,13 @@ out. No framework on the hot path: a request costs a dict lookup for its route a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,18 @@ import orjson
 from truckllm import __version__
 from truckllm.accounting import Accounting, format_usd, settle_usage
 from truckllm.admin import AdminAPI
+from truckllm.api.asgi import (
+    SSE_HEADERS,
+    ClientGone,
+    DisconnectWatch,
+    Receive,
+    Scope,
+    Send,
+    json_type,
+    read_body,
+    send_error,
+    send_json,
+)
 from truckllm.config import Config
 from truckllm.errors import APIError, invalid_request, model_not_found
 from truckllm.gateway import Gateway, Runtime, Served, StreamBroken
@@ -31,58 +42,7 @@ from truckllm.reload import Reloader
 from truckllm.telemetry.hub import Telemetry
 from truckllm.telemetry.record import RecordBus, RequestRecord
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 log = logging.getLogger("truckllm.api")
-
-_JSON = (b"content-type", b"application/json")
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-
-
-class ClientGone(Exception):
-    """The client disconnected before the request was read."""
-
-
-class _DisconnectWatch:
-    """Cancels the request's task when the client disconnects, so the upstream call is dropped
-    too. Requests that finish within ``delay`` never pay for a watcher task: a timer starts it."""
-
-    __slots__ = ("_fut", "_receive", "_timer", "gone", "task")
-
-    def __init__(self, receive: Receive, delay: float = 0.1) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.task = task
-        self.gone = False
-        self._receive = receive
-        self._fut: asyncio.Future[Message] | None = None
-        self._timer: asyncio.TimerHandle | None = task.get_loop().call_later(delay, self._start)
-
-    def _start(self) -> None:
-        self._timer = None
-        self._fut = asyncio.ensure_future(self._receive())
-        self._fut.add_done_callback(self._on_message)
-
-    def _on_message(self, fut: asyncio.Future[Message]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        if fut.result()["type"] == "http.disconnect":
-            self.gone = True
-            self.task.cancel()
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._fut is not None:
-            self._fut.remove_done_callback(self._on_message)
-            self._fut.cancel()
 
 
 class App:
@@ -219,12 +179,12 @@ class App:
                         error_code=err.code,
                     )
                 )
-            await _send_error(send, err, request_id)
+            await send_error(send, err, request_id)
         except ClientGone:
             pass
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
-            await _send_error(
+            await send_error(
                 send,
                 APIError(
                     500,
@@ -305,7 +265,7 @@ class App:
     async def _read_json(
         self, rt: Runtime, scope: Scope, receive: Receive
     ) -> tuple[dict[str, Any], bytes]:
-        raw = await self._read_body(scope, receive, rt.config.server.max_body_bytes)
+        raw = await read_body(scope, receive, rt.config.server.max_body_bytes)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -316,39 +276,6 @@ class App:
         if not isinstance(body, dict):
             raise invalid_request("The request body must be a JSON object.", code="invalid_json")
         return body, raw
-
-    @staticmethod
-    async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-        """The request body; 413 as soon as it is known to exceed ``limit`` bytes."""
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > limit
-                except ValueError:
-                    raise invalid_request("Invalid Content-Length header.") from None
-                if too_big:
-                    raise _too_large(limit)
-                break
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        raw: bytes = message.get("body", b"")
-        if message.get("more_body"):
-            parts = [raw]
-            size = len(raw)
-            while message.get("more_body"):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                parts.append(chunk)
-            raw = b"".join(parts)
-        elif len(raw) > limit:
-            raise _too_large(limit)
-        return raw
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -362,7 +289,7 @@ class App:
             raise invalid_request(
                 "'messages' is required and must be a non-empty array."
                 if messages is None or messages == []
-                else f"Invalid type for 'messages': expected an array, got {_json_type(messages)}.",
+                else f"Invalid type for 'messages': expected an array, got {json_type(messages)}.",
                 param="messages",
             )
         await self._proxy(rt, receive, send, request_id, client, "chat", body, raw)
@@ -395,7 +322,7 @@ class App:
             raise invalid_request(
                 "you must provide a model parameter"
                 if model is None
-                else f"Invalid type for 'model': expected a string, got {_json_type(model)}.",
+                else f"Invalid type for 'model': expected a string, got {json_type(model)}.",
                 param="model",
             )
         stream = body.get("stream", False)
@@ -403,7 +330,7 @@ class App:
             stream = False
         if not isinstance(stream, bool):
             raise invalid_request(
-                f"Invalid type for 'stream': expected a boolean, got {_json_type(stream)}.",
+                f"Invalid type for 'stream': expected a boolean, got {json_type(stream)}.",
                 param="stream",
             )
         if endpoint != "chat":
@@ -411,7 +338,7 @@ class App:
         opts = body.get("stream_options")
         if opts is not None and not isinstance(opts, dict):
             raise invalid_request(
-                f"Invalid type for 'stream_options': expected an object, got {_json_type(opts)}.",
+                f"Invalid type for 'stream_options': expected an object, got {json_type(opts)}.",
                 param="stream_options",
             )
         wants_usage = bool(opts.get("include_usage")) if opts else False
@@ -436,7 +363,7 @@ class App:
             raise
         t0 = time.perf_counter()
         served: Served | None = None
-        watch = _DisconnectWatch(receive)
+        watch = DisconnectWatch(receive)
         try:
             served = await self.gateway.execute(
                 rt, route, endpoint, body, raw, stream, wants_usage, request_id
@@ -474,7 +401,7 @@ class App:
                 await send({"type": "http.response.body", "body": reply.body})
                 return
             await send(
-                {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers}
+                {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers}
             )
             events = self.gateway.relay(served)
             try:
@@ -527,7 +454,7 @@ class App:
             if name not in seen:
                 seen.add(name)
                 data.append(_model_obj(name, targets[0].provider_id, rt.created))
-        await _send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
+        await send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
 
     async def _model(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
@@ -538,7 +465,7 @@ class App:
         if route is None:
             raise model_not_found(name)
         owner = "truckllm" if name in rt.resolver.aliases else route.targets[0].provider_id
-        await _send_json(send, 200, orjson.dumps(_model_obj(name, owner, rt.created)), request_id)
+        await send_json(send, 200, orjson.dumps(_model_obj(name, owner, rt.created)), request_id)
 
     async def _admin(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
@@ -546,9 +473,9 @@ class App:
         body = b""
         if scope["method"] == "POST":
             limit = min(rt.config.server.max_body_bytes, 1024 * 1024)
-            body = await self._read_body(scope, receive, limit)
+            body = await read_body(scope, receive, limit)
         status, payload = await self.admin.handle(rt, scope, body)
-        await _send_json(send, status, payload, request_id)
+        await send_json(send, status, payload, request_id)
 
     async def _readyz(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
@@ -556,21 +483,24 @@ class App:
         """200 while serving (``degraded`` with reasons when a dependency such as a shared store
         is down but the gateway still serves on local state); 503 while draining."""
         if self.draining:
-            await _send_json(send, 503, b'{"status":"draining"}', request_id)
+            await send_json(send, 503, b'{"status":"draining"}', request_id)
             return
         problems = {}
         for name, check in self.health_checks.items():
             ok, reason = check()
             if not ok:
                 problems[name] = reason
-        body = {"status": "degraded" if problems else "ready", "problems": problems,
-                "config": rt.config.source}
-        await _send_json(send, 200, orjson.dumps(body), request_id)
+        body = {
+            "status": "degraded" if problems else "ready",
+            "problems": problems,
+            "config": rt.config.source,
+        }
+        await send_json(send, 200, orjson.dumps(body), request_id)
 
     async def _healthz(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
-        await _send_json(
+        await send_json(
             send, 200, orjson.dumps({"status": "ok", "version": __version__}), request_id
         )
 
@@ -580,15 +510,6 @@ _ENDPOINTS = {
     "/v1/embeddings": "embeddings",
     "/v1/models": "models",
 }
-
-
-def _too_large(limit: int) -> APIError:
-    return APIError(
-        413,
-        f"Request body is larger than the limit of {limit} bytes.",
-        code="request_too_large",
-        type_="invalid_request_error",
-    )
 
 
 def _fill(rec: RequestRecord, served: Served, accounting: Accounting) -> None:
@@ -610,45 +531,3 @@ def _fill(rec: RequestRecord, served: Served, accounting: Accounting) -> None:
 
 def _model_obj(name: str, owner: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": owner}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
-async def _send_json(
-    send: Send,
-    status: int,
-    body: bytes,
-    request_id: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                _JSON,
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_error(send: Send, err: APIError, request_id: str) -> None:
-    # RuntimeError: the response had already started (the server refuses a second start).
-    with contextlib.suppress(OSError, RuntimeError):
-        await _send_json(send, err.status, err.body(), request_id, err.headers)

@@ -1,0 +1,370 @@
+"""Validation of a decoded configuration and the values derived from it (key ids, provider types
+and base URLs). Problems are reported through the decoder, each with its key path."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterable
+
+from truckllm.config.decode import _Decoder
+from truckllm.config.schema import (
+    AliasConfig,
+    ClientKey,
+    Config,
+    FileSinkConfig,
+    KeyConfig,
+    PluginSinkConfig,
+    ProviderConfig,
+    Timeouts,
+    WebhookSinkConfig,
+)
+from truckllm.config.secret import Secret
+
+# ---------------------------------------------------------------------------------------------
+# Validation and derived values
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+# Well-known OpenAI-compatible services: the base_url may be left out for these provider ids.
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "groq": "https://api.groq.com/openai/v1",
+    "together": "https://api.together.xyz/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "fireworks": "https://api.fireworks.ai/inference/v1",
+    "ollama": "http://localhost:11434/v1",
+    "vllm": "http://localhost:8000/v1",
+    "anthropic": "https://api.anthropic.com",
+    "claude": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "google": "https://generativelanguage.googleapis.com",
+}
+
+_TYPE_BY_ID = {
+    "anthropic": "anthropic",
+    "claude": "anthropic",
+    "gemini": "gemini",
+    "google": "gemini",
+}
+
+
+def infer_provider_type(provider_id: str) -> str:
+    return _TYPE_BY_ID.get(provider_id.lower(), "openai")
+
+
+def derive_key_id(provider_id: str, secret: Secret | None, index: int) -> str:
+    """A stable, non-secret id: a short digest of the secret, so it survives reordering."""
+    if secret is None or not secret.reveal():
+        return f"{provider_id}-{index}"
+    digest = hashlib.sha256(secret.reveal().encode()).hexdigest()[:8]
+    return f"{provider_id}-{digest}"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``":8080"``, ``"8080"``, ``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host, port)."""
+    text = listen.strip()
+    if text.isdigit():
+        host, port_s = "", text
+    elif text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"cannot parse listen address {listen!r}")
+        host, port_s = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"cannot parse listen address {listen!r}; use host:port or :port")
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"invalid port in listen address {listen!r}")
+    return host or "0.0.0.0", int(port_s)
+
+
+def provider_timeouts(provider: ProviderConfig, default: Timeouts) -> Timeouts:
+    if provider.timeout is None:
+        return default
+    if isinstance(provider.timeout, Timeouts):
+        return provider.timeout
+    seconds = float(provider.timeout)
+    return Timeouts(connect=min(default.connect, seconds), read=seconds, total=seconds)
+
+
+def _validate(
+    cfg: Config,
+    decoder: _Decoder,
+    provider_types: Iterable[str] | None,
+    sink_types: Iterable[str] | None = None,
+) -> Config:
+    fail = decoder.fail
+    known_types = set(provider_types) if provider_types is not None else None
+    providers: list[ProviderConfig] = []
+    provider_ids: set[str] = set()
+    key_ids: dict[str, str] = {}
+    if not cfg.providers:
+        fail("providers", "at least one provider is required")
+    for pi, p in enumerate(cfg.providers):
+        if p is None:
+            continue
+        ppath = f"providers[{pi}]"
+        if not _ID.match(p.id):
+            fail(f"{ppath}.id", f"{p.id!r} is not a valid id (letters, digits, '_', '.', '-')")
+        elif p.id in provider_ids:
+            fail(f"{ppath}.id", f"duplicate provider id {p.id!r}")
+        provider_ids.add(p.id)
+        ptype = p.type or infer_provider_type(p.id)
+        if known_types is not None and ptype not in known_types:
+            fail(
+                f"{ppath}.type",
+                f"unknown provider type {ptype!r} (available: {', '.join(sorted(known_types))})",
+            )
+        base_url = (p.base_url or DEFAULT_BASE_URLS.get(p.id.lower(), "")).rstrip("/")
+        if not base_url:
+            fail(f"{ppath}.base_url", "is required for this provider")
+        elif not re.match(r"^https?://[^/\s]+", base_url):
+            fail(f"{ppath}.base_url", f"{base_url!r} is not an http(s) URL")
+        if isinstance(p.timeout, float) and p.timeout <= 0:
+            fail(f"{ppath}.timeout", "must be positive")
+        keys: list[KeyConfig] = []
+        for ki, k in enumerate(p.keys):
+            if k is None:
+                continue
+            kpath = f"{ppath}.keys[{ki}]"
+            kid = k.id or derive_key_id(p.id, k.secret, ki)
+            if not _ID.match(kid):
+                fail(f"{kpath}.id", f"{kid!r} is not a valid id (letters, digits, '_', '.', '-')")
+            elif kid in key_ids:
+                what = "the same secret as" if not k.id else "the same id as"
+                fail(f"{kpath}.id", f"duplicate key id {kid!r} ({what} {key_ids[kid]})")
+            key_ids.setdefault(kid, kpath)
+            if k.weight <= 0:
+                fail(f"{kpath}.weight", "must be positive")
+            for name in ("rpm", "tpm", "rpd", "tpd"):
+                v = getattr(k.limits, name)
+                if v is not None and v < 1:
+                    fail(f"{kpath}.limits.{name}", "must be at least 1")
+            for name in ("input_token_cost", "output_token_cost", "cached_input_token_cost"):
+                v = getattr(k.pricing, name)
+                if v is not None and v < 0:
+                    fail(f"{kpath}.pricing.{name}", "must not be negative")
+            keys.append(dataclasses.replace(k, id=kid))
+        if not keys:
+            keys.append(KeyConfig(id=f"{p.id}-anonymous"))  # keyless upstream (local vLLM, Ollama)
+        for mi, m in enumerate(p.models):
+            if not m:
+                fail(f"{ppath}.models[{mi}]", "must not be empty")
+        providers.append(dataclasses.replace(p, type=ptype, base_url=base_url, keys=tuple(keys)))
+
+    aliases: dict[str, str | tuple[str, ...] | AliasConfig] = {}
+    for name, target in cfg.model_aliases.items():
+        apath = f"model_aliases.{name}"
+        if isinstance(target, AliasConfig):
+            targets, tbase = target.targets, f"{apath}.targets"
+            if (
+                target.context_fallback is not None
+                and target.context_fallback not in cfg.model_aliases
+            ):
+                fail(f"{apath}.context_fallback", f"unknown alias {target.context_fallback!r}")
+        else:
+            targets = (target,) if isinstance(target, str) else tuple(target or ())
+            tbase = apath
+        if not targets:
+            fail(apath, "must name at least one target")
+        for ti, t in enumerate(targets):
+            tpath = apath if isinstance(target, str) else f"{tbase}[{ti}]"
+            pid, sep, model = t.partition(":")
+            if not sep or not model:
+                fail(tpath, f"{t!r} must have the form provider:model")
+            elif pid not in provider_ids:
+                fail(tpath, f"unknown provider {pid!r} (known: {', '.join(sorted(provider_ids))})")
+        aliases[name] = target
+
+    server = cfg.server
+    try:
+        parse_listen(server.listen)
+    except ValueError as exc:
+        fail("server.listen", str(exc))
+    if server.max_body_bytes < 1:
+        fail("server.max_body_bytes", "must be positive")
+    if server.reload_interval < 0:
+        fail("server.reload_interval", "must not be negative")
+    if server.shutdown_timeout < 0:
+        fail("server.shutdown_timeout", "must not be negative")
+    client_ids: set[str] = set()
+    for ci, entry in enumerate(server.api_keys):
+        cpath = f"server.api_keys[{ci}]"
+        if isinstance(entry, ClientKey):
+            if (entry.key is None) == (entry.key_sha256 is None):
+                fail(cpath, "give exactly one of key or key_sha256")
+            elif entry.key_sha256 is not None and not _HEX64.match(entry.key_sha256):
+                fail(f"{cpath}.key_sha256", "must be 64 hexadecimal digits (a SHA-256 digest)")
+            _validate_client_policy(entry, cpath, fail)
+            cid = entry.id
+        else:
+            cid = ""
+        if cid:
+            if cid in client_ids:
+                fail(f"{cpath}.id", f"duplicate client key id {cid!r}")
+            client_ids.add(cid)
+    retry = cfg.retry
+    if retry.max_attempts < 1:
+        fail("retry.max_attempts", "must be at least 1")
+    for name in ("max_same_key_retries", "budget_burst"):
+        if getattr(retry, name) < 0:
+            fail(f"retry.{name}", "must not be negative")
+    for name in ("deadline", "backoff_max"):
+        if getattr(retry, name) <= 0:
+            fail(f"retry.{name}", "must be positive")
+    if not 0 <= retry.budget_ratio <= 1:
+        fail("retry.budget_ratio", "must be between 0 and 1")
+    if retry.backoff_base < 0:
+        fail("retry.backoff_base", "must not be negative")
+    routing = cfg.routing
+    if routing.max_wait < 0:
+        fail("routing.max_wait", "must not be negative")
+    if routing.default_max_output_tokens < 1:
+        fail("routing.default_max_output_tokens", "must be at least 1")
+    if routing.breaker.failures < 1 or routing.breaker.provider_failures < 1:
+        fail("routing.breaker", "failure thresholds must be at least 1")
+    for name, value in (
+        ("cooldown.base", routing.cooldown.base),
+        ("cooldown.max", routing.cooldown.max),
+        ("breaker.open_for", routing.breaker.open_for),
+        ("breaker.max_open_for", routing.breaker.max_open_for),
+        ("out_of_service_probe", routing.out_of_service_probe),
+    ):
+        if value <= 0:
+            fail(f"routing.{name}", "must be positive")
+    for name in ("connect", "read", "total"):
+        value = getattr(server.timeouts, name)
+        if value is not None and value <= 0:
+            fail(f"server.timeouts.{name}", "must be positive")
+    if not 1 <= server.workers <= 256:
+        fail("server.workers", "must be between 1 and 256")
+    _validate_telemetry(cfg, fail, sink_types)
+    _validate_storage(cfg, fail)
+    return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
+
+
+_BUILTIN_SINKS = ("file", "webhook", "stdout")
+
+
+def _installed_sink_types() -> set[str]:
+    """Built-in sink types and those installed plugins declare (read, not imported)."""
+    from importlib.metadata import entry_points
+
+    return {*_BUILTIN_SINKS, *(ep.name for ep in entry_points(group="truckllm.sinks"))}
+
+
+def _validate_telemetry(
+    cfg: Config, fail: Callable[[str, str], None], sink_types: Iterable[str] | None
+) -> None:
+    metrics = cfg.metrics
+    if not metrics.path.startswith("/"):
+        fail("metrics.path", f"{metrics.path!r} must start with '/'")
+    elif metrics.path.startswith(("/v1/", "/admin/")) or metrics.path in ("/healthz", "/readyz"):
+        fail("metrics.path", f"{metrics.path!r} is taken by the API")
+    known: set[str] | None = set(sink_types) if sink_types is not None else None
+    paths: dict[str, str] = {}
+    for i, sink in enumerate(cfg.logging.sinks):
+        spath = f"logging.sinks[{i}]"
+        if sink is None:
+            continue
+        if isinstance(sink, PluginSinkConfig):
+            if known is None:
+                known = _installed_sink_types()
+            if sink.type not in known:
+                fail(
+                    f"{spath}.type",
+                    f"unknown sink type {sink.type!r} (available: {', '.join(sorted(known))})",
+                )
+            continue
+        if sink.max_queue < 1:
+            fail(f"{spath}.max_queue", "must be at least 1")
+        if sink.batch_size < 1:
+            fail(f"{spath}.batch_size", "must be at least 1")
+        if sink.flush_interval <= 0:
+            fail(f"{spath}.flush_interval", "must be positive")
+        if isinstance(sink, FileSinkConfig):
+            if not sink.path:
+                fail(f"{spath}.path", "must not be empty")
+            else:
+                resolved = os.path.abspath(sink.path)
+                if resolved in paths:
+                    fail(f"{spath}.path", f"{sink.path!r} is already written by {paths[resolved]}")
+                paths[resolved] = spath
+            if sink.max_bytes is not None and sink.max_bytes < 1:
+                fail(f"{spath}.max_bytes", "must be at least 1")
+            if sink.rotate_every is not None and sink.rotate_every <= 0:
+                fail(f"{spath}.rotate_every", "must be positive")
+            if sink.keep < 0:
+                fail(f"{spath}.keep", "must not be negative")
+        elif isinstance(sink, WebhookSinkConfig):
+            if not re.match(r"^https?://[^/\s]+", sink.url):
+                fail(f"{spath}.url", f"{sink.url!r} is not an http(s) URL")
+            if sink.timeout <= 0:
+                fail(f"{spath}.timeout", "must be positive")
+            if sink.max_retries is not None and sink.max_retries < 0:
+                fail(f"{spath}.max_retries", "must not be negative")
+            if sink.backoff_base < 0:
+                fail(f"{spath}.backoff_base", "must not be negative")
+            if sink.backoff_max <= 0:
+                fail(f"{spath}.backoff_max", "must be positive")
+            for name in sink.headers:
+                if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
+                    fail(f"{spath}.headers.{name}", "is not a valid header name")
+
+
+def _validate_client_policy(entry: ClientKey, cpath: str, fail: Callable[[str, str], None]) -> None:
+    for name in ("rpm", "tpm"):
+        v = getattr(entry, name)
+        if v is not None and v < 1:
+            fail(f"{cpath}.{name}", "must be at least 1")
+    if entry.allowed_models is not None:
+        for mi, m in enumerate(entry.allowed_models):
+            if not m:
+                fail(f"{cpath}.allowed_models[{mi}]", "must not be empty")
+    if entry.budget is not None:
+        for name in ("daily", "monthly", "total"):
+            v = getattr(entry.budget, name)
+            if v is not None and v < 0:
+                fail(f"{cpath}.budget.{name}", "must not be negative")
+
+
+_STORE_TYPES = ("memory", "file", "redis", "http")
+
+
+def _validate_storage(cfg: Config, fail: Callable[[str, str], None]) -> None:
+    rs = cfg.storage.runtime
+    path = "storage.runtime"
+    if rs.type not in _STORE_TYPES:
+        from importlib.metadata import entry_points
+
+        plugins = {ep.name for ep in entry_points(group="truckllm.stores")}
+        if rs.type not in plugins:
+            known = ", ".join(sorted({*_STORE_TYPES, *plugins}))
+            fail(f"{path}.type", f"unknown store type {rs.type!r} (available: {known})")
+    if rs.type == "file" and not rs.path:
+        fail(f"{path}.path", "is required for the file store")
+    if rs.type == "file" and cfg.server.workers > 1:
+        fail(f"{path}.type", "the file store serves one process: with server.workers, use redis")
+    if rs.type in ("redis", "http"):
+        url = rs.url.reveal() if rs.url is not None else ""
+        schemes = (
+            ("redis://", "rediss://", "unix://") if rs.type == "redis" else ("http://", "https://")
+        )
+        if not url:
+            fail(f"{path}.url", f"is required for the {rs.type} store")
+        elif not url.startswith(schemes):
+            fail(f"{path}.url", f"must start with {' or '.join(schemes)}")
+    for name in ("flush_interval", "timeout", "lease_ttl"):
+        if getattr(rs, name) <= 0:
+            fail(f"{path}.{name}", "must be positive")
+    if rs.lease_slack < 0:
+        fail(f"{path}.lease_slack", "must not be negative")
+    if not rs.prefix or any(c in rs.prefix for c in "{} "):
+        fail(f"{path}.prefix", "must be non-empty, without braces or spaces")
