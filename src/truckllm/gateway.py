@@ -1,5 +1,8 @@
 """One client request: model -> route; loop { pick -> send -> outcome } until served.
 
+``Route``/``ModelResolver`` (resolve.py) and ``RetryPolicy``/``RetryBudget`` (retry.py) are
+re-exported here for callers that see the gateway as one unit.
+
 The only module that knows both the providers and the routing layer. Failover is possible until
 the first byte reaches the client; after that an upstream failure ends the stream with an error.
 """
@@ -11,12 +14,12 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from truckllm.config import AliasConfig, Config, client_key_digests, provider_timeouts
+from truckllm.config import Config, client_key_digests, provider_timeouts
 from truckllm.errors import APIError
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
@@ -28,6 +31,8 @@ from truckllm.providers.base import (
     UpstreamError,
     UpstreamTimeout,
 )
+from truckllm.resolve import ModelResolver, Route, Target
+from truckllm.retry import RetryBudget, RetryPolicy
 from truckllm.routing import (
     Estimate,
     Outcome,
@@ -39,125 +44,6 @@ from truckllm.routing import (
     estimate,
     parse_quota,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    provider_id: str
-    model: str
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a model name leads: targets in priority order (or to balance), and how to choose."""
-
-    targets: tuple[Target, ...]
-    balance: bool = False
-    strategy: str | None = None
-    context_fallback: str | None = None
-
-    @property
-    def provider_ids(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t.provider_id for t in self.targets))
-
-    def target_for(self, provider_id: str) -> Target:
-        for t in self.targets:
-            if t.provider_id == provider_id:
-                return t
-        raise KeyError(provider_id)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Immutable: ``next()`` returns the policy for the next attempt, or ``None`` when no attempt
-    is left. Key switches and same-key retries are counted apart."""
-
-    max_attempts: int = 3
-    max_same_key_retries: int = 1
-    deadline_s: float = 60.0
-    backoff_base_s: float = 0.05
-    backoff_max_s: float = 1.0
-    attempts: int = 0
-    key_switches: int = 0
-    same_key_retries: int = 0
-
-    def next(self, same_key: bool) -> RetryPolicy | None:
-        if self.attempts + 1 > self.max_attempts:
-            return None
-        if same_key:
-            if self.same_key_retries >= self.max_same_key_retries:
-                return None
-            return replace(
-                self, attempts=self.attempts + 1, same_key_retries=self.same_key_retries + 1
-            )
-        switches = self.key_switches + (1 if self.attempts else 0)
-        return replace(self, attempts=self.attempts + 1, key_switches=switches)
-
-    def backoff(self, rng: random.Random) -> float:
-        """Full-jitter exponential backoff before retry number ``attempts``, capped."""
-        cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** max(self.attempts - 1, 0))
-        return rng.uniform(0, cap)
-
-
-class RetryBudget:
-    """Retries are at most ``ratio`` of requests plus a ``burst``: a token bucket that requests
-    fill and retries drain, so a provider-wide outage does not become a retry storm."""
-
-    __slots__ = ("_burst", "_ratio", "tokens")
-
-    def __init__(self, ratio: float, burst: int) -> None:
-        self._ratio = ratio
-        self._burst = float(burst)
-        self.tokens = float(burst)
-
-    def on_request(self) -> None:
-        self.tokens = min(self.tokens + self._ratio, self._burst)
-
-    def try_spend(self) -> bool:
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-class ModelResolver:
-    """Client model name -> route: an alias, then ``provider:model``, then providers that list
-    the model under its own name (in configuration order), then catch-all providers."""
-
-    def __init__(self, cfg: Config) -> None:
-        self._providers = {p.id for p in cfg.providers}
-        self.aliases: dict[str, Route] = {}
-        for name, spec in cfg.model_aliases.items():
-            if isinstance(spec, AliasConfig):
-                targets = tuple(Target(*s.split(":", 1)) for s in spec.targets)
-                self.aliases[name] = Route(
-                    targets, spec.mode == "balance", spec.strategy, spec.context_fallback
-                )
-            else:
-                specs = (spec,) if isinstance(spec, str) else spec
-                self.aliases[name] = Route(tuple(Target(*s.split(":", 1)) for s in specs))
-        self.models: dict[str, list[Target]] = {}
-        self._catch_all: list[str] = []  # providers listing "*": they serve any other model name
-        for p in cfg.providers:
-            for m in p.models:
-                if m == "*":
-                    self._catch_all.append(p.id)
-                else:
-                    self.models.setdefault(m, []).append(Target(p.id, m))
-
-    def resolve(self, name: str) -> Route | None:
-        route = self.aliases.get(name)
-        if route is not None:
-            return route
-        pid, sep, model = name.partition(":")
-        if sep and model and pid in self._providers:
-            return Route((Target(pid, model),))
-        listed = self.models.get(name)
-        if listed:
-            return Route(tuple(listed))
-        if self._catch_all:
-            return Route(tuple(Target(pid, name) for pid in self._catch_all))
-        return None
 
 
 class Runtime:
@@ -519,3 +405,16 @@ class Gateway:
                 Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)
             )
             await reply.aclose()
+
+
+__all__ = [
+    "Gateway",
+    "ModelResolver",
+    "RetryBudget",
+    "RetryPolicy",
+    "Route",
+    "Runtime",
+    "Served",
+    "StreamBroken",
+    "Target",
+]

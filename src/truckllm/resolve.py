@@ -1,0 +1,74 @@
+"""Model names to routes: an alias, then ``provider:model``, then providers that list the model,
+then catch-all providers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from truckllm.config import AliasConfig, Config
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    provider_id: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a model name leads: targets in priority order (or to balance), and how to choose."""
+
+    targets: tuple[Target, ...]
+    balance: bool = False
+    strategy: str | None = None
+    context_fallback: str | None = None
+
+    @property
+    def provider_ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.provider_id for t in self.targets))
+
+    def target_for(self, provider_id: str) -> Target:
+        for t in self.targets:
+            if t.provider_id == provider_id:
+                return t
+        raise KeyError(provider_id)
+
+
+class ModelResolver:
+    """Client model name -> route: an alias, then ``provider:model``, then providers that list
+    the model under its own name (in configuration order), then catch-all providers."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._providers = {p.id for p in cfg.providers}
+        self.aliases: dict[str, Route] = {}
+        for name, spec in cfg.model_aliases.items():
+            if isinstance(spec, AliasConfig):
+                targets = tuple(Target(*s.split(":", 1)) for s in spec.targets)
+                self.aliases[name] = Route(
+                    targets, spec.mode == "balance", spec.strategy, spec.context_fallback
+                )
+            else:
+                specs = (spec,) if isinstance(spec, str) else spec
+                self.aliases[name] = Route(tuple(Target(*s.split(":", 1)) for s in specs))
+        self.models: dict[str, list[Target]] = {}
+        self._catch_all: list[str] = []  # providers listing "*": they serve any other model name
+        for p in cfg.providers:
+            for m in p.models:
+                if m == "*":
+                    self._catch_all.append(p.id)
+                else:
+                    self.models.setdefault(m, []).append(Target(p.id, m))
+
+    def resolve(self, name: str) -> Route | None:
+        route = self.aliases.get(name)
+        if route is not None:
+            return route
+        pid, sep, model = name.partition(":")
+        if sep and model and pid in self._providers:
+            return Route((Target(pid, model),))
+        listed = self.models.get(name)
+        if listed:
+            return Route(tuple(listed))
+        if self._catch_all:
+            return Route(tuple(Target(pid, name) for pid in self._catch_all))
+        return None
