@@ -3,7 +3,7 @@ then catch-all providers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from truckllm.config import AliasConfig, Config
 
@@ -22,10 +22,12 @@ class Route:
     balance: bool = False
     strategy: str | None = None
     context_fallback: str | None = None
+    provider_ids: tuple[str, ...] = field(init=False)  # targets' providers, in order, once each
 
-    @property
-    def provider_ids(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t.provider_id for t in self.targets))
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "provider_ids", tuple(dict.fromkeys(t.provider_id for t in self.targets))
+        )
 
     def target_for(self, provider_id: str) -> Target:
         for t in self.targets:

@@ -35,6 +35,9 @@ class Quota:
         return self.remaining_requests is None and self.remaining_tokens is None
 
 
+_NO_QUOTA = Quota()
+
+
 def parse_duration(text: str) -> float | None:
     """``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or plain seconds -> seconds."""
     text = text.strip()
@@ -82,6 +85,12 @@ def parse_quota(headers: Mapping[str, str], wall_now: float | None = None) -> Qu
             _int(get("x-ratelimit-limit-tokens")),
         )
     remaining_requests = _int(get("anthropic-ratelimit-requests-remaining"))
+    if (
+        remaining_requests is None
+        and get("anthropic-ratelimit-tokens-remaining") is None
+        and get("anthropic-ratelimit-input-tokens-remaining") is None
+    ):
+        return _NO_QUOTA  # the common case for servers that send no rate-limit headers
     tokens = [
         _int(get(f"anthropic-ratelimit-{kind}-remaining"))
         for kind in ("tokens", "input-tokens", "output-tokens")

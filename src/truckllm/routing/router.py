@@ -138,7 +138,11 @@ class Router:
         state, ps = found[0]
         if len(found) == 2:
             prior = self._prior_latency([s for s, _ in found])
-            cheapest = min(request_cost(s, est) for s, _ in found)
+            cheapest = (
+                0.0
+                if all(s.free for s, _ in found)
+                else min(request_cost(s, est) for s, _ in found)
+            )
             state, ps = self._soft_min(
                 found[0],
                 found[1],
@@ -209,8 +213,8 @@ class Router:
         if len(candidates) == 1:
             return candidates[0]
         prior = self._prior_latency(candidates)
-        cheapest = min(request_cost(s, est) for s in candidates)
         a, b = candidates[0], candidates[1]
+        cheapest = 0.0 if a.free and b.free else min(request_cost(a, est), request_cost(b, est))
         return self._soft_min(
             a,
             b,

@@ -163,6 +163,12 @@ class KeyState:
         self.shared: SharedLimit | None = None  # set when a shared store holds the limits
         self.apply_limits(key.limits)
 
+    @property
+    def free(self) -> bool:
+        """Whether the key costs nothing (no pricing configured): price plays no part in its score."""
+        p = self.key.pricing
+        return not (p.input_token_cost or p.output_token_cost or p.cached_input_token_cost)
+
     def apply_limits(self, limits: Limits) -> None:
         self.rpm = _window(limits.rpm, 60.0, self.rpm)
         self.tpm = _window(limits.tpm, 60.0, self.tpm)
@@ -227,15 +233,12 @@ class KeyState:
     def headroom(self, now: float, tokens: float) -> float:
         """The smallest share of any limit left after this request, in [0, 1]; 1 if unlimited."""
         share = 1.0
-        for window, amount in (
-            (self.rpm, 1.0),
-            (self.rpd, 1.0),
-            (self.tpm, tokens),
-            (self.tpd, tokens),
-        ):
-            if window is not None:
-                share = min(share, (window.limit - window.used(now) - amount) / window.limit)
+        for window, is_tokens in self._windows:
+            amount = tokens if is_tokens else 1.0
+            share = min(share, (window.limit - window.used(now) - amount) / window.limit)
         q = self.quota
+        if not (q.limit_requests or q.limit_tokens):
+            return max(share, 0.0)
         fresh_r = now < self.quota_seen_at + (q.reset_requests_s or 60.0)
         if q.limit_requests and q.remaining_requests is not None and fresh_r:
             left = q.remaining_requests - self.quota_requests_used - 1

@@ -27,6 +27,7 @@ from truckllm.providers.http import UpstreamHTTP, bearer, header
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_PARSE_WHOLE_BELOW = 16 * 1024
 _USAGE_NULLS = (b',"usage":null', b', "usage": null')
 
 
@@ -123,6 +124,12 @@ def _usage_of_body(body: bytes) -> Usage | None:
     at = body.rfind(b'"usage"')
     if at < 0:
         return None
+    if len(body) <= _PARSE_WHOLE_BELOW:  # orjson over a small body beats slicing in Python
+        try:
+            whole: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        return Usage.from_openai(whole.get("usage")) if isinstance(whole, dict) else None
     start = body.find(b"{", at)
     if start > 0 and body[at + 7 : start].strip() == b":":
         end = _object_end(body, start)
