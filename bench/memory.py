@@ -1,8 +1,10 @@
 """Memory and start-up of the gateway process.
 
 Start-up: spawn ``truckllm --config ...`` and time it until the first chat completion answers
-200 (polled every few milliseconds), ``--runs`` times; for context, the bare interpreter and the
-imports alone. Memory: resident set (``VmRSS``) of a fresh gateway when idle, after ``wrk`` at 32
+200 (polled every few milliseconds), ``--runs`` times, with Python's bytecode cache in a fresh
+directory (``PYTHONPYCACHEPREFIX``): the first start compiles every module (a cold start), the
+later ones find them compiled, as after ``pip install``. For context, the bare interpreter and the
+imports alone, and the CPU the process used until its first answer. Memory: resident set (``VmRSS``) of a fresh gateway when idle, after ``wrk`` at 32
 connections for ``--duration`` seconds, and its peak (``VmHWM``). The gateway runs with metrics
 and a file request log on, against ``truckllm mock``.
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import shutil
 import statistics
 import subprocess
@@ -25,6 +28,8 @@ from typing import Any
 from common import (
     HOST,
     BenchError,
+    Service,
+    cpu_seconds,
     default_python,
     free_port,
     gateway_config,
@@ -36,10 +41,13 @@ from common import (
 from overhead import REQUEST_BODY, ROUTE, run_wrk, write_lua
 
 
-def first_200(port: int, deadline: float) -> float:
+def first_200(gw: Service, deadline: float) -> float:
     """Poll until a chat completion answers 200; the time it did (perf_counter)."""
     body = REQUEST_BODY.encode()
+    port = gw.port
     while time.perf_counter() < deadline:
+        if gw.proc is not None and gw.proc.poll() is not None:
+            raise BenchError(f"the gateway exited during start-up:\n{gw.log_tail()}")
         conn = http.client.HTTPConnection(HOST, port, timeout=2)
         try:
             conn.request("POST", ROUTE, body=body, headers={"Content-Type": "application/json"})
@@ -49,7 +57,7 @@ def first_200(port: int, deadline: float) -> float:
             time.sleep(0.003)
         finally:
             conn.close()
-    raise BenchError("the gateway did not answer within the deadline")
+    raise BenchError(f"the gateway did not answer within the deadline:\n{gw.log_tail()}")
 
 
 def timed(cmd: list[str], runs: int) -> float:
@@ -74,19 +82,25 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     config = tmp / "gateway.yaml"
     config.write_text(gateway_config(f"{mock.base}/v1", tmp))
+    # The gateways compile into (then read from) a bytecode cache of their own, whatever the
+    # environment says (PYTHONDONTWRITEBYTECODE would make every start compile everything).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
     startups: list[float] = []
+    startup_cpu: list[float] = []
     idle_rss: list[int] = []
     try:
         wait_http(mock.base + "/v1/models")
-        for i in range(args.runs):
+        for i in range(args.runs + 1):  # the first one is the cold start
             port = free_port()
             cmd = [python, "-m", "truckllm", "--config", str(config), "--listen", f"{HOST}:{port}"]
             t0 = time.perf_counter()
             gw = start(f"gateway-{i}", cmd, port, tmp)
             try:
-                startups.append(first_200(port, t0 + 30) - t0)
-                time.sleep(args.idle)
+                startups.append(first_200(gw, t0 + 30) - t0)
                 assert gw.proc is not None
+                startup_cpu.append(cpu_seconds(gw.proc.pid))
+                time.sleep(args.idle)
                 idle_rss.append(proc_status_kb(gw.proc.pid, "VmRSS"))
             finally:
                 gw.stop()
@@ -118,11 +132,15 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             gw.stop()
     finally:
         mock.stop()
+    cold, warm = startups[0], startups[1:]
     return {
         "runs": args.runs,
-        "startup_ms": [1e3 * s for s in startups],
-        "startup_median_ms": 1e3 * statistics.median(startups),
-        "startup_max_ms": 1e3 * max(startups),
+        "startup_ms": [1e3 * s for s in warm],
+        "startup_median_ms": 1e3 * statistics.median(warm),
+        "startup_max_ms": 1e3 * max(warm),
+        "startup_cpu_ms": 1e3 * statistics.median(startup_cpu[1:]),
+        "cold_startup_ms": 1e3 * cold,
+        "cold_startup_cpu_ms": 1e3 * startup_cpu[0],
         "interpreter_ms": 1e3 * interpreter,
         "imports_ms": 1e3 * imports,
         "idle_rss_mb": statistics.median(idle_rss) / 1024,
@@ -142,9 +160,11 @@ def report(r: dict[str, Any]) -> str:
         [
             "| | measured | target |",
             "|---|---:|---|",
-            f"| start-up to the first 200 (median of {r['runs']}) | "
-            f"{r['startup_median_ms']:.0f} ms (max {r['startup_max_ms']:.0f} ms) | "
-            f"< 1,000 ms: {ok_start} |",
+            f"| start-up to the first 200 (median of {r['runs']}, bytecode cached) | "
+            f"{r['startup_median_ms']:.0f} ms (max {r['startup_max_ms']:.0f} ms; "
+            f"{r['startup_cpu_ms']:.0f} ms of CPU) | < 1,000 ms: {ok_start} |",
+            f"| the first start of all (compiles every module) | {r['cold_startup_ms']:.0f} ms "
+            f"({r['cold_startup_cpu_ms']:.0f} ms of CPU) | |",
             f"| of which: bare interpreter | {r['interpreter_ms']:.0f} ms | |",
             f"| of which: interpreter + imports | {r['imports_ms']:.0f} ms | |",
             f"| idle RSS after start-up | {r['idle_rss_mb']:.1f} MB | <= 60 MB: {ok_idle} |",

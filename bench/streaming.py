@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from common import (
     HOST,
@@ -40,76 +40,189 @@ from common import (
 )
 
 CONTENT = b'"delta":{"content":"'
+STAMP = b'"mock_sent":'
+BODY = json.dumps(
+    {
+        "model": "mock-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+    }
+).encode()
 
 
 # -- the load generator (its own process) ---------------------------------------------------------
 
 
+class Tally:
+    """What one stream's client saw: when each content event arrived (perf_counter), how long
+    each took from the mock's write to here (the mock stamps ``mock_sent`` with the system-wide
+    monotonic clock), whether ``[DONE]`` came, the first error event."""
+
+    __slots__ = ("done", "end", "error", "rest", "t0", "times", "transits")
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.end = 0.0
+        self.times: list[float] = []
+        self.transits: list[float] = []
+        self.rest = b""
+        self.done = False
+        self.error: str | None = None
+
+    def feed(self, data: bytes) -> None:
+        now, mono = time.perf_counter(), time.monotonic()
+        buf = self.rest + data
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self.rest = buf
+            return
+        complete, self.rest = buf[:end], buf[end + 2 :]
+        self.times.extend([now] * complete.count(CONTENT))
+        at = complete.find(STAMP)
+        while at >= 0:
+            stop = at + len(STAMP)
+            while complete[stop] not in b",}":
+                stop += 1
+            self.transits.append(mono - float(complete[at + len(STAMP) : stop]))
+            at = complete.find(STAMP, stop)
+        if b"data: [DONE]" in complete:
+            self.done = True
+        if self.error is None and b'"error"' in complete:
+            self.error = complete[:200].decode(errors="replace")
+
+
+def peak_concurrency(tallies: list[Tally]) -> int:
+    edges = sorted([(t.t0, 1) for t in tallies] + [(t.end or t.t0, -1) for t in tallies])
+    peak = now = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def summary(tallies: list[Tally], errors: list[str], streams: int) -> dict[str, Any]:
+    ttft, gaps, transits = [], [], []
+    for t in tallies:
+        if t.error is not None:
+            errors.append(t.error)
+        if t.times:
+            ttft.append(t.times[0] - t.t0)
+            gaps.extend(b - a for a, b in itertools.pairwise(t.times))
+        transits.extend(t.transits)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    counts = [len(t.times) for t in tallies]
+    return {
+        "streams": streams,
+        "peak_concurrency": peak_concurrency(tallies),
+        "completed": sum(1 for t in tallies if t.done and t.error is None),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "chunks": sum(counts),
+        "min_chunks": min(counts, default=0),
+        "ttft_ms": [round(t * 1e3, 3) for t in ttft],
+        "gaps_ms": [round(g * 1e3, 3) for g in gaps],
+        "transit_ms": [round(t * 1e3, 3) for t in transits],
+        "client_cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
 async def load(url: str, streams: int, ramp: float, key: str) -> dict[str, Any]:
+    """The aiohttp load generator."""
     import aiohttp
 
-    body = json.dumps(
-        {
-            "model": "mock-model",
-            "stream": True,
-            "messages": [{"role": "user", "content": "Tell me a story."}],
-        }
-    ).encode()
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-    ttft: list[float] = []
-    gaps: list[float] = []
-    chunks: list[int] = []
+    tallies: list[Tally] = []
     errors: list[str] = []
-    completed = 0
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one(i: int) -> None:
-            nonlocal completed
             await asyncio.sleep(ramp * i / streams)
-            t0 = time.perf_counter()
-            times: list[float] = []
-            done = False
+            tally = Tally()
             try:
-                async with session.post(url, data=body, headers=headers) as resp:
+                async with session.post(url, data=BODY, headers=headers) as resp:
                     if resp.status != 200:
                         errors.append(f"HTTP {resp.status}: {(await resp.read())[:200]!r}")
                         return
-                    # Whatever one read brings is timestamped once: cheap enough that the
-                    # load generator does not become the bottleneck.
-                    tail = b""  # a marker may straddle two reads
                     async for data in resp.content.iter_any():
-                        now = time.perf_counter()
-                        buf = tail + data
-                        times.extend([now] * buf.count(CONTENT))
-                        if b"data: [DONE]" in buf:
-                            done = True
-                        if b'"error"' in buf:
-                            errors.append(buf[:200].decode(errors="replace"))
-                        tail = buf[-len(CONTENT) + 1 :]
+                        tally.feed(data)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 errors.append(repr(exc))
-            if times:
-                ttft.append(times[0] - t0)
-                gaps.extend(b - a for a, b in itertools.pairwise(times))
-            chunks.append(len(times))
-            if done:
-                completed += 1
+            tally.end = time.perf_counter()
+            tallies.append(tally)
 
         await asyncio.gather(*(one(i) for i in range(streams)))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "streams": streams,
-        "completed": completed,
-        "errors": len(errors),
-        "error_samples": errors[:5],
-        "chunks": sum(chunks),
-        "min_chunks": min(chunks) if chunks else 0,
-        "ttft_ms": [round(t * 1e3, 3) for t in ttft],
-        "gaps_ms": [round(g * 1e3, 3) for g in gaps],
-        "client_cpu_s": usage.ru_utime + usage.ru_stime,
-    }
+    return summary(tallies, errors, streams)
+
+
+class _RawStream(asyncio.Protocol):
+    """One stream over a bare HTTP/1.1 connection, for a load generator that costs about half
+    the CPU of aiohttp's per chunk (``--client raw``)."""
+
+    def __init__(self, request: bytes, finished: asyncio.Future[None]) -> None:
+        self.request = request
+        self.finished = finished
+        self.tally = Tally()
+        self.head = b""
+        self.status = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tally.t0 = time.perf_counter()
+        cast(asyncio.WriteTransport, transport).write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.status:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            self.status = int(self.head[9:12])
+            data = self.head[end + 4 :]
+        self.tally.feed(data)
+        ended = (self.tally.done and data.endswith(b"0\r\n\r\n")) or self.status != 200
+        if ended and not self.finished.done():
+            self.finished.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+async def load_raw(url: str, streams: int, ramp: float, key: str) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    request = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: application/json\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+    loop = asyncio.get_running_loop()
+    tallies: list[Tally] = []
+    errors: list[str] = []
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(ramp * i / streams)
+        finished: asyncio.Future[None] = loop.create_future()
+        proto = _RawStream(request, finished)
+        try:
+            transport, _ = await loop.create_connection(lambda: proto, parts.hostname, parts.port)
+        except OSError as exc:
+            errors.append(repr(exc))
+            return
+        try:
+            await asyncio.wait_for(finished, 120)
+        except TimeoutError:
+            errors.append("timed out")
+        proto.tally.end = time.perf_counter()
+        transport.close()
+        if proto.status != 200:
+            errors.append(f"HTTP {proto.status}: {proto.head[:200]!r}")
+        tallies.append(proto.tally)
+
+    await asyncio.gather(*(one(i) for i in range(streams)))
+    return summary(tallies, errors, streams)
 
 
 def client_main(args: argparse.Namespace) -> int:
@@ -119,7 +232,8 @@ def client_main(args: argparse.Namespace) -> int:
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    result = run(load(args.url, args.streams, args.ramp, args.key))
+    fn = load_raw if args.client == "raw" else load
+    result = run(fn(args.url, args.streams, args.ramp, args.key))
     Path(args.out).write_text(json.dumps(result))
     return 0
 
@@ -134,10 +248,10 @@ def raise_fd_limit() -> None:
 
 
 def run_client(
-    python: str, url: str, streams: int, ramp: float, out: Path, timeout: float
+    args: argparse.Namespace, url: str, out: Path, timeout: float, streams: int, ramp: float
 ) -> dict[str, Any]:
     cmd = [
-        python,
+        args.python,
         __file__,
         "client",
         "--url",
@@ -146,21 +260,27 @@ def run_client(
         str(streams),
         "--ramp",
         str(ramp),
+        "--client",
+        args.client,
         "--out",
         str(out),
     ]
+    t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise BenchError(f"load generator failed:\n{proc.stdout}{proc.stderr}")
     data: dict[str, Any] = json.loads(out.read_text())
+    data["seconds"] = time.monotonic() - t0
     return data
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ttft = [t for r in runs for t in r["ttft_ms"]]
     gaps = [g for r in runs for g in r["gaps_ms"]]
+    transit = [t for r in runs for t in r["transit_ms"]]
     return {
         "streams": sum(r["streams"] for r in runs),
+        "peak_concurrency": max(r["peak_concurrency"] for r in runs),
         "completed": sum(r["completed"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "error_samples": [e for r in runs for e in r["error_samples"]][:5],
@@ -169,9 +289,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "ttft_p99": pct(ttft, 99),
         "gap_p50": pct(gaps, 50),
         "gap_p99": pct(gaps, 99),
-        "gap_p999": pct(gaps, 99.9),
         "gap_max": max(gaps, default=float("nan")),
+        "transit_p50": pct(transit, 50),
+        "transit_p99": pct(transit, 99),
+        "transit_max": max(transit, default=float("nan")),
         "client_cpu_s": sum(r["client_cpu_s"] for r in runs),
+        "seconds": sum(r["seconds"] for r in runs),
     }
 
 
@@ -180,25 +303,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     python = args.python
     tmp = Path(tempfile.mkdtemp(prefix="truckllm-stream-"))
     mock_port, gw_port = free_port(), free_port()
-    mock = start(
-        "mock",
-        [
-            python,
-            "-m",
-            "truckllm",
-            "mock",
-            "--listen",
-            f"{HOST}:{mock_port}",
-            "--ttft",
-            str(args.ttft),
-            "--tokens-per-s",
-            str(args.rate),
-            "--reply-tokens",
-            str(args.tokens),
-        ],
-        mock_port,
-        tmp,
-    )
+    mock_cmd = [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}", "--stamp"]
+    mock_cmd += ["--ttft", str(args.ttft), "--tokens-per-s", str(args.rate)]
+    mock_cmd += ["--reply-tokens", str(args.tokens), "--tokens-per-event", str(args.per_event)]
+    mock = start("mock", mock_cmd, mock_port, tmp)
     config = tmp / "gateway.yaml"
     config.write_text(gateway_config(f"{mock.base}/v1", tmp))
     gateway: Any = None
@@ -211,27 +319,37 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             tmp,
         )
         wait_http(gateway.base + "/healthz")
-        assert gateway.proc is not None
-        gw_pid = gateway.proc.pid
+        assert gateway.proc is not None and mock.proc is not None
+        pids = {"gateway": gateway.proc.pid, "mock": mock.proc.pid}
         targets = {
             "direct": mock.base + "/v1/chat/completions",
             "gateway": gateway.base + "/v1/chat/completions",
         }
-        timeout = args.ramp + args.ttft + args.tokens / args.rate + 120
-        for name, url in targets.items():  # warm-up: connections, code paths
-            run_client(python, url, 50, 0.2, tmp / f"warm-{name}.json", timeout)
+        # Steady state: ``--streams`` open at once. A stream lasts ``duration``; twice as many
+        # streams start evenly over twice that time, so from ``duration`` on as many start as
+        # end (--streams / duration a second) and --streams are open.
+        duration = args.ttft + args.tokens / args.rate
+        total, ramp = 2 * args.streams, 2 * duration
+        timeout = ramp + duration + 120
+        # First a burst: --streams started within --burst seconds on a fresh gateway (every
+        # upstream connection is opened then), reported apart. It also warms the pools.
+        cold: dict[str, dict[str, Any]] = {}
+        for name, url in targets.items():
+            print(f"burst: {name}", file=sys.stderr)
+            out = tmp / f"burst-{name}.json"
+            cold[name] = summarise([run_client(args, url, out, timeout, args.streams, args.burst)])
+            time.sleep(1)
         runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
-        gateway_cpu = 0.0
+        cpu = {f"{t}/{p}": 0.0 for t in targets for p in pids}
         for rnd in range(args.rounds):
             order = ["direct", "gateway"] if rnd % 2 == 0 else ["gateway", "direct"]
             for name in order:
                 print(f"round {rnd + 1}/{args.rounds}: {name}", file=sys.stderr)
-                before = cpu_seconds(gw_pid)
-                result = run_client(
-                    python, targets[name], args.streams, args.ramp, tmp / f"{name}.json", timeout
-                )
-                if name == "gateway":
-                    gateway_cpu += cpu_seconds(gw_pid) - before
+                before = {p: cpu_seconds(pid) for p, pid in pids.items()}
+                out = tmp / f"{name}.json"
+                result = run_client(args, targets[name], out, timeout, total, ramp)
+                for p, pid in pids.items():
+                    cpu[f"{name}/{p}"] += cpu_seconds(pid) - before[p]
                 runs[name].append(result)
                 print(
                     f"  completed {result['completed']}/{result['streams']}, "
@@ -242,26 +360,49 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if gateway.proc.poll() is not None:
             raise BenchError(f"the gateway died:\n{gateway.log_tail()}")
         direct, through = summarise(runs["direct"]), summarise(runs["gateway"])
+        gateway_cpu = cpu["gateway/gateway"]
+
+        def busy(name: str, summary: dict[str, Any]) -> dict[str, float]:
+            """Cores each process kept busy, on average, during the target's runs."""
+            secs = max(summary["seconds"], 1e-9)
+            return {
+                "mock": cpu[f"{name}/mock"] / secs,
+                "gateway": cpu[f"{name}/gateway"] / secs,
+                "load generator": summary["client_cpu_s"] / secs,
+            }
+
         return {
             "streams": args.streams,
             "rate": args.rate,
             "tokens": args.tokens,
+            "per_event": args.per_event,
             "ttft": args.ttft,
-            "ramp": args.ramp,
+            "total": total,
+            "ramp": ramp,
+            "burst": args.burst,
             "rounds": args.rounds,
+            "client": args.client,
             "direct": direct,
             "gateway": through,
+            "cold": cold,
+            "cores": {"direct": busy("direct", direct), "gateway": busy("gateway", through)},
             "added_ttft_p50": through["ttft_p50"] - direct["ttft_p50"],
             "added_ttft_p99": through["ttft_p99"] - direct["ttft_p99"],
             "added_gap_p50": through["gap_p50"] - direct["gap_p50"],
             "added_gap_p99": through["gap_p99"] - direct["gap_p99"],
+            "added_transit_p50": through["transit_p50"] - direct["transit_p50"],
+            "added_transit_p99": through["transit_p99"] - direct["transit_p99"],
             "gateway_cpu_s": gateway_cpu,
             "gateway_cpu_per_1k_chunks_ms": 1e6 * gateway_cpu / max(through["chunks"], 1),
-            "gateway_peak_rss_mb": proc_status_kb(gw_pid, "VmHWM") / 1024,
-            "gateway_rss_after_mb": proc_status_kb(gw_pid, "VmRSS") / 1024,
+            "gateway_peak_rss_mb": proc_status_kb(pids["gateway"], "VmHWM") / 1024,
+            "gateway_rss_after_mb": proc_status_kb(pids["gateway"], "VmRSS") / 1024,
             # For the plot: one round's samples of each.
             "samples": {
-                name: {"ttft_ms": r[0]["ttft_ms"], "gaps_ms": r[0]["gaps_ms"][:200000]}
+                name: {
+                    "ttft_ms": r[0]["ttft_ms"],
+                    "gaps_ms": r[0]["gaps_ms"][:200000],
+                    "transit_ms": r[0]["transit_ms"][:200000],
+                }
                 for name, r in runs.items()
             },
         }
@@ -273,28 +414,52 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> str:
     d, g = r["direct"], r["gateway"]
+    events = r["rate"] / r["per_event"]
     lines = [
-        f"{r['streams']:,} concurrent streams of {r['tokens']} tokens at {r['rate']:g} tokens/s "
-        f"(first token after {r['ttft'] * 1000:.0f} ms; streams started over {r['ramp']:g} s), "
-        f"{r['rounds']} round(s) per target. Times in ms.\n",
-        "| | completed | errors | TTFT p50 | TTFT p99 | gap p50 | gap p99 | gap p99.9 | gap max |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Streams of {r['tokens']} tokens at {r['rate']:g} tokens/s, {r['per_event']} token(s) "
+        f"per event, first token after {r['ttft'] * 1000:.0f} ms. Steady state: {r['total']:,} "
+        f"streams started evenly over {r['ramp']:g} s, so {r['streams']:,} are open at once "
+        f"(peak measured: {d['peak_concurrency']:,} direct, {g['peak_concurrency']:,} through "
+        f"the gateway), {r['streams'] * events:,.0f} events/s and "
+        f"{r['streams'] / (r['ramp'] / 2):,.0f} new streams/s; {r['rounds']} round(s) per "
+        f"target. Before that, a burst: {r['streams']:,} streams started within "
+        f"{r['burst']:g} s on a fresh gateway. {r['client']} load generator in its own "
+        "process. *Transit*: from the mock's write of a chunk to the client's read of it (the "
+        "mock stamps each chunk with the system-wide monotonic clock); *gap*: between two "
+        "chunks of a stream at the client. Times in ms.\n",
+        "| | completed | errors | TTFT p50 | TTFT p99 | transit p50 | transit p99 | "
+        "gap p50 | gap p99 | gap max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, s in (("direct -> mock", d), ("through the gateway", g)):
-        lines.append(
+
+    def row(label: str, s: dict[str, Any]) -> str:
+        return (
             f"| {label} | {s['completed']:,}/{s['streams']:,} | {s['errors']} | "
-            f"{s['ttft_p50']:.1f} | {s['ttft_p99']:.1f} | {s['gap_p50']:.2f} | "
-            f"{s['gap_p99']:.2f} | {s['gap_p999']:.2f} | {s['gap_max']:.1f} |"
+            f"{s['ttft_p50']:.1f} | {s['ttft_p99']:.1f} | {s['transit_p50']:.2f} | "
+            f"{s['transit_p99']:.2f} | {s['gap_p50']:.2f} | {s['gap_p99']:.2f} | "
+            f"{s['gap_max']:.1f} |"
         )
+
+    lines.append(row("direct -> mock", d))
+    lines.append(row("through the gateway", g))
     lines.append(
         f"| **added by the gateway** | | | **{r['added_ttft_p50']:+.1f}** | "
-        f"**{r['added_ttft_p99']:+.1f}** | **{r['added_gap_p50']:+.2f}** | "
-        f"**{r['added_gap_p99']:+.2f}** | | |"
+        f"**{r['added_ttft_p99']:+.1f}** | **{r['added_transit_p50']:+.2f}** | "
+        f"**{r['added_transit_p99']:+.2f}** | {r['added_gap_p50']:+.2f} | "
+        f"{r['added_gap_p99']:+.2f} | |"
     )
+    lines.append(row("burst, direct", r["cold"]["direct"]))
+    lines.append(row("burst, gateway opening every upstream connection", r["cold"]["gateway"]))
+    cores = r["cores"]
     lines.append(
         f"\nGateway: {r['gateway_cpu_s']:.1f} CPU seconds for {g['chunks']:,} chunks "
         f"({r['gateway_cpu_per_1k_chunks_ms']:.0f} ms per 1,000 chunks), peak RSS "
-        f"{r['gateway_peak_rss_mb']:.0f} MB (VmHWM), {r['gateway_rss_after_mb']:.0f} MB after."
+        f"{r['gateway_peak_rss_mb']:.0f} MB (VmHWM), {r['gateway_rss_after_mb']:.0f} MB after. "
+        "Cores kept busy on average (of 2): direct run "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cores["direct"].items())
+        + "; gateway run "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cores["gateway"].items())
+        + f" (total {sum(cores['gateway'].values()):.2f})."
     )
     for label, s in (("direct", d), ("gateway", g)):
         if s["error_samples"]:
@@ -311,11 +476,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--ramp", type=float, default=1.0)
     c.add_argument("--key", default="sk-bench-1")
     c.add_argument("--out", required=True)
-    p.add_argument("--streams", type=int, default=1000)
+    c.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp")
+    p.add_argument("--streams", type=int, default=1000, help="streams open at once")
     p.add_argument("--rate", type=float, default=20.0, help="tokens per second per stream")
     p.add_argument("--tokens", type=int, default=80, help="tokens per stream")
     p.add_argument("--ttft", type=float, default=0.1, help="the mock's time to first token")
-    p.add_argument("--ramp", type=float, default=1.0, help="seconds over which streams start")
+    p.add_argument(
+        "--burst", type=float, default=1.0, help="seconds over which the burst's streams start"
+    )
+    p.add_argument("--per-event", type=int, default=1, help="tokens per SSE event")
+    p.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)

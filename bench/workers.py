@@ -108,6 +108,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "processes": len(pids),
                 "rss_mb": sum(proc_status_kb(p, "VmRSS") for p in pids) / 1024,
                 "cpu_s": cpu[label],
+                "cpu_ms_per_1k": 1e6
+                * sum(cpu[label])
+                / max(sum(r.requests for n in conns for r in cells[(label, n)].runs), 1),
                 **{
                     str(n): {
                         "rps": cells[(label, n)].rps,
@@ -137,16 +140,22 @@ def _pid(svc: Service) -> int:
 def report(r: dict[str, Any]) -> str:
     lines = [
         "| gateway | 32 conns req/s | vs 1 process | p50 / p99 ms | 128 conns req/s | "
-        "vs 1 process | p50 / p99 ms | CPU s per process (supervisor first) | RSS, all processes |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "vs 1 process | p50 / p99 ms | CPU s per process (supervisor first) | "
+        "CPU per 1,000 requests | RSS, all processes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for label, t in r["targets"].items():
         a, b = t["32"], t["128"]
         lines.append(
             f"| {label} | {a['rps']:,.0f} | {a['vs_one']:.2f} | {a['p50']:.2f} / {a['p99']:.2f} | "
             f"{b['rps']:,.0f} | {b['vs_one']:.2f} | {b['p50']:.2f} / {b['p99']:.2f} | "
-            f"{' / '.join(f'{c:.1f}' for c in t['cpu_s'])} | {t['rss_mb']:.0f} MB |"
+            f"{' / '.join(f'{c:.1f}' for c in t['cpu_s'])} | {t['cpu_ms_per_1k']:.0f} ms | "
+            f"{t['rss_mb']:.0f} MB |"
         )
+    lines.append(
+        "\nLimits, cooldowns and usage are shared between the workers only in the Redis row "
+        "(`storage.runtime.type: redis`); in the others each worker counts on its own."
+    )
     errors = {k: (t["32"]["errors"], t["128"]["errors"]) for k, t in r["targets"].items()}
     if any(sum(e) for e in errors.values()):
         lines.append(f"\nErrors (32, 128 connections): {errors}")

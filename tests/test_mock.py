@@ -510,3 +510,59 @@ def test_the_gateway_cools_throttled_keys_of_every_format_and_never_calls_them_e
     for key, sent, retry_after in mock.throttled:
         early = [t for k, t in mock.arrivals if k == key and sent < t < sent + retry_after - 0.001]
         assert early == [], f"{key} was called {len(early)} times while cooling"
+
+
+def test_several_tokens_per_event_in_every_format(mock_factory: Callable[..., MockServer]) -> None:
+    mock = mock_factory(KeyBehaviour(reply_tokens=7, tokens_per_event=3, tokens_per_s=100))
+    conn, resp = open_stream(
+        mock, "/v1/chat/completions", {**CHAT, "stream": True}, {"Authorization": "Bearer k"}
+    )
+    events, _ = read_events(resp)
+    conn.close()
+    texts = [
+        orjson.loads(line[6:])["choices"][0]["delta"].get("content")
+        for _, line in events
+        if line != b"data: [DONE]"
+    ]
+    assert [t for t in texts if t] == ["Hello from the", " TruckLLM mock upstream", " model"]
+    assert events[-2][0] - events[1][0] >= 2 * 0.03 - 0.005  # 3 tokens at 100/s per event
+    conn, resp = open_stream(
+        mock,
+        "/v1/messages",
+        {**CLAUDE, "stream": True},
+        {"x-api-key": "k", "anthropic-version": "2023-06-01"},
+    )
+    events, _ = read_events(resp)
+    conn.close()
+    deltas = [orjson.loads(line[6:]) for _, line in events if b"text_delta" in line]
+    assert [d["delta"]["text"] for d in deltas] == [
+        "Hello from the",
+        " TruckLLM fake Anthropic",
+        " upstream",
+    ]
+    conn, resp = open_stream(
+        mock,
+        "/v1beta/models/gemini-x:streamGenerateContent?alt=sse",
+        GEMINI,
+        {"x-goog-api-key": "k"},
+    )
+    events, _ = read_events(resp)
+    conn.close()
+    assert len(events) == 3
+
+
+def test_stamped_chunks_carry_the_time_they_were_sent(loop_thread: LoopThread) -> None:
+    mock = MockServer(KeyBehaviour(reply_tokens=3), stamp=True)
+    loop_thread.run(mock.start())
+    try:
+        before = time.monotonic()
+        conn, resp = open_stream(
+            mock, "/v1/chat/completions", {**CHAT, "stream": True}, {"Authorization": "Bearer k"}
+        )
+        events, _ = read_events(resp)
+        conn.close()
+    finally:
+        loop_thread.run(mock.stop())
+    stamps = [orjson.loads(line[6:])["mock_sent"] for _, line in events if b"mock_sent" in line]
+    assert len(stamps) == 5  # the role chunk, three words, the finish chunk
+    assert before <= stamps[0] <= stamps[-1] <= time.monotonic()

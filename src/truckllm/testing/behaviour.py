@@ -122,7 +122,8 @@ class KeyBehaviour:
     Rate limits: ``rpm`` requests and ``tpm`` tokens per ``window_s`` seconds (tokens = prompt
     estimate + the reply's tokens), enforced exactly with real 429s and the format's rate-limit
     and retry headers. ``latency`` delays the start of the answer; streams then wait ``ttft``
-    before the first token and send ``tokens_per_s`` tokens a second (one token per event);
+    before the first token and send ``tokens_per_s`` tokens a second, ``tokens_per_event`` tokens
+    (words) in each event (1, as OpenAI does; Anthropic and Gemini often send several);
     non-streamed answers take ``ttft`` + tokens / ``tokens_per_s`` more. ``faults`` maps a fault
     (``"500"``, ``"503"``, ``"529"``, ``"reset"``, ``"cut"``, ``"stall"``) to the share of
     admitted requests it hits; ``error_rate`` is a share of 500s (kept for older callers)."""
@@ -137,6 +138,7 @@ class KeyBehaviour:
     reply_tokens: int | Dist | None = None
     usage: UsageFigures | None = None
     faults: dict[str, float] = field(default_factory=dict)
+    tokens_per_event: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +179,23 @@ class Decision:
     interval: float = 0.0  # seconds between streamed tokens
     reply_tokens: int | None = None
     usage: UsageFigures | None = None
+    tokens_per_event: int = 1
 
     def generation_time(self, tokens: int) -> float:
         """How long a non-streamed answer of ``tokens`` tokens takes after ``latency``."""
         return self.ttft + tokens * self.interval
+
+    def pieces(self, words: list[str]) -> list[str]:
+        """The reply's words as the text of successive stream events, ``tokens_per_event`` words
+        each, spaced so that they join back into the reply."""
+        k = self.tokens_per_event
+        groups = [" ".join(words[i : i + k]) for i in range(0, len(words), k)]
+        return [g if i == 0 else " " + g for i, g in enumerate(groups)]
+
+    @property
+    def event_interval(self) -> float:
+        """Seconds between two stream events."""
+        return self.interval * self.tokens_per_event
 
 
 PASS = Decision()
@@ -197,6 +212,7 @@ class _Resolved:
     reply_tokens: Dist | None
     usage: UsageFigures | None
     faults: tuple[tuple[str, float], ...]  # (fault, cumulative share)
+    tokens_per_event: int
 
     @property
     def idle(self) -> bool:
@@ -209,6 +225,7 @@ class _Resolved:
             and self.reply_tokens is None
             and self.usage is None
             and not self.faults
+            and self.tokens_per_event == 1
         )
 
 
@@ -383,6 +400,7 @@ class Conditions:
             interval=r.interval,
             reply_tokens=reply,
             usage=r.usage,
+            tokens_per_event=r.tokens_per_event,
         )
 
 
@@ -420,6 +438,7 @@ def _resolve(b: KeyBehaviour, d: KeyBehaviour) -> _Resolved:
         reply_tokens=None if reply is None else Dist.parse(reply, "reply_tokens"),
         usage=pick("usage"),
         faults=tuple(cumulative),
+        tokens_per_event=pick("tokens_per_event") or 1,
     )
 
 
@@ -451,7 +470,7 @@ def parse_behaviour(data: Any, where: str) -> KeyBehaviour:
 def _field(name: str, value: Any, path: str) -> Any:
     if value is None:
         return None
-    if name in ("rpm", "tpm"):
+    if name in ("rpm", "tpm", "tokens_per_event"):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{path}: must be a whole number of at least 1")
         return value

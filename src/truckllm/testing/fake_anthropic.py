@@ -315,9 +315,7 @@ class FakeAnthropic:
         events: list[dict[str, Any]] = [message_start(msg_id, body["model"], **usage)]
         for i, block in enumerate(content):
             if block["type"] == "text":
-                words = block["text"].split(" ")
-                pieces = [w if j == 0 else " " + w for j, w in enumerate(words)]
-                block_events = text_block(i, pieces)
+                block_events = text_block(i, d.pieces(block["text"].split(" ")))
             else:
                 args = orjson.dumps(block["input"]).decode()
                 third = max(1, len(args) // 3)
@@ -331,7 +329,7 @@ class FakeAnthropic:
         delays = [self.event_delay if i else d.ttft for i in range(len(events))]
         deltas = [i for i, ev in enumerate(events) if ev["type"] == "content_block_delta"]
         for i in deltas[1:]:
-            delays[i] += d.interval
+            delays[i] += d.event_interval
         cut_after, stall_after = fault_point(d, len(events))
         return await send_stream(
             request,

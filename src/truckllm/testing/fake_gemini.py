@@ -317,7 +317,8 @@ class FakeGemini:
     async def _stream(
         self, request: web.Request, chunks: list[dict[str, Any]], d: Decision
     ) -> web.StreamResponse:
-        delays = [(d.interval + self.event_delay) if i else d.ttft for i in range(len(chunks))]
+        gap = d.event_interval + self.event_delay
+        delays = [gap if i else d.ttft for i in range(len(chunks))]
         cut_after, stall_after = fault_point(d, len(chunks))
         return await send_stream(
             request,
@@ -390,9 +391,9 @@ class FakeGemini:
             ]
             return [{"candidates": cands, "usageMetadata": usage(True), **base}]
         events = []
-        for w, word in enumerate(words):
-            last = w == len(words) - 1
-            piece = word if w == 0 else " " + word
+        pieces = d.pieces(words)
+        for w, piece in enumerate(pieces):
+            last = w == len(pieces) - 1
             cands = []
             for i in range(n):
                 cand: dict[str, Any] = {

@@ -111,8 +111,10 @@ class MockUpstream:
         keys: dict[str, KeyBehaviour] | None = None,
         seed: int = 0,
         conditions: Conditions | None = None,
+        stamp: bool = False,
     ) -> None:
         self.valid_keys = valid_keys
+        self.stamp = stamp  # stream chunks carry "mock_sent": time.monotonic() when sent
         self.reply_words = reply_words
         self.event_delay = event_delay  # added between stream events, whatever the key
         self.conditions = conditions or Conditions(
@@ -296,7 +298,7 @@ class MockUpstream:
             events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
             finish = "tool_calls"
         else:
-            events.extend(chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words))
+            events.extend(chunk({"content": piece}) for piece in d.pieces(words))
             finish = "stop"
         tokens = len(events) - 1
         events.append(chunk({}, finish))
@@ -307,12 +309,12 @@ class MockUpstream:
         delays = [0.0] * len(events)
         delays[0] = d.ttft
         for i in range(1, tokens + 1):
-            delays[i] = (d.interval if i > 1 else 0.0) + self.event_delay
+            delays[i] = (d.event_interval if i > 1 else 0.0) + self.event_delay
         cut_after, stall_after = fault_point(d, tokens + 1)
         return await send_stream(
             request,
             events,
-            _sse,
+            _sse_stamped if self.stamp else _sse,
             headers={"Content-Type": "text/event-stream; charset=utf-8", **headers},
             delays=delays,
             cut_after=cut_after,
@@ -367,6 +369,14 @@ def _sse(ev: dict[str, Any] | bytes | str) -> bytes:
     if isinstance(ev, str):
         return f"data: {ev}\n\n".encode()
     return b"data: " + orjson.dumps(ev) + b"\n\n"
+
+
+def _sse_stamped(ev: dict[str, Any] | bytes | str) -> bytes:
+    """A chunk with the (system-wide monotonic) time it was sent, for benchmarks that measure
+    how long each chunk takes to reach the client."""
+    if isinstance(ev, dict) and ev.get("choices"):
+        return _sse({**ev, "mock_sent": time.monotonic()})
+    return _sse(ev)
 
 
 def _error(status: int, message: str, type_: str, code: str | None) -> web.Response:

@@ -15,6 +15,7 @@ Settings come from a YAML or JSON file and/or flags::
       latency: {p50: 0.25, p99: 1.5}          # seconds: 0.2 | {min, max} | {p50, p99}
       ttft: 0.15
       tokens_per_s: 40
+      tokens_per_event: 1                     # words in each stream event
       reply_tokens: {min: 40, max: 200}
     keys:
       sk-limited: {rpm: 60, tpm: 100000, window_s: 60}
@@ -120,11 +121,15 @@ class MockServer:
         record: bool = False,
         reply_words: int = 8,
         event_delay: float = 0.0,
+        stamp: bool = False,
     ) -> None:
         self.conditions = Conditions(defaults, keys, seed=seed)
         self.conditions.record = record
         self.openai = MockUpstream(
-            conditions=self.conditions, reply_words=reply_words, event_delay=event_delay
+            conditions=self.conditions,
+            reply_words=reply_words,
+            event_delay=event_delay,
+            stamp=stamp,
         )
         self.anthropic = FakeAnthropic(
             conditions=self.conditions, reply_words=reply_words, event_delay=event_delay
@@ -173,7 +178,8 @@ class MockServer:
 _FLAGS = {
     "latency": "seconds before each answer: 0.2, '{min: 0.1, max: 0.3}' or '{p50: 0.2, p99: 1}'",
     "ttft": "seconds from the start of the answer to its first token (same forms as --latency)",
-    "tokens_per_s": "streaming pace in tokens a second, one token per event",
+    "tokens_per_s": "streaming pace in tokens a second",
+    "tokens_per_event": "tokens (words) in each stream event (default 1)",
     "reply_tokens": "tokens (words) in each reply: 8 or '{min: 20, max: 200}'",
     "rpm": "requests per window and key, enforced with real 429s",
     "tpm": "tokens per window and key, enforced with real 429s",
@@ -241,6 +247,11 @@ def main(args: Sequence[str]) -> int:
     p.add_argument(
         "--event-delay", type=float, default=0.0, help="seconds added between stream events"
     )
+    p.add_argument(
+        "--stamp",
+        action="store_true",
+        help='OpenAI stream chunks carry "mock_sent": the monotonic time they were sent',
+    )
     ns = p.parse_args(list(args))
     try:
         settings = settings_from_args(ns)
@@ -251,7 +262,7 @@ def main(args: Sequence[str]) -> int:
     setup_logging("info", "auto")
 
     async def run() -> None:
-        mock = MockServer.from_settings(settings, event_delay=ns.event_delay)
+        mock = MockServer.from_settings(settings, event_delay=ns.event_delay, stamp=ns.stamp)
         url = await mock.start(host, port)
         print(
             f"truckllm mock on {url}: OpenAI base_url {url}/v1, Anthropic and Gemini base_url "

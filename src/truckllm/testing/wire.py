@@ -93,18 +93,6 @@ async def gate(
     return d, None
 
 
-def pacing(d: Decision, count: int, is_token: Callable[[int], bool] | None = None) -> list[float]:
-    """Seconds to wait before each of ``count`` events: ``ttft`` before the first token,
-    ``interval`` before each later one, nothing before events that carry no token."""
-    delays = [0.0] * count
-    first = True
-    for i in range(count):
-        if is_token is None or is_token(i):
-            delays[i] = d.ttft if first else d.interval
-            first = False
-    return delays
-
-
 def fault_point(d: Decision, count: int) -> tuple[int | None, int | None]:
     """``(cut_after, stall_after)`` for a stream of ``count`` events: the middle of it."""
     middle = max(1, count // 2)

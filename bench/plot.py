@@ -1,0 +1,110 @@
+"""The benchmarks' picture: throughput bars (overhead, workers) and the streaming distributions.
+
+    python bench/plot.py bench/results/all.json docs/benchmarks.png
+
+Needs matplotlib (``pip install matplotlib``; not a dependency of truckllm). Exits 2 without it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def cdf(ax: Any, values: list[float], label: str) -> None:
+    ordered = sorted(values)
+    n = len(ordered)
+    if n:
+        ax.plot(ordered, [(i + 1) / n for i in range(n)], label=label)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: pip install matplotlib", file=sys.stderr)
+        return 2
+    data = json.loads(Path(argv[0]).read_text())
+    panels = []
+    if data.get("overhead", {}).get("ok"):
+        panels.append("overhead")
+    streams = [k for k in ("streaming", "streaming-grouped") if data.get(k, {}).get("ok")]
+    if streams:
+        panels += ["transit", "ttft"]
+    if data.get("workers", {}).get("ok"):
+        panels.append("workers")
+    if not panels:
+        print("no results to plot", file=sys.stderr)
+        return 1
+    cols = min(2, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.4 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, panel in zip(flat, panels, strict=False):
+        if panel == "overhead":
+            o = data["overhead"]["data"]
+            conns = [c for c in o["direct"] if c != "1"]
+            labels = {
+                "direct": "direct -> mock",
+                "baseline": "bare passthrough",
+                "gateway": "gateway",
+            }
+            width = 0.8 / len(labels)
+            for i, (key, label) in enumerate(labels.items()):
+                xs = [j + i * width for j in range(len(conns))]
+                bars = ax.bar(xs, [o[key][c]["rps"] for c in conns], width, label=label)
+                ax.bar_label(bars, fmt="{:,.0f}", fontsize=7)
+            ax.set_xticks([j + width for j in range(len(conns))], [f"{c} conns" for c in conns])
+            ax.set_ylabel("requests/s")
+            ax.set_title("Non-streamed throughput")
+            ax.legend(fontsize=8)
+        elif panel == "transit":
+            for key in streams:
+                s = data[key]["data"]
+                for name in ("direct", "gateway"):
+                    label = f"{name}, {s['per_event']} token/event"
+                    cdf(ax, s["samples"][name]["transit_ms"], label)
+            ax.set_xscale("log")
+            ax.set_xlabel("mock write -> client read, ms (log)")
+            ax.set_ylabel("share of chunks")
+            ax.set_title("1,000 streams at 20 tokens/s: chunk transit")
+            ax.legend(fontsize=7)
+        elif panel == "ttft":
+            for key in streams:
+                s = data[key]["data"]
+                for name in ("direct", "gateway"):
+                    cdf(ax, s["samples"][name]["ttft_ms"], f"{name}, {s['per_event']} token/event")
+            ax.set_xlabel("time to first token, ms")
+            ax.set_ylabel("share of streams")
+            ax.set_title("Time to first token")
+            ax.legend(fontsize=8)
+        else:
+            w = data["workers"]["data"]["targets"]
+            names = list(w)
+            width = 0.8 / len(names)
+            for i, name in enumerate(names):
+                xs = [j + i * width for j in range(2)]
+                bars = ax.bar(xs, [w[name]["32"]["rps"], w[name]["128"]["rps"]], width, label=name)
+                ax.bar_label(bars, fmt="{:,.0f}", fontsize=7)
+            ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(2)], ["32", "128"])
+            ax.set_xlabel("connections")
+            ax.set_ylabel("requests/s")
+            ax.set_title("server.workers")
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = Path(argv[1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
