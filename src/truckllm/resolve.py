@@ -36,6 +36,9 @@ class Route:
         raise KeyError(provider_id)
 
 
+_BUILT_LIMIT = 4096
+
+
 class ModelResolver:
     """Client model name -> route: an alias, then ``provider:model``, then providers that list
     the model under its own name (in configuration order), then catch-all providers."""
@@ -60,17 +63,25 @@ class ModelResolver:
                     self._catch_all.append(p.id)
                 else:
                     self.models.setdefault(m, []).append(Target(p.id, m))
+        self._listed = {name: Route(tuple(targets)) for name, targets in self.models.items()}
+        self._built: dict[str, Route] = {}  # provider:model and catch-all routes, made once
 
     def resolve(self, name: str) -> Route | None:
-        route = self.aliases.get(name)
+        route = self.aliases.get(name) or self._built.get(name)
         if route is not None:
             return route
         pid, sep, model = name.partition(":")
         if sep and model and pid in self._providers:
-            return Route((Target(pid, model),))
-        listed = self.models.get(name)
-        if listed:
-            return Route(tuple(listed))
+            return self._remember(name, Route((Target(pid, model),)))
+        route = self._listed.get(name)
+        if route is not None:
+            return route
         if self._catch_all:
-            return Route(tuple(Target(pid, name) for pid in self._catch_all))
+            return self._remember(name, Route(tuple(Target(p, name) for p in self._catch_all)))
         return None
+
+    def _remember(self, name: str, route: Route) -> Route:
+        if len(self._built) >= _BUILT_LIMIT:  # client-chosen names: keep the cache bounded
+            self._built.clear()
+        self._built[name] = route
+        return route

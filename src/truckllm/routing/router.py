@@ -214,12 +214,20 @@ class Router:
             return candidates[0]
         prior = self._prior_latency(candidates)
         a, b = candidates[0], candidates[1]
-        cheapest = 0.0 if a.free and b.free else min(request_cost(a, est), request_cost(b, est))
+        if a.free and b.free:
+            return self._soft_min(
+                a,
+                b,
+                adaptive_score(a, now, est, prior, 0.0),
+                adaptive_score(b, now, est, prior, 0.0),
+            )
+        cost_a, cost_b = request_cost(a, est), request_cost(b, est)
+        cheapest = min(cost_a, cost_b)
         return self._soft_min(
             a,
             b,
-            adaptive_score(a, now, est, prior, cheapest),
-            adaptive_score(b, now, est, prior, cheapest),
+            adaptive_score(a, now, est, prior, cheapest, cost_a),
+            adaptive_score(b, now, est, prior, cheapest, cost_b),
         )
 
     def _soft_min(self, a: T, b: T, score_a: float, score_b: float) -> T:

@@ -43,7 +43,12 @@ def request_cost(state: KeyState, est: Estimate) -> float:
 
 
 def adaptive_score(
-    state: KeyState, now: float, est: Estimate, prior_latency: float, cheapest: float
+    state: KeyState,
+    now: float,
+    est: Estimate,
+    prior_latency: float,
+    cheapest: float,
+    own_cost: float | None = None,
 ) -> float:
     """Lower is better: expected latency, inflated by queueing, errors, lack of headroom and price.
 
@@ -58,7 +63,8 @@ def adaptive_score(
     room = 0.25 + 0.75 * state.headroom(now, est.total)
     score = latency * load / (health * health * room)
     if cheapest > 0:
-        score *= (request_cost(state, est) / cheapest) ** 0.5
+        cost = request_cost(state, est) if own_cost is None else own_cost
+        score *= (cost / cheapest) ** 0.5
     return score
 
 
