@@ -15,6 +15,7 @@ from truckllm.providers import provider_registry
 from truckllm.server import ServerThread
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.wire import FakeServer
 
 
 @pytest.fixture(scope="session")
@@ -25,18 +26,25 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 @pytest.fixture
-def upstream_factory(loop_thread: LoopThread) -> Iterator[Callable[..., MockUpstream]]:
-    started: list[MockUpstream] = []
+def serve_fake(loop_thread: LoopThread) -> Iterator[Callable[..., Any]]:
+    """``serve_fake(FakeClass, **kwargs)``: any fake upstream (a ``FakeServer``) served on
+    loopback for the test, stopped after it."""
+    started: list[FakeServer] = []
 
-    def make(**kwargs: Any) -> MockUpstream:
-        mock = MockUpstream(**kwargs)
-        loop_thread.run(mock.start())
-        started.append(mock)
-        return mock
+    def make(cls: type[FakeServer], **kwargs: Any) -> Any:
+        fake = cls(**kwargs)
+        loop_thread.run(fake.start())
+        started.append(fake)
+        return fake
 
     yield make
-    for mock in started:
-        loop_thread.run(mock.stop())
+    for fake in started:
+        loop_thread.run(fake.stop())
+
+
+@pytest.fixture
+def upstream_factory(serve_fake: Callable[..., Any]) -> Callable[..., MockUpstream]:
+    return lambda **kwargs: serve_fake(MockUpstream, **kwargs)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import http.client
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import openai
@@ -35,7 +35,6 @@ from truckllm.testing.fake_anthropic import (
     text_block,
     tool_block,
 )
-from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import Scripted
 
 MODEL = "claude-sonnet-4-5-20250929"
@@ -787,18 +786,8 @@ def test_a_json_schema_stream_is_content() -> None:
 
 
 @pytest.fixture
-def fake_factory(loop_thread: LoopThread) -> Iterator[Callable[..., FakeAnthropic]]:
-    started: list[FakeAnthropic] = []
-
-    def make(**kwargs: Any) -> FakeAnthropic:
-        fake = FakeAnthropic(**kwargs)
-        loop_thread.run(fake.start())
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        loop_thread.run(fake.stop())
+def fake_factory(serve_fake: Callable[..., Any]) -> Callable[..., FakeAnthropic]:
+    return lambda **kwargs: serve_fake(FakeAnthropic, **kwargs)
 
 
 @pytest.fixture

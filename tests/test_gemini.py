@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -944,18 +944,8 @@ CHAT = {"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}
 
 
 @pytest.fixture
-def gemini_factory(loop_thread: LoopThread) -> Iterator[Callable[..., FakeGemini]]:
-    started: list[FakeGemini] = []
-
-    def make(**kwargs: Any) -> FakeGemini:
-        fake = FakeGemini(**kwargs)
-        loop_thread.run(fake.start())
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        loop_thread.run(fake.stop())
+def gemini_factory(serve_fake: Callable[..., Any]) -> Callable[..., FakeGemini]:
+    return lambda **kwargs: serve_fake(FakeGemini, **kwargs)
 
 
 @pytest.fixture

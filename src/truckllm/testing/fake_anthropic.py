@@ -30,7 +30,15 @@ import orjson
 from aiohttp import web
 
 from truckllm.testing.behaviour import Conditions, Quota, Throttle, reported_usage
-from truckllm.testing.wire import Received, Scripted, answer, fault_point, gate, play, start_app
+from truckllm.testing.wire import (
+    FakeServer,
+    Received,
+    Scripted,
+    answer,
+    fault_point,
+    gate,
+    play,
+)
 from truckllm.testing.wire import stream as send_stream
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -195,7 +203,7 @@ class AnthropicDialect:
 ANTHROPIC = AnthropicDialect()
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer):
     """The fake upstream. ``url`` (set by :meth:`start`) is a provider ``base_url``. Safe to
     script from another thread. Pass ``conditions`` to share behaviours with other fakes."""
 
@@ -219,23 +227,10 @@ class FakeAnthropic:
         self.script: deque[Scripted] = deque()
         self.received: list[Received] = []
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self.app.add_routes(self.routes())
+        super().__init__()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/messages", self._messages)]
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, bound = await start_app(self.app, host, port)
-        self.url = f"http://{host}:{bound}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def keys_used(self) -> list[str]:
         """The ``x-api-key`` of every request received, in order."""

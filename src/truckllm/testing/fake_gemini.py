@@ -33,7 +33,15 @@ import orjson
 from aiohttp import web
 
 from truckllm.testing.behaviour import Conditions, Decision, Quota, Throttle, reported_usage
-from truckllm.testing.wire import Received, Scripted, answer, fault_point, gate, play, start_app
+from truckllm.testing.wire import (
+    FakeServer,
+    Received,
+    Scripted,
+    answer,
+    fault_point,
+    gate,
+    play,
+)
 from truckllm.testing.wire import stream as send_stream
 
 _TOP = frozenset(
@@ -176,7 +184,7 @@ class GeminiDialect:
 GEMINI = GeminiDialect()
 
 
-class FakeGemini:
+class FakeGemini(FakeServer):
     """The fake service. ``url`` (after :meth:`start`) is the base URL, without ``/v1beta``.
     Pass ``conditions`` to share behaviours with other fakes."""
 
@@ -207,23 +215,10 @@ class FakeGemini:
         self.received: list[Received] = []
         self.cancelled = 0
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self.app.add_routes(self.routes())
+        super().__init__()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1beta/models/{target}", self._handle)]
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, bound = await start_app(self.app, host, port)
-        self.url = f"http://{host}:{bound}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def key_of(self, received: Received) -> str | None:
         """The API key a recorded request carried."""

@@ -33,7 +33,15 @@ from truckllm.testing.behaviour import (
     Throttle,
     reported_usage,
 )
-from truckllm.testing.wire import Received, Scripted, answer, fault_point, gate, play, start_app
+from truckllm.testing.wire import (
+    FakeServer,
+    Received,
+    Scripted,
+    answer,
+    fault_point,
+    gate,
+    play,
+)
 from truckllm.testing.wire import stream as send_stream
 
 __all__ = ["KeyBehaviour", "MockUpstream", "OpenAIDialect", "Received", "Scripted"]
@@ -96,10 +104,13 @@ class OpenAIDialect:
 OPENAI = OpenAIDialect()
 
 
-class MockUpstream:
+class MockUpstream(FakeServer):
     """The OpenAI mock. ``url`` (after :meth:`start`) is a provider ``base_url`` (ending in
     ``/v1``). ``latency`` and ``keys`` are the old spelling of ``conditions``: the default
     latency and per-key behaviours; pass ``conditions`` to share them with other fakes."""
+
+    url_suffix = "/v1"
+    backlog = 1024
 
     def __init__(
         self,
@@ -125,10 +136,7 @@ class MockUpstream:
         self.record = True
         self.cancelled = 0  # handlers cancelled because the client (the gateway) went away
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self.app.add_routes(self.routes())
+        super().__init__()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -150,16 +158,6 @@ class MockUpstream:
     def throttled(self) -> list[tuple[str, float, float]]:
         """(key, monotonic time, retry-after seconds) of every 429 the limits gave."""
         return self.conditions.throttled
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, bound = await start_app(self.app, host, port, backlog=1024)
-        self.url = f"http://{host}:{bound}/v1"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # -- handlers -----------------------------------------------------------------------------
 

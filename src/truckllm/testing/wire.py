@@ -204,3 +204,30 @@ async def start_app(
     server = site._server
     assert server is not None and hasattr(server, "sockets")
     return runner, int(server.sockets[0].getsockname()[1])
+
+
+class FakeServer:
+    """The life cycle every fake upstream shares: an aiohttp app of its ``routes()``, served on a
+    free port by :meth:`start`, which sets ``url`` (the host plus ``url_suffix``)."""
+
+    url_suffix = ""
+    backlog = 128
+
+    def __init__(self) -> None:
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.add_routes(self.routes())
+
+    def routes(self) -> list[web.RouteDef]:
+        raise NotImplementedError
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner, bound = await start_app(self.app, host, port, backlog=self.backlog)
+        self.url = f"http://{host}:{bound}{self.url_suffix}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
