@@ -25,7 +25,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import HOST, BenchError, default_python, free_port, pct, start, wait_http, write_json
+from common import (
+    HOST,
+    BenchError,
+    default_python,
+    free_port,
+    pct,
+    run_and_report,
+    start,
+    wait_http,
+)
 
 from truckllm.testing.behaviour import Dist, KeyBehaviour
 from truckllm.testing.loop import LoopThread
@@ -259,14 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    try:
-        result = bench(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print(report(result))
-    write_json(args.json, result)
-    return 0
+    return run_and_report(bench, report, args)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@ they start from, and starting the mock and gateway processes (via ``overhead.Ser
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,19 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 __all__ += ["wait_http"]
+
+
+def run_and_report(
+    bench: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    args: argparse.Namespace,
+) -> int:
+    """Run one benchmark, print its Markdown report, save its JSON (``--json``); exit status."""
+    try:
+        result = bench(args)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    print(report(result))
+    write_json(args.json, result)
+    return 0

@@ -34,9 +34,9 @@ from common import (
     free_port,
     gateway_config,
     proc_status_kb,
+    run_and_report,
     start,
     wait_http,
-    write_json,
 )
 from overhead import REQUEST_BODY, ROUTE, run_wrk, write_lua
 
@@ -184,14 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    try:
-        result = bench(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print(report(result))
-    write_json(args.json, result)
-    return 0
+    return run_and_report(bench, report, args)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ from common import (
     gateway_config,
     pct,
     proc_status_kb,
+    run_and_report,
     start,
     wait_http,
-    write_json,
 )
 
 CONTENT = b'"delta":{"content":"'
@@ -492,14 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.mode == "client":
         return client_main(args)
-    try:
-        result = bench(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print(report(result))
-    write_json(args.json, result)
-    return 0
+    return run_and_report(bench, report, args)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,16 @@ from typing import Any
 
 from common import (
     HOST,
-    BenchError,
     Service,
     cpu_seconds,
     default_python,
     free_port,
     gateway_config,
     proc_status_kb,
+    run_and_report,
     start,
     tree_pids,
     wait_http,
-    write_json,
 )
 from overhead import ROUTE, Cell, run_wrk, start_redis, write_lua
 
@@ -176,14 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    try:
-        result = bench(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print(report(result))
-    write_json(args.json, result)
-    return 0
+    return run_and_report(bench, report, args)
 
 
 if __name__ == "__main__":
