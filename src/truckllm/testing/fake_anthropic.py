@@ -239,15 +239,7 @@ class FakeAnthropic(FakeServer):
     # -- handler -------------------------------------------------------------------------------
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        if self.record:
-            self.received.append(
-                Received(request.method, request.path, dict(request.headers), body, raw)
-            )
+        body, raw = await self.take(request, request.path)
         rid = f"req_fake{next(self._ids):06d}"
         if self.script:
             return await play(

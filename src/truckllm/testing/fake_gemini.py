@@ -237,15 +237,7 @@ class FakeGemini(FakeServer):
             raise
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        if self.record:
-            self.received.append(
-                Received(request.method, request.path_qs, dict(request.headers), body, raw)
-            )
+        body, raw = await self.take(request, request.path_qs)
         if self.script:
             return await play(
                 request, self.script.popleft(), _sse, json_type="application/json; charset=UTF-8"

@@ -162,15 +162,7 @@ class MockUpstream(FakeServer):
     # -- handlers -----------------------------------------------------------------------------
 
     async def _begin(self, request: web.Request) -> tuple[Any, Decision, web.StreamResponse | None]:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        if self.record:
-            self.received.append(
-                Received(request.method, request.path, dict(request.headers), body, raw)
-            )
+        body, raw = await self.take(request, request.path)
         if self.script:
             return body, PASS, await play(request, self.script.popleft(), _sse)
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")

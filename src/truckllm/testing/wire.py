@@ -212,6 +212,8 @@ class FakeServer:
 
     url_suffix = ""
     backlog = 128
+    received: list[Received]  # every request, when ``record`` is on (set by each fake)
+    record: bool
 
     def __init__(self) -> None:
         self._runner: web.AppRunner | None = None
@@ -221,6 +223,18 @@ class FakeServer:
 
     def routes(self) -> list[web.RouteDef]:
         raise NotImplementedError
+
+    async def take(self, request: web.Request, path: str) -> tuple[Any, bytes]:
+        """Read a request: its JSON body (``None`` if it is not JSON) and raw bytes, recorded in
+        ``received`` under ``path`` when ``record`` is on."""
+        raw = await request.read()
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        if self.record:
+            self.received.append(Received(request.method, path, dict(request.headers), body, raw))
+        return body, raw
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner, bound = await start_app(self.app, host, port, backlog=self.backlog)
