@@ -9,7 +9,6 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import openai
 import orjson
 import pytest
@@ -17,6 +16,7 @@ from helpers import Gateway, request, sse_events
 
 from truckllm.config.schema import KeyConfig, ProviderConfig, Timeouts
 from truckllm.config.secret import Secret
+from truckllm.http.client import HTTPClient
 from truckllm.providers.base import Call, ProviderContext, Reply
 from truckllm.providers.gemini import GeminiProvider
 from truckllm.providers.gemini.embeddings import embed_request, embed_response
@@ -1067,13 +1067,16 @@ async def send_direct(url: str, bodies: list[dict[str, Any]]) -> list[Reply]:
     key = KeyConfig(Secret("g-key-1"), "k1")
     cfg = ProviderConfig(id="gemini", base_url=url, type="gemini", keys=(key,))
     replies = []
-    async with aiohttp.ClientSession() as session:
-        provider = GeminiProvider(ProviderContext(cfg, session, Timeouts()))
+    client = HTTPClient()
+    provider = GeminiProvider(ProviderContext(cfg, client, Timeouts()))
+    try:
         for body in bodies:
             call = Call("chat", body, orjson.dumps(body), MODEL, False, False, "req-1")
             reply = await provider.send(call, key)
             await reply.aclose()
             replies.append(reply)
+    finally:
+        await client.close()
     return replies
 
 

@@ -17,10 +17,9 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from truckllm.config import Config, client_key_digests, provider_timeouts
 from truckllm.errors import APIError
+from truckllm.http.client import HTTPClient
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
 from truckllm.providers.base import (
@@ -54,14 +53,14 @@ class Runtime:
         self,
         config: Config,
         registry: Registry[ProviderFactory],
-        session: aiohttp.ClientSession,
+        client: HTTPClient,
         previous: Runtime | None = None,
         router: Router | None = None,
     ) -> None:
         self.config = config
         self.providers: dict[str, Provider] = {}
         for p in config.providers:
-            ctx = ProviderContext(p, session, provider_timeouts(p, config.server.timeouts))
+            ctx = ProviderContext(p, client, provider_timeouts(p, config.server.timeouts))
             self.providers[p.id] = registry.get(p.type)(ctx)
         r = config.routing
         settings = RoutingSettings(

@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from truckllm import __version__
@@ -35,6 +34,7 @@ from truckllm.api.asgi import (
 from truckllm.config import Config
 from truckllm.errors import APIError, invalid_request, model_not_found
 from truckllm.gateway import Gateway, Runtime, Served, StreamBroken
+from truckllm.http.client import HTTPClient
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderFactory, provider_registry
 from truckllm.providers.base import Endpoint
@@ -46,7 +46,7 @@ log = logging.getLogger("truckllm.api")
 
 
 class App:
-    """The gateway's ASGI application. Owns the shared upstream session and the current runtime.
+    """The gateway's ASGI application. Owns the shared upstream client and the current runtime.
 
     ``start()``/``close()`` run from the ASGI lifespan, or by whoever embeds the app.
     """
@@ -60,7 +60,7 @@ class App:
         self.config = config
         self.registry = registry if registry is not None else provider_registry()
         self.gateway = Gateway()
-        self.session: aiohttp.ClientSession | None = None
+        self.client: HTTPClient | None = None
         self._runtime: Runtime | None = None
         self.records = RecordBus()  # survives reloads: metrics, sinks and the ledger subscribe
         self.admin = AdminAPI(self)
@@ -97,14 +97,9 @@ class App:
         return self._runtime
 
     async def start(self) -> None:
-        if self.session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
-            )
-            self.session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, trust_env=False
-            )
-        self._runtime = Runtime(self.config, self.registry, self.session)
+        if self.client is None:
+            self.client = HTTPClient(keepalive=30.0)
+        self._runtime = Runtime(self.config, self.registry, self.client)
         await self.telemetry.start()
         if self.accounting.store is None:  # first start: subscribe once
             self.records.subscribe(self.accounting.record)
@@ -121,8 +116,8 @@ class App:
     def swap(self, config: Config) -> None:
         """Install a new configuration. The caller validated it; in-flight requests keep the old
         runtime they already hold; key state carries over by id."""
-        assert self.session is not None
-        self._runtime = Runtime(config, self.registry, self.session, previous=self._runtime)
+        assert self.client is not None
+        self._runtime = Runtime(config, self.registry, self.client, previous=self._runtime)
         self.accounting.attach(self._runtime)
         self.config = config
 
@@ -132,9 +127,9 @@ class App:
             await self.reloader.stop()
         await self.telemetry.close()  # flushes the request-log sinks
         await self.accounting.close()  # flushes the usage ledger, gives back leased limits
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
 
     # -- ASGI ---------------------------------------------------------------------------------
 

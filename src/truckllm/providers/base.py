@@ -1,6 +1,6 @@
 """The provider seam: what the gateway hands an adapter (:class:`Call`) and gets back (:class:`Reply`).
 
-A provider adapter is pure translation plus HTTP on the shared aiohttp session. It knows nothing
+A provider adapter is pure translation plus HTTP on the shared upstream client. It knows nothing
 of routing: it is told which key to use, and it reports what the upstream said. Every reply it
 returns speaks OpenAI's wire format, whatever the upstream speaks.
 """
@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import aiohttp
-
 from truckllm.config.schema import KeyConfig, ProviderConfig, Timeouts
+from truckllm.http.client import HTTPClient
 
 Endpoint = Literal["chat", "embeddings"]
 
@@ -147,7 +146,7 @@ class ProviderContext:
     """What a provider adapter is built from."""
 
     config: ProviderConfig
-    session: aiohttp.ClientSession
+    client: HTTPClient
     timeouts: Timeouts
 
 

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 
 from truckllm.config.schema import KeyConfig
+from truckllm.http.client import Response
 from truckllm.providers.anthropic.errors import AnthropicStreamError, translate_error
 from truckllm.providers.anthropic.request import (
     DEFAULT_MAX_TOKENS,
@@ -77,9 +77,9 @@ class AnthropicProvider:
         except TranslationError as exc:
             raise _bad_request(exc.message, exc.code, exc.param) from None
         resp = await self._http.post(self._url, orjson.dumps(native.body), key, call.stream)
-        ctype = resp.headers.get("Content-Type", "")
+        ctype = resp.headers.get("content-type", "")
         if call.stream and resp.status < 300 and ctype.startswith("text/event-stream"):
-            reply = Reply(200, "text/event-stream", resp.headers, _release=resp.close)
+            reply = Reply(200, "text/event-stream", resp.headers, _release=resp.release)
             translator = StreamTranslator(
                 call.model, int(time.time()), call.wants_usage, self.id, native.json_tool
             )
@@ -102,7 +102,7 @@ class AnthropicProvider:
             resp.status, "application/json", resp.headers, body=orjson.dumps(out), usage=usage
         )
 
-    def _error(self, resp: aiohttp.ClientResponse, body: bytes, key: KeyConfig) -> Reply:
+    def _error(self, resp: Response, body: bytes, key: KeyConfig) -> Reply:
         out, code = translate_error(self._http.scrub(body), resp.status, self.id)
         return Reply(
             resp.status,
@@ -114,20 +114,19 @@ class AnthropicProvider:
         )
 
     async def _events(
-        self, resp: aiohttp.ClientResponse, reply: Reply, translator: StreamTranslator
+        self, resp: Response, reply: Reply, translator: StreamTranslator
     ) -> AsyncIterator[bytes]:
         """The translated stream, one batch per upstream read that completes an event. An
         ``error`` event raises :class:`AnthropicStreamError` after what preceded it has been
         yielded; if nothing has been yielded yet, at once (so the gateway may fail over)."""
-        sent = ended = False
-        reads = resp.content.iter_any()
+        sent = False
         try:
             with self._http.mid_stream():
                 while True:
                     try:
-                        data = await anext(reads)
+                        data = await anext(resp)
                     except StopAsyncIteration:
-                        data, ended = b"", True
+                        data = b""
                     if translator.done:  # read on to the end, so the connection can be reused
                         if not data:
                             break
@@ -149,10 +148,7 @@ class AnthropicProvider:
                             )
                         break
         finally:
-            if ended:
-                resp.release()  # read to the end: the connection goes back to the pool
-            else:
-                resp.close()
+            resp.release()  # read to the end: back to the pool; abandoned: closed
 
 
 def _bad_request(message: str, code: str | None, param: str | None) -> RequestRejected:

@@ -25,11 +25,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import orjson
-from multidict import CIMultiDict
 
 from truckllm.config.schema import KeyConfig
+from truckllm.http.client import Response
 from truckllm.providers.base import (
     Call,
     ProviderContext,
@@ -82,9 +81,9 @@ class GeminiProvider:
         resp = await self._http.post(
             self._url(model_path, method, stream), orjson.dumps(native), key, stream
         )
-        ctype = resp.headers.get("Content-Type", "")
+        ctype = resp.headers.get("content-type", "")
         if stream and resp.status == 200 and ctype.startswith("text/event-stream"):
-            reply = Reply(200, "text/event-stream", resp.headers, _release=resp.close)
+            reply = Reply(200, "text/event-stream", resp.headers, _release=resp.release)
             translator = StreamTranslator(call.model, call.wants_usage)
             reply.events = self._events(resp, reply, translator, key)
             return reply
@@ -144,8 +143,8 @@ class GeminiProvider:
             retry_after = parse_retry_after(headers.get("retry-after"))
         elif "retry-after" not in headers:
             # Clients (and the gateway's 429 answer) read Retry-After, not Gemini's RetryInfo.
-            copied: CIMultiDict[str] = CIMultiDict(headers)
-            copied["Retry-After"] = str(math.ceil(retry_after))
+            copied = dict(headers)  # lower-case names, as the client gives them
+            copied["retry-after"] = str(math.ceil(retry_after))
             headers = copied
         return Reply(
             failure.status,
@@ -158,7 +157,7 @@ class GeminiProvider:
 
     async def _events(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         reply: Reply,
         translator: StreamTranslator,
         key: KeyConfig,
@@ -168,7 +167,7 @@ class GeminiProvider:
         buf = b""
         try:
             with self._http.mid_stream():
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp:
                     buf = buf + chunk if buf else chunk
                     if b"\r" in buf:
                         buf = buf.replace(b"\r\n", b"\n")
@@ -191,7 +190,7 @@ class GeminiProvider:
                 f"provider {self.id!r} broke off the stream: {detail}"
             ) from exc
         finally:
-            resp.close()
+            resp.release()
 
 
 def _translate_all(batch: bytes, translator: StreamTranslator) -> tuple[bytes, StreamFailed | None]:

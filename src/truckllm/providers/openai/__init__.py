@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 
 from truckllm.config.schema import KeyConfig
+from truckllm.http.client import Response
 from truckllm.providers.base import (
     Call,
     ProviderContext,
@@ -62,9 +62,9 @@ class OpenAIProvider:
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         data, strip_usage = self._request_body(call)
         resp = await self._http.post(self._urls[call.endpoint], data, key, call.stream)
-        ctype = resp.headers.get("Content-Type", "application/json")
+        ctype = resp.headers.get("content-type", "application/json")
         if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
-            reply = Reply(200, ctype, resp.headers, _release=resp.close)
+            reply = Reply(200, ctype, resp.headers, _release=resp.release)
             reply.events = self._events(resp, reply, strip_usage)
             return reply
         body = await self._http.read(resp)
@@ -81,14 +81,14 @@ class OpenAIProvider:
         return Reply(resp.status, ctype, resp.headers, body=body, usage=_usage_of_body(body))
 
     async def _events(
-        self, resp: aiohttp.ClientResponse, reply: Reply, strip_usage: bool
+        self, resp: Response, reply: Reply, strip_usage: bool
     ) -> AsyncIterator[bytes]:
         """Complete SSE events, batched as they arrived in one read; the usage chunk recorded and,
         when only the gateway asked for it, removed."""
         buf = b""
         try:
             with self._http.mid_stream():
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp:
                     buf = buf + chunk if buf else chunk
                     if b"\r" in chunk:  # CRLF line ends; a pair may be split across two reads
                         buf = buf.replace(b"\r\n", b"\n")
@@ -104,7 +104,7 @@ class OpenAIProvider:
             if buf.strip():
                 yield buf + b"\n\n"
         finally:
-            resp.close()
+            resp.release()
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
