@@ -39,6 +39,11 @@ __all__ = [
 
 _BUFFER_HIGH = 1 << 20  # pause reading the socket when this much body is waiting unread
 _IDLE_PER_ORIGIN = 512
+# A pooled connection that breaks before answering is resent only if the break came this soon
+# after the request left (or within the time the connection took to open, if longer): a close the
+# server had already sent arrives within about one round trip; later, it may have run the prompt.
+_STALE_WINDOW = 0.25
+_MAX_HEAD = 256 * 1024  # status line and headers of one answer
 
 
 class HTTPClientError(Exception):
@@ -105,6 +110,7 @@ class Response:
         "_decoder",
         "_done",
         "_error",
+        "_packed",
         "_size",
         "_waiter",
         "headers",
@@ -121,11 +127,13 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: Any = None
+        self._packed = False  # compressed bytes were fed
 
     # -- fed by the connection ----------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
+            self._packed = True
             data = self._decoder.decompress(data)
             if not data:
                 return
@@ -136,11 +144,16 @@ class Response:
         self._wake()
 
     def _finish(self) -> None:
+        if self._error is not None:  # failed mid-body (a corrupt block): stays failed
+            return
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
                 self._chunks.append(tail)
                 self._size += len(tail)
+            if self._packed and not self._decoder.eof:
+                self._fail(InvalidResponse("the upstream's compressed body is cut short"))
+                return
         self._done = True
         self._wake()
 
@@ -236,6 +249,9 @@ class _Connection(asyncio.Protocol):
         self.read_timeout = 0.0
         self.deadline: float | None = None
         self.used = 0  # requests sent on this connection
+        self.sent_at = 0.0
+        self.connect_s = 0.0  # how long opening it took: a round-trip estimate
+        self.head_bytes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -266,12 +282,13 @@ class _Connection(asyncio.Protocol):
         if response is None or response._done or response._error is not None:
             return
         if self.head is not None and not self.head.done():
-            if self.used > 1 and not self.received:
+            early = self.loop.time() - self.sent_at < max(_STALE_WINDOW, self.connect_s)
+            if self.used > 1 and not self.received and early:
                 self.head.set_exception(_Stale())
             else:
                 self.head.set_exception(ConnectionBroken("the upstream closed the connection"))
             return
-        if self._ends_at_eof():
+        if exc is None and self._ends_at_eof():
             response._finish()
             self.reusable = False
             return
@@ -282,7 +299,17 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self.raw_headers = []  # trailers of the previous answer
+        self.head_bytes = 0
+        response = self.response
+        if response is not None and response._done:  # raising stops the parser; see data_received
+            raise InvalidResponse("the upstream sent more than one answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > _MAX_HEAD:
+            raise InvalidResponse("the upstream's headers are too large")
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -340,7 +367,7 @@ class _Connection(asyncio.Protocol):
         self.response = response
         self.head = self.loop.create_future()
         now = self.loop.time()
-        self.last_read = now
+        self.last_read = self.sent_at = now
         self.read_timeout = read_timeout
         self.deadline = now + total if total is not None else None
         wake = now + read_timeout
@@ -355,6 +382,8 @@ class _Connection(asyncio.Protocol):
         if self.response is None or self.closed:
             return
         now = self.loop.time()
+        if self.paused:  # our reader is behind, not the upstream: only the deadline counts
+            self.last_read = now
         silent_until = self.last_read + self.read_timeout
         if self.deadline is not None and now >= self.deadline:
             self._broken(TimeoutError("the upstream did not finish in time"))
@@ -396,6 +425,7 @@ class _Connection(asyncio.Protocol):
     def resume(self) -> None:
         if self.paused and self.transport is not None and not self.closed:
             self.paused = False
+            self.last_read = self.loop.time()
             self.transport.resume_reading()
 
     def finish(self, response: Response) -> None:
@@ -406,6 +436,8 @@ class _Connection(asyncio.Protocol):
         self.response = None
         self.head = None
         self._cancel_timer()
+        if not response._done:  # wake a reader waiting on it in another task
+            response._fail(ConnectionBroken("the response was released"))
         if response._done and response._error is None and self.reusable and not self.closed:
             self.resume()
             self.pool.put(self)
@@ -527,6 +559,7 @@ class HTTPClient:
     ) -> _Connection:
         scheme, host, port = pool.origin
         tls = self._ssl_context() if scheme == "https" else None
+        started = loop.time()
         async with asyncio.timeout(limit):
             _, conn = await loop.create_connection(
                 lambda: _Connection(pool, loop),
@@ -535,6 +568,7 @@ class HTTPClient:
                 ssl=tls,
                 server_hostname=host if tls is not None else None,
             )
+        conn.connect_s = loop.time() - started
         return conn
 
     async def close(self) -> None:
