@@ -201,7 +201,7 @@ def _demo(args: list[str]) -> int:
 
 async def _run_demo(host: str, port: int) -> None:
     from truckllm.api import App
-    from truckllm.server import GatewayServer, uvicorn_config
+    from truckllm.server import GatewayServer
     from truckllm.testing.behaviour import KeyBehaviour
     from truckllm.testing.mock_server import MockServer
 
@@ -217,7 +217,7 @@ async def _run_demo(host: str, port: int) -> None:
         provider_registry().names(),
     )
     app = App(cfg)
-    server = GatewayServer(uvicorn_config(app, host, port), app)
+    server = GatewayServer(app, host, port)
     print(_demo_banner(shown), flush=True)
     try:
         await server.serve()

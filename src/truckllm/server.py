@@ -1,45 +1,109 @@
-"""Run the ASGI app under uvicorn (uvloop + httptools), in the foreground or in a thread."""
+"""Run the ASGI app on the lean HTTP/1.1 server (:mod:`truckllm.http.server`), on uvloop where it
+is installed, in the foreground or in a thread."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-import uvicorn
-
 from truckllm.api import App
 from truckllm.config import parse_listen
+from truckllm.http.server import HTTPServer
+
+log = logging.getLogger("truckllm.http")
+
+STARTUP_FAILURE = 3  # the exit status when the app's start-up fails (workers.py relies on it)
+KEEP_ALIVE_TIMEOUT = 75.0
 
 
-class GatewayServer(uvicorn.Server):
-    """uvicorn's server with the gateway's signals. SIGINT/SIGTERM drain: stop accepting, let
-    in-flight requests and streams finish up to ``server.shutdown_timeout``, flush, exit 0 (a
-    second signal forces the exit). SIGHUP reloads the configuration file."""
+class GatewayServer:
+    """The gateway's app on :class:`HTTPServer`, with the gateway's signals. SIGINT/SIGTERM drain:
+    stop accepting, let in-flight requests and streams finish up to ``server.shutdown_timeout``,
+    flush, exit 0 (a second signal forces the exit). SIGHUP reloads the configuration file.
 
-    def __init__(self, config: uvicorn.Config, app: App | None = None) -> None:
-        super().__init__(config)
-        self.gateway_app = app
+    ``serve()`` returns once the server has stopped; ``started`` tells whether it ever served
+    (False: the app's start-up failed)."""
 
-    def handle_exit(self, sig: int, frame: object) -> None:
-        if self.gateway_app is not None:
-            self.gateway_app.draining = True  # /readyz says so while connections finish
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        app: App,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        sock: socket.socket | None = None,
+        shutdown_timeout: float | None = None,
+        keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+        handle_signals: bool = True,
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.sock = sock
+        self.shutdown_timeout = shutdown_timeout
+        self.keep_alive_timeout = keep_alive_timeout
+        self.handle_signals = handle_signals
+        self.started = False
+        self.http: HTTPServer | None = None
+        self._exit: asyncio.Event | None = None
+        self._exit_requested = False
+
+    async def serve(self) -> None:
+        self._exit = asyncio.Event()
+        if self._exit_requested:
+            self._exit.set()
+        self.http = http = HTTPServer(self.app, keep_alive_timeout=self.keep_alive_timeout)
+        with self._signals():
+            if not await http.startup():
+                log.error("application start-up failed: exiting")
+                return
+            try:
+                await http.listen(self.host, self.port, sock=self.sock)
+            except OSError as exc:
+                log.error("cannot listen on %s:%d: %s", self.host, self.port, exc)
+                await http.shutdown(0)  # the app's lifespan shutdown: flush, close
+                raise SystemExit(1) from None
+            self.started = True
+            sockets = http.sockets
+            if sockets:
+                addr = sockets[0].getsockname()
+                self.host, self.port = addr[0], addr[1]
+            log.info("listening on http://%s:%d", self.host, self.port)
+            await self._exit.wait()
+            timeout = self.shutdown_timeout
+            if timeout is None:
+                timeout = self.app.config.server.shutdown_timeout
+            await http.shutdown(timeout)
+
+    def exit(self) -> None:
+        """Begin a graceful shutdown; called again, force it. Call on the server's loop."""
+        self.app.draining = True  # /readyz says so while connections finish
+        if self._exit is None:
+            self._exit_requested = True
+        elif not self._exit.is_set():
+            self._exit.set()
+        elif self.http is not None:
+            self.http.force_exit()
+
+    def handle_exit(self, sig: int, frame: object = None) -> None:
+        self.exit()
 
     def _reload(self) -> None:
-        app = self.gateway_app
-        if app is not None and app.reloader is not None:
+        app = self.app
+        if app.reloader is not None:
             app.reloader.request("sighup")
 
     @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+    def _signals(self) -> Iterator[None]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             yield
             return
         loop = asyncio.get_running_loop()
@@ -54,31 +118,14 @@ class GatewayServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-def uvicorn_config(app: App, host: str, port: int, **overrides: Any) -> uvicorn.Config:
-    options: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "ws": "none",  # no WebSocket routes: skips importing a WebSocket stack at start-up
-        "lifespan": "on",
-        "access_log": False,
-        "log_config": None,
-        "server_header": False,
-        "proxy_headers": False,
-        "backlog": 2048,
-        "timeout_keep_alive": 75,
-        "timeout_graceful_shutdown": app.config.server.shutdown_timeout,
-    }
-    options.update(overrides)
-    return uvicorn.Config(app, **options)
-
-
 def serve(app: App, listen: str | None = None) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM; exits with status 3 if start-up fails."""
     host, port = parse_listen(listen or app.config.server.listen)
-    server = GatewayServer(uvicorn_config(app, host, port), app)
+    server = GatewayServer(app, host, port)
     freeze_startup_objects()
     run_async(server.serve())
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 def freeze_startup_objects() -> None:
@@ -108,15 +155,31 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerThread:
-    """A uvicorn server on its own event loop in a daemon thread (tests, embedding)."""
+    """The gateway on its own event loop in a daemon thread (tests, embedding). ``loop`` is
+    "asyncio" or "uvloop"."""
 
-    def __init__(self, app: App, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        loop: str = "asyncio",
+        keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+        shutdown_timeout: float = 2.0,
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port or free_port(host)
-        self.server = uvicorn.Server(
-            uvicorn_config(app, self.host, self.port, loop="asyncio", timeout_graceful_shutdown=2)
+        self.server = GatewayServer(
+            app,
+            self.host,
+            self.port,
+            shutdown_timeout=shutdown_timeout,
+            keep_alive_timeout=keep_alive_timeout,
+            handle_signals=False,
         )
+        self._loop_kind = loop
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"truckllm-{self.port}", daemon=True)
 
@@ -125,9 +188,18 @@ class ServerThread:
         return f"http://{self.host}:{self.port}"
 
     def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self.server.serve())
-        self.loop.close()
+        if self._loop_kind == "uvloop":
+            import uvloop
+
+            self.loop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
 
     def start(self, timeout: float = 10.0) -> ServerThread:
         self._thread.start()
@@ -141,7 +213,10 @@ class ServerThread:
         raise RuntimeError("the gateway did not start")
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        loop = self.loop
+        if loop is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self.server.exit)
         self._thread.join(10)
 
 

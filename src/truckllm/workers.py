@@ -27,11 +27,11 @@ import time
 from collections.abc import Callable
 
 from truckllm.api import App
+from truckllm.server import STARTUP_FAILURE
 
 log = logging.getLogger("truckllm.workers")
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
-STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up fails
 _RESPAWN_PAUSE = 1.0
 
 
@@ -69,7 +69,7 @@ def serve_workers(
                 signals_seen += 1
                 stopping_since = stopping_since or time.monotonic()
                 pending.clear()
-                # The first signal drains; a second one forces (uvicorn's double SIGINT).
+                # The first signal drains; a second one forces the exit.
                 _send(children, signal.SIGTERM if signals_seen == 1 else signal.SIGINT)
             elif sig == signal.SIGHUP:
                 _send(children, signal.SIGHUP)
@@ -127,13 +127,13 @@ def _spawn(make_app: Callable[[], App], sock: socket.socket, slot: int) -> int:
 
 
 def _worker(make_app: Callable[[], App], sock: socket.socket) -> int:
-    from truckllm.server import GatewayServer, freeze_startup_objects, run_async, uvicorn_config
+    from truckllm.server import GatewayServer, freeze_startup_objects, run_async
 
     app = make_app()
     host, port = sock.getsockname()[:2]
-    server = GatewayServer(uvicorn_config(app, host, port), app)
+    server = GatewayServer(app, host, port, sock=sock)
     freeze_startup_objects()
-    run_async(server.serve(sockets=[sock]))
+    run_async(server.serve())
     return 0 if server.started else STARTUP_FAILURE
 
 

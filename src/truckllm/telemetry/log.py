@@ -44,14 +44,14 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure the ``truckllm`` logger tree (and uvicorn's error logger) once per process."""
+    """Configure the ``truckllm`` logger tree (the HTTP server's ``truckllm.http`` too) once per
+    process."""
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "text" if stream.isatty() else "json"
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
-    for name in ("truckllm", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
+    logger = logging.getLogger("truckllm")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False

@@ -1,0 +1,811 @@
+"""A lean HTTP/1.1 server for an ASGI 3 application: one :class:`asyncio.Protocol` per connection
+over ``httptools`` (llhttp), on uvloop or asyncio's own loop.
+
+Per request it allocates a scope, a header list and one :class:`_Cycle`; no regexes, no timers.
+The app's task starts once the headers are in (the body usually arrives in the same read).
+Idle keep-alive connections are closed by one periodic sweeper for the whole server.
+
+Request bodies are handed over as they arrive, everything buffered in one ``http.request``
+message; reading pauses while more than 64 KiB are unread. Once the body is consumed,
+``receive()`` waits until the response is complete or the client is gone, then answers
+``http.disconnect``: that is how the app notices a client that hung up mid-request.
+
+Responses: the status line and headers are held until the first body message and written with
+it. A ``content-length`` from the app is used as is; a single body message gets one; a streamed
+body without one is chunked (HTTP/1.1) or delimited by closing the connection (HTTP/1.0).
+``send()`` waits while the transport's write buffer is over its high-water mark, so a fast
+stream to a slow client does not buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+log = logging.getLogger("truckllm.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]
+
+MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is answered with 431
+BODY_HIGH_WATER = 64 * 1024  # unread request body that pauses reading
+
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+_STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CLOSE = b"connection: close\r\n"
+_KEEP_ALIVE = b"connection: keep-alive\r\n"
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+def _error_body(message: str, type_: str) -> bytes:
+    return b'{"error":{"message":"%s","type":"%s","param":null,"code":null}}' % (
+        message.encode(),
+        type_.encode(),
+    )
+
+
+_BAD_REQUEST = _error_body("Invalid HTTP request.", "invalid_request_error")
+_TOO_LARGE = _error_body("Request header fields too large.", "invalid_request_error")
+_SERVER_ERROR = _error_body("Internal server error.", "server_error")
+_JSON = [(b"content-type", b"application/json")]
+
+
+class DateHeader:
+    """The ``date`` header line, formatted once a second (one per server: no module state)."""
+
+    __slots__ = ("_line", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
+        return self._line
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+def _error_response(status: int, body: bytes, date: bytes) -> bytes:
+    return b"%s%scontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        _status_line(status),
+        date,
+        len(body),
+        _CLOSE,
+        body,
+    )
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to answer with ``status`` and close."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class _Cycle:
+    """One request and its response: the ASGI ``receive`` and ``send`` of one app call."""
+
+    __slots__ = (
+        "body",
+        "buffered",
+        "chunked",
+        "conn",
+        "continued",
+        "discard",
+        "head_sent",
+        "headers",
+        "http10",
+        "is_head",
+        "keep_alive",
+        "message_complete",
+        "no_body",
+        "remaining",
+        "request_read",
+        "response_complete",
+        "response_started",
+        "scope",
+        "status",
+        "task",
+        "waiters",
+    )
+
+    def __init__(self, conn: _Connection, scope: Scope, keep_alive: bool, http10: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.is_head = scope["method"] == "HEAD"
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.message_complete = False
+        self.request_read = False  # the last http.request message was handed out
+        self.discard = False  # the response is done: drop the rest of the request body
+        self.continued = False  # 100 Continue written (or not wanted)
+        self.waiters: list[asyncio.Future[None]] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.response_started = False
+        self.response_complete = False
+        self.head_sent = False
+        self.status = 0
+        self.headers: Any = ()
+        self.chunked = False
+        self.no_body = False
+        self.remaining = -1  # bytes still owed under the app's content-length, -1: no limit
+
+    # -- receive ------------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        conn = self.conn
+        while not self.request_read:
+            if conn.closing:
+                return _DISCONNECT
+            if self.body or self.message_complete:
+                body = self.body
+                data = body[0] if len(body) == 1 else b"".join(body)
+                self.body = []
+                self.buffered = 0
+                more = not self.message_complete
+                self.request_read = not more
+                if conn.reading_paused:
+                    conn.maybe_resume_reading()
+                return {"type": "http.request", "body": data, "more_body": more}
+            if not self.continued:
+                self.continued = True
+                if not self.http10 and self._expects_continue():
+                    conn.transport.write(_CONTINUE)
+            await self._wait()
+        while not (self.response_complete or conn.closing):
+            await self._wait()
+        return _DISCONNECT
+
+    def _expects_continue(self) -> bool:
+        for name, value in self.scope["headers"]:
+            if name == b"expect" and value.lower() == b"100-continue":
+                return True
+        return False
+
+    async def _wait(self) -> None:
+        fut: asyncio.Future[None] = self.conn.loop.create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(fut)
+        try:
+            await fut
+        finally:
+            self.waiters.remove(fut)
+
+    def wake(self) -> None:
+        if self.waiters:
+            for fut in self.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    # -- send ---------------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.response_started or self.response_complete:
+                raise RuntimeError(f"unexpected ASGI message {kind!r} at this point")
+            more = message.get("more_body", False)
+            self.write(message.get("body", b""), more)
+            conn = self.conn
+            if more and conn.write_paused and not conn.closing:
+                await conn.drain()
+        elif kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("unexpected ASGI message 'http.response.start': already started")
+            self.response_started = True
+            self.status = message["status"]
+            self.headers = message.get("headers", ())
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def write(self, body: bytes, more: bool) -> None:
+        """Write a body part (with the head first); completes the response when not ``more``."""
+        conn = self.conn
+        if conn.closing:
+            # The client is gone: a silent no-op, but the response counts as done.
+            if not more:
+                self.response_complete = True
+            return
+        if self.head_sent:
+            if self.no_body:
+                data = b""
+            elif self.chunked:
+                if body:
+                    data = b"%x\r\n%b\r\n" % (len(body), body)
+                    if not more:
+                        data += _LAST_CHUNK
+                else:
+                    data = b"" if more else _LAST_CHUNK
+            else:
+                data = body
+                if self.remaining >= 0:
+                    self._count(len(body), more)
+        else:
+            data = self._head(body, more)
+        if data:
+            conn.transport.write(data)
+        if not more:
+            self.response_complete = True
+            conn.response_done(self)
+
+    def _count(self, size: int, more: bool) -> None:
+        self.remaining -= size
+        if self.remaining < 0:
+            self.keep_alive = False
+            raise RuntimeError("response body longer than its content-length")
+        if not more and self.remaining:
+            raise RuntimeError("response body shorter than its content-length")
+
+    def _head(self, body: bytes, more: bool) -> bytes:
+        """The status line and headers, with the framing the response needs, plus ``body``."""
+        status = self.status
+        parts = [_status_line(status), self.conn.server.date()]
+        lines = 2
+        content_length = -1
+        transfer_encoding = False
+        keep_alive = self.keep_alive and not self.conn.server.draining
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                content_length = int(value)
+            elif lname == b"connection":
+                if value.lower() == b"close":
+                    keep_alive = False
+                continue  # written below, from keep_alive
+            elif lname == b"transfer-encoding":
+                transfer_encoding = True
+            parts.append(b"%b: %b\r\n" % (name, value))
+            lines += 1
+        no_body = chunked = False
+        if self.is_head or status < 200 or status in (204, 304):
+            no_body = True
+        elif content_length >= 0:
+            if len(body) > content_length or (not more and len(body) < content_length):
+                raise RuntimeError("response body does not match its content-length")
+        elif transfer_encoding:
+            chunked = True
+        elif not more:
+            parts.append(b"content-length: %d\r\n" % len(body))
+            lines += 1
+        elif self.http10:
+            keep_alive = False  # delimited by closing the connection
+        else:
+            parts.append(b"transfer-encoding: chunked\r\n")
+            lines += 1
+            chunked = True
+        if not keep_alive:
+            parts.append(_CLOSE)
+            lines += 1
+        elif self.http10:
+            parts.append(_KEEP_ALIVE)
+            lines += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        # A CR or LF inside a header name or value would split the response: one count each.
+        if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1:
+            raise RuntimeError("invalid character in a response header")
+        self.head_sent = True
+        self.keep_alive = keep_alive
+        if no_body:
+            self.no_body = True
+            return head
+        if chunked:
+            self.chunked = True
+            if body:
+                head += b"%x\r\n%b\r\n" % (len(body), body)
+            return head + _LAST_CHUNK if not more else head
+        if content_length >= 0:
+            self.remaining = content_length - len(body)
+        return head + body if body else head
+
+    # -- the app's task -----------------------------------------------------------------------
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        conn = self.conn
+        conn.server.tasks.discard(task)
+        if task.cancelled():
+            exc: BaseException | None = None
+            cancelled = True
+        else:
+            exc = task.exception()
+            cancelled = False
+            if exc is not None:
+                log.error("exception in the ASGI application", exc_info=exc)
+        if self.response_complete or conn.closing:
+            return
+        if not self.head_sent:
+            if exc is None and not cancelled:
+                log.error("the ASGI application returned without a response")
+            # Nothing written yet: a clean 500, and the connection lives on.
+            self.status = 500
+            self.headers = _JSON
+            self.response_started = True
+            self.write(_SERVER_ERROR, False)
+        else:
+            conn.close()  # half a response: the client must see it cut
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = (
+        "active",
+        "client",
+        "closing",
+        "drain_waiter",
+        "header_bytes",
+        "headers",
+        "headers_pending",
+        "idle_since",
+        "loop",
+        "parser",
+        "parsing",
+        "partial_bytes",
+        "queue",
+        "reading_paused",
+        "server",
+        "sockname",
+        "transport",
+        "url",
+        "write_paused",
+    )
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.sockname: tuple[str, int] | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.headers_pending = False  # a request's head has begun and is not complete
+        self.partial_bytes = 0
+        self.parsing: _Cycle | None = None  # the request whose body is being parsed
+        self.active: _Cycle | None = None  # the request the app is answering
+        self.queue: deque[_Cycle] = deque()  # pipelined requests waiting their turn
+        self.closing = False
+        self.reading_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.idle_since = 0.0
+
+    # -- transport events ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client = (peer[0], peer[1])
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            self.sockname = (sock[0], sock[1])
+        self.idle_since = self.loop.time()
+        server = self.server
+        server.conns.add(self)
+        if server.draining:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.conns.discard(self)
+        for cycle in (self.active, self.parsing, *self.queue):
+            if cycle is not None:
+                cycle.wake()
+        self.queue.clear()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None  # close: a client that half-closes is treated as gone
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self.drain_waiter = self.loop.create_future()
+        await asyncio.shield(waiter)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.headers_pending:
+            self.partial_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # No protocol switches here: the request was answered as plain HTTP; go on parsing.
+            rest = data[exc.args[0] :]
+            if rest:
+                self.data_received(rest)
+            return
+        except httptools.HttpParserCallbackError as exc:
+            reason = exc.__context__
+            if isinstance(reason, _Reject):
+                self.reject(reason.status)
+            else:
+                log.error("error while handling a request", exc_info=reason or exc)
+                self.reject(400)
+            return
+        except httptools.HttpParserError as exc:
+            log.debug("invalid HTTP request: %s", exc)
+            self.reject(400)
+            return
+        if self.headers_pending and self.partial_bytes > MAX_HEADER_BYTES:
+            self.reject(431)
+
+    # -- parser callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.partial_bytes = 0
+        self.headers_pending = True
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+        self.header_bytes += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self.headers_pending = False
+        url = self.url
+        if self.header_bytes + len(url) > MAX_HEADER_BYTES:
+            raise _Reject(431)
+        parser = self.parser
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+        elif url == b"*":  # OPTIONS *
+            raw_path, query = url, b""
+        else:  # absolute-form
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Reject(400) from None
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode(
+            "utf-8", "replace"
+        )
+        method = parser.get_method()
+        version = parser.get_http_version()
+        scope: Scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": version,
+            "method": _METHODS.get(method) or method.decode("ascii", "replace"),
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": self.headers,
+            "client": self.client,
+            "server": self.sockname,
+        }
+        server = self.server
+        if server.state:
+            scope["state"] = server.state.copy()
+        cycle = _Cycle(
+            self, scope, parser.should_keep_alive() and not server.draining, version == "1.0"
+        )
+        self.parsing = cycle
+        if self.active is None:
+            self.start(cycle)
+        else:
+            self.queue.append(cycle)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None or cycle.discard:
+            return
+        cycle.body.append(body)
+        cycle.buffered += len(body)
+        if cycle.buffered > BODY_HIGH_WATER and not self.reading_paused:
+            self.pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        if cycle is not None:
+            self.parsing = None
+            cycle.message_complete = True
+            cycle.wake()
+
+    # -- requests and responses ---------------------------------------------------------------
+
+    def start(self, cycle: _Cycle) -> None:
+        self.active = cycle
+        server = self.server
+        task = self.loop.create_task(server.app(cycle.scope, cycle.receive, cycle.send))
+        cycle.task = task
+        server.tasks.add(task)
+        task.add_done_callback(cycle.task_done)
+
+    def response_done(self, cycle: _Cycle) -> None:
+        """The response is written: close, or go on to the next request."""
+        if cycle is not self.active:
+            return
+        self.active = None
+        cycle.wake()
+        if not cycle.message_complete:
+            # Answered before the body was read: drop the rest of it, unless the client waits
+            # for a 100 Continue it never got and may not send the body at all.
+            if not cycle.continued and cycle._expects_continue():
+                cycle.keep_alive = False
+            cycle.discard = True
+            cycle.body = []
+            cycle.buffered = 0
+        if not cycle.keep_alive or self.server.draining:
+            self.close()
+            return
+        if self.queue:
+            self.start(self.queue.popleft())
+        else:
+            self.idle_since = self.loop.time()
+        if self.reading_paused:
+            self.maybe_resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and not self.closing:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def maybe_resume_reading(self) -> None:
+        parsing = self.parsing
+        if (
+            self.reading_paused
+            and not self.closing
+            and not self.queue
+            and (parsing is None or parsing.buffered <= BODY_HIGH_WATER)
+        ):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def reject(self, status: int) -> None:
+        """A request that cannot be served: answer ``status`` if nothing is being written, and
+        close."""
+        if self.closing:
+            return
+        active = self.active
+        if active is None or not active.head_sent:
+            if active is not None:
+                active.response_complete = True  # the app's sends become no-ops
+                if active.task is not None:
+                    active.task.cancel()
+            self.transport.write(
+                _error_response(
+                    status, _TOO_LARGE if status == 431 else _BAD_REQUEST, self.server.date()
+                )
+            )
+        self.close()
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+            for cycle in (self.active, self.parsing, *self.queue):
+                if cycle is not None:
+                    cycle.wake()
+            waiter = self.drain_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    @property
+    def idle(self) -> bool:
+        return self.active is None and not self.queue
+
+
+class Lifespan:
+    """The app's lifespan protocol: start-up before serving, shutdown after."""
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+        self.supported = True
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._started = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._failed: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._received = False
+
+    async def startup(self) -> bool:
+        """Run the app's start-up; False if it failed."""
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
+        self._task = asyncio.get_running_loop().create_task(self._main(scope))
+        await self._queue.put({"type": "lifespan.startup"})
+        await self._started.wait()
+        if self._failed is not None:
+            log.error("application start-up failed: %s", self._failed)
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        if not self.supported or self._task is None or self._task.done():
+            return
+        await self._queue.put({"type": "lifespan.shutdown"})
+        await self._stopped.wait()
+        if self._failed is not None:
+            log.error("application shutdown failed: %s", self._failed)
+
+    async def cancel(self) -> None:
+        """Stop the app's lifespan without its shutdown (a forced exit)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+
+    async def _main(self, scope: Scope) -> None:
+        try:
+            await self.app(scope, self._receive, self._send)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._received:
+                # An app that fails before reading the first message has no lifespan support.
+                self.supported = False
+                log.debug("the application does not support lifespan: %r", exc)
+            else:
+                self._failed = repr(exc)
+                log.error("exception in the lifespan protocol", exc_info=exc)
+        finally:
+            if not self._received:
+                self.supported = False
+            self._started.set()
+            self._stopped.set()
+
+    async def _receive(self) -> Message:
+        self._received = True
+        return await self._queue.get()
+
+    async def _send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            self._started.set()
+        elif kind == "lifespan.startup.failed":
+            self._failed = message.get("message") or "no message"
+            self._started.set()
+        elif kind == "lifespan.shutdown.complete":
+            self._stopped.set()
+        elif kind == "lifespan.shutdown.failed":
+            self._failed = message.get("message") or "no message"
+            self._stopped.set()
+        else:
+            raise RuntimeError(f"unexpected ASGI lifespan message {kind!r}")
+
+
+class HTTPServer:
+    """Serves an ASGI app: ``await startup()``, ``await listen(...)``, later
+    ``await shutdown(timeout)``. Create and use it on the loop that serves."""
+
+    def __init__(self, app: ASGIApp, *, keep_alive_timeout: float = 75.0) -> None:
+        self.app = app
+        self.keep_alive_timeout = keep_alive_timeout
+        self.loop = asyncio.get_running_loop()
+        self.state: dict[str, Any] = {}
+        self.lifespan = Lifespan(app, self.state)
+        self.date = DateHeader()
+        self.conns: set[_Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self.servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._forced = asyncio.Event()
+
+    async def startup(self) -> bool:
+        """The app's lifespan start-up; False if it failed (do not serve then)."""
+        return await self.lifespan.startup()
+
+    async def listen(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        sock: socket.socket | None = None,
+        backlog: int = 2048,
+    ) -> None:
+        """Accept connections on ``host:port``, or on an already bound socket."""
+        if sock is not None:
+            server = await self.loop.create_server(
+                lambda: _Connection(self), sock=sock, backlog=backlog
+            )
+        else:
+            server = await self.loop.create_server(
+                lambda: _Connection(self), host, port or 0, backlog=backlog
+            )
+        self.servers.append(server)
+        if self._sweeper is None:
+            self._schedule_sweep()
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [s for server in self.servers for s in server.sockets]
+
+    def _schedule_sweep(self) -> None:
+        interval = min(1.0, max(0.05, self.keep_alive_timeout / 4))
+        self._sweeper = self.loop.call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close keep-alive connections idle for longer than ``keep_alive_timeout``."""
+        deadline = self.loop.time() - self.keep_alive_timeout
+        for conn in [c for c in self.conns if c.idle and c.idle_since < deadline]:
+            conn.close()
+        self._schedule_sweep()
+
+    def force_exit(self) -> None:
+        """Make a running :meth:`shutdown` stop waiting for requests to finish."""
+        self._forced.set()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Stop accepting; close idle connections and let busy ones finish their response (up to
+        ``timeout`` seconds), then cancel what is left; then the app's lifespan shutdown."""
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.conns):
+            if conn.idle:
+                conn.close()
+        deadline = None if timeout is None else self.loop.time() + timeout
+        while (self.conns or self.tasks) and not self._forced.is_set():
+            if deadline is not None and self.loop.time() >= deadline:
+                log.warning(
+                    "shutdown: %d connections and %d requests still busy: cancelling them",
+                    len(self.conns),
+                    len(self.tasks),
+                )
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._forced.wait(), 0.05)
+        for task in list(self.tasks):
+            task.cancel()
+        for conn in list(self.conns):
+            conn.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=1.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._forced.is_set():
+            await self.lifespan.cancel()
+        else:
+            await self.lifespan.shutdown()

@@ -1,0 +1,695 @@
+"""The lean HTTP/1.1 server (truckllm.http.server) over real loopback sockets, on asyncio's loop
+and on uvloop, against a tiny ASGI app; and the real gateway app on it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import socket
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+import aiohttp
+import orjson
+import pytest
+from helpers import request
+
+from truckllm.api import App
+from truckllm.api.asgi import DisconnectWatch
+from truckllm.config import Config, parse_config
+from truckllm.http.server import HTTPServer
+from truckllm.providers import provider_registry
+from truckllm.server import ServerThread, free_port
+from truckllm.testing.mock import MockUpstream
+
+Scope = dict[str, Any]
+
+
+# -- a tiny ASGI app ----------------------------------------------------------------------------
+
+
+class TinyApp:
+    """Routes by path; records what it saw in ``events``."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.sent_chunks = 0
+        self.fail_startup = False
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    if self.fail_startup:
+                        await send({"type": "lifespan.startup.failed", "message": "no"})
+                        return
+                    scope["state"]["greeting"] = "hello"
+                    self.events.append("startup")
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    self.events.append("shutdown")
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        name = [*scope["path"].split("/"), ""][1].replace("-", "_")
+        handler = getattr(self, "route_" + name, None)
+        if handler is None:
+            await respond(send, 404, b"not found")
+            return
+        await handler(scope, receive, send)
+
+    async def route_echo(self, scope: Scope, receive: Any, send: Any) -> None:
+        body, messages = await read_all(receive)
+        info = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "raw_path": scope["raw_path"].decode(),
+            "query": scope["query_string"].decode(),
+            "http_version": scope["http_version"],
+            "client": list(scope["client"]),
+            "server": list(scope["server"]),
+            "headers": [[n.decode(), v.decode()] for n, v in scope["headers"]],
+            "state": scope.get("state"),
+            "size": len(body),
+            "sha": hashlib.sha256(body).hexdigest(),
+            "messages": messages,
+        }
+        await respond(send, 200, orjson.dumps(info), b"application/json")
+
+    async def route_slow(self, scope: Scope, receive: Any, send: Any) -> None:
+        await read_all(receive)
+        await asyncio.sleep(float(scope["query_string"] or b"0.2"))
+        await respond(send, 200, b"slow " + scope["query_string"])
+
+    async def route_stream(self, scope: Scope, receive: Any, send: Any) -> None:
+        """``n`` chunks of ``size`` bytes, no content-length."""
+        query = dict(p.split("=") for p in scope["query_string"].decode().split("&") if p)
+        n, size = int(query.get("n", 3)), int(query.get("size", 10))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(n):
+            chunk = (b"%d," % i).ljust(size, b".")
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self.sent_chunks = i + 1
+        await send({"type": "http.response.body", "body": b""})
+
+    async def route_slow_reader(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Reads the body slowly; records the size of every message."""
+        sizes = []
+        digest = hashlib.sha256()
+        while True:
+            message = await receive()
+            sizes.append(len(message["body"]))
+            digest.update(message["body"])
+            if not message.get("more_body"):
+                break
+            await asyncio.sleep(0.002)
+        self.events.append(("sizes", sizes))
+        await respond(send, 200, digest.hexdigest().encode())
+
+    async def route_hang(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Like the gateway's long requests: a DisconnectWatch cancels it when the client goes."""
+        await read_all(receive)
+        watch = DisconnectWatch(receive, delay=0.01)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.events.append(("cancelled", watch.gone))
+            raise
+        finally:
+            watch.stop()
+
+    async def route_boom(self, scope: Scope, receive: Any, send: Any) -> None:
+        raise ValueError("secret detail")
+
+    async def route_boom_midway(self, scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise ValueError("secret detail")
+
+    async def route_close(self, scope: Scope, receive: Any, send: Any) -> None:
+        await respond(send, 200, b"bye", extra=[(b"connection", b"close")])
+
+    async def route_no_response(self, scope: Scope, receive: Any, send: Any) -> None:
+        return
+
+    async def route_bad_header(self, scope: Scope, receive: Any, send: Any) -> None:
+        await respond(send, 200, b"x", extra=[(b"x-evil", b"a\r\nset-cookie: b")])
+
+
+async def read_all(receive: Any) -> tuple[bytes, int]:
+    parts, messages = [], 0
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request", message
+        messages += 1
+        parts.append(message["body"])
+        if not message.get("more_body"):
+            return b"".join(parts), messages
+
+
+async def respond(
+    send: Any,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"text/plain",
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- serving it in a thread ---------------------------------------------------------------------
+
+
+class Served:
+    """An HTTPServer on its own loop in a thread."""
+
+    def __init__(self, app: Any, loop_kind: str, **options: Any) -> None:
+        self.app = app
+        if loop_kind == "uvloop":
+            import uvloop
+
+            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
+        self.options = options
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: HTTPServer = self.call(self._start())
+        self.port: int = self.server.sockets[0].getsockname()[1]
+        self.stopped = False
+
+    async def _start(self) -> HTTPServer:
+        server = HTTPServer(self.app, **self.options)
+        assert await server.startup()
+        await server.listen("127.0.0.1", 0)
+        return server
+
+    def call(self, coro: Any, timeout: float = 15) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.call(self.server.shutdown(timeout))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def make(app: Any = None, **options: Any) -> Served:
+        served = Served(app or TinyApp(), request.param, **options)
+        started.append(served)
+        return served
+
+    yield make
+    for served in started:
+        served.close()
+
+
+@pytest.fixture
+def srv(serve: Callable[..., Served]) -> Served:
+    return serve()
+
+
+# -- a raw HTTP/1.1 response reader (independent of httptools) ----------------------------------
+
+
+class Resp:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, raw_head: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.raw_head = raw_head
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+def read_response(f: BinaryIO, head_request: bool = False) -> Resp:
+    status_line = f.readline()
+    assert status_line, "connection closed"
+    version, status, _ = status_line.decode().split(" ", 2)
+    assert version == "HTTP/1.1", status_line
+    raw_head = status_line
+    headers: dict[str, str] = {}
+    while True:
+        line = f.readline()
+        raw_head += line
+        assert line.endswith(b"\r\n"), line
+        if line == b"\r\n":
+            break
+        name, value = line.decode().split(":", 1)
+        assert name.lower() not in headers, f"duplicate {name}"
+        headers[name.lower()] = value.strip()
+    code = int(status)
+    if head_request or code in (204, 304) or code < 200:
+        body = b""
+    elif "content-length" in headers:
+        body = f.read(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while True:
+            size = int(f.readline().strip(), 16)
+            chunk = f.read(size)
+            assert f.read(2) == b"\r\n"
+            if size == 0:
+                break
+            parts.append(chunk)
+        body = b"".join(parts)
+    else:
+        body = f.read()  # delimited by the close
+    return Resp(code, headers, body, raw_head)
+
+
+def exchange(sock: socket.socket, data: bytes, n: int = 1) -> list[Resp]:
+    sock.sendall(data)
+    f = sock.makefile("rb")
+    return [read_response(f) for _ in range(n)]
+
+
+def closed(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True once the server closed the connection."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def get(path: str, *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: test", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def post(path: str, body: bytes, *headers: str) -> bytes:
+    return get(path, f"Content-Length: {len(body)}", *headers, method="POST") + body
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+# -- the basics ---------------------------------------------------------------------------------
+
+
+def test_scope_and_keep_alive_reuse(srv: Served) -> None:
+    with srv.connect() as sock:
+        first, second = (
+            exchange(sock, get("/echo/%7Ea%20b?x=1&y=%20", "X-Thing: One"))[0],
+            exchange(sock, post("/echo", b"hello"))[0],
+        )
+    info = first.json()
+    assert first.status == 200
+    assert info["method"] == "GET" and info["path"] == "/echo/~a b"
+    assert info["raw_path"] == "/echo/%7Ea%20b" and info["query"] == "x=1&y=%20"
+    assert info["http_version"] == "1.1"
+    assert ["x-thing", "One"] in info["headers"]  # names lower-cased, values as sent
+    assert info["state"] == {"greeting": "hello"}  # a copy of the lifespan state
+    assert info["server"] == ["127.0.0.1", srv.port]
+    # The same connection served both.
+    assert second.json()["client"] == info["client"]
+    assert second.json()["size"] == 5
+    assert "date" in first.headers and "server" not in first.headers
+    assert "connection" not in first.headers  # keep-alive is the default
+
+
+def test_path_route_for_unknown_path_and_post_body_not_read(srv: Served) -> None:
+    with srv.connect() as sock:
+        # The 404 leaves the body unread: it is skipped, the next request is parsed correctly.
+        first, second = exchange(sock, post("/nope", b"x" * 100_000) + get("/echo"), 2)
+    assert first.status == 404
+    assert second.status == 200 and second.json()["path"] == "/echo"
+
+
+def test_pipelined_requests_are_answered_in_order(srv: Served) -> None:
+    with srv.connect() as sock:
+        responses = exchange(sock, get("/slow?0.3") + get("/slow?0") + post("/echo", b"abc"), 3)
+    assert [r.body[:6] for r in responses[:2]] == [b"slow 0", b"slow 0"]
+    assert responses[0].body == b"slow 0.3" and responses[1].body == b"slow 0"
+    assert responses[2].json()["size"] == 3
+
+
+def test_chunked_request_body(srv: Served) -> None:
+    body = b"".join(b"%d-" % i for i in range(5000))
+    with srv.connect() as sock:
+        sock.sendall(get("/echo", "Transfer-Encoding: chunked", method="POST"))
+        for i in range(0, len(body), 7000):
+            piece = body[i : i + 7000]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            time.sleep(0.001)
+        [resp] = exchange(sock, b"0\r\n\r\n")
+    assert resp.json()["sha"] == hashlib.sha256(body).hexdigest()
+
+
+def test_streamed_response_is_chunked_and_read_by_a_real_client(srv: Served) -> None:
+    with srv.connect() as sock:
+        [resp] = exchange(sock, get("/stream?n=3&size=4"))
+    assert resp.headers["transfer-encoding"] == "chunked" and "content-length" not in resp.headers
+    assert resp.body == b"0,..1,..2,.."
+
+    async def fetch() -> bytes:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{srv.port}/stream?n=5000&size=50") as r,
+        ):
+            return await r.read()
+
+    body = asyncio.run(fetch())
+    assert body == b"".join((b"%d," % i).ljust(50, b".") for i in range(5000))
+
+
+def test_streaming_to_a_client_that_does_not_read_is_held_back(srv: Served) -> None:
+    app: TinyApp = srv.app
+    with srv.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(get("/stream?n=30000&size=1000"))  # 30 MB if nothing held it back
+        time.sleep(0.5)
+        assert 0 < app.sent_chunks < 10_000  # waits for the client (the kernel holds ~4 MB)
+        total = 0
+        f = sock.makefile("rb")
+        resp = read_response(f)
+    total = len(resp.body)
+    assert total == 30_000 * 1000 and app.sent_chunks == 30_000
+
+
+def test_head_has_no_body(srv: Served) -> None:
+    with srv.connect() as sock:
+        sock.sendall(get("/echo", method="HEAD") + get("/echo"))
+        f = sock.makefile("rb")
+        head = read_response(f, head_request=True)
+        after = read_response(f)
+    assert head.status == 200 and int(head.headers["content-length"]) > 0
+    assert after.status == 200 and after.json()["method"] == "GET"  # no stray body between
+
+
+def test_expect_100_continue(srv: Served) -> None:
+    with srv.connect() as sock:
+        sock.sendall(get("/echo", "Content-Length: 4", "Expect: 100-continue", method="POST"))
+        f = sock.makefile("rb")
+        assert f.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert f.readline() == b"\r\n"
+        sock.sendall(b"body")
+        resp = read_response(f)
+    assert resp.status == 200 and resp.json()["size"] == 4
+
+
+def test_connection_close_both_ways(srv: Served) -> None:
+    with srv.connect() as sock:
+        [resp] = exchange(sock, get("/echo", "Connection: close"))
+        assert resp.headers["connection"] == "close"
+        assert closed(sock)
+    with srv.connect() as sock:
+        [resp] = exchange(sock, get("/close"))  # the app says close
+        assert resp.body == b"bye" and resp.headers["connection"] == "close"
+        assert closed(sock)
+
+
+def test_http_1_0(srv: Served) -> None:
+    with srv.connect() as sock:
+        [resp] = exchange(sock, get("/echo", version="1.0"))
+        assert resp.json()["http_version"] == "1.0" and resp.headers["connection"] == "close"
+        assert closed(sock)
+    with srv.connect() as sock:  # keep-alive when asked for
+        resp, again = (
+            exchange(sock, get("/echo", "Connection: keep-alive", version="1.0"))[0],
+            exchange(sock, get("/echo", "Connection: keep-alive", version="1.0"))[0],
+        )
+        assert resp.headers["connection"] == "keep-alive" and again.status == 200
+    with srv.connect() as sock:  # a stream cannot be chunked: it ends with the connection
+        [resp] = exchange(sock, get("/stream?n=3&size=2", "Connection: keep-alive", version="1.0"))
+        assert "transfer-encoding" not in resp.headers and resp.body == b"0,1,2,"
+
+
+def test_upgrade_request_is_plain_http(srv: Served) -> None:
+    with srv.connect() as sock:
+        upgrade = get("/echo", "Connection: Upgrade", "Upgrade: websocket")
+        first, second = exchange(sock, upgrade + get("/echo?after"), 2)
+    assert first.status == 200 and second.json()["query"] == "after"
+
+
+# -- bad requests -------------------------------------------------------------------------------
+
+
+def assert_openai_error(resp: Resp, status: int, type_: str) -> None:
+    assert resp.status == status
+    assert resp.headers["content-type"] == "application/json"
+    error = resp.json()["error"]
+    assert error["type"] == type_ and error["param"] is None and error["code"] is None
+    assert error["message"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET /echo HTTP/1.1 extra\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+    ],
+    ids=["cl-and-te", "garbage", "bad-request-line", "bad-chunk"],
+)
+def test_bad_requests_get_400_and_close(srv: Served, data: bytes) -> None:
+    with srv.connect() as sock:
+        [resp] = exchange(sock, data)
+        assert_openai_error(resp, 400, "invalid_request_error")
+        assert resp.headers["connection"] == "close"
+        assert closed(sock)
+
+
+def test_oversized_headers_get_431(srv: Served) -> None:
+    many = [f"X-Filler-{i}: {'v' * 100}" for i in range(700)]  # ~75 KiB
+    with srv.connect() as sock:
+        [resp] = exchange(sock, get("/echo", *many))
+        assert_openai_error(resp, 431, "invalid_request_error")
+        assert closed(sock)
+    with srv.connect() as sock:  # one endless header, trickled in: cut off before it ends
+        sock.sendall(b"GET /echo HTTP/1.1\r\nX-Long: ")
+        f = sock.makefile("rb")
+        with contextlib.suppress(OSError):
+            for _ in range(200):
+                sock.sendall(b"v" * 1024)
+                time.sleep(0.001)
+        resp = read_response(f)
+        assert resp.status == 431
+    with srv.connect() as sock:  # just under the limit is fine
+        [resp] = exchange(sock, get("/echo", *many[:500]))
+        assert resp.status == 200
+
+
+def test_app_exception_gives_500_json_without_details(srv: Served) -> None:
+    with srv.connect() as sock:
+        [resp] = exchange(sock, get("/boom"))
+        assert_openai_error(resp, 500, "server_error")
+        assert b"secret" not in resp.raw_head + resp.body
+        [again] = exchange(sock, get("/echo"))  # the connection lives on
+        assert again.status == 200
+        [resp] = exchange(sock, get("/no-response"))
+        assert_openai_error(resp, 500, "server_error")
+        [resp] = exchange(sock, get("/bad-header"))  # no header injection: a 500 instead
+        assert_openai_error(resp, 500, "server_error")
+        assert b"set-cookie" not in resp.raw_head
+    with srv.connect() as sock:  # after the response started, the connection is cut
+        sock.sendall(get("/boom-midway"))
+        f = sock.makefile("rb")
+        with pytest.raises((ValueError, AssertionError)):
+            read_response(f)  # the chunked body never ends
+
+
+# -- disconnects, back-pressure, timeouts, shutdown ---------------------------------------------
+
+
+def test_client_disconnect_cancels_the_request(srv: Served) -> None:
+    app: TinyApp = srv.app
+    with srv.connect() as sock:
+        sock.sendall(get("/hang"))
+        time.sleep(0.2)
+    wait_for(lambda: ("cancelled", True) in app.events)
+
+
+def test_large_body_arrives_intact_with_back_pressure(srv: Served) -> None:
+    app: TinyApp = srv.app
+    body = bytes(range(256)) * 40_000  # 10 MB
+    with srv.connect() as sock:
+        [resp] = exchange(sock, post("/slow-reader", body))
+    assert resp.body.decode() == hashlib.sha256(body).hexdigest()
+    [sizes] = [e[1] for e in app.events if isinstance(e, tuple) and e[0] == "sizes"]
+    assert sum(sizes) == len(body) and len(sizes) > 10
+    # Reading paused at 64 KiB unread; one more read from the socket may land on top.
+    assert max(sizes) <= 64 * 1024 + 256 * 1024
+
+
+def test_idle_keep_alive_connections_are_closed(serve: Callable[..., Served]) -> None:
+    srv = serve(keep_alive_timeout=0.3)
+    with srv.connect() as busy, srv.connect() as idle:
+        assert exchange(idle, get("/echo"))[0].status == 200
+        busy.sendall(get("/slow?1.2"))  # busy for longer than the timeout: not idle
+        t0 = time.monotonic()
+        assert closed(idle, timeout=3)
+        assert 0.25 < time.monotonic() - t0 < 1.5
+        f = busy.makefile("rb")
+        assert read_response(f).body == b"slow 1.2"
+        assert closed(busy, timeout=3)  # idle after its response
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(srv: Served) -> None:
+    app: TinyApp = srv.app
+    with (
+        srv.connect() as busy,
+        srv.connect() as idle,
+        concurrent.futures.ThreadPoolExecutor() as pool,
+    ):
+        assert exchange(idle, get("/echo"))[0].status == 200
+        busy.sendall(get("/slow?0.6"))
+        time.sleep(0.1)
+        stopping = pool.submit(srv.shutdown, 5.0)
+        time.sleep(0.1)
+        assert closed(idle, timeout=1)  # idle connections go at once
+        with pytest.raises(OSError):  # no longer accepting
+            srv.connect().close()
+        assert not stopping.done()
+        resp = read_response(busy.makefile("rb"))
+        assert resp.body == b"slow 0.6" and resp.headers["connection"] == "close"
+        stopping.result(5)
+        assert closed(busy)
+    assert app.events[-1] == "shutdown"  # the lifespan shutdown ran after the drain
+
+
+def test_shutdown_cancels_what_outlives_the_timeout(srv: Served) -> None:
+    app: TinyApp = srv.app
+    with srv.connect() as busy:
+        busy.sendall(get("/hang"))
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        srv.shutdown(0.3)
+        assert time.monotonic() - t0 < 2
+        assert closed(busy)
+    assert ("cancelled", False) in app.events and app.events[-1] == "shutdown"
+
+
+def test_forced_shutdown_stops_waiting(srv: Served) -> None:
+    app: TinyApp = srv.app
+    with srv.connect() as busy:
+        busy.sendall(get("/hang"))
+        time.sleep(0.1)
+        stopping = asyncio.run_coroutine_threadsafe(srv.server.shutdown(30), srv.loop)
+        time.sleep(0.2)
+        assert not stopping.done()
+        t0 = time.monotonic()
+        srv.loop.call_soon_threadsafe(srv.server.force_exit)  # a second signal
+        stopping.result(5)
+        srv.stopped = True
+        assert time.monotonic() - t0 < 2
+        assert closed(busy)
+    assert ("cancelled", False) in app.events and "shutdown" not in app.events
+
+
+def test_lifespan_startup_failure() -> None:
+    app = TinyApp()
+    app.fail_startup = True
+
+    async def start() -> bool:
+        return await HTTPServer(app).startup()
+
+    assert asyncio.run(start()) is False
+
+
+def test_serves_on_a_bound_socket_and_absolute_urls() -> None:
+    async def main() -> list[Resp]:
+        sock = socket.create_server(("127.0.0.1", 0))
+        server = HTTPServer(TinyApp())
+        assert await server.startup()
+        await server.listen(sock=sock)
+        port = sock.getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get(f"http://127.0.0.1:{port}/echo?q=1") + get("*", method="OPTIONS"))
+        data = await reader.read(100_000)
+        while data.count(b"HTTP/1.1") < 2:
+            data += await reader.read(100_000)
+        writer.close()
+        await server.shutdown(1)
+        import io
+
+        f = io.BytesIO(data)
+        return [read_response(f), read_response(f)]
+
+    absolute, star = asyncio.run(main())
+    assert absolute.json()["path"] == "/echo" and absolute.json()["query"] == "q=1"
+    assert star.status == 404
+
+
+def test_serve_exits_with_status_3_when_startup_fails(
+    monkeypatch: pytest.MonkeyPatch, upstream: MockUpstream
+) -> None:
+    import truckllm.server
+
+    app = App(gateway_config(upstream.url))
+
+    async def broken() -> None:
+        raise RuntimeError("cannot start")
+
+    monkeypatch.setattr(app, "start", broken)
+    monkeypatch.setattr(truckllm.server, "freeze_startup_objects", lambda: None)
+    with pytest.raises(SystemExit) as exc:
+        truckllm.server.serve(app, f"127.0.0.1:{free_port()}")
+    assert exc.value.code == 3
+
+
+# -- the gateway app on this server -------------------------------------------------------------
+
+
+def gateway_config(url: str) -> Config:
+    return parse_config(
+        textwrap.dedent(f"""
+        providers:
+          - id: openai
+            base_url: {url}
+            keys: [{{id: k1, secret: sk-1}}]
+        model_aliases:
+          gpt-4: openai:gpt-4
+        """),
+        "<test>",
+        {},
+        provider_registry().names(),
+    )
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_gateway_serves_on_both_loops(loop: str, upstream: MockUpstream) -> None:
+    server = ServerThread(App(gateway_config(upstream.url)), loop=loop).start()
+    try:
+        chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+        resp = request("POST", server.url + "/v1/chat/completions", chat)
+        assert resp.status == 200 and resp.json()["choices"]
+        stream = request("POST", server.url + "/v1/chat/completions", {**chat, "stream": True})
+        assert stream.headers["transfer-encoding"] == "chunked"
+        assert stream.body.rstrip().endswith(b"data: [DONE]")
+        bad = request("POST", server.url + "/v1/chat/completions", raw=b"{not json")
+        assert bad.status == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    finally:
+        server.stop()
+    assert not server._thread.is_alive()
