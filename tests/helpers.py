@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,7 +37,18 @@ class Gateway:
         return self.request("POST", path, body, **kw)
 
     def states(self) -> dict[str, Any]:
+        self.settled()
         return self.app.runtime.router.states()
+
+    def settled(self) -> None:
+        """Wait until the gateway's loop has finished the step that wrote the last response: the
+        work after a write (a success's report to the router, the record) happens in that same
+        step, which a test thread reading state could otherwise overtake."""
+        loop = self.server.loop
+        assert loop is not None
+        done = threading.Event()
+        loop.call_soon_threadsafe(done.set)
+        assert done.wait(5), "the gateway's loop is stuck"
 
 
 @dataclass

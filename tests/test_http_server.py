@@ -22,7 +22,7 @@ from helpers import request
 from truckllm.api import App
 from truckllm.api.asgi import DisconnectWatch
 from truckllm.config import Config, parse_config
-from truckllm.http.server import HTTPServer
+from truckllm.http.server import DISCONNECT_EXTENSION, HTTPServer
 from truckllm.providers import provider_registry
 from truckllm.server import ServerThread, free_port
 from truckllm.testing.mock import MockUpstream
@@ -112,9 +112,13 @@ class TinyApp:
         await respond(send, 200, digest.hexdigest().encode())
 
     async def route_hang(self, scope: Scope, receive: Any, send: Any) -> None:
-        """Like the gateway's long requests: a DisconnectWatch cancels it when the client goes."""
+        """Like the gateway's long requests: a DisconnectWatch cancels it when the client goes.
+        ``?polled``: as under another ASGI server, by polling ``receive()``, not the extension."""
         await read_all(receive)
-        watch = DisconnectWatch(receive, delay=0.01)
+        assert DISCONNECT_EXTENSION in scope["extensions"]
+        polled = scope["query_string"] == b"polled"
+        watch = DisconnectWatch({} if polled else scope, receive, delay=0.01)
+        self.events.append(("watching", "polled" if polled else "extension"))
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
@@ -523,11 +527,13 @@ def test_app_exception_gives_500_json_without_details(srv: Served) -> None:
 # -- disconnects, back-pressure, timeouts, shutdown ---------------------------------------------
 
 
-def test_client_disconnect_cancels_the_request(srv: Served) -> None:
+@pytest.mark.parametrize("how", ["extension", "polled"])
+def test_client_disconnect_cancels_the_request(srv: Served, how: str) -> None:
     app: TinyApp = srv.app
     with srv.connect() as sock:
-        sock.sendall(get("/hang"))
-        time.sleep(0.2)
+        sock.sendall(get("/hang" if how == "extension" else "/hang?polled"))
+        wait_for(lambda: ("watching", how) in app.events)
+        time.sleep(0.05)
     wait_for(lambda: ("cancelled", True) in app.events)
 
 

@@ -109,6 +109,14 @@ class Served:
     upstream_s: float = 0.0  # time spent waiting on upstreams, all attempts so far
     estimate: Estimate | None = None  # what the request was guessed to use (billing fallback)
     events_out: int = 0  # stream events relayed to the client
+    outcome: Outcome | None = None  # a success not yet reported to the router: see settle()
+
+    def settle(self) -> None:
+        """Report a deferred outcome (once). A whole success is reported after its answer is on
+        its way to the client, so learning from it is not on the request's critical path."""
+        outcome, self.outcome = self.outcome, None
+        if outcome is not None:
+            self.pick.done(outcome)
 
 
 class StreamBroken(Exception):
@@ -354,20 +362,18 @@ class Gateway:
                 None,
                 Served(reply, pick, target, attempts, t0, first, time.perf_counter() - t0),
             )
-        quota = parse_quota(reply.headers)
-        pick.done(
-            Outcome(
-                kind,
-                reply.status,
-                time.perf_counter() - t0,
-                None,
-                reply.usage,
-                quota,
-                reply.retry_after,
-            )
+        outcome = Outcome(
+            kind,
+            reply.status,
+            time.perf_counter() - t0,
+            None,
+            reply.usage,
+            parse_quota(reply.headers),
+            reply.retry_after,
         )
         if kind is OutcomeKind.SUCCESS:
-            return kind, None, Served(reply, pick, target, attempts, t0)
+            return kind, None, Served(reply, pick, target, attempts, t0, outcome=outcome)
+        pick.done(outcome)
         if kind.retryable:
             await reply.aclose()
         return kind, reply, None

@@ -287,7 +287,7 @@ class App:
                 else f"Invalid type for 'messages': expected an array, got {json_type(messages)}.",
                 param="messages",
             )
-        await self._proxy(rt, receive, send, request_id, client, "chat", body, raw)
+        await self._proxy(rt, scope, receive, send, request_id, client, "chat", body, raw)
 
     async def _embeddings(
         self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
@@ -299,11 +299,12 @@ class App:
             raise invalid_request(
                 "'input' is required and must be a string or a non-empty array.", param="input"
             )
-        await self._proxy(rt, receive, send, request_id, client, "embeddings", body, raw)
+        await self._proxy(rt, scope, receive, send, request_id, client, "embeddings", body, raw)
 
     async def _proxy(
         self,
         rt: Runtime,
+        scope: Scope,
         receive: Receive,
         send: Send,
         request_id: str,
@@ -358,7 +359,7 @@ class App:
             raise
         t0 = time.perf_counter()
         served: Served | None = None
-        watch = DisconnectWatch(receive)
+        watch = DisconnectWatch(scope, receive)
         try:
             served = await self.gateway.execute(
                 rt, route, endpoint, body, raw, stream, wants_usage, request_id
@@ -394,6 +395,7 @@ class App:
                     }
                 )
                 await send({"type": "http.response.body", "body": reply.body})
+                served.settle()
                 return
             await send(
                 {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers}
@@ -436,6 +438,7 @@ class App:
             watch.stop()
             rec.latency_s = time.perf_counter() - t0
             if served is not None:
+                served.settle()
                 _fill(rec, served, self.accounting)
             self.records.publish(rec)
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from truckllm.errors import APIError, invalid_request
+from truckllm.http.server import DISCONNECT_EXTENSION
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,18 +31,32 @@ class ClientGone(Exception):
 
 class DisconnectWatch:
     """Cancels the request's task when the client disconnects, so the upstream call is dropped
-    too. Requests that finish within ``delay`` never pay for a watcher task: a timer starts it."""
+    too. Under truckllm's own server the server says so (the ``truckllm.disconnect`` scope
+    extension: no task, no timer); under any other ASGI server a timer starts a ``receive()``
+    watcher for requests that last longer than ``delay``."""
 
-    __slots__ = ("_fut", "_receive", "_timer", "gone", "task")
+    __slots__ = ("_fut", "_receive", "_timer", "_watch", "gone", "task")
 
-    def __init__(self, receive: Receive, delay: float = 0.1) -> None:
+    def __init__(self, scope: Scope, receive: Receive, delay: float = 0.1) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.task = task
         self.gone = False
         self._receive = receive
         self._fut: asyncio.Future[Message] | None = None
-        self._timer: asyncio.TimerHandle | None = task.get_loop().call_later(delay, self._start)
+        self._timer: asyncio.TimerHandle | None = None
+        extensions = scope.get("extensions")
+        self._watch: Callable[[Callable[[], None] | None], None] | None = (
+            extensions.get(DISCONNECT_EXTENSION) if extensions else None
+        )
+        if self._watch is not None:
+            self._watch(self._gone)
+        else:
+            self._timer = task.get_loop().call_later(delay, self._start)
+
+    def _gone(self) -> None:
+        self.gone = True
+        self.task.cancel()
 
     def _start(self) -> None:
         self._timer = None
@@ -52,10 +67,11 @@ class DisconnectWatch:
         if fut.cancelled() or fut.exception() is not None:
             return
         if fut.result()["type"] == "http.disconnect":
-            self.gone = True
-            self.task.cancel()
+            self._gone()
 
     def stop(self) -> None:
+        if self._watch is not None:
+            self._watch(None)
         if self._timer is not None:
             self._timer.cancel()
         if self._fut is not None:

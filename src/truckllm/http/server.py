@@ -41,6 +41,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]
 
+DISCONNECT_EXTENSION = "truckllm.disconnect"  # scope["extensions"]: see _Cycle.watch_disconnect
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is answered with 431
 BODY_HIGH_WATER = 64 * 1024  # unread request body that pauses reading
 
@@ -123,6 +124,7 @@ class _Cycle:
         "keep_alive",
         "message_complete",
         "no_body",
+        "on_gone",
         "remaining",
         "request_read",
         "response_complete",
@@ -147,6 +149,7 @@ class _Cycle:
         self.continued = False  # 100 Continue written (or not wanted)
         self.waiters: list[asyncio.Future[None]] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.on_gone: Callable[[], None] | None = None
         self.response_started = False
         self.response_complete = False
         self.head_sent = False
@@ -157,6 +160,12 @@ class _Cycle:
         self.remaining = -1  # bytes still owed under the app's content-length, -1: no limit
 
     # -- receive ------------------------------------------------------------------------------
+
+    def watch_disconnect(self, callback: Callable[[], None] | None) -> None:
+        """The ``truckllm.disconnect`` extension: ``callback`` runs once if the client goes away
+        before the response is complete (``None`` stops watching). It spares the app a task or
+        timer per request to notice a client that hung up."""
+        self.on_gone = callback
 
     async def receive(self) -> Message:
         conn = self.conn
@@ -418,6 +427,10 @@ class _Connection(asyncio.Protocol):
         for cycle in (self.active, self.parsing, *self.queue):
             if cycle is not None:
                 cycle.wake()
+                gone = cycle.on_gone
+                if gone is not None and not cycle.response_complete:
+                    cycle.on_gone = None
+                    gone()
         self.queue.clear()
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
@@ -527,6 +540,7 @@ class _Connection(asyncio.Protocol):
         cycle = _Cycle(
             self, scope, parser.should_keep_alive() and not server.draining, version == "1.0"
         )
+        scope["extensions"] = {DISCONNECT_EXTENSION: cycle.watch_disconnect}
         self.parsing = cycle
         if self.active is None:
             self.start(cycle)
