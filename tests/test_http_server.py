@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import hashlib
 import socket
 import textwrap
@@ -24,7 +25,7 @@ from truckllm.api.asgi import DisconnectWatch
 from truckllm.config import Config, parse_config
 from truckllm.http.server import DISCONNECT_EXTENSION, HTTPServer
 from truckllm.providers import provider_registry
-from truckllm.server import ServerThread, free_port
+from truckllm.server import FullCollections, ServerThread, free_port
 from truckllm.testing.mock import MockUpstream
 
 Scope = dict[str, Any]
@@ -699,3 +700,28 @@ def test_the_gateway_serves_on_both_loops(loop: str, upstream: MockUpstream) -> 
     finally:
         server.stop()
     assert not server._thread.is_alive()
+
+
+def test_full_collections_run_on_the_timer_not_by_allocation_count() -> None:
+    saved = gc.get_threshold()
+
+    async def main() -> tuple[int, int, tuple[int, int, int]]:
+        collections = FullCollections(interval=0.05)
+        before = gc.get_stats()[2]["collections"]
+        collections.start()
+        try:
+            assert gc.get_threshold()[2] >= 1 << 30  # the allocation rule is off
+            for _ in range(200_000):  # cyclic garbage and enough allocations for gen-1 runs
+                a: list[Any] = []
+                a.append(a)
+            during = gc.get_stats()[2]["collections"]
+            await asyncio.sleep(0.3)
+            return before, during, gc.get_threshold()
+        finally:
+            collections.stop()
+
+    before, during, _ = asyncio.run(main())
+    after = gc.get_stats()[2]["collections"]
+    assert during == before  # no full collection from allocations alone
+    assert after > during  # the timer ran them
+    assert gc.get_threshold() == saved  # stop() gives the process its rule back

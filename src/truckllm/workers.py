@@ -127,11 +127,16 @@ def _spawn(make_app: Callable[[], App], sock: socket.socket, slot: int) -> int:
 
 
 def _worker(make_app: Callable[[], App], sock: socket.socket) -> int:
-    from truckllm.server import GatewayServer, freeze_startup_objects, run_async
+    from truckllm.server import (
+        FullCollections,
+        GatewayServer,
+        freeze_startup_objects,
+        run_async,
+    )
 
     app = make_app()
     host, port = sock.getsockname()[:2]
-    server = GatewayServer(app, host, port, sock=sock)
+    server = GatewayServer(app, host, port, sock=sock, collections=FullCollections())
     freeze_startup_objects()
     run_async(server.serve())
     return 0 if server.started else STARTUP_FAILURE
