@@ -432,7 +432,7 @@ def machine_info(python: str, wrk: str) -> list[tuple[str, str]]:
         ("Python", f"{py_ver} ({python})"),
         ("truckllm", f"{tool_version(python, 'truckllm')}, git {git_rev()}"),
         (
-            "aiohttp / uvicorn",
+            "aiohttp / uvicorn (the bare passthrough's; the gateway uses neither)",
             f"{tool_version(python, 'aiohttp')} / {tool_version(python, 'uvicorn')}",
         ),
         ("Load generator", f"{wrk_version(wrk)}, -t1, shares the CPUs with all servers"),
