@@ -269,13 +269,19 @@ def main(args: Sequence[str]) -> int:
             f"{url}",
             flush=True,
         )
+        # Like the gateway: full collections on a timer, so a benchmark's mock does not stall
+        # every stream it serves for tens of ms every second or two.
+        collections = FullCollections()
+        collections.start()
         try:
             await asyncio.Event().wait()
         finally:
+            collections.stop()
             await mock.stop()
 
-    from truckllm.server import run_async
+    from truckllm.server import FullCollections, freeze_startup_objects, run_async
 
+    freeze_startup_objects()
     with contextlib.suppress(KeyboardInterrupt):
         run_async(run())
     return 0
