@@ -343,3 +343,23 @@ def test_metrics_of_a_gateway_that_served_nothing_parse(
     assert total(samples, "truckllm_build_info") == 1
     assert total(samples, "truckllm_key_status", status="active") == 2
     assert not any(name == "truckllm_requests_total" for name, _ in samples)
+
+
+def test_event_loop_lag_shows_a_stalled_loop(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gw = gateway_factory(config(upstream.url))
+    time.sleep(0.6)  # a few ticks on an idle loop: all of them on time
+    samples, _ = scrape(gw)
+    name = "truckllm_event_loop_lag_seconds"
+    idle_ticks = total(samples, name + "_count")
+    assert idle_ticks >= 1
+    assert total(samples, name + "_bucket", le="0.1") == idle_ticks
+    loop = gw.server.loop
+    assert loop is not None
+    loop.call_soon_threadsafe(time.sleep, 0.4)  # something holds the loop for 400 ms
+    time.sleep(0.9)
+    samples, _ = scrape(gw)
+    late = total(samples, name + "_count") - total(samples, name + "_bucket", le="0.1")
+    assert late >= 1  # the tick that had to wait shows up past 100 ms
+    assert total(samples, name + "_sum") >= 0.1

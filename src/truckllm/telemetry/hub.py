@@ -59,6 +59,7 @@ class Telemetry:
         self._started = True
         if self.metrics is not None:
             self.records.subscribe(self.metrics.consume)
+            self.metrics.loop_lag.start()
         if not self.config.logging.sinks:
             return
         registry = self.registry if self.registry is not None else sink_registry()
@@ -78,6 +79,8 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
+        if self.metrics is not None:
+            self.metrics.loop_lag.stop()
         sinks = self.sinks
         results = await asyncio.gather(
             *(sink.close(grace_s) for sink in sinks), return_exceptions=True

@@ -13,6 +13,7 @@ fixed set, the status an HTTP code. Secrets never reach this module.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -30,6 +31,49 @@ if TYPE_CHECKING:
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+class LoopLag:
+    """How late a timer fires on the event loop, every ``interval`` seconds. Every request and
+    stream chunk waits about that long before the gateway can touch it, so a growing lag says
+    the process is short of CPU (busy, or sharing its cores) before latencies show it."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.counts = [0] * (len(LAG_BUCKETS) + 1)
+        self.total = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        if self._timer is None:
+            self._loop = asyncio.get_running_loop()
+            self._arm(self._loop.time())
+
+    def _arm(self, now: float) -> None:
+        assert self._loop is not None
+        self._due = now + self.interval
+        self._timer = self._loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        lag = now - self._due if now > self._due else 0.0
+        self.counts[bisect_left(LAG_BUCKETS, lag)] += 1
+        self.total += lag
+        self._arm(now)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def render(self, page: Page) -> None:
+        name = "truckllm_event_loop_lag_seconds"
+        page.family(name, "histogram", "How late a periodic timer ran on the event loop.")
+        page.histogram(name, (), LAG_BUCKETS, self.counts, self.total)
 TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
 _ENDPOINTS = frozenset({"chat", "embeddings", "models"})
 _STATUSES = tuple(Status)
@@ -83,6 +127,7 @@ class Metrics:
         self._reload_ok = True
         self._reload_success_at = clock()
         self._reloads = {"success": 0, "failure": 0}
+        self.loop_lag = LoopLag()
 
     # -- per request (hot path) ---------------------------------------------------------------
 
@@ -138,6 +183,7 @@ class Metrics:
             self._render_keys(page, router)
         self._render_reloads(page)
         self._render_sinks(page, sinks)
+        self.loop_lag.render(page)
         return page.render()
 
     def _render_requests(self, page: Page) -> None:
