@@ -5,8 +5,7 @@ adapters knows the client's exceptions."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
@@ -54,6 +53,11 @@ class UpstreamHTTP:
         self._connect = t.connect
         self._read = t.read
         self._total = t.total
+        self._sending = TransportErrors(self.id, "did not answer in time", "is unreachable")
+        self._reading = TransportErrors(
+            self.id, "stopped sending its response", "broke off its response"
+        )
+        self._streaming = TransportErrors(self.id, "stalled mid-stream", "broke off the stream")
 
     def headers(self, key: KeyConfig) -> dict[str, str]:
         headers = dict(self._fixed)
@@ -77,7 +81,7 @@ class UpstreamHTTP:
 
     async def post(self, url: str, data: bytes, key: KeyConfig, stream: bool) -> Response:
         """Status and headers; the body is read with :meth:`read` or iterated (streams)."""
-        try:
+        with self._sending:
             return await self.client.post(
                 self._target(url),
                 self._head(key),
@@ -86,23 +90,11 @@ class UpstreamHTTP:
                 read_timeout=self._read,
                 total=None if stream else self._total,
             )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} did not answer in time") from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} is unreachable: {type(exc).__name__}"
-            ) from exc
 
     async def read(self, resp: Response) -> bytes:
         """The whole body; the connection goes back to the pool."""
-        try:
+        with self._reading:
             return await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} stopped sending its response") from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} broke off its response: {type(exc).__name__}"
-            ) from exc
 
     def scrub(self, data: bytes) -> bytes:
         """``data`` with every one of this provider's secrets replaced, should an upstream echo
@@ -112,14 +104,31 @@ class UpstreamHTTP:
                 data = data.replace(secret, b"********")
         return data
 
-    @contextlib.contextmanager
-    def mid_stream(self) -> Iterator[None]:
+    def mid_stream(self) -> TransportErrors:
         """Wrap reading a stream: a stall or a broken connection becomes an UpstreamError."""
-        try:
-            yield
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.id!r} stalled mid-stream") from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise UpstreamUnavailable(
-                f"provider {self.id!r} broke off the stream: {type(exc).__name__}"
-            ) from exc
+        return self._streaming
+
+
+class TransportErrors:
+    """A context that turns the client's timeouts and transport errors into UpstreamTimeout and
+    UpstreamUnavailable (raised ``from`` the original), with this provider's words for the stage.
+    Built once per stage and provider: no allocation per request."""
+
+    __slots__ = ("_broken", "_late")
+
+    def __init__(self, provider_id: str, late: str, broken: str) -> None:
+        self._late = f"provider {provider_id!r} {late}"
+        self._broken = f"provider {provider_id!r} {broken}"
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(self._late) from exc
+        if isinstance(exc, _TRANSPORT_ERRORS):
+            raise UpstreamUnavailable(f"{self._broken}: {type(exc).__name__}") from exc
