@@ -21,9 +21,7 @@ Tests script it with :class:`~truckllm.testing.mock.Scripted` answers (dict even
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import math
-from collections import deque
 from typing import Any
 
 import orjson
@@ -32,7 +30,6 @@ from aiohttp import web
 from truckllm.testing.behaviour import Conditions, Quota, Throttle, reported_usage
 from truckllm.testing.wire import (
     FakeServer,
-    Received,
     Scripted,
     answer,
     fault_point,
@@ -222,12 +219,7 @@ class FakeAnthropic(FakeServer):
         self.event_delay = event_delay
         self.cache_read_tokens = cache_read_tokens
         self.cache_creation_tokens = cache_creation_tokens
-        self.conditions = conditions or Conditions()
-        self.record = True
-        self.script: deque[Scripted] = deque()
-        self.received: list[Received] = []
-        self._ids = itertools.count(1)
-        super().__init__()
+        super().__init__(conditions or Conditions())
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/messages", self._messages)]

@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import itertools
 import math
-from collections import deque
 from typing import Any
 
 import orjson
@@ -209,13 +207,7 @@ class FakeGemini(FakeServer):
         self.thoughts_tokens = thoughts_tokens
         self.cached_tokens = cached_tokens
         self.event_delay = event_delay
-        self.conditions = conditions or Conditions()
-        self.record = True
-        self.script: deque[Scripted] = deque()
-        self.received: list[Received] = []
-        self.cancelled = 0
-        self._ids = itertools.count(1)
-        super().__init__()
+        super().__init__(conditions or Conditions())
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1beta/models/{target}", self._handle)]

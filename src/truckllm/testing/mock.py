@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import itertools
 import math
 import struct
 import time
-from collections import deque
 from typing import Any
 
 import orjson
@@ -128,15 +126,9 @@ class MockUpstream(FakeServer):
         self.stamp = stamp  # stream chunks carry "mock_sent": time.monotonic() when sent
         self.reply_words = reply_words
         self.event_delay = event_delay  # added between stream events, whatever the key
-        self.conditions = conditions or Conditions(
-            KeyBehaviour(latency=latency or None), keys, seed=seed
+        super().__init__(
+            conditions or Conditions(KeyBehaviour(latency=latency or None), keys, seed=seed)
         )
-        self.script: deque[Scripted] = deque()
-        self.received: list[Received] = []
-        self.record = True
-        self.cancelled = 0  # handlers cancelled because the client (the gateway) went away
-        self._ids = itertools.count(1)
-        super().__init__()
 
     def routes(self) -> list[web.RouteDef]:
         return [

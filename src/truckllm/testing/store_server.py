@@ -50,7 +50,10 @@ class StoreServer:
         self.requests += 1
         if self.fail:
             raise web.HTTPServiceUnavailable()
-        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+        if (
+            self.token is not None
+            and request.headers.get("Authorization") != f"Bearer {self.token}"
+        ):
             raise web.HTTPUnauthorized()
         try:
             return orjson.loads(await request.read())
@@ -83,7 +86,12 @@ class StoreServer:
         return self._json(
             {
                 "grants": [
-                    {"window": g.window, "amount": g.amount, "bucket": g.bucket, "retry_s": g.retry_s}
+                    {
+                        "window": g.window,
+                        "amount": g.amount,
+                        "bucket": g.bucket,
+                        "retry_s": g.retry_s,
+                    }
                     for g in grants
                 ]
             }
@@ -91,7 +99,12 @@ class StoreServer:
 
     async def _query(self, request: web.Request) -> web.Response:
         data = await self._body(request)
-        q = UsageQuery(tuple(data.get("group_by", ())), int(data.get("start", 0)), data.get("end"), data.get("bucket"))
+        q = UsageQuery(
+            tuple(data.get("group_by", ())),
+            int(data.get("start", 0)),
+            data.get("end"),
+            data.get("bucket"),
+        )
         result = self.tables.query(q, time.time())
         return self._json(
             {

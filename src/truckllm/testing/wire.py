@@ -9,6 +9,8 @@ is left". Everything else here is format-free.
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -212,10 +214,14 @@ class FakeServer:
 
     url_suffix = ""
     backlog = 128
-    received: list[Received]  # every request, when ``record`` is on (set by each fake)
-    record: bool
 
-    def __init__(self) -> None:
+    def __init__(self, conditions: Conditions) -> None:
+        self.conditions = conditions  # per-key behaviour, shareable between fakes
+        self.script: deque[Scripted] = deque()  # answers to give, first in first out
+        self.received: list[Received] = []  # every request, when ``record`` is on
+        self.record = True
+        self.cancelled = 0  # handlers cancelled because the client (the gateway) went away
+        self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
