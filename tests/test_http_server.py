@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import gc
 import hashlib
+import json
 import socket
 import textwrap
 import threading
@@ -700,6 +701,42 @@ def test_the_gateway_serves_on_both_loops(loop: str, upstream: MockUpstream) -> 
     finally:
         server.stop()
     assert not server._thread.is_alive()
+
+
+def test_the_gateway_app_also_runs_under_uvicorn(upstream_factory: Any) -> None:
+    """App is plain ASGI: under another server its disconnect watch falls back to polling
+    ``receive()``, and a client that leaves mid-stream still cancels the upstream call."""
+    import uvicorn
+
+    slow = upstream_factory(event_delay=0.2, reply_words=20)  # a stream of about 4 s
+    app = App(gateway_config(slow.url))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+        assert request("POST", url, chat).status == 200
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            body = json.dumps({**chat, "stream": True}).encode()
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            seen = b""
+            while b"data:" not in seen:  # the stream has begun
+                chunk = sock.recv(65536)
+                assert chunk, "the stream ended before its first event"
+                seen += chunk
+        wait_for(lambda: slow.cancelled >= 1)  # the gateway dropped the upstream call
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_full_collections_run_on_the_timer_not_by_allocation_count() -> None:
