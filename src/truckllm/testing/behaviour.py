@@ -189,8 +189,8 @@ class Decision:
         """The reply's words as the text of successive stream events, ``tokens_per_event`` words
         each, spaced so that they join back into the reply."""
         k = self.tokens_per_event
-        groups = [" ".join(words[i : i + k]) for i in range(0, len(words), k)]
-        return [g if i == 0 else " " + g for i, g in enumerate(groups)]
+        groups = words if k == 1 else [" ".join(words[i : i + k]) for i in range(0, len(words), k)]
+        return groups[:1] + [" " + g for g in groups[1:]]
 
     @property
     def event_interval(self) -> float:

@@ -17,6 +17,7 @@ import hashlib
 import math
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -32,9 +33,12 @@ from truckllm.testing.behaviour import (
     reported_usage,
 )
 from truckllm.testing.wire import (
+    Event,
     FakeServer,
+    Payload,
     Received,
     Scripted,
+    Stamped,
     answer,
     fault_point,
     gate,
@@ -266,7 +270,7 @@ class MockUpstream(FakeServer):
                 ],
             }
 
-        events: list[dict[str, Any] | bytes | str] = [
+        events: list[Event | Stamped] = [
             chunk({"role": "assistant", "content": "", "refusal": None})
         ]
         if tool is not None:
@@ -280,7 +284,7 @@ class MockUpstream(FakeServer):
             events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
             finish = "tool_calls"
         else:
-            events.extend(chunk({"content": piece}) for piece in d.pieces(words))
+            events.extend(_content_events(chunk, d.pieces(words), self.stamp))
             finish = "stop"
         tokens = len(events) - 1
         events.append(chunk({}, finish))
@@ -345,7 +349,7 @@ class MockUpstream(FakeServer):
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
 
-def _sse(ev: dict[str, Any] | bytes | str) -> bytes:
+def _sse(ev: Event) -> bytes:
     if isinstance(ev, bytes):
         return ev
     if isinstance(ev, str):
@@ -353,12 +357,34 @@ def _sse(ev: dict[str, Any] | bytes | str) -> bytes:
     return b"data: " + orjson.dumps(ev) + b"\n\n"
 
 
-def _sse_stamped(ev: dict[str, Any] | bytes | str) -> bytes:
-    """A chunk with the (system-wide monotonic) time it was sent, for benchmarks that measure
-    how long each chunk takes to reach the client."""
+def _sse_stamped(ev: Event) -> Payload:
+    """A chunk that gets ``"mock_sent"``: the (system-wide monotonic) time it is sent, as its
+    last member, for benchmarks that measure how long each chunk takes to reach the client."""
     if isinstance(ev, dict) and ev.get("choices"):
-        return _sse({**ev, "mock_sent": time.monotonic()})
+        return (b"data: " + orjson.dumps(ev)[:-1] + b',"mock_sent":', b"}\n\n")
     return _sse(ev)
+
+
+_MARK = "\x00mock-piece\x00"  # stands for a piece of text in a chunk encoded once per stream
+_MARK_JSON = orjson.dumps(_MARK)
+
+
+def _content_events(
+    chunk: Callable[[dict[str, Any]], dict[str, Any]], pieces: list[str], stamp: bool
+) -> list[Event | Stamped]:
+    """The stream events carrying ``pieces``: what ``_sse`` (or ``_sse_stamped``) makes of
+    ``chunk({"content": piece})``, from one encoding of the chunk rather than one per piece."""
+    encode = _sse_stamped if stamp else _sse
+    whole = orjson.dumps(chunk({"content": _MARK}))
+    if whole.count(_MARK_JSON) != 1:  # the mark is in the request's model name: no shortcut
+        return [encode(chunk({"content": piece})) for piece in pieces]
+    head, _, tail = whole.partition(_MARK_JSON)
+    head = b"data: " + head
+    if stamp:
+        tail = tail[:-1] + b',"mock_sent":'
+        return [(head + orjson.dumps(p) + tail, b"}\n\n") for p in pieces]
+    tail += b"\n\n"
+    return [head + orjson.dumps(p) + tail for p in pieces]
 
 
 def _error(status: int, message: str, type_: str, code: str | None) -> web.Response:
