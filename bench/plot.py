@@ -20,6 +20,31 @@ def cdf(ax: Any, values: list[float], label: str) -> None:
         ax.plot(ordered, [(i + 1) / n for i in range(n)], label=label)
 
 
+def sweep(ax: Any, d: dict[str, Any]) -> None:
+    """Added gap p99 against the aggregate event rate, with the cores the three processes kept
+    busy on a second axis: where the machine runs out, the tail grows."""
+    rows = d["rows"]
+    rates = [r["events_per_s"] for r in rows]
+    ax.plot(rates, [r["added_gap_p99"] for r in rows], "o-", label="added gap p99 (ms)")
+    ax.axhline(5.0, color="grey", linestyle="--", linewidth=1, label="target: 5 ms")
+    ax.set_xlabel("events/s through the gateway (1,000 streams, 1 token/event)")
+    ax.set_ylabel("ms")
+    ax.set_title("Where the 2-core machine runs out")
+    cores = ax.twinx()
+    cores.plot(
+        rates,
+        [sum(r["cores_gateway"].values()) for r in rows],
+        "s:",
+        color="tab:red",
+        label="cores busy: mock + load gen. + gateway",
+    )
+    cores.set_ylim(0, 2.2)
+    cores.set_ylabel("cores busy (of 2)")
+    lines = ax.get_legend_handles_labels()
+    more = cores.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
+
+
 def main(argv: list[str]) -> int:
     try:
         import matplotlib
@@ -36,6 +61,8 @@ def main(argv: list[str]) -> int:
     streams = [k for k in ("streaming", "streaming-grouped") if data.get(k, {}).get("ok")]
     if streams:
         panels += ["transit", "ttft"]
+    if data.get("stream_sweep", {}).get("ok"):
+        panels.append("sweep")
     if data.get("workers", {}).get("ok"):
         panels.append("workers")
     if not panels:
@@ -85,6 +112,8 @@ def main(argv: list[str]) -> int:
             ax.set_ylabel("share of streams")
             ax.set_title("Time to first token")
             ax.legend(fontsize=8)
+        elif panel == "sweep":
+            sweep(ax, data["stream_sweep"]["data"])
         else:
             w = data["workers"]["data"]["targets"]
             names = list(w)
