@@ -339,6 +339,14 @@ class _Cycle:
     def task_done(self, task: asyncio.Task[None]) -> None:
         conn = self.conn
         conn.server.tasks.discard(task)
+        # Break the request's reference cycles (the scope's extension is a method of this cycle;
+        # a closed connection still names it as active) so it is freed by reference counting.
+        self.on_gone = None
+        extensions = self.scope.get("extensions")
+        if extensions:
+            extensions.clear()
+        if conn.closing and conn.active is self:
+            conn.active = None
         if task.cancelled():
             exc: BaseException | None = None
             cancelled = True
@@ -387,7 +395,6 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HTTPServer) -> None:
         self.server = server
         self.loop = server.loop
-        self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.sockname: tuple[str, int] | None = None
@@ -408,6 +415,9 @@ class _Connection(asyncio.Protocol):
     # -- transport events ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The parser holds this protocol (a reference cycle, broken in connection_lost): made
+        # here, not in __init__, so a protocol whose connection never got made holds none.
+        self.parser = httptools.HttpRequestParser(self)
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
@@ -432,9 +442,14 @@ class _Connection(asyncio.Protocol):
                     cycle.on_gone = None
                     gone()
         self.queue.clear()
+        self.parsing = None
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        # The parser holds this protocol (its callbacks): without the link, a closed connection
+        # is freed by reference counting instead of waiting, with its transport and requests, for
+        # a full garbage collection.
+        del self.parser
 
     def eof_received(self) -> bool | None:
         return None  # close: a client that half-closes is treated as gone
