@@ -23,57 +23,51 @@ log = logging.getLogger("truckllm.http")
 
 STARTUP_FAILURE = 3  # the exit status when the app's start-up fails (workers.py relies on it)
 KEEP_ALIVE_TIMEOUT = 75.0
-FULL_COLLECTION_INTERVAL = 15.0  # how often the oldest generation is counted
+COLLECTION_CHECK_INTERVAL = 1.0  # how often the growth of tracked objects is looked at
 FULL_COLLECTION_MAX_INTERVAL = 600.0  # a full collection at least this often
-# Young generations: a collection per 5,000 tracked objects (Python: 700), the middle one every
-# 20 young ones (Python: 10). With 1,000 streams open, every waiting stream holds a few young
-# objects (its future, coroutines); at Python's thresholds the young collections kept finding
-# them alive and promoting them: 250 ms of collections in a 13 s run, pauses up to 20 ms every
-# second. At these, 66 ms, and the middle generation's pauses stay under 2 ms (gc.callbacks).
-YOUNG_THRESHOLD = 5_000
-MIDDLE_THRESHOLD = 20
+FULL_COLLECTION_SLACK = 100_000  # tracked objects of growth that may wait for a collection
 
 
 class FullCollections:
-    """Full garbage collections (generation 2) when the oldest generation has grown, checked on
-    a timer, instead of by Python's allocation count.
+    """The garbage collector for a serving process: no collections by allocation count, a full
+    one when the tracked objects grew by ``slack`` (or half the live heap, if more) since the
+    last, checked every ``interval`` seconds, and at least every ``max_interval`` seconds.
 
-    Python's own rule runs a full collection whenever the objects that survived into the oldest
-    generation since the last one exceed a quarter of it, counting objects that have died since.
-    Under many open streams every chunk leaves a few short-lived waiting objects (a future, a
-    coroutine) that outlive the young collections and die a moment later: the rule fired every
-    1-2 s, and each full collection stalled every stream for 25-135 ms. Here every ``interval``
-    seconds a check counts the objects the oldest generation actually holds: a full collection
-    runs only when that grew by a quarter (and ``slack`` objects) since the last one, or
-    ``max_interval`` seconds have passed. The gateway's request and connection paths leave no
-    reference cycles (closed connections and finished requests are freed by reference
-    counting), so in steady state the oldest generation stays flat and full collections are
-    rare; cyclic garbage from elsewhere still grows it and is collected. The young generations
-    run at higher thresholds (``YOUNG_THRESHOLD``, ``MIDDLE_THRESHOLD``) for the same reason.
-    Process-wide: used by the foreground server, each worker and ``truckllm mock``, never by
-    embedded or test servers."""
+    Reference counting frees everything the gateway's request, stream and connection paths
+    make: they leave no reference cycles (``gc.DEBUG_SAVEALL`` after thousands of requests and
+    streams, and a test that fails on any). What Python's collections by allocation count do
+    then is walk live objects and find nothing, at the worst moments. With 1,000 streams open,
+    every waiting stream holds a future and coroutines that outlive the young collections: at
+    Python's thresholds (700/10/25%) the young and middle collections paused the gateway up to
+    20 ms every second and a full one ran every 1-2 s at 25-135 ms each; at higher thresholds
+    the middle collection held 40,000 such objects and paused 30-50 ms. Cyclic garbage from
+    anywhere else (a library, an error path) is still collected: ``gc.get_count()[0]`` counts
+    the tracked objects made and not freed since the last collection (O(1)), so the garbage that
+    can wait is bounded by ``slack`` (about 10-20 MB) and by ``max_interval``. Process-wide: used
+    by the foreground server, each worker and ``truckllm mock``, never by embedded or test
+    servers."""
 
     def __init__(
         self,
-        interval: float = FULL_COLLECTION_INTERVAL,
+        interval: float = COLLECTION_CHECK_INTERVAL,
         max_interval: float = FULL_COLLECTION_MAX_INTERVAL,
-        slack: int = 10_000,
+        slack: int = FULL_COLLECTION_SLACK,
     ) -> None:
         self.interval = interval
         self.max_interval = max_interval
         self.slack = slack
         self.collections = 0  # full collections this has run
-        self._baseline = 0  # objects in the oldest generation after the last full collection
+        self._live = 0  # tracked objects after the last full collection
         self._last = 0.0
-        self._saved: tuple[int, int, int] | None = None
+        self._was_enabled: bool | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
-        self._saved = gc.get_threshold()
-        gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, 1 << 30)  # generation 2: _tick
-        self._baseline = len(gc.get_objects(2))
+        self._was_enabled = gc.isenabled()
+        gc.disable()  # no collections by allocation count; _tick decides
+        self._live = len(gc.get_objects())
         self._last = loop.time()
         self._timer = loop.call_later(self.interval, self._tick)
 
@@ -81,23 +75,22 @@ class FullCollections:
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        if gc.get_count()[2] > 0:  # generation-1 collections since the last full one
-            held = len(gc.get_objects(2))
-            grown = held > self._baseline + self._baseline // 4 + self.slack
-            if grown or now - self._last >= self.max_interval:
-                gc.collect(2)
-                self.collections += 1
-                self._baseline = len(gc.get_objects(2))
-                self._last = now
+        grown = gc.get_count()[0]  # tracked objects made and not freed since the last collection
+        if grown > max(self.slack, self._live // 2) or now - self._last >= self.max_interval:
+            gc.collect()
+            self.collections += 1
+            self._live = len(gc.get_objects())
+            self._last = now
         self._timer = loop.call_later(self.interval, self._tick)
 
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._saved is not None:
-            gc.set_threshold(*self._saved)
-            self._saved = None
+        if self._was_enabled is not None:
+            if self._was_enabled:
+                gc.enable()
+            self._was_enabled = None
 
 
 class GatewayServer:
