@@ -22,14 +22,14 @@ def cdf(ax: Any, values: list[float], label: str) -> None:
 
 def sweep(ax: Any, d: dict[str, Any]) -> None:
     """Added gap p99 against the aggregate event rate, with the cores the three processes kept
-    busy on a second axis: where the machine runs out, the tail grows."""
+    busy on a second axis."""
     rows = d["rows"]
     rates = [r["events_per_s"] for r in rows]
     ax.plot(rates, [r["added_gap_p99"] for r in rows], "o-", label="added gap p99 (ms)")
     ax.axhline(5.0, color="grey", linestyle="--", linewidth=1, label="target: 5 ms")
     ax.set_xlabel("events/s through the gateway (1,000 streams, 1 token/event)")
     ax.set_ylabel("ms")
-    ax.set_title("Where the 2-core machine runs out")
+    ax.set_title("Added gap p99 against the event rate (one run each)")
     cores = ax.twinx()
     cores.plot(
         rates,

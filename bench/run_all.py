@@ -61,7 +61,7 @@ TITLES = {
     "overhead": "Overhead: direct, bare passthrough, gateway",
     "streaming": "Streaming: 1,000 concurrent streams, one token per event",
     "streaming-grouped": "Streaming: 1,000 concurrent streams, five tokens per event",
-    "stream_sweep": "Streaming: where the machine runs out (event-rate sweep)",
+    "stream_sweep": "Streaming: added delay against the event rate (sweep)",
     "chaos": "Chaos: throttling and failing keys",
     "memory": "Memory and start-up",
     "workers": "Multi-process: `server.workers`",
@@ -173,13 +173,14 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | 
         out.append((f"{what}: gateway peak RSS", f"{peak:.0f} MB", "<= 150 MB", peak <= 150))
     sw = res.get("stream_sweep", {}).get("data")
     if sw:
-        within = [r["events_per_s"] for r in sw["rows"] if r["added_gap_p99"] <= 5]
+        rows = sw["rows"]
         out.append(
             (
-                "1,000 streams, 1 token per event: highest event rate of the sweep with the added "
-                "gap p99 within 5 ms; not a target",
-                f"{max(within):,.0f} events/s" if within else "none",
-                "-",
+                "1,000 streams, 1 token per event, sweep: added gap p99 at "
+                + " / ".join(f"{r['events_per_s']:,.0f}" for r in rows)
+                + " events/s (one run each; not a target of its own)",
+                " / ".join(f"{r['added_gap_p99']:+.2f}" for r in rows) + " ms",
+                "<= 5 ms",
                 None,
             )
         )

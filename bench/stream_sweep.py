@@ -1,12 +1,11 @@
-"""Where the box runs out: the streaming benchmark at several token rates, 1,000 streams each.
+"""The streaming benchmark at several token rates, 1,000 streams each: added delay against load.
 
 ``streaming.py`` measures one load. This runs it at ``--rates`` tokens a second per stream (one
 token per event, each stream lasting ``--seconds``), so the aggregate event rate climbs from a
 few thousand to ``streams x rate`` a second, and reports for each: what the gateway adds to the
-gap between chunks and to their transit, and the cores each of the three processes (mock, load
-generator, gateway) kept busy. On a 2-core machine the added tail stays small while the three
-together leave a core's worth of room, and grows once they do not: the table shows where, and
-how much of the gateway's own CPU per chunk that is.
+gap between chunks and to their transit, the cores each of the three processes (mock, load
+generator, gateway) kept busy, and the gateway's CPU per chunk. One run per rate: the spread
+between neighbouring points is the run-to-run variation of a p99 over one short run.
 
     python bench/stream_sweep.py [--streams 1000] [--rates 5,10,15,20] [--json out.json]
 """
