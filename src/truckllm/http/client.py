@@ -172,17 +172,15 @@ class Response:
 
     # -- read by the caller -------------------------------------------------------------------
 
-    async def _wait(self) -> None:
+    def _arm(self) -> asyncio.Future[None]:
+        """A future set when more of the body arrives (or its end, or an error); the connection
+        reads again if it was paused. A plain method, not a coroutine: a stream waits on it
+        between chunks, and one coroutine fewer per wait is fewer live objects."""
         conn = self._conn
         assert conn is not None
-        waiter = conn.loop.create_future()
-        self._waiter = waiter
+        waiter = self._waiter = conn.loop.create_future()
         conn.resume()
-        try:
-            await waiter
-        except BaseException:
-            self._waiter = None
-            raise
+        return waiter
 
     async def read(self) -> bytes:
         """The whole body. The connection goes back to the pool."""
@@ -190,7 +188,12 @@ class Response:
             while not self._done:
                 if self._error is not None:
                     raise self._error
-                await self._wait()
+                waiter = self._arm()
+                try:
+                    await waiter
+                except BaseException:
+                    self._waiter = None
+                    raise
         except BaseException:
             self.release()
             raise
@@ -210,12 +213,7 @@ class Response:
                 raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
-            # _wait() inlined: a stream waits here between chunks, and one coroutine fewer per
-            # wait is fewer live objects for the young garbage collections to walk.
-            conn = self._conn
-            assert conn is not None
-            waiter = self._waiter = conn.loop.create_future()
-            conn.resume()
+            waiter = self._arm()
             try:
                 await waiter
             except BaseException:
