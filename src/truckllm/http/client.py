@@ -175,7 +175,8 @@ class Response:
     def _arm(self) -> asyncio.Future[None]:
         """A future set when more of the body arrives (or its end, or an error); the connection
         reads again if it was paused. A plain method, not a coroutine: a stream waits on it
-        between chunks, and one coroutine fewer per wait is fewer live objects."""
+        between chunks, and one coroutine fewer per wait is fewer live objects. A waiter left
+        behind by a cancelled reader is done, and ``_wake`` skips it."""
         conn = self._conn
         assert conn is not None
         waiter = self._waiter = conn.loop.create_future()
@@ -188,12 +189,7 @@ class Response:
             while not self._done:
                 if self._error is not None:
                     raise self._error
-                waiter = self._arm()
-                try:
-                    await waiter
-                except BaseException:
-                    self._waiter = None
-                    raise
+                await self._arm()
         except BaseException:
             self.release()
             raise
@@ -213,12 +209,7 @@ class Response:
                 raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
-            waiter = self._arm()
-            try:
-                await waiter
-            except BaseException:
-                self._waiter = None
-                raise
+            await self._arm()
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
