@@ -66,6 +66,7 @@ _BAD_REQUEST = _error_body("Invalid HTTP request.", "invalid_request_error")
 _TOO_LARGE = _error_body("Request header fields too large.", "invalid_request_error")
 _SERVER_ERROR = _error_body("Internal server error.", "server_error")
 _JSON = [(b"content-type", b"application/json")]
+_CLOSED_PARSER = httptools.HttpRequestParser(object())  # what an unconnected protocol holds
 
 
 class DateHeader:
@@ -395,6 +396,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HTTPServer) -> None:
         self.server = server
         self.loop = server.loop
+        self.parser = _CLOSED_PARSER  # the real one once connected (it holds this protocol)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.sockname: tuple[str, int] | None = None
@@ -416,7 +418,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The parser holds this protocol (a reference cycle, broken in connection_lost): made
-        # here, not in __init__, so a protocol whose connection never got made holds none.
+        # here, so a protocol whose connection never got made holds none.
         self.parser = httptools.HttpRequestParser(self)
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
@@ -448,8 +450,8 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
         # The parser holds this protocol (its callbacks): without the link, a closed connection
         # is freed by reference counting instead of waiting, with its transport and requests, for
-        # a full garbage collection.
-        del self.parser
+        # a full garbage collection. Nothing feeds it any more.
+        self.parser = _CLOSED_PARSER
 
     def eof_received(self) -> bool | None:
         return None  # close: a client that half-closes is treated as gone

@@ -159,7 +159,7 @@ async def stream(
             stop = n if cut_after is None else min(n, cut_after)
             if stall_after is not None:
                 stop = min(stop, max(stall_after, i + 1))
-            i = await _pacer().send(transport, payloads, delays or (), i, stop)
+            i = await _pacer().send(_Paced(transport, payloads, delays or (), i, stop))
             continue
         if delay:
             await asyncio.sleep(delay)
@@ -182,14 +182,14 @@ class _Paced:
         delays: Sequence[float],
         i: int,
         stop: int,
-        done: asyncio.Future[int],
     ) -> None:
         self.transport = transport
         self.payloads = payloads
         self.delays = delays
         self.i = i
         self.stop = stop
-        self.done = done
+        # The index of the first event not sent, once the pacer is done with this stream.
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
 
 class _Pacer:
@@ -203,20 +203,12 @@ class _Pacer:
     def __init__(self) -> None:
         self.ticks: dict[int, list[_Paced]] = {}  # millisecond -> streams with an event due in it
 
-    def send(
-        self,
-        transport: asyncio.Transport,
-        payloads: Sequence[Payload],
-        delays: Sequence[float],
-        i: int,
-        stop: int,
-    ) -> asyncio.Future[int]:
-        """Send ``payloads[i]`` after ``delays[i]``, then each following one that has a delay,
-        up to ``stop``. The future gives the index of the first event not sent."""
+    def send(self, s: _Paced) -> asyncio.Future[int]:
+        """Send ``s.payloads[s.i]`` after ``s.delays[s.i]``, then each following one that has a
+        delay, up to ``s.stop``; the future gives the index of the first event not sent."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
-        self._wait(_Paced(transport, payloads, delays, i, stop, done), loop.time(), loop)
-        return done
+        self._wait(s, loop.time(), loop)
+        return s.done
 
     def _wait(self, s: _Paced, now: float, loop: asyncio.AbstractEventLoop) -> None:
         # The millisecond the event falls due in (never before it: uvloop's clock counts whole
@@ -240,14 +232,9 @@ class _Pacer:
                 done.set_exception(ClientConnectionResetError("Cannot write to closing transport"))
                 continue
             p = s.payloads[s.i]
+            data = p if isinstance(p, bytes) else stamped(p)
             try:
-                if isinstance(p, bytes):
-                    transport.write(b"%x\r\n%b\r\n" % (len(p), p))
-                else:
-                    head, tail = p
-                    t = orjson.dumps(time.monotonic())
-                    size = len(head) + len(t) + len(tail)
-                    transport.write(b"%x\r\n%b%b%b\r\n" % (size, head, t, tail))
+                transport.write(b"%x\r\n%b\r\n" % (len(data), data))
             except Exception as exc:  # the handler raises it, as aiohttp would
                 done.set_exception(exc)
                 continue
