@@ -419,17 +419,36 @@ def wrk_version(wrk: str) -> str:
     return first[0].split(" Copyright")[0] if first else "unknown"
 
 
+# Prints the version, the real executable and whether the interpreter runs from a shared
+# libpython: CPython built that way (pyenv's default, --enable-shared without
+# --enable-optimizations) runs Python code markedly slower than a statically linked, profile-guided
+# build such as Debian's /usr/bin/python3.11 or the official Docker images.
+_INTERPRETER_CODE = """
+import os, sys
+with open("/proc/self/maps") as f:
+    shared = any("libpython" in line for line in f)
+print(sys.version.split()[0], os.path.realpath(sys.executable), int(shared))
+"""
+
+
+def interpreter(python: str) -> str:
+    """``python``'s version and build, for the report's machine lines."""
+    out = subprocess.run(
+        [python, "-c", _INTERPRETER_CODE], capture_output=True, text=True, check=False
+    ).stdout.split()
+    if len(out) != 3:
+        return f"unknown ({python})"
+    version, real, shared = out
+    build = "libpython as a shared library" if shared == "1" else "statically linked"
+    via = f", via {python}" if os.path.realpath(python) != real else ""
+    return f"{version} ({real}, {build}{via})"
+
+
 def machine_info(python: str, wrk: str) -> list[tuple[str, str]]:
-    py_ver = subprocess.run(
-        [python, "-c", "import sys; print(sys.version.split()[0])"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     return [
         ("CPU", f"{os.cpu_count()} x {cpu_model()} (nproc={len(os.sched_getaffinity(0))})"),
         ("OS", f"{platform.system()} {platform.release()} {platform.machine()}"),
-        ("Python", f"{py_ver} ({python})"),
+        ("Python", interpreter(python)),
         ("truckllm", f"{tool_version(python, 'truckllm')}, git {git_rev()}"),
         (
             "aiohttp / uvicorn (the bare passthrough's; the gateway uses neither)",
