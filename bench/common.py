@@ -25,6 +25,7 @@ __all__ = [
     "default_python",
     "free_port",
     "gateway_config",
+    "machine_cpu_seconds",
     "pct",
     "proc_status_kb",
     "start",
@@ -93,6 +94,14 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = text.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy, all cores (``/proc/stat``: everything but
+    idle and iowait; guest time is inside user)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def tree_pids(pid: int) -> list[int]:

@@ -27,7 +27,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from overhead import default_python, interpreter, machine_info  # noqa: E402
+from overhead import default_python, machine_info  # noqa: E402
 
 QUICK: dict[str, list[str]] = {
     "overhead": [
@@ -59,7 +59,6 @@ FULL: dict[str, list[str]] = {
 }  # fmt: skip
 TITLES = {
     "overhead": "Overhead: direct, bare passthrough, gateway",
-    "overhead-also": "Overhead again, on the second interpreter (`--also-python`)",
     "streaming": "Streaming: 1,000 concurrent streams, one token per event",
     "streaming-grouped": "Streaming: 1,000 concurrent streams, five tokens per event",
     "stream_sweep": "Streaming: added delay against the event rate (sweep)",
@@ -124,20 +123,16 @@ def run(name: str, args: list[str], python: str, results: Path, patience: float)
 def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | None]]:
     """(target, measured, limit, met) for every target whose benchmark ran."""
     out: list[tuple[str, str, str, bool | None]] = []
-    for name, on in (("overhead", ""), ("overhead-also", ", second interpreter")):
-        o = res.get(name, {}).get("data")
-        if not o:
-            continue
-        if on:
-            on += f" ({res[name]['python'].split(' (')[0]})"
+    o = res.get("overhead", {}).get("data")
+    if o:
         added = o["gateway"]["1"]["p50"] - o["direct"]["1"]["p50"]
-        out.append((f"1 connection{on}: added p50", f"{added:.3f} ms", "<= 0.25 ms", added <= 0.25))
+        out.append(("1 connection: added p50", f"{added:.3f} ms", "<= 0.25 ms", added <= 0.25))
         rps = o["gateway"]["32"]["rps"]
         ratio = rps / o["baseline"]["32"]["rps"]
-        out.append((f"32 connections{on}: requests/s", f"{rps:,.0f}", ">= 4,000", rps >= 4000))
+        out.append(("32 connections: requests/s", f"{rps:,.0f}", ">= 4,000", rps >= 4000))
         out.append(
             (
-                f"32 connections{on}: share of the bare passthrough",
+                "32 connections: share of the bare passthrough",
                 f"{ratio:.2f}",
                 ">= 0.75",
                 ratio >= 0.75,
@@ -245,9 +240,7 @@ def render(
             out.append("**This benchmark failed**; its output:\n\n```\n" + r["markdown"] + "\n```")
             continue
         md = r["markdown"].strip()
-        if r.get("python"):
-            out += [f"Interpreter: {r['python']}.", ""]
-        if name.startswith("overhead"):  # its own header and machine lines are in this report
+        if name == "overhead":  # its own header and machine lines are in this report already
             md = md.split("\n## ", 1)[1] if "\n## " in md else md
             md = "### " + md.replace("\n## ", "\n### ")
         out.append(md)
@@ -276,11 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: render the report (and plot) again from the results in --results",
     )
     p.add_argument("--python", default=default_python(), help="the interpreter for every process")
-    p.add_argument(
-        "--also-python",
-        help="a second interpreter: run the overhead benchmark again under it, and report both "
-        "(say, a build with a shared libpython against a statically linked, profile-guided one)",
-    )
     args = p.parse_args(argv)
     if args.render_only:
         return render_again(args)
@@ -295,11 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     load_at_start = os.getloadavg()
     res = {name: run(name, plan[name], args.python, args.results, args.patience) for name in names}
-    if args.also_python and "overhead" in res:
-        res["overhead"]["python"] = interpreter(args.python)
-        also = run("overhead-also", plan["overhead"], args.also_python, args.results, args.patience)
-        also["python"] = interpreter(args.also_python)
-        res["overhead-also"] = also
     (args.results / "all.json").write_text(
         json.dumps(
             {k: {kk: vv for kk, vv in v.items() if kk != "markdown"} for k, v in res.items()}

@@ -52,6 +52,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 "added_transit_p99": r["added_transit_p99"],
                 "cores_direct": r["cores"]["direct"],
                 "cores_gateway": r["cores"]["gateway"],
+                "other_cores_gateway": r["other_cores"]["gateway"],
                 "gateway_cpu_per_1k_chunks_ms": r["gateway_cpu_per_1k_chunks_ms"],
                 "gateway_peak_rss_mb": r["gateway_peak_rss_mb"],
             }
@@ -64,11 +65,12 @@ def report(r: dict[str, Any]) -> str:
         f"{r['streams']:,} streams open at once, one token per event, each stream "
         f"{r['seconds']:g} s long; {r['client']} load generator. *Cores busy* is the average "
         "over the run of each process's CPU time (of 2 cores), for the gateway run: mock + load "
-        "generator + gateway. Times in ms.\n",
+        "generator + gateway; *other* is what the rest of the machine (other processes, kernel "
+        "threads, interrupt work) kept busy during the gateway run. Times in ms.\n",
         "| tokens/s per stream | events/s | completed | gap p99 direct | gap p99 gateway | "
         "**added gap p99** | added transit p50 / p99 | cores busy (direct run) | "
-        "cores busy (gateway run) | gateway CPU per 1,000 chunks |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "cores busy (gateway run) | other | gateway CPU per 1,000 chunks |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         cd, cg = row["cores_direct"], row["cores_gateway"]
@@ -79,6 +81,7 @@ def report(r: dict[str, Any]) -> str:
             f"{row['added_transit_p50']:+.2f} / {row['added_transit_p99']:+.2f} | "
             f"{sum(cd.values()):.2f} | {cg['mock']:.2f} + {cg['load generator']:.2f} + "
             f"{cg['gateway']:.2f} = {sum(cg.values()):.2f} | "
+            f"{row['other_cores_gateway']:.2f} | "
             f"{row['gateway_cpu_per_1k_chunks_ms']:.0f} ms |"
         )
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from common import (
     default_python,
     free_port,
     gateway_config,
+    machine_cpu_seconds,
     pct,
     proc_status_kb,
     run_and_report,
@@ -350,14 +351,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             cold[name] = summarise([run_client(args, url, out, timeout, args.streams, args.burst)])
             time.sleep(1)
         runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
-        cpu = {f"{t}/{p}": 0.0 for t in targets for p in pids}
+        cpu = {f"{t}/{p}": 0.0 for t in targets for p in (*pids, "machine")}
         for rnd in range(args.rounds):
             order = ["direct", "gateway"] if rnd % 2 == 0 else ["gateway", "direct"]
             for name in order:
                 print(f"round {rnd + 1}/{args.rounds}: {name}", file=sys.stderr)
                 before = {p: cpu_seconds(pid) for p, pid in pids.items()}
+                machine = machine_cpu_seconds()
                 out = tmp / f"{name}.json"
                 result = run_client(args, targets[name], out, timeout, total, ramp)
+                cpu[f"{name}/machine"] += machine_cpu_seconds() - machine
                 for p, pid in pids.items():
                     cpu[f"{name}/{p}"] += cpu_seconds(pid) - before[p]
                 runs[name].append(result)
@@ -381,6 +384,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "load generator": summary["client_cpu_s"] / secs,
             }
 
+        def other(name: str, summary: dict[str, Any]) -> float:
+            ours = cpu[f"{name}/mock"] + cpu[f"{name}/gateway"] + summary["client_cpu_s"]
+            return max(cpu[f"{name}/machine"] - ours, 0.0) / max(summary["seconds"], 1e-9)
+
         return {
             "streams": args.streams,
             "rate": args.rate,
@@ -396,6 +403,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "gateway": through,
             "cold": cold,
             "cores": {"direct": busy("direct", direct), "gateway": busy("gateway", through)},
+            # Everything else the cores did meanwhile: other processes, the kernel's own threads
+            # and interrupt work not charged to a process (part of it the runs' own loopback
+            # traffic). A core taken by it is a core the three processes wait for.
+            "other_cores": {
+                "direct": other("direct", direct),
+                "gateway": other("gateway", through),
+            },
             "added_ttft_p50": through["ttft_p50"] - direct["ttft_p50"],
             "added_ttft_p99": through["ttft_p99"] - direct["ttft_p99"],
             "added_gap_p50": through["gap_p50"] - direct["gap_p50"],
@@ -475,7 +489,9 @@ def report(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in cores["direct"].items())
         + "; gateway run "
         + ", ".join(f"{k} {v:.2f}" for k, v in cores["gateway"].items())
-        + f" (total {sum(cores['gateway'].values()):.2f})."
+        + f" (total {sum(cores['gateway'].values()):.2f}). Everything else on the machine "
+        f"(other processes, kernel threads, interrupt work) kept {r['other_cores']['direct']:.2f} "
+        f"busy during the direct run and {r['other_cores']['gateway']:.2f} during the gateway run."
     )
     for label, s in (("direct", d), ("gateway", g)):
         if s["error_samples"]:
