@@ -23,6 +23,7 @@ from streaming import bench as stream_bench
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
+    placement = ""
     for rate in args.rates:
         one = argparse.Namespace(
             streams=args.streams,
@@ -33,10 +34,12 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             per_event=1,
             client=args.client,
             rounds=args.rounds,
+            pin=args.pin,
             python=args.python,
         )
         print(f"sweep: {rate:g} tokens/s per stream", file=sys.stderr)
         r = stream_bench(one)
+        placement = r["placement"]
         d, g = r["direct"], r["gateway"]
         rows.append(
             {
@@ -57,13 +60,20 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 "gateway_peak_rss_mb": r["gateway_peak_rss_mb"],
             }
         )
-    return {"streams": args.streams, "seconds": args.seconds, "client": args.client, "rows": rows}
+    return {
+        "streams": args.streams,
+        "seconds": args.seconds,
+        "client": args.client,
+        "placement": placement,
+        "rows": rows,
+    }
 
 
 def report(r: dict[str, Any]) -> str:
     lines = [
         f"{r['streams']:,} streams open at once, one token per event, each stream "
-        f"{r['seconds']:g} s long; {r['client']} load generator. *Cores busy* is the average "
+        f"{r['seconds']:g} s long; {r['client']} load generator; {r['placement']}. "
+        "*Cores busy* is the average "
         "over the run of each process's CPU time (of 2 cores), for the gateway run: mock + load "
         "generator + gateway; *other* is what the rest of the machine (other processes, kernel "
         "threads, interrupt work) kept busy during the gateway run. Times in ms.\n",
@@ -99,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=4.0, help="length of each stream")
     p.add_argument("--client", choices=("aiohttp", "raw"), default="raw")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="as in streaming.py: the gateway on a CPU of its own (default)",
+    )
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)
     return run_and_report(sweep, report, p.parse_args(argv))

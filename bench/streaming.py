@@ -11,6 +11,12 @@ alternate over ``--rounds``. Reported: completed streams, time to first token an
 chunks (p50, p99) for both, what the gateway adds, the gateway's CPU seconds and its peak RSS
 (``VmHWM``: the process is fresh, so that is the peak of this benchmark).
 
+By default (``--pin``) the gateway runs on the last CPU and the mock and the load generator on the
+others, in both runs. Left to share two cores, the three processes wait for each other: the mock
+and the load generator are then slower in the gateway run than in the direct run, and the
+difference, which a deployment (client, gateway and upstream on different machines) does not
+have, is counted as added by the gateway. ``--no-pin`` measures that shared case.
+
     python bench/streaming.py [--streams 1000] [--rate 20] [--tokens 80] [--json out.json]
 """
 
@@ -21,7 +27,9 @@ import asyncio
 import gc
 import itertools
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -262,6 +270,7 @@ def run_client(
     args: argparse.Namespace, url: str, out: Path, timeout: float, streams: int, ramp: float
 ) -> dict[str, Any]:
     cmd = [
+        *args.client_prefix,
         args.python,
         __file__,
         "client",
@@ -309,15 +318,33 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def cpu_plan(pin: bool) -> tuple[list[str], list[str], str]:
+    """Command prefixes for the gateway and for the mock and load generator, and a description.
+    Pinned: the gateway alone on the last CPU this process may use, the others on the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return [], [], "not pinned: the mock, the load generator and the gateway share the CPUs"
+    if shutil.which("taskset") is None:
+        raise BenchError("--pin needs taskset (util-linux); or run with --no-pin")
+    rest = ",".join(str(c) for c in cpus[:-1])
+    return (
+        ["taskset", "-c", str(cpus[-1])],
+        ["taskset", "-c", rest],
+        f"the gateway pinned to CPU {cpus[-1]}, the mock and the load generator to CPU {rest}",
+    )
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
     python = args.python
+    gw_prefix, rest_prefix, placement = cpu_plan(args.pin)
+    args.client_prefix = rest_prefix
     tmp = Path(tempfile.mkdtemp(prefix="truckllm-stream-"))
     mock_port, gw_port = free_port(), free_port()
     mock_cmd = [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}", "--stamp"]
     mock_cmd += ["--ttft", str(args.ttft), "--tokens-per-s", str(args.rate)]
     mock_cmd += ["--reply-tokens", str(args.tokens), "--tokens-per-event", str(args.per_event)]
-    mock = start("mock", mock_cmd, mock_port, tmp)
+    mock = start("mock", [*rest_prefix, *mock_cmd], mock_port, tmp)
     config = tmp / "gateway.yaml"
     config.write_text(gateway_config(f"{mock.base}/v1", tmp))
     gateway: Any = None
@@ -325,7 +352,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         wait_http(mock.base + "/v1/models")
         gateway = start(
             "gateway",
-            [python, "-m", "truckllm", "--config", str(config), "--listen", f"{HOST}:{gw_port}"],
+            [
+                *gw_prefix,
+                *[python, "-m", "truckllm", "--config", str(config)],
+                *["--listen", f"{HOST}:{gw_port}"],
+            ],
             gw_port,
             tmp,
         )
@@ -399,6 +430,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "burst": args.burst,
             "rounds": args.rounds,
             "client": args.client,
+            "placement": placement,
             "direct": direct,
             "gateway": through,
             "cold": cold,
@@ -453,7 +485,8 @@ def report(r: dict[str, Any]) -> str:
             if r["cold"]
             else ""
         )
-        + f"{r['client']} load generator in its own process. *Transit*: from the mock's write of a chunk to the client's read of it (the "
+        + f"{r['client']} load generator in its own process; {r.get('placement', 'not pinned')}. "
+        "*Transit*: from the mock's write of a chunk to the client's read of it (the "
         "mock stamps each chunk with the system-wide monotonic clock); *gap*: between two "
         "chunks of a stream at the client. Times in ms.\n",
         "| | completed | errors | TTFT p50 | TTFT p99 | transit p50 | transit p99 | "
@@ -522,6 +555,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-event", type=int, default=1, help="tokens per SSE event")
     p.add_argument("--client", choices=("aiohttp", "raw"), default="raw")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the gateway on a CPU of its own, the mock and the load generator on the others "
+        "(default); --no-pin: all three share the CPUs",
+    )
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
