@@ -420,9 +420,8 @@ def wrk_version(wrk: str) -> str:
 
 
 # Prints the version, the real executable and whether the interpreter runs from a shared
-# libpython: CPython built that way (pyenv's default, --enable-shared without
-# --enable-optimizations) runs Python code markedly slower than a statically linked, profile-guided
-# build such as Debian's /usr/bin/python3.11 or the official Docker images.
+# libpython (pyenv's default build) or is statically linked (Debian's /usr/bin/python3.11): the
+# gateway's cost per request is Python code, so the report names the build that ran it.
 _INTERPRETER_CODE = """
 import os, sys
 with open("/proc/self/maps") as f:

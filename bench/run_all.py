@@ -228,8 +228,8 @@ def render(
         "",
         f"Generated {now} by `{command}` (see `bench/README.md`). Every number in a table was "
         "measured side by side in the same run, on one machine where the load generator, the "
-        "mock upstream and the gateway share the CPUs: compare ratios, not absolute numbers "
-        "across machines.",
+        "mock upstream and the gateway share the CPUs (the streaming runs keep the gateway on "
+        "one of them: each section says): compare ratios, not absolute numbers across machines.",
         "",
         *[f"- **{k}**: {v}" for k, v in info],
         "",
