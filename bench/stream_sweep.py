@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from common import default_python, run_and_report
+from common import run_and_report
+from streaming import add_run_options
 from streaming import bench as stream_bench
 
 
@@ -107,16 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         help="tokens/s per stream, comma-separated",
     )
     p.add_argument("--seconds", type=float, default=4.0, help="length of each stream")
-    p.add_argument("--client", choices=("aiohttp", "raw"), default="raw")
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="as in streaming.py: the gateway on a CPU of its own (default)",
-    )
-    p.add_argument("--python", default=default_python())
-    p.add_argument("--json", type=Path)
+    add_run_options(p)
     return run_and_report(sweep, report, p.parse_args(argv))
 
 

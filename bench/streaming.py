@@ -267,10 +267,17 @@ def raise_fd_limit() -> None:
 
 
 def run_client(
-    args: argparse.Namespace, url: str, out: Path, timeout: float, streams: int, ramp: float
+    args: argparse.Namespace,
+    prefix: list[str],
+    url: str,
+    out: Path,
+    timeout: float,
+    streams: int,
+    ramp: float,
 ) -> dict[str, Any]:
+    """One load generator run; ``prefix`` places it on its CPUs (``taskset``) or is empty."""
     cmd = [
-        *args.client_prefix,
+        *prefix,
         args.python,
         __file__,
         "client",
@@ -338,7 +345,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
     python = args.python
     gw_prefix, rest_prefix, placement = cpu_plan(args.pin)
-    args.client_prefix = rest_prefix
     tmp = Path(tempfile.mkdtemp(prefix="truckllm-stream-"))
     mock_port, gw_port = free_port(), free_port()
     mock_cmd = [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}", "--stamp"]
@@ -379,7 +385,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         for name, url in targets.items() if args.burst > 0 else ():
             print(f"burst: {name}", file=sys.stderr)
             out = tmp / f"burst-{name}.json"
-            cold[name] = summarise([run_client(args, url, out, timeout, args.streams, args.burst)])
+            cold[name] = summarise(
+                [run_client(args, rest_prefix, url, out, timeout, args.streams, args.burst)]
+            )
             time.sleep(1)
         runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
         cpu = {f"{t}/{p}": 0.0 for t in targets for p in (*pids, "machine")}
@@ -390,7 +398,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 before = {p: cpu_seconds(pid) for p, pid in pids.items()}
                 machine = machine_cpu_seconds()
                 out = tmp / f"{name}.json"
-                result = run_client(args, targets[name], out, timeout, total, ramp)
+                result = run_client(args, rest_prefix, targets[name], out, timeout, total, ramp)
                 cpu[f"{name}/machine"] += machine_cpu_seconds() - machine
                 for p, pid in pids.items():
                     cpu[f"{name}/{p}"] += cpu_seconds(pid) - before[p]
@@ -532,6 +540,21 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options this benchmark shares with ``stream_sweep.py``: how each run is made."""
+    p.add_argument("--client", choices=("aiohttp", "raw"), default="raw")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the gateway on a CPU of its own, the mock and the load generator on the others "
+        "(default); --no-pin: all three share the CPUs",
+    )
+    p.add_argument("--python", default=default_python())
+    p.add_argument("--json", type=Path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode")
@@ -553,17 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds over which the burst's streams start (0: no burst)",
     )
     p.add_argument("--per-event", type=int, default=1, help="tokens per SSE event")
-    p.add_argument("--client", choices=("aiohttp", "raw"), default="raw")
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the gateway on a CPU of its own, the mock and the load generator on the others "
-        "(default); --no-pin: all three share the CPUs",
-    )
-    p.add_argument("--python", default=default_python())
-    p.add_argument("--json", type=Path)
+    add_run_options(p)
     args = p.parse_args(argv)
     if args.mode == "client":
         return client_main(args)
