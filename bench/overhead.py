@@ -380,6 +380,60 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+CPUIDLE_DRIVER = Path("/sys/devices/system/cpu/cpuidle/current_driver")
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def halt_poll_ns() -> int | None:
+    """How long an idle vCPU polls before it halts (KVM's ``haltpoll`` idle driver), or None."""
+    try:
+        if CPUIDLE_DRIVER.read_text().strip() != "haltpoll":
+            return None
+        return int(HALT_POLL.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_idle() -> str:
+    """How an idle CPU waits, for the report's machine lines. Under a hypervisor it decides what
+    a wake-up costs: a vCPU that halts leaves the guest, and waking it goes through the host."""
+    try:
+        driver = CPUIDLE_DRIVER.read_text().strip()
+    except OSError:
+        return "unknown (no cpuidle driver)"
+    ns = halt_poll_ns()
+    if ns is None:
+        return f"cpuidle driver {driver}"
+    if ns == 0:
+        return (
+            "cpuidle driver haltpoll with guest_halt_poll_ns=0: an idle vCPU halts at once, and "
+            "every wake-up of a waiting process goes through the hypervisor"
+        )
+    return f"cpuidle driver haltpoll: an idle vCPU polls up to {ns / 1000:g} µs before it halts"
+
+
+@contextlib.contextmanager
+def halt_polling(ns: int | None) -> Iterator[None]:
+    """Set the guest's halt polling to ``ns`` for the block, and put the old value back after.
+    ``None``: leave the machine as it is."""
+    if ns is None:
+        yield
+        return
+    if halt_poll_ns() is None:
+        raise BenchError(f"--halt-poll-ns: {HALT_POLL} is not in use (not a KVM guest on haltpoll)")
+    old = HALT_POLL.read_text().strip()
+    try:
+        HALT_POLL.write_text(str(ns))
+    except OSError as exc:
+        raise BenchError(
+            f"--halt-poll-ns: cannot write {HALT_POLL} ({exc}); it needs root"
+        ) from None
+    try:
+        yield
+    finally:
+        HALT_POLL.write_text(old)
+
+
 def git_rev() -> str:
     try:
         rev = subprocess.run(
@@ -447,6 +501,7 @@ def machine_info(python: str, wrk: str) -> list[tuple[str, str]]:
     return [
         ("CPU", f"{os.cpu_count()} x {cpu_model()} (nproc={len(os.sched_getaffinity(0))})"),
         ("OS", f"{platform.system()} {platform.release()} {platform.machine()}"),
+        ("CPU idle", cpu_idle()),
         ("Python", interpreter(python)),
         ("truckllm", f"{tool_version(python, 'truckllm')}, git {git_rev()}"),
         (
@@ -637,6 +692,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         help="give both keys limits: {rpm: N} (with --store redis they are shared: leased)",
     )
+    p.add_argument(
+        "--halt-poll-ns",
+        type=int,
+        metavar="NS",
+        help="on a KVM guest with the haltpoll idle driver, let an idle vCPU poll NS ns before "
+        "it halts, for this run only (needs root; the old value is put back). The kernel's "
+        "default is 200000; these machines boot with 0",
+    )
     return p.parse_args(argv)
 
 
@@ -731,7 +794,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_lua(tmp / "proxy.lua", proxy_headers)
 
         services = [mock, baseline, gateway]
-        with services_running(services):
+        machine = machine_info(args.python, args.wrk)
+        with halt_polling(args.halt_poll_ns), services_running(services):
+            if args.halt_poll_ns is not None:
+                machine.append(("CPU idle during this run", f"{cpu_idle()} (--halt-poll-ns)"))
             for svc in services:
                 print(f"starting {svc.name}: {shlex.join(svc.cmd)}", file=sys.stderr)
                 svc.start()
@@ -778,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cells,
             conns,
             [
-                *machine_info(args.python, args.wrk),
+                *machine,
                 (
                     "Gateway telemetry",
                     "metrics on (scraped every 1 s) + file request-log sink"
