@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -14,7 +13,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from overhead import HOST, REPO_DIR, BenchError, Service, default_python, free_port
+from overhead import (
+    CLK_TCK,
+    HOST,
+    REPO_DIR,
+    BenchError,
+    Service,
+    cpu_seconds,
+    default_python,
+    free_port,
+)
 
 __all__ = [
     "HOST",
@@ -33,7 +41,6 @@ __all__ = [
     "write_json",
 ]
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 GATEWAY_CONFIG = """\
 providers:
@@ -84,16 +91,6 @@ def proc_status_kb(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process has used (``/proc/<pid>/stat``)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def machine_cpu_seconds() -> float:

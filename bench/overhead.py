@@ -346,11 +346,19 @@ class Target:
     label: str
     url: str
     script: Path
+    server: Service  # the process that answers wrk: the mock for direct, else the proxy
 
 
 @dataclass
 class Cell:
     runs: list[WrkResult] = field(default_factory=list)
+    cpu_s: float = 0.0  # CPU time (user + system) of the target's server during the runs
+
+    @property
+    def cpu_us(self) -> float:
+        """The server's CPU per request, in µs."""
+        requests = sum(r.requests for r in self.runs)
+        return self.cpu_s * 1e6 / requests if requests else math.nan
 
     def pct(self, p: str) -> float:
         return statistics.median(r.latency_us[p] for r in self.runs)
@@ -362,6 +370,19 @@ class Cell:
     @property
     def errors(self) -> int:
         return sum(r.errors for r in self.runs)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used, all its threads (``/proc/<pid>/stat``)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def fmt_ms(us: float) -> str:
@@ -534,28 +555,31 @@ def render_report(
         f"immediately. {rounds} round(s) x {run_seconds}s per cell, target order "
         f"alternating per round, {warmup}s warm-up (32 conns) per target per round. "
         "Latency = median of the per-round wrk percentiles; req/s = total requests "
-        "/ total time. Times in ms.\n"
+        "/ total time. Times in ms. CPU/request: CPU time (user + system) of the process that "
+        "answers wrk (the mock for direct, the proxy itself otherwise) over its requests.\n"
     )
 
     out.append(f"## {lo} connection (sequential latency)\n")
-    out.append("| Target | p50 | p90 | p99 | added p50 | added p99 | req/s |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    out.append("| Target | p50 | p90 | p99 | added p50 | added p99 | req/s | CPU/request |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for t in targets:
         c = cells[(t.key, lo)]
         added50 = fmt_delta_ms(c.pct("50") - direct_lo.pct("50")) if t.key != "direct" else "-"
         added99 = fmt_delta_ms(c.pct("99") - direct_lo.pct("99")) if t.key != "direct" else "-"
         out.append(
             f"| {t.label} | {fmt_ms(c.pct('50'))} | {fmt_ms(c.pct('90'))} | "
-            f"{fmt_ms(c.pct('99'))} | {added50} | {added99} | {c.rps:,.0f} |"
+            f"{fmt_ms(c.pct('99'))} | {added50} | {added99} | {c.rps:,.0f} | "
+            f"{c.cpu_us:.0f} µs |"
         )
 
     for hi in conns[1:]:
         direct_hi, bare_hi = cells[("direct", hi)], cells.get(("baseline", hi))
         out.append(f"\n## {hi} connections (throughput)\n")
         out.append(
-            "| Target | req/s | vs direct | vs bare passthrough | p50 | p99 | added p50 | added p99 |"
+            "| Target | req/s | vs direct | vs bare passthrough | p50 | p99 | added p50 | added p99 "
+            "| CPU/request |"
         )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             c = cells[(t.key, hi)]
             is_direct = t.key == "direct"
@@ -569,7 +593,8 @@ def render_report(
                 f"{'-' if is_direct else f'{100 * c.rps / direct_hi.rps:.0f}%'} | {vs_bare} | "
                 f"{fmt_ms(c.pct('50'))} | {fmt_ms(c.pct('99'))} | "
                 f"{'-' if is_direct else fmt_delta_ms(c.pct('50') - direct_hi.pct('50'))} | "
-                f"{'-' if is_direct else fmt_delta_ms(c.pct('99') - direct_hi.pct('99'))} |"
+                f"{'-' if is_direct else fmt_delta_ms(c.pct('99') - direct_hi.pct('99'))} | "
+                f"{c.cpu_us:.0f} µs |"
             )
 
     bad = [
@@ -608,6 +633,7 @@ def results_json(
             str(n): {
                 "rps": cells[(t.key, n)].rps,
                 "errors": cells[(t.key, n)].errors,
+                "cpu_us": cells[(t.key, n)].cpu_us,
                 **{f"p{p}": cells[(t.key, n)].pct(p) / 1e3 for p in PERCENTILES},
             }
             for n in conns
@@ -786,9 +812,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         proxy_headers = {"Content-Type": "application/json"}
         targets = [
-            Target("direct", "direct -> mock", mock.base + ROUTE, tmp / "direct.lua"),
-            Target("baseline", "bare passthrough", baseline.base + ROUTE, tmp / "proxy.lua"),
-            Target("gateway", "TruckLLM gateway", gateway.base + ROUTE, tmp / "proxy.lua"),
+            Target("direct", "direct -> mock", mock.base + ROUTE, tmp / "direct.lua", mock),
+            Target(
+                "baseline", "bare passthrough", baseline.base + ROUTE, tmp / "proxy.lua", baseline
+            ),
+            Target("gateway", "TruckLLM gateway", gateway.base + ROUTE, tmp / "proxy.lua", gateway),
         ]
         write_lua(tmp / "direct.lua", direct_headers)
         write_lua(tmp / "proxy.lua", proxy_headers)
@@ -815,7 +843,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"round {rnd + 1}/{rounds}: {t.label}", file=sys.stderr)
                     run_wrk(args.wrk, t.url, t.script, args.connections, args.warmup)
                     for n in conns:
+                        pid = t.server.proc.pid if t.server.proc else 0
+                        cpu0 = cpu_seconds(pid)
                         res = run_wrk(args.wrk, t.url, t.script, n, run_seconds)
+                        cells[(t.key, n)].cpu_s += cpu_seconds(pid) - cpu0
                         cells[(t.key, n)].runs.append(res)
                         print(
                             f"  c={n:<3} {res.rps:>9,.0f} req/s  "
