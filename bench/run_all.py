@@ -47,6 +47,7 @@ QUICK: dict[str, list[str]] = {
         "--streams", "1000", "--rate", "20", "--tokens", "80", "--per-event", "5", "--rounds", "1",
     ],
     "stream_sweep": ["--streams", "1000", "--rates", "5,10,15,20"],
+    "app_path": ["--requests", "10000", "--rounds", "3"],
     "chaos": ["--requests", "4000"],
     "memory": ["--runs", "5", "--duration", "5"],
     "workers": ["--duration", "6", "--rounds", "2", "--warmup", "1"],
@@ -69,6 +70,7 @@ FULL: dict[str, list[str]] = {
         "--streams", "1000", "--rate", "20", "--tokens", "100", "--per-event", "5", "--rounds", "2",
     ],
     "stream_sweep": ["--streams", "1000", "--rates", "5,10,15,20", "--seconds", "5"],
+    "app_path": ["--requests", "20000", "--rounds", "5"],
     "chaos": ["--requests", "20000"],
     "memory": ["--runs", "10", "--duration", "20"],
     "workers": ["--duration", "20", "--rounds", "4", "--warmup", "2"],
@@ -81,6 +83,7 @@ TITLES = {
     "streaming-shared": "Streaming: the same, the three processes sharing both cores (`--no-pin`)",
     "streaming-grouped": "Streaming: 1,000 concurrent streams, five tokens per event",
     "stream_sweep": "Streaming: added delay against the event rate (sweep)",
+    "app_path": "The app path in one process: warm, and after a loopback round trip",
     "chaos": "Chaos: throttling and failing keys",
     "memory": "Memory and start-up",
     "workers": "Multi-process: `server.workers`",
@@ -225,6 +228,17 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | 
                 + " events/s (one run each; not a target of its own)",
                 " / ".join(f"{r['added_gap_p99']:+.2f}" for r in rows) + " ms",
                 "<= 5 ms",
+                None,
+            )
+        )
+    a = res.get("app_path", {}).get("data")
+    if a:
+        out.append(
+            (
+                "the app path's CPU per request (no sockets on it): back to back / after a "
+                "loopback round trip (not a target of its own)",
+                f"{a['app_us']:.0f} / {a['app_after_round_trip_us']:.0f} µs",
+                "-",
                 None,
             )
         )
