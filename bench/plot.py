@@ -1,4 +1,5 @@
-"""The benchmarks' picture: throughput bars (overhead, workers) and the streaming distributions.
+"""The benchmarks' picture: latency at one connection and throughput bars (overhead, workers), and
+the streaming distributions.
 
     python bench/plot.py bench/results/all.json docs/benchmarks.png
 
@@ -45,6 +46,32 @@ def sweep(ax: Any, d: dict[str, Any]) -> None:
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
 
 
+_TARGETS = {"direct": "direct -> mock", "baseline": "bare passthrough", "gateway": "gateway"}
+
+
+def one_connection(ax: Any, data: dict[str, Any]) -> None:
+    """p50 at one connection, as the machine boots and (when run) with halt polling, and the
+    target's line: the direct call's p50 + 0.25 ms."""
+    runs = [("as booted", data["overhead"]["data"])]
+    if data.get("overhead-haltpoll", {}).get("ok"):
+        runs.append(("idle vCPUs polling 200 µs", data["overhead-haltpoll"]["data"]))
+    width = 0.8 / len(_TARGETS)
+    for i, (key, label) in enumerate(_TARGETS.items()):
+        xs = [j + i * width for j in range(len(runs))]
+        bars = ax.bar(xs, [o[key]["1"]["p50"] for _, o in runs], width, label=label)
+        ax.bar_label(bars, fmt="{:.3f}", fontsize=7)
+    for j, (_, o) in enumerate(runs):
+        limit = o["direct"]["1"]["p50"] + 0.25
+        ax.hlines(limit, j - width / 2, j + 2.5 * width, colors="grey", linestyles="--")
+    ax.plot([], [], "--", color="grey", label="target: direct + 0.25 ms")
+    ax.set_xticks([j + width for j in range(len(runs))], [name for name, _ in runs])
+    top = max(o[key]["1"]["p50"] for _, o in runs for key in _TARGETS)
+    ax.set_ylim(0, top * 1.4)  # room for the legend
+    ax.set_ylabel("p50, ms")
+    ax.set_title("1 connection: latency (wrk -c1)")
+    ax.legend(fontsize=7, loc="upper right")
+
+
 def main(argv: list[str]) -> int:
     try:
         import matplotlib
@@ -57,7 +84,7 @@ def main(argv: list[str]) -> int:
     data = json.loads(Path(argv[0]).read_text())
     panels = []
     if data.get("overhead", {}).get("ok"):
-        panels.append("overhead")
+        panels += ["latency", "overhead"]
     streams = [k for k in ("streaming", "streaming-grouped") if data.get(k, {}).get("ok")]
     if streams:
         panels += ["transit", "ttft"]
@@ -75,16 +102,13 @@ def main(argv: list[str]) -> int:
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
     for ax, panel in zip(flat, panels, strict=False):
-        if panel == "overhead":
+        if panel == "latency":
+            one_connection(ax, data)
+        elif panel == "overhead":
             o = data["overhead"]["data"]
             conns = [c for c in o["direct"] if c != "1"]
-            labels = {
-                "direct": "direct -> mock",
-                "baseline": "bare passthrough",
-                "gateway": "gateway",
-            }
-            width = 0.8 / len(labels)
-            for i, (key, label) in enumerate(labels.items()):
+            width = 0.8 / len(_TARGETS)
+            for i, (key, label) in enumerate(_TARGETS.items()):
                 xs = [j + i * width for j in range(len(conns))]
                 bars = ax.bar(xs, [o[key][c]["rps"] for c in conns], width, label=label)
                 ax.bar_label(bars, fmt="{:,.0f}", fontsize=7)
