@@ -142,9 +142,17 @@ def run(name: str, args: list[str], python: str, results: Path, patience: float)
     return result
 
 
-def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | None]]:
+Row = tuple[str, str, str, bool | None]  # target, measured, limit, met (None: not a target)
+
+
+def informational(what: str, measured: str, limit: str = "-") -> Row:
+    """A row that is reported beside the targets, not judged: ``what`` says why."""
+    return (what, measured, limit, None)
+
+
+def targets(res: dict[str, dict[str, Any]]) -> list[Row]:
     """(target, measured, limit, met) for every target whose benchmark ran."""
-    out: list[tuple[str, str, str, bool | None]] = []
+    out: list[Row] = []
     o = res.get("overhead", {}).get("data")
     if o:
         added = o["gateway"]["1"]["p50"] - o["direct"]["1"]["p50"]
@@ -165,13 +173,12 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | 
         added = h["gateway"]["1"]["p50"] - h["direct"]["1"]["p50"]
         bare = h["baseline"]["1"]["p50"] - h["direct"]["1"]["p50"]
         out.append(
-            (
+            informational(
                 "1 connection: added p50 (bare passthrough's in brackets), idle vCPUs polling "
                 "200 µs before they halt, the Linux default; these machines boot with 0 (not how "
                 "they run: not the target's row)",
                 f"{added:.3f} ms ({bare:.3f} ms)",
                 "<= 0.25 ms",
-                None,
             )
         )
     for name in ("streaming", "streaming-grouped"):
@@ -197,12 +204,10 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | 
             )
         )
         out.append(
-            (
+            informational(
                 f"{what}: added transit per chunk (mock write to client read), p50 / p99; "
                 "stricter, not a target",
                 f"{s['added_transit_p50']:+.2f} / {s['added_transit_p99']:+.2f} ms",
-                "-",
-                None,
             )
         )
         peak = s["gateway_peak_rss_mb"]
@@ -210,36 +215,32 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | 
     sh = res.get("streaming-shared", {}).get("data")
     if sh:
         out.append(
-            (
+            informational(
                 "1,000 streams, 1 token per event, the mock, the load generator and the gateway "
                 "sharing both cores (`--no-pin`): added gap p99 (not a target of its own)",
                 f"{sh['added_gap_p99']:+.2f} ms",
                 "<= 5 ms",
-                None,
             )
         )
     sw = res.get("stream_sweep", {}).get("data")
     if sw:
         rows = sw["rows"]
         out.append(
-            (
+            informational(
                 "1,000 streams, 1 token per event, sweep: added gap p99 at "
                 + " / ".join(f"{r['events_per_s']:,.0f}" for r in rows)
                 + " events/s (one run each; not a target of its own)",
                 " / ".join(f"{r['added_gap_p99']:+.2f}" for r in rows) + " ms",
                 "<= 5 ms",
-                None,
             )
         )
     a = res.get("app_path", {}).get("data")
     if a:
         out.append(
-            (
+            informational(
                 "the app path's CPU per request (no sockets on it): back to back / after a "
                 "loopback round trip (not a target of its own)",
                 f"{a['app_us']:.0f} / {a['app_after_round_trip_us']:.0f} µs",
-                "-",
-                None,
             )
         )
     c = res.get("chaos", {}).get("data")
