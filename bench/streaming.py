@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
@@ -114,7 +115,9 @@ def peak_concurrency(tallies: list[Tally]) -> int:
 
 
 def summary(tallies: list[Tally], errors: list[str], streams: int) -> dict[str, Any]:
-    ttft, gaps, transits = [], [], []
+    ttft: list[float] = []
+    gaps: list[float] = []
+    transits: list[float] = []
     for t in tallies:
         if t.error is not None:
             errors.append(t.error)
@@ -206,6 +209,7 @@ async def load_raw(url: str, streams: int, ramp: float, key: str) -> dict[str, A
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = (
         f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         f"Content-Type: application/json\r\nAuthorization: Bearer {key}\r\n"
@@ -220,7 +224,7 @@ async def load_raw(url: str, streams: int, ramp: float, key: str) -> dict[str, A
         finished: asyncio.Future[None] = loop.create_future()
         proto = _RawStream(request, finished)
         try:
-            transport, _ = await loop.create_connection(lambda: proto, parts.hostname, parts.port)
+            transport, _ = await loop.create_connection(lambda: proto, host, port)
         except OSError as exc:
             errors.append(repr(exc))
             return
@@ -239,6 +243,7 @@ async def load_raw(url: str, streams: int, ramp: float, key: str) -> dict[str, A
 
 
 def client_main(args: argparse.Namespace) -> int:
+    run: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]]
     try:
         import uvloop
 
@@ -424,8 +429,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             }
 
         def other(name: str, summary: dict[str, Any]) -> float:
-            ours = cpu[f"{name}/mock"] + cpu[f"{name}/gateway"] + summary["client_cpu_s"]
-            return max(cpu[f"{name}/machine"] - ours, 0.0) / max(summary["seconds"], 1e-9)
+            client: float = summary["client_cpu_s"]
+            seconds: float = max(summary["seconds"], 1e-9)
+            ours = cpu[f"{name}/mock"] + cpu[f"{name}/gateway"] + client
+            return max(cpu[f"{name}/machine"] - ours, 0.0) / seconds
 
         return {
             "streams": args.streams,

@@ -67,7 +67,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         redis_port = free_port() if use_redis else None
         if redis_port is not None:
             redis = start_redis(redis_port, tmp / "redis.log")
-        specs = [("1 process", 1, None), ("2 workers", 2, None)]
+        specs: list[tuple[str, int, int | None]] = [("1 process", 1, None), ("2 workers", 2, None)]
         if redis_port is not None:
             specs.append(("2 workers, limits shared in Redis", 2, redis_port))
         for label, workers, rport in specs:
