@@ -49,7 +49,7 @@ from overhead import REQUEST_BODY, ROUTE, UPSTREAM_KEY, cpu_idle, halt_polling
 from truckllm.api import App
 from truckllm.config import load_config
 from truckllm.config.schema import KeyConfig
-from truckllm.http.client import HTTPClient, Target
+from truckllm.http.client import HTTPClient, ParsedURL
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderContext, ProviderFactory
 from truckllm.providers.base import Call, Reply
@@ -79,7 +79,7 @@ def canned_registry(body: bytes) -> Registry[ProviderFactory]:
 
 async def measure(args: argparse.Namespace, mock: Service, config: Path) -> dict[str, Any]:
     client = HTTPClient()
-    target = Target.parse(mock.base + ROUTE)
+    target = ParsedURL.parse(mock.base + ROUTE)
     payload = REQUEST_BODY.encode()
 
     async def round_trip() -> bytes:

@@ -106,7 +106,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 gw.stop()
         interpreter = timed([python, "-c", "pass"], args.runs)
         imports = timed(
-            [python, "-c", "import truckllm.cli, truckllm.api, truckllm.server"], args.runs
+            [python, "-c", "import truckllm.cli, truckllm.api, truckllm.runner"], args.runs
         )
         # Under load: a fresh process, wrk at 32 connections.
         port = free_port()

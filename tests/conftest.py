@@ -12,9 +12,9 @@ from helpers import Gateway
 from truckllm.api import App
 from truckllm.config import parse_config
 from truckllm.providers import provider_registry
-from truckllm.server import ServerThread
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.serve import ServerThread
 from truckllm.testing.wire import FakeServer
 
 

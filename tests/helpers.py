@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from truckllm.api import App
-from truckllm.server import ServerThread
+from truckllm.testing.serve import ServerThread
 
 
 @dataclass

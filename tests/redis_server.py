@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from truckllm.server import free_port
+from truckllm.testing.serve import free_port
 
 
 class RedisServer:

@@ -19,8 +19,8 @@ from helpers import Gateway, Response, request, sse_events
 
 from truckllm.api import App
 from truckllm.config import load_config
-from truckllm.server import ServerThread, free_port
 from truckllm.testing.mock import MockUpstream, Scripted
+from truckllm.testing.serve import ServerThread, free_port
 
 ADMIN = {"Authorization": "Bearer adm-TOPSECRET"}
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}

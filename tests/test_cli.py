@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import request
 
-from truckllm.server import free_port
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.serve import free_port
 
 TRUCKLLM = shutil.which("truckllm", path=os.path.dirname(sys.executable)) or "truckllm"
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}

@@ -18,8 +18,8 @@ from truckllm.http.client import (
     ConnectionBroken,
     HTTPClient,
     InvalidResponse,
+    ParsedURL,
     Response,
-    Target,
     encode_headers,
 )
 
@@ -77,12 +77,12 @@ class RawServer:
         assert self.server is not None
         self.server.close()
 
-    def url(self, path: str = "/v1/chat/completions") -> Target:
+    def url(self, path: str = "/v1/chat/completions") -> ParsedURL:
         assert self.server is not None
         port = self.server.sockets[0].getsockname()[1]
         scheme = "https" if self.tls else "http"
         host = "localhost" if self.tls else "127.0.0.1"
-        return Target.parse(f"{scheme}://{host}:{port}{path}")
+        return ParsedURL.parse(f"{scheme}://{host}:{port}{path}")
 
 
 Runner = Callable[[Awaitable[Any]], Any]
@@ -114,7 +114,7 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-async def post(client: HTTPClient, target: Target, body: bytes = b"{}", **kw: Any) -> Response:
+async def post(client: HTTPClient, target: ParsedURL, body: bytes = b"{}", **kw: Any) -> Response:
     kw.setdefault("connect_timeout", 5.0)
     kw.setdefault("read_timeout", 5.0)
     return await client.post(target, HEAD, body, **kw)
@@ -417,7 +417,7 @@ def test_connecting_to_a_closed_port_is_an_os_error(run: Runner) -> None:
         await probe.wait_closed()
         client = HTTPClient()
         with pytest.raises(OSError):
-            await post(client, Target.parse(f"http://127.0.0.1:{port}/x"))
+            await post(client, ParsedURL.parse(f"http://127.0.0.1:{port}/x"))
         await client.close()
 
     run(main())
@@ -426,9 +426,9 @@ def test_connecting_to_a_closed_port_is_an_os_error(run: Runner) -> None:
 def test_header_injection_is_refused_when_headers_are_encoded() -> None:
     with pytest.raises(ValueError, match="line break"):
         encode_headers({"Authorization": "Bearer sk\r\nX-Evil: 1"})
-    assert Target.parse("https://api.openai.com/v1/chat/completions").host_header == (
+    assert ParsedURL.parse("https://api.openai.com/v1/chat/completions").host_header == (
         b"api.openai.com"
     )
-    assert Target.parse("http://[::1]:8080/v1").host_header == b"[::1]:8080"
+    assert ParsedURL.parse("http://[::1]:8080/v1").host_header == b"[::1]:8080"
     with pytest.raises(ValueError):
-        Target.parse("ftp://example.com/")
+        ParsedURL.parse("ftp://example.com/")

@@ -27,8 +27,9 @@ from truckllm.api.asgi import DisconnectWatch
 from truckllm.config import Config, parse_config
 from truckllm.http.server import DISCONNECT_EXTENSION, HTTPServer
 from truckllm.providers import provider_registry
-from truckllm.server import FullCollections, ServerThread, free_port
+from truckllm.runner import FullCollections
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.serve import ServerThread, free_port
 
 Scope = dict[str, Any]
 
@@ -654,7 +655,7 @@ def test_serves_on_a_bound_socket_and_absolute_urls() -> None:
 def test_serve_exits_with_status_3_when_startup_fails(
     monkeypatch: pytest.MonkeyPatch, upstream: MockUpstream
 ) -> None:
-    import truckllm.server
+    import truckllm.runner
 
     app = App(gateway_config(upstream.url))
 
@@ -662,9 +663,9 @@ def test_serve_exits_with_status_3_when_startup_fails(
         raise RuntimeError("cannot start")
 
     monkeypatch.setattr(app, "start", broken)
-    monkeypatch.setattr(truckllm.server, "freeze_startup_objects", lambda: None)
+    monkeypatch.setattr(truckllm.runner, "freeze_startup_objects", lambda: None)
     with pytest.raises(SystemExit) as exc:
-        truckllm.server.serve(app, f"127.0.0.1:{free_port()}")
+        truckllm.runner.serve(app, f"127.0.0.1:{free_port()}")
     assert exc.value.code == 3
 
 

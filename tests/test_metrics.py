@@ -18,11 +18,11 @@ from truckllm.api import App
 from truckllm.config import ConfigError, load_config, parse_config
 from truckllm.config.schema import Pricing
 from truckllm.providers.base import Usage
-from truckllm.server import ServerThread
 from truckllm.telemetry.exposition import Page
 from truckllm.telemetry.metrics import Metrics
 from truckllm.telemetry.record import RequestRecord
 from truckllm.testing.mock import KeyBehaviour, MockUpstream, Scripted
+from truckllm.testing.serve import ServerThread
 
 PRICING = {
     "k1": Pricing(input_token_cost=0.5, output_token_cost=1.5, unit="per_1m_tokens"),

@@ -23,10 +23,10 @@ from helpers import Gateway, Response, request, sse_events
 
 from truckllm.providers.gemini.errors import parse_duration as parse_google_duration
 from truckllm.routing.headers import parse_duration, parse_quota
-from truckllm.server import free_port
 from truckllm.testing.behaviour import Conditions, Dist, KeyBehaviour, UsageFigures
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock_server import MockServer, parse_settings
+from truckllm.testing.serve import free_port
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 CLAUDE = {"model": "claude-x", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}

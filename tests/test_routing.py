@@ -19,7 +19,7 @@ from truckllm.routing import (
     Outcome,
     OutcomeKind,
     Pick,
-    Quota,
+    ReportedQuota,
     Router,
     RoutingSettings,
     Status,
@@ -435,7 +435,7 @@ def test_parse_quota_openai_and_anthropic() -> None:
             "x-ratelimit-reset-tokens": "6ms",
             "x-ratelimit-limit-requests": "60",
         }
-    ) == Quota(59, 149984, 1.0, 0.006, 60, None)
+    ) == ReportedQuota(59, 149984, 1.0, 0.006, 60, None)
     q = parse_quota(
         {
             "anthropic-ratelimit-requests-remaining": "49",

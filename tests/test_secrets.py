@@ -14,9 +14,9 @@ from pathlib import Path
 from aiohttp import web
 from helpers import Response, request
 
-from truckllm.server import free_port
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import MockUpstream, Scripted
+from truckllm.testing.serve import free_port
 
 SECRETS = {
     "upstream key 1": "sk-up-SECRET-one-4f8a",

@@ -19,10 +19,10 @@ from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
 from truckllm.api import App
 from truckllm.config import parse_config
-from truckllm.server import ServerThread
-from truckllm.state.base import UsageQuery
+from truckllm.stores.base import UsageQuery
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import KeyBehaviour, MockUpstream, Scripted
+from truckllm.testing.serve import ServerThread
 from truckllm.testing.store_server import StoreServer
 
 CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}

@@ -25,7 +25,6 @@ from truckllm.api import App
 from truckllm.config import ConfigError, parse_config
 from truckllm.config.schema import PluginSinkConfig, WebhookSinkConfig
 from truckllm.config.secret import Secret
-from truckllm.server import ServerThread
 from truckllm.telemetry.hub import Telemetry
 from truckllm.telemetry.record import RecordBus, RequestRecord
 from truckllm.telemetry.sinks import QueueSink, RecordEncoder, SinkContext, sink_registry
@@ -33,6 +32,7 @@ from truckllm.telemetry.sinks.file import RotatingFile
 from truckllm.telemetry.sinks.webhook import WebhookSink
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.serve import ServerThread
 
 HMAC_SECRET = "whsec-TOPSECRET"
 RECORD_FIELDS = {

@@ -20,11 +20,11 @@ import pytest
 from helpers import request
 from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
-from truckllm.server import free_port
-from truckllm.state.base import UsageQuery
-from truckllm.state.redis import RedisStore
+from truckllm.stores.base import UsageQuery
+from truckllm.stores.redis import RedisStore
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import KeyBehaviour, MockUpstream
+from truckllm.testing.serve import free_port
 
 CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 ADMIN = {"Authorization": "Bearer adm-1"}

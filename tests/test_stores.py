@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
-from truckllm.state.base import Adjust, Ask, Batch, Store, UsageQuery
-from truckllm.state.file import FileStore
-from truckllm.state.http import HttpStore
-from truckllm.state.memory import MemoryStore
-from truckllm.state.redis import RedisStore
+from truckllm.stores.base import Adjust, Ask, Batch, Store, UsageQuery
+from truckllm.stores.file import FileStore
+from truckllm.stores.http import HttpStore
+from truckllm.stores.memory import MemoryStore
+from truckllm.stores.redis import RedisStore
 from truckllm.testing.store_server import StoreServer
 
 ROW_A = ("team-a", "openai", "k1", "gpt-4o", "smart")
@@ -214,7 +214,7 @@ def test_file_store_recovers_from_a_torn_journal_tail_and_compacts_safely(tmp_pa
 
 
 def test_file_store_is_for_one_process_at_a_time(tmp_path: Path) -> None:
-    from truckllm.state.base import StoreError
+    from truckllm.stores.base import StoreError
 
     first = FileStore(tmp_path / "s.json")
     with pytest.raises(StoreError, match="in use"):

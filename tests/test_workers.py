@@ -16,8 +16,8 @@ import pytest
 from helpers import request
 
 from truckllm.config import ConfigError, parse_config
-from truckllm.server import free_port
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.serve import free_port
 
 TRUCKLLM = shutil.which("truckllm", path=os.path.dirname(sys.executable)) or "truckllm"
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}

@@ -94,7 +94,7 @@ def _check(args: list[str]) -> int:
 
 def _serve(args: list[str]) -> int:
     from truckllm.api import App
-    from truckllm.server import serve
+    from truckllm.runner import serve
 
     ns = _parser("truckllm", True, None).parse_args(args)
     if ns.config:
@@ -192,7 +192,7 @@ def _demo(args: list[str]) -> int:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
     setup_logging("info", "auto")
-    from truckllm.server import run_async
+    from truckllm.runner import run_async
 
     with contextlib.suppress(KeyboardInterrupt):
         run_async(_run_demo(host, port))
@@ -201,7 +201,7 @@ def _demo(args: list[str]) -> int:
 
 async def _run_demo(host: str, port: int) -> None:
     from truckllm.api import App
-    from truckllm.server import GatewayServer
+    from truckllm.runner import GatewayServer
     from truckllm.testing.behaviour import KeyBehaviour
     from truckllm.testing.mock_server import MockServer
 

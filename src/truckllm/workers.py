@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from truckllm.api import App
-from truckllm.server import STARTUP_FAILURE
+from truckllm.runner import STARTUP_FAILURE
 
 log = logging.getLogger("truckllm.workers")
 
@@ -127,7 +127,7 @@ def _spawn(make_app: Callable[[], App], sock: socket.socket, slot: int) -> int:
 
 
 def _worker(make_app: Callable[[], App], sock: socket.socket) -> int:
-    from truckllm.server import (
+    from truckllm.runner import (
         FullCollections,
         GatewayServer,
         freeze_startup_objects,

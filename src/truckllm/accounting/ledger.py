@@ -1,7 +1,7 @@
 """The usage ledger's in-process side: counts what finished requests used, until the next batch.
 
 ``add`` runs once per request on the event loop: a few dict and integer operations. A background
-task swaps the pending counts out as a :class:`~truckllm.state.base.Batch` and hands it to the
+task swaps the pending counts out as a :class:`~truckllm.stores.base.Batch` and hands it to the
 store; a batch the store did not confirm is sent again, unchanged, so the store (which applies
 each batch once) never counts a request twice nor drops one.
 
@@ -12,7 +12,7 @@ spend not yet confirmed by the store.
 from __future__ import annotations
 
 from truckllm.providers.base import Usage
-from truckllm.state.base import COST, METRICS, Batch, RowKey, View, day_of, month_of
+from truckllm.stores.base import COST, METRICS, Batch, RowKey, View, day_of, month_of
 from truckllm.telemetry.record import RequestRecord
 
 COUNTED_ENDPOINTS = frozenset({"chat", "embeddings"})

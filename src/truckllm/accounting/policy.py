@@ -16,7 +16,7 @@ from truckllm.accounting.money import format_usd, usd_to_nanos
 from truckllm.config import ClientKey, Config, Secret, client_key_digests
 from truckllm.errors import APIError
 from truckllm.routing.windows import SlidingWindow
-from truckllm.state.limits import SharedLimiter, WindowSpec
+from truckllm.stores.limits import SharedLimiter, WindowSpec
 
 
 class ClientPolicy:

@@ -28,8 +28,8 @@ from truckllm.config import Config, Limits, Pricing
 from truckllm.plugins import Registry
 from truckllm.providers.base import Usage
 from truckllm.routing import estimate
-from truckllm.state import Store, StoreFactory, store_registry
-from truckllm.state.limits import SharedLimiter, WindowSpec
+from truckllm.stores import Store, StoreFactory, store_registry
+from truckllm.stores.limits import SharedLimiter, WindowSpec
 from truckllm.telemetry.record import RequestRecord
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from truckllm.accounting.money import format_usd
 from truckllm.errors import APIError, invalid_request
-from truckllm.state.base import COST, DIMENSIONS, GRANULARITIES, METRICS, UsageQuery
+from truckllm.stores.base import COST, DIMENSIONS, GRANULARITIES, METRICS, UsageQuery
 
 if TYPE_CHECKING:
     from truckllm.api.app import App

@@ -33,8 +33,8 @@ __all__ = [
     "HTTPClient",
     "HTTPClientError",
     "InvalidResponse",
+    "ParsedURL",
     "Response",
-    "Target",
 ]
 
 _BUFFER_HIGH = 1 << 20  # pause reading the socket when this much body is waiting unread
@@ -64,7 +64,7 @@ class _Stale(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class ParsedURL:
     """A parsed URL, reused for every request to it."""
 
     origin: tuple[str, str, int]  # scheme, host, port: the pool key
@@ -72,7 +72,7 @@ class Target:
     path: bytes  # path and query, as sent on the request line
 
     @classmethod
-    def parse(cls, url: str) -> Target:
+    def parse(cls, url: str) -> ParsedURL:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -231,7 +231,7 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One upstream connection; one request at a time."""
 
-    def __init__(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: _OriginPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -455,7 +455,7 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-class _Pool:
+class _OriginPool:
     """Idle keep-alive connections to one origin, most recently used first."""
 
     def __init__(self, client: HTTPClient, origin: tuple[str, str, int]) -> None:
@@ -492,7 +492,7 @@ class HTTPClient:
     def __init__(self, keepalive: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.keepalive = keepalive
         self._ssl = ssl_context
-        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._pools: dict[tuple[str, str, int], _OriginPool] = {}
         self.closed = False
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -502,7 +502,7 @@ class HTTPClient:
 
     async def post(
         self,
-        target: Target,
+        target: ParsedURL,
         head: bytes,
         body: bytes,
         *,
@@ -532,7 +532,7 @@ class HTTPClient:
         loop = asyncio.get_running_loop()
         pool = self._pools.get(target.origin)
         if pool is None:
-            pool = self._pools[target.origin] = _Pool(self, target.origin)
+            pool = self._pools[target.origin] = _OriginPool(self, target.origin)
         conn = pool.take(loop.time())
         if conn is not None:
             try:
@@ -559,7 +559,7 @@ class HTTPClient:
         return response
 
     async def _connect(
-        self, pool: _Pool, loop: asyncio.AbstractEventLoop, limit: float
+        self, pool: _OriginPool, loop: asyncio.AbstractEventLoop, limit: float
     ) -> _Connection:
         scheme, host, port = pool.origin
         tls = self._ssl_context() if scheme == "https" else None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
-from truckllm.http.client import HTTPClientError, Response, Target, encode_headers
+from truckllm.http.client import HTTPClientError, ParsedURL, Response, encode_headers
 from truckllm.providers.base import ProviderContext, UpstreamTimeout, UpstreamUnavailable
 
 _TARGET_CACHE_LIMIT = 4096
@@ -43,7 +43,7 @@ class UpstreamHTTP:
             **ctx.config.headers,
         }
         self._heads: dict[str, bytes] = {}
-        self._targets: dict[str, Target] = {}
+        self._targets: dict[str, ParsedURL] = {}
         self._secrets = [
             k.secret.reveal().encode()
             for k in ctx.config.keys
@@ -71,12 +71,12 @@ class UpstreamHTTP:
             head = self._heads[key.id] = encode_headers(self.headers(key))
         return head
 
-    def _target(self, url: str) -> Target:
+    def _target(self, url: str) -> ParsedURL:
         target = self._targets.get(url)
         if target is None:
             if len(self._targets) >= _TARGET_CACHE_LIMIT:
                 self._targets.clear()
-            target = self._targets[url] = Target.parse(url)
+            target = self._targets[url] = ParsedURL.parse(url)
         return target
 
     async def post(self, url: str, data: bytes, key: KeyConfig, stream: bool) -> Response:

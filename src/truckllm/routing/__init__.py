@@ -1,10 +1,10 @@
 """Key and provider state, limits, cooldowns, breakers, and the choice of key for each attempt."""
 
 from truckllm.routing.estimate import Estimate, estimate
-from truckllm.routing.headers import Quota, parse_quota
+from truckllm.routing.headers import ReportedQuota, parse_quota
+from truckllm.routing.keystate import KeyState, RoutingSettings, Status
 from truckllm.routing.outcome import Outcome, OutcomeKind, classify_status
 from truckllm.routing.router import Pick, Router
-from truckllm.routing.state import KeyState, RoutingSettings, Status
 from truckllm.routing.strategies import STRATEGIES
 
 __all__ = [
@@ -14,7 +14,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "Pick",
-    "Quota",
+    "ReportedQuota",
     "Router",
     "RoutingSettings",
     "Status",

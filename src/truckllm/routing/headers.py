@@ -20,7 +20,7 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
-class Quota:
+class ReportedQuota:
     """Remaining requests/tokens and the seconds until each resets; ``None`` where not said."""
 
     remaining_requests: int | None = None
@@ -35,7 +35,7 @@ class Quota:
         return self.remaining_requests is None and self.remaining_tokens is None
 
 
-_NO_QUOTA = Quota()
+_NO_QUOTA = ReportedQuota()
 
 
 def parse_duration(text: str) -> float | None:
@@ -68,7 +68,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def parse_quota(headers: Mapping[str, str], wall_now: float | None = None) -> Quota:
+def parse_quota(headers: Mapping[str, str], wall_now: float | None = None) -> ReportedQuota:
     """The quota a response reports. Header names are matched case-insensitively by the mapping
     (aiohttp's ``CIMultiDictProxy``); a plain dict must use lower-case names."""
     get = headers.get
@@ -76,7 +76,7 @@ def parse_quota(headers: Mapping[str, str], wall_now: float | None = None) -> Qu
     if remaining_requests is not None or get("x-ratelimit-remaining-tokens") is not None:
         reset_r = get("x-ratelimit-reset-requests")
         reset_t = get("x-ratelimit-reset-tokens")
-        return Quota(
+        return ReportedQuota(
             remaining_requests,
             _int(get("x-ratelimit-remaining-tokens")),
             parse_duration(reset_r) if reset_r else None,
@@ -97,7 +97,7 @@ def parse_quota(headers: Mapping[str, str], wall_now: float | None = None) -> Qu
     ]
     known = [t for t in tokens if t is not None]
     if remaining_requests is None and not known:
-        return Quota()
+        return ReportedQuota()
     now = time.time() if wall_now is None else wall_now
     resets = [
         _seconds_until(stamp, now)
@@ -105,7 +105,7 @@ def parse_quota(headers: Mapping[str, str], wall_now: float | None = None) -> Qu
         if (stamp := get(f"anthropic-ratelimit-{kind}-reset"))
     ]
     reset_r = get("anthropic-ratelimit-requests-reset")
-    return Quota(
+    return ReportedQuota(
         remaining_requests,
         min(known) if known else None,
         _seconds_until(reset_r, now) if reset_r else None,

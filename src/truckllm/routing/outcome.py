@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from truckllm.providers.base import Usage
-from truckllm.routing.headers import Quota
+from truckllm.routing.headers import ReportedQuota
 
 
 class OutcomeKind(Enum):
@@ -69,5 +69,5 @@ class Outcome:
     latency_s: float = 0.0
     ttft_s: float | None = None
     usage: Usage | None = None
-    quota: Quota | None = None
+    quota: ReportedQuota | None = None
     retry_after: float | None = None

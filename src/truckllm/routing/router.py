@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from truckllm.config.schema import KeyConfig, ProviderConfig
 from truckllm.routing.estimate import Estimate
+from truckllm.routing.keystate import KeyState, ProviderState, RoutingSettings
 from truckllm.routing.outcome import Outcome, OutcomeKind
-from truckllm.routing.state import KeyState, ProviderState, RoutingSettings
 from truckllm.routing.strategies import (
     DEFAULT_LATENCY_S,
     adaptive_score,

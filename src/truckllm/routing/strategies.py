@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 from truckllm.routing.estimate import Estimate
-from truckllm.routing.state import KeyState
+from truckllm.routing.keystate import KeyState
 
 StrategyName = Literal[
     "round_robin", "weighted", "least_loaded", "lowest_latency", "lowest_cost", "adaptive"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from truckllm import __version__
-from truckllm.routing.state import Status
+from truckllm.routing.keystate import Status
 from truckllm.telemetry.exposition import Page
 from truckllm.telemetry.record import RequestRecord
 

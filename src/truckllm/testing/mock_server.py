@@ -279,7 +279,7 @@ def main(args: Sequence[str]) -> int:
             collections.stop()
             await mock.stop()
 
-    from truckllm.server import FullCollections, freeze_startup_objects, run_async
+    from truckllm.runner import FullCollections, freeze_startup_objects, run_async
 
     freeze_startup_objects()
     with contextlib.suppress(KeyboardInterrupt):

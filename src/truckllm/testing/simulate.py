@@ -14,9 +14,9 @@ import orjson
 
 from truckllm.api import App
 from truckllm.config import parse_config
-from truckllm.server import ServerThread
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import KeyBehaviour, MockUpstream
+from truckllm.testing.serve import ServerThread
 
 CHAT: dict[str, Any] = {
     "model": "m",

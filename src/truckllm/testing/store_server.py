@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from truckllm.state.base import Adjust, Ask, UsageQuery
-from truckllm.state.tables import Tables, batch_from_json, view_to_json
+from truckllm.stores.base import Adjust, Ask, UsageQuery
+from truckllm.stores.tables import Tables, batch_from_json, view_to_json
 
 
 class StoreServer:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from truckllm.plugins import Registry
-from truckllm.state.base import (
+from truckllm.stores.base import (
     Adjust,
     Ask,
     Batch,
@@ -22,26 +22,26 @@ from truckllm.state.base import (
     UsageResult,
     View,
 )
-from truckllm.state.memory import MemoryStore
+from truckllm.stores.memory import MemoryStore
 
 StoreFactory = Callable[[Any], Store]
 BUILT_IN = ("memory", "file", "redis", "http")
 
 
 def _file(config: Any) -> Store:
-    from truckllm.state.file import FileStore
+    from truckllm.stores.file import FileStore
 
     return FileStore.from_config(config)
 
 
 def _redis(config: Any) -> Store:
-    from truckllm.state.redis import RedisStore
+    from truckllm.stores.redis import RedisStore
 
     return RedisStore.from_config(config)
 
 
 def _http(config: Any) -> Store:
-    from truckllm.state.http import HttpStore
+    from truckllm.stores.http import HttpStore
 
     return HttpStore.from_config(config)
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from truckllm.state.base import (
+from truckllm.stores.base import (
     COST,
     DIMENSIONS,
     GRANULARITIES,

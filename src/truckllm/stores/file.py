@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from truckllm.state.base import (
+from truckllm.stores.base import (
     Adjust,
     Ask,
     Batch,
@@ -40,9 +40,9 @@ from truckllm.state.base import (
     UsageResult,
     View,
 )
-from truckllm.state.tables import Tables, batch_from_json, batch_to_json
+from truckllm.stores.tables import Tables, batch_from_json, batch_to_json
 
-log = logging.getLogger("truckllm.state")
+log = logging.getLogger("truckllm.stores")
 
 _MAGIC = b"TLJ1"
 _HEADER = struct.Struct(">4sIIQ")  # magic, payload length, CRC-32 of the payload, journal seq

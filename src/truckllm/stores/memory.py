@@ -6,8 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from truckllm.state.base import Adjust, Ask, Batch, Grant, UsageQuery, UsageResult, View
-from truckllm.state.tables import Tables
+from truckllm.stores.base import Adjust, Ask, Batch, Grant, UsageQuery, UsageResult, View
+from truckllm.stores.tables import Tables
 
 
 class MemoryStore:

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Protocol
 
 from truckllm.config.schema import KeyConfig, Limits
-from truckllm.routing.headers import Quota
+from truckllm.routing.headers import ReportedQuota
 from truckllm.routing.outcome import OutcomeKind
 from truckllm.routing.windows import SlidingWindow
 
@@ -32,7 +32,7 @@ class RoutingSettings:
 
 
 class SharedLimit(Protocol):
-    """A key's limits shared with other processes (see ``truckllm.state.limits``): consulted
+    """A key's limits shared with other processes (see ``truckllm.stores.limits``): consulted
     beside the key's own windows, with the same ``now``, and told of its cooldowns. Synchronous
     and free of I/O, like everything here."""
 
@@ -150,7 +150,7 @@ class KeyState:
         self.success_rate = 1.0  # decaying
         self.outcomes: dict[OutcomeKind, int] = {}
         self.cooldowns: deque[tuple[float, float]] = deque(maxlen=64)
-        self.quota = Quota()
+        self.quota = ReportedQuota()
         self.quota_seen_at = 0.0
         self.quota_requests_used = 0  # picks since the provider last reported its remaining figures
         self.quota_tokens_used = 0.0
@@ -320,7 +320,7 @@ class KeyState:
             if self.shared is not None:
                 self.shared.adjust(now, delta)
 
-    def observe_quota(self, now: float, quota: Quota) -> None:
+    def observe_quota(self, now: float, quota: ReportedQuota) -> None:
         """Adopt the provider's figures. Requests still in flight may not have reached it yet, so
         they count as used: concurrency cannot overshoot what it says remains."""
         self.quota = quota

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from truckllm.state.base import (
+from truckllm.stores.base import (
     Adjust,
     Ask,
     Batch,
@@ -28,7 +28,7 @@ from truckllm.state.base import (
     UsageResult,
     View,
 )
-from truckllm.state.tables import batch_to_json, view_from_json
+from truckllm.stores.tables import batch_to_json, view_from_json
 
 
 class HttpStore:

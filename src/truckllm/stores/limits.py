@@ -30,9 +30,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from truckllm.state.base import Adjust, Ask, Store
+from truckllm.stores.base import Adjust, Ask, Store
 
-log = logging.getLogger("truckllm.state")
+log = logging.getLogger("truckllm.stores")
 
 Clock = Callable[[], float]
 
@@ -45,7 +45,7 @@ class WindowSpec:
     tokens: bool  # counts tokens (else requests)
 
 
-class _Pool:
+class _WindowPool:
     """Units of one window in hand: leases ``[bucket, units left, expires]``, oldest first."""
 
     __slots__ = (
@@ -131,7 +131,7 @@ class SharedLimiter:
         self.clock = clock
         self.on_cool = on_cool
         self.on_failure = on_failure
-        self.pools = [_Pool(s) for s in specs]
+        self.pools = [_WindowPool(s) for s in specs]
         self.degraded = False
         self.applying_remote = False
         self.rtt_s = 0.002
@@ -146,7 +146,7 @@ class SharedLimiter:
         for s in specs:
             p = old.get(s.name)
             if p is None or p.spec.span_s != s.span_s:
-                p = _Pool(s)
+                p = _WindowPool(s)
             else:
                 p.spec = s
             pools.append(p)
@@ -254,7 +254,7 @@ class SharedLimiter:
             return
         now = self.clock()
         asks: list[Ask] = []
-        asked: list[_Pool] = []
+        asked: list[_WindowPool] = []
         for pool in self.pools:
             pool.expire(now)
             spec = pool.spec

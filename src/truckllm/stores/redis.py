@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from truckllm.state.base import (
+from truckllm.stores.base import (
     DIMENSIONS,
     GRANULARITIES,
     METRICS,
@@ -42,7 +42,7 @@ from truckllm.state.base import (
     day_of,
     month_of,
 )
-from truckllm.state.tables import (
+from truckllm.stores.tables import (
     PEER_TTL_S,
     RETENTION_S,
     bucket_width_ms,
