@@ -325,7 +325,7 @@ def test_readyz_reports_a_store_that_is_down(
         storage: {{runtime: {{type: http, url: "http://127.0.0.1:9", timeout: 0.2, flush_interval: 0.05}}}}
         """)
     assert gw.post("/v1/chat/completions", CHAT).status == 200  # serves on local state
-    wait_for(lambda: not gw.app.accounting.health()[0])
+    wait_for(lambda: not gw.app.coordinator.health()[0])
     ready = request("GET", gw.url + "/readyz")
     assert ready.status == 200
     body = ready.json()

@@ -242,7 +242,7 @@ def test_twenty_reloads_under_steady_traffic_fail_no_request(
 
 def test_readyz_reports_degraded_dependencies(gw: Gateway) -> None:
     assert gw.request("GET", "/readyz").json()["status"] == "ready"
-    gw.app.health_checks["store"] = lambda: (False, "redis unreachable")
+    gw.app.readiness.checks["store"] = lambda: (False, "redis unreachable")
     body = gw.request("GET", "/readyz").json()
     assert body["status"] == "degraded" and body["problems"] == {"store": "redis unreachable"}
 

@@ -119,7 +119,7 @@ def test_two_gateways_share_a_key_limit_and_one_ledger(
     costs = sum(Decimal(c) for s, c in results if s == 200 and c is not None)
     for g in gws:
         assert g.server.loop is not None
-        asyncio.run_coroutine_threadsafe(g.app.accounting.flush(), g.server.loop).result(10)
+        asyncio.run_coroutine_threadsafe(g.app.coordinator.flush(), g.server.loop).result(10)
     usage = request_usage(gws[0])
     assert usage["requests"] == len(results) and Decimal(usage["cost_usd"]) == costs
     if backend == "http":
@@ -127,7 +127,7 @@ def test_two_gateways_share_a_key_limit_and_one_ledger(
 
 
 def request_usage(gw: Gateway) -> dict[str, Any]:
-    store = gw.app.accounting.store
+    store = gw.app.coordinator.store
     assert store is not None and gw.server.loop is not None
     result = asyncio.run_coroutine_threadsafe(store.query(UsageQuery()), gw.server.loop).result(10)
     counts = result.rows[0][2]
@@ -154,21 +154,21 @@ def test_redis_outage_degrades_to_local_state_and_converges(
     redis_server.pause()
     send(20)  # served on local state
     deadline = time.monotonic() + 5
-    while gw.app.accounting.health()[0]:
+    while gw.app.coordinator.health()[0]:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     ready = request("GET", gw.url + "/readyz").json()
     assert ready["status"] == "degraded" and "redis unreachable" in ready["problems"]["store"]
     state = gw.states()["shared"]
-    assert gw.app.accounting.degraded and state.rpm is not None and state.rpm.limit == 1000
+    assert gw.app.coordinator.degraded and state.rpm is not None and state.rpm.limit == 1000
     redis_server.resume()
     send(5)
     deadline = time.monotonic() + 10
-    while not gw.app.accounting.health()[0] or gw.app.accounting.ledger.backlog:
+    while not gw.app.coordinator.health()[0] or gw.app.accounting.ledger.backlog:
         assert time.monotonic() < deadline, "did not converge"
         time.sleep(0.05)
     assert request("GET", gw.url + "/readyz").json()["status"] == "ready"
-    assert not gw.app.accounting.degraded
+    assert not gw.app.coordinator.degraded
     usage = request_usage(gw)
     assert usage["requests"] == 30 and usage["cost_usd"] == sum(costs)
 

@@ -16,12 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from truckllm.config import Config, ConfigError, parse_config
-
-if TYPE_CHECKING:
-    from truckllm.api.app import App
+from truckllm.gateway import RuntimeHolder
 
 log = logging.getLogger("truckllm.reload")
 
@@ -45,11 +42,13 @@ class ReloadResult:
 
 
 class Reloader:
-    """Owns reloads for one app. ``listeners`` get ``(ok, unix_time)`` after every attempt (the
-    metrics' last-reload gauges subscribe)."""
+    """Owns reloads of one runtime holder. ``listeners`` get ``(ok, unix_time)`` after every
+    attempt (the metrics' last-reload gauges subscribe)."""
 
-    def __init__(self, app: App, path: str | os.PathLike[str], interval_s: float = 1.0) -> None:
-        self.app = app
+    def __init__(
+        self, holder: RuntimeHolder, path: str | os.PathLike[str], interval_s: float = 1.0
+    ) -> None:
+        self.holder = holder
         self.path = Path(path)
         self.interval_s = interval_s
         self.last = ReloadResult(True, time.time(), "start")
@@ -70,14 +69,14 @@ class Reloader:
     async def reload(self, trigger: str) -> ReloadResult:
         async with self._lock:
             self._seen = self._fingerprint()
-            old = self.app.config
+            old = self.holder.config
             result = ReloadResult(False, time.time(), trigger)
             try:
                 text = self.path.read_text(encoding="utf-8")
                 config = parse_config(
-                    text, str(self.path), provider_types=self.app.registry.names()
+                    text, str(self.path), provider_types=self.holder.registry.names()
                 )
-                self.app.swap(config)  # builds the whole runtime first; raises if it cannot
+                self.holder.swap(config)  # builds the whole runtime first; raises if it cannot
             except ConfigError as exc:
                 result.problems = exc.problems
             except OSError as exc:

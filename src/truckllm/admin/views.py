@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 from truckllm.config import ClientKey, Config, Secret
@@ -114,7 +113,3 @@ def _secret_name(name: str) -> bool:
 
 def config_view(config: Config) -> dict[str, Any]:
     return {"source": config.source, "config": redact(config)}
-
-
-def wall_and_mono(rt: Runtime) -> tuple[float, float]:
-    return rt.router.clock(), time.time()

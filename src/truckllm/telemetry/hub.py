@@ -1,7 +1,7 @@
 """Metrics and request-log sinks for one app, built from its configuration at start-up.
 
-The app's record bus feeds both. The metrics page is served by the app's router table (GET, no
-authentication: it is a Prometheus scrape target) and renders per-key state from whichever
+The app's record bus feeds both. The metrics page is served by the API's metrics endpoint (GET,
+no authentication: it is a Prometheus scrape target) and renders per-key state from whichever
 runtime serves at the time of the scrape. Sinks and the metrics path are read once at start-up;
 changing them takes a restart.
 """
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from truckllm.config.schema import Config
 from truckllm.plugins import Registry
@@ -21,15 +20,11 @@ from truckllm.telemetry.record import RecordBus
 from truckllm.telemetry.sinks import Sink, SinkContext, SinkFactory, sink_registry
 
 if TYPE_CHECKING:
-    from truckllm.gateway import Runtime
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+    from truckllm.routing import Router
 
 log = logging.getLogger("truckllm.telemetry")
 
-_CONTENT_TYPE = CONTENT_TYPE.encode()
+METRICS_CONTENT_TYPE = CONTENT_TYPE.encode()
 
 
 class Telemetry:
@@ -97,21 +92,7 @@ class Telemetry:
         if self.metrics is not None:
             self.metrics.reload_result(ok, when)
 
-    async def serve_metrics(
-        self, rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
-    ) -> None:
-        """The ``GET <metrics.path>`` route."""
+    def render_metrics(self, router: Router) -> bytes:
+        """The metrics page (Prometheus text format) with the key state of ``router``."""
         assert self.metrics is not None
-        body = self.metrics.render(rt.router, self.sinks)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", _CONTENT_TYPE),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        return self.metrics.render(router, self.sinks)

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from truckllm.accounting.money import format_usd
 from truckllm.errors import APIError, invalid_request
-from truckllm.stores.base import COST, DIMENSIONS, GRANULARITIES, METRICS, UsageQuery
-
-if TYPE_CHECKING:
-    from truckllm.api.app import App
+from truckllm.stores.base import (
+    COST,
+    DIMENSIONS,
+    GRANULARITIES,
+    METRICS,
+    UsageQuery,
+    UsageResult,
+)
 
 
 def _time(value: str | None, name: str) -> int | None:
@@ -61,15 +66,12 @@ def metrics_json(counts: list[int]) -> dict[str, Any]:
     return out
 
 
-async def usage_view(app: App, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+async def usage_view(
+    query_store: Callable[[UsageQuery], Awaitable[UsageResult]], query: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
     q = parse_query(query)
-    accounting = app.accounting
-    store = accounting.store
-    if store is None:
-        raise APIError(503, "The usage ledger has not started.", code="store_unavailable")
-    await accounting.flush()  # this process's latest requests too
     try:
-        result = await store.query(q)
+        result = await query_store(q)
     except Exception as exc:
         raise APIError(
             503,

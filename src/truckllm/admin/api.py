@@ -1,0 +1,113 @@
+"""The admin API's router: authorisation, ``/admin/v1/<pattern>`` matching, JSON answers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from truckllm.admin import handlers
+from truckllm.admin.handlers import Handler
+from truckllm.admin.stats import Stats
+from truckllm.errors import APIError
+from truckllm.stores.base import UsageQuery, UsageResult
+
+if TYPE_CHECKING:
+    from truckllm.gateway import Runtime
+    from truckllm.reload import Reloader
+
+PREFIX = "/admin/v1/"
+
+
+@dataclass
+class AdminContext:
+    """What the admin endpoints may see of the gateway, and nothing more."""
+
+    stats: Stats
+    reloader: Reloader | None  # None: not started from a configuration file
+    usage: Callable[[UsageQuery], Awaitable[UsageResult]] | None  # None: no ledger
+    provider_types: Callable[[], Iterable[str]]
+
+
+class AdminAPI:
+    """Routes ``/admin/v1/...``; other packages add endpoints with :meth:`add`."""
+
+    def __init__(self, context: AdminContext) -> None:
+        self.context = context
+        self._routes: dict[tuple[str, str], Handler] = {}
+        for method, pattern, handler in handlers.ROUTES:
+            self.add(method, pattern, handler)
+
+    @property
+    def stats(self) -> Stats:
+        return self.context.stats
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        """Serve ``method /admin/v1/<pattern>``; ``*`` matches one path segment, passed on."""
+        self._routes[(method, pattern)] = handler
+
+    def _match(self, method: str, path: str) -> tuple[Handler, list[str]] | None:
+        parts = path.split("/")
+        allowed = False
+        for (m, pattern), handler in self._routes.items():
+            pp = pattern.split("/")
+            if len(pp) != len(parts) or any(
+                p != "*" and p != q for p, q in zip(pp, parts, strict=True)
+            ):
+                continue
+            if m == method:
+                return handler, [q for p, q in zip(pp, parts, strict=True) if p == "*"]
+            allowed = True
+        if allowed:
+            raise APIError(
+                405,
+                f"Method {method} is not allowed here.",
+                code="method_not_allowed",
+                type_="invalid_request_error",
+            )
+        return None
+
+    def authorise(self, rt: Runtime, headers: list[tuple[bytes, bytes]]) -> None:
+        admin_key = rt.config.server.admin_api_key
+        if admin_key is None:
+            raise APIError(
+                404,
+                "The admin API is off: set server.admin_api_key.",
+                code="admin_disabled",
+                type_="invalid_request_error",
+            )
+        token = b""
+        for name, value in headers:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    token = b""
+                break
+        expected = hashlib.sha256(admin_key.reveal().encode()).digest()
+        if not hmac.compare_digest(hashlib.sha256(token.strip()).digest(), expected):
+            raise APIError(
+                401,
+                "A valid admin key is required.",
+                code="invalid_admin_key",
+                type_="invalid_request_error",
+            )
+
+    async def handle(self, rt: Runtime, scope: Any, body: bytes) -> tuple[int, bytes]:
+        self.authorise(rt, scope["headers"])
+        found = self._match(scope["method"], scope["path"][len(PREFIX) :].strip("/"))
+        if found is None:
+            raise APIError(
+                404,
+                f"Unknown admin URL: {scope['path']}",
+                code="unknown_url",
+                type_="invalid_request_error",
+            )
+        handler, params = found
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        status, payload = await handler(self.context, rt, params, query, body)
+        return status, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)

@@ -1,0 +1,91 @@
+"""The proxied request's pipeline, shared by every inbound API endpoint: resolve the model,
+admit (client rules), execute (the gateway's attempt loop), respond, record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from truckllm.accounting import Accounting, settle_usage
+from truckllm.api.asgi import ClientGone, DisconnectWatch
+from truckllm.api.respond import send_stream, send_whole, served_headers
+from truckllm.api.routes import Request
+from truckllm.api.steps import Proxied
+from truckllm.errors import APIError, model_not_found
+from truckllm.gateway import Route, Served, execute
+from truckllm.telemetry.record import RecordBus, RequestRecord
+
+log = logging.getLogger("truckllm.api")
+
+
+class Proxy:
+    """Runs proxied requests; publishes exactly one record for each, whatever happens."""
+
+    def __init__(self, accounting: Accounting, records: RecordBus) -> None:
+        self.accounting = accounting
+        self.records = records
+
+    async def run(self, req: Request, p: Proxied) -> None:
+        rt = req.rt
+        route = rt.resolver.resolve(p.model)
+        if route is None:
+            raise model_not_found(p.model)
+        alias = p.model if p.model in rt.resolver.aliases else None
+        rec = RequestRecord(
+            time.time(), req.id, p.endpoint, p.client, p.model, alias, stream=p.stream
+        )
+        try:
+            await self.accounting.admit(rec, p.body, len(p.raw))  # models, limits, budgets
+        except APIError as err:
+            rec.status, rec.error_code, err.recorded = err.status, err.code, True
+            self.records.publish(rec)
+            raise
+        await self._serve(req, p, route, rec)
+
+    async def _serve(self, req: Request, p: Proxied, route: Route, rec: RequestRecord) -> None:
+        t0 = time.perf_counter()
+        served: Served | None = None
+        watch = DisconnectWatch(req.scope, req.receive)
+        try:
+            served = await execute(
+                req.rt, route, p.endpoint, p.body, p.raw, p.stream, p.wants_usage, req.id
+            )
+            rec.status, rec.error_code = served.reply.status, served.reply.error_code
+            headers = served_headers(req.id, served)
+            if served.reply.events is None:
+                await send_whole(req.send, served, rec, headers, self.accounting)
+            else:
+                await send_stream(req.send, served, rec, headers, t0)
+        except APIError as err:
+            rec.status, rec.error_code, err.recorded = err.status, err.code, True
+            raise
+        except asyncio.CancelledError:
+            rec.status, rec.error_code = 499, "client_closed_request"
+            if not watch.gone:
+                raise
+            watch.task.uncancel()
+            raise ClientGone from None
+        except OSError:  # the server's send() after the client left
+            rec.status, rec.error_code = 499, "client_closed_request"
+            raise ClientGone from None
+        finally:
+            watch.stop()
+            rec.latency_s = time.perf_counter() - t0
+            if served is not None:
+                served.settle()
+                self._fill(rec, served)
+            self.records.publish(rec)
+
+    def _fill(self, rec: RequestRecord, served: Served) -> None:
+        """What only the committed attempt knows: where it went, what it used, what it cost."""
+        key = served.pick.key
+        rec.provider, rec.key_id = served.target.provider_id, key.id
+        rec.upstream_model = served.target.model
+        rec.attempts, rec.upstream_s = served.attempts, served.upstream_s
+        if rec.usage is not None:
+            return  # priced when the response started
+        usage = settle_usage(served, rec.error_code is None and rec.status == 200)
+        if usage is not None:
+            rec.usage = usage
+            rec.cost_usd = self.accounting.cost_nanos(key.pricing, usage) / 1e9

@@ -1,0 +1,81 @@
+"""Sending a served reply to the client: a whole body with its cost, or a stream event batch by
+event batch, ended by an error event (never a fake ``[DONE]``) when the upstream breaks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from truckllm.accounting import Accounting, format_usd
+from truckllm.api.asgi import SSE_HEADERS, Send
+from truckllm.gateway import Served, StreamBroken, relay
+from truckllm.telemetry.record import RequestRecord
+
+log = logging.getLogger("truckllm.api")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def served_headers(request_id: str, served: Served) -> Headers:
+    return [
+        (b"x-request-id", request_id.encode()),
+        (b"x-truckllm-provider", served.target.provider_id.encode()),
+        (b"x-truckllm-key-id", served.pick.key.id.encode()),
+        (b"x-truckllm-attempts", str(served.attempts).encode()),
+    ]
+
+
+async def send_whole(
+    send: Send, served: Served, rec: RequestRecord, headers: Headers, accounting: Accounting
+) -> None:
+    reply = served.reply
+    assert reply.body is not None
+    if reply.status == 429 and reply.retry_after is not None:
+        # Whatever the provider's form (header, RetryInfo), clients get seconds.
+        headers.append((b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode()))
+    if reply.usage is not None:
+        nanos = accounting.cost_nanos(served.pick.key.pricing, reply.usage)
+        rec.usage, rec.cost_usd = reply.usage, nanos / 1e9
+        headers.append((b"x-truckllm-cost-usd", format_usd(nanos).encode()))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": reply.status,
+            "headers": [
+                (b"content-type", reply.content_type.encode()),
+                (b"content-length", str(len(reply.body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": reply.body})
+    served.settle()
+
+
+async def send_stream(
+    send: Send, served: Served, rec: RequestRecord, headers: Headers, t0: float
+) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
+    events = relay(served)
+    try:
+        async for batch in events:
+            if rec.ttft_s is None:
+                rec.ttft_s = time.perf_counter() - t0
+            await send({"type": "http.response.body", "body": batch, "more_body": True})
+    except StreamBroken as broken:
+        rec.error_code = broken.error.code or "stream_broken"
+        log.warning(
+            "stream broken after first byte",
+            extra={"request_id": rec.request_id, "error": broken.error.message},
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + broken.error.body() + b"\n\n",
+                "more_body": True,
+            }
+        )
+    finally:
+        await events.aclose()
+    await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,56 @@
+"""What an endpoint module provides: routes of handlers over one inbound :class:`Request`.
+Adding an endpoint is one module with a ``routes(services)`` function, listed in
+:mod:`truckllm.api.endpoints`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from truckllm.api.asgi import Receive, Scope, Send
+from truckllm.gateway import Runtime
+
+
+@dataclass(slots=True)
+class Request:
+    """One inbound HTTP request, with the runtime it is served by from start to end."""
+
+    rt: Runtime
+    scope: Scope
+    receive: Receive
+    send: Send
+    id: str
+
+
+Handler = Callable[[Request], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """``method path`` -> handler; method ``*`` takes any. With ``prefix``, ``path`` matches every
+    path under it.
+    ``name`` labels the requests' records (metrics, logs) when they fail before the handler's
+    own record."""
+
+    method: str
+    path: str
+    handler: Handler
+    name: str | None = None
+    prefix: bool = False
+
+
+@dataclass
+class Readiness:
+    """What ``/readyz`` reports: draining, and checks of dependencies beside the runtime
+    (name -> () -> (ok, reason))."""
+
+    draining: bool = False
+    checks: dict[str, Callable[[], tuple[bool, str | None]]] = field(default_factory=dict)
+
+    def problems(self) -> dict[str, str | None]:
+        out = {}
+        for name, check in self.checks.items():
+            ok, reason = check()
+            if not ok:
+                out[name] = reason
+        return out

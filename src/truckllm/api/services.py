@@ -1,0 +1,18 @@
+"""The app's parts that endpoints may use, built once per app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from truckllm.admin import AdminAPI
+from truckllm.api.proxy import Proxy
+from truckllm.api.routes import Readiness
+from truckllm.telemetry.hub import Telemetry
+
+
+@dataclass(frozen=True)
+class Services:
+    proxy: Proxy  # admit -> execute -> respond -> record, for every proxied endpoint
+    admin: AdminAPI
+    telemetry: Telemetry
+    readiness: Readiness

@@ -1,0 +1,102 @@
+"""The steps every inbound API request shares before the gateway runs it: authenticate the
+client, read and parse the body, check the fields every proxied endpoint has."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from truckllm.api.asgi import json_type, read_body
+from truckllm.api.routes import Request
+from truckllm.errors import APIError, invalid_request
+from truckllm.providers.base import Endpoint
+
+
+def authenticate(req: Request) -> str:
+    """The client id for the request's bearer key. Keys are looked up by their SHA-256 digest,
+    never compared as text, so the time taken reveals nothing about any configured key."""
+    client_keys = req.rt.client_keys
+    if not client_keys:
+        return "anonymous"
+    token = b""
+    for name, value in req.scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() != b"bearer":
+                token = b""
+            break
+    if not token:
+        raise APIError(
+            401,
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+            code="missing_api_key",
+            type_="invalid_request_error",
+        )
+    client = client_keys.get(hashlib.sha256(token.strip()).digest())
+    if client is None:
+        raise APIError(
+            401,
+            "Incorrect API key provided.",
+            code="invalid_api_key",
+            type_="invalid_request_error",
+        )
+    return client
+
+
+async def read_json(req: Request) -> tuple[dict[str, Any], bytes]:
+    """The body as a JSON object, and its bytes; 413 past ``server.max_body_bytes``."""
+    raw = await read_body(req.scope, req.receive, req.rt.config.server.max_body_bytes)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(
+            f"We could not parse the JSON body of your request. ({exc.msg} at position {exc.pos})",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    return body, raw
+
+
+@dataclass(frozen=True, slots=True)
+class Proxied:
+    """A request for the gateway to run: who asks, what, and how the answer goes back."""
+
+    client: str
+    endpoint: Endpoint
+    body: dict[str, Any]
+    raw: bytes
+    model: str
+    stream: bool
+    wants_usage: bool  # the client asked for the usage chunk of a stream
+
+
+def proxied(client: str, endpoint: Endpoint, body: dict[str, Any], raw: bytes) -> Proxied:
+    """Check ``model``, ``stream`` and ``stream_options`` (only chat streams)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request(
+            "you must provide a model parameter"
+            if model is None
+            else f"Invalid type for 'model': expected a string, got {json_type(model)}.",
+            param="model",
+        )
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid_request(
+            f"Invalid type for 'stream': expected a boolean, got {json_type(stream)}.",
+            param="stream",
+        )
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise invalid_request(
+            f"Invalid type for 'stream_options': expected an object, got {json_type(opts)}.",
+            param="stream_options",
+        )
+    wants_usage = bool(opts.get("include_usage")) if opts else False
+    return Proxied(client, endpoint, body, raw, model, stream and endpoint == "chat", wants_usage)

@@ -1,0 +1,299 @@
+"""One client request: route -> loop { pick -> send -> outcome } until served, and the relay of a
+committed stream.
+
+The only module that knows both the providers and the routing layer. Failover is possible until
+the first byte reaches the client; after that an upstream failure ends the stream with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from truckllm.errors import APIError
+from truckllm.gateway.failures import (
+    KEY_SPECIFIC,
+    PASSED_ON,
+    client_error,
+    error_outcome,
+    final_error,
+    is_context_error,
+    no_room,
+    outcome_kind,
+)
+from truckllm.gateway.resolve import Route, Target
+from truckllm.gateway.retry import RetryPolicy
+from truckllm.gateway.runtime import Runtime
+from truckllm.gateway.served import Served, StreamBroken
+from truckllm.providers.base import Call, Endpoint, Reply, RequestRejected, UpstreamError
+from truckllm.routing import Outcome, OutcomeKind, Pick, classify_status, estimate, parse_quota
+
+_GRACE_S = 0.1  # short waits (a shared limit's lease on its way) allowed beyond max_wait
+
+Failure = Reply | UpstreamError | RequestRejected
+
+
+async def execute(
+    rt: Runtime,
+    route: Route,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    raw: bytes,
+    stream: bool,
+    wants_usage: bool,
+    request_id: str,
+) -> Served:
+    """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
+    when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx)."""
+    loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id)
+    return await loop.run()
+
+
+class _AttemptLoop:
+    """The state of one request's attempts: keys tried, the last failure, time and retries left."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        route: Route,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        raw: bytes,
+        stream: bool,
+        wants_usage: bool,
+        request_id: str,
+    ) -> None:
+        self.rt, self.route = rt, route
+        self.request = (endpoint, body, raw, stream, wants_usage, request_id)
+        self.est = estimate(endpoint, body, len(raw), rt.default_output_tokens)
+        self.policy: RetryPolicy | None = rt.first_attempt
+        self.deadline = rt.router.clock() + rt.retry.deadline_s
+        self.wait_left = rt.max_wait_s
+        self.grace_left = _GRACE_S
+        self.providers = route.provider_ids
+        self.tried: set[str] = set()
+        self.attempts = 0
+        self.upstream_s = 0.0
+        self.no_room_s = math.inf
+        self.last: Reply | UpstreamError | None = None
+        self.last_kind: OutcomeKind | None = None
+        self.last_target: Target | None = None
+        self.last_pick: Pick | None = None
+        self.rejected: RequestRejected | None = None
+
+    async def run(self) -> Served:
+        self.rt.budget.on_request()
+        while self.policy is not None:
+            choice = self._choose()
+            if not isinstance(choice, Pick):
+                if await self._wait_for_room(choice):
+                    continue
+                break
+            served, go_on = await self._try(choice)
+            if served is not None:
+                return served
+            if not go_on:
+                break
+        return self._give_up()
+
+    def _choose(self) -> Pick | float:
+        """A key to try, or the seconds until one may have room. When every key has been tried
+        and the last failure calls for backoff, one already tried is retried (a same-key retry)."""
+        router, route, policy = self.rt.router, self.route, self.policy
+        assert policy is not None
+        choice = router.pick(self.providers, self.est, self.tried, route.strategy, route.balance)
+        kind = self.last_kind
+        if not isinstance(choice, Pick) and self.tried and kind is not None and kind.needs_backoff:
+            same = policy.next(same_key=True) if self.attempts else None
+            if same is not None:
+                choice = router.pick(
+                    self.providers, self.est, frozenset(), route.strategy, route.balance
+                )
+                if isinstance(choice, Pick):
+                    self.policy = same
+        return choice
+
+    async def _wait_for_room(self, wait_s: float) -> bool:
+        """Wait for room when it comes within ``routing.max_wait`` (or the grace) and before the
+        deadline; False when the request should give up instead."""
+        self.no_room_s = wait_s
+        fits = wait_s <= self.wait_left or wait_s <= self.grace_left
+        if not fits or self.rt.router.clock() + wait_s >= self.deadline:
+            return False
+        if wait_s <= self.wait_left:
+            self.wait_left -= wait_s
+        else:
+            self.grace_left -= wait_s
+        await asyncio.sleep(wait_s + 0.001)
+        return True
+
+    async def _try(self, pick: Pick) -> tuple[Served | None, bool]:
+        """One attempt: (served, _) when the client gets this reply, else (None, go on?)."""
+        target = self.route.target_for(pick.provider.id)
+        self.attempts += 1
+        self.last_target, self.last_pick = target, pick
+        a0 = time.perf_counter()
+        kind, failure, served = await _attempt(self.rt, pick, target, self.attempts, self.request)
+        self.upstream_s += time.perf_counter() - a0
+        if served is not None:
+            served.upstream_s, served.estimate = self.upstream_s, self.est
+            return served, False
+        if isinstance(failure, RequestRejected):
+            # This provider cannot express the request; another target of the route may.
+            self.rejected, self.attempts = failure, self.attempts - 1
+            self.providers = tuple(p for p in self.providers if p != pick.provider.id)
+            return None, bool(self.providers)
+        if kind is OutcomeKind.CLIENT_ERROR and isinstance(failure, Reply):
+            return await self._client_error(failure, pick, target)
+        return None, await self._after_failure(pick, kind, failure)
+
+    async def _client_error(
+        self, reply: Reply, pick: Pick, target: Target
+    ) -> tuple[Served | None, bool]:
+        """A client error is the client's answer, unless it is a context-length error and the
+        route names a fallback with a longer context."""
+        route = self.route
+        fallback = (
+            self.rt.resolver.resolve(route.context_fallback) if route.context_fallback else None
+        )
+        if fallback is None or not is_context_error(reply):
+            return Served(
+                reply, pick, target, self.attempts, pick.started, upstream_s=self.upstream_s
+            ), False
+        assert self.policy is not None
+        self.route, self.tried, self.providers = fallback, set(), fallback.provider_ids
+        await reply.aclose()
+        self.policy = self.policy.next(same_key=False)
+        return None, True
+
+    async def _after_failure(
+        self, pick: Pick, kind: OutcomeKind, failure: Reply | UpstreamError | None
+    ) -> bool:
+        """Learn from a failed attempt; whether another may follow (after its backoff)."""
+        assert self.policy is not None
+        self.last, self.last_kind = failure, kind
+        if kind.needs_backoff:
+            # A throttled or refused key is kept out by its own state (cooling, out of
+            # service); one that failed is kept out of this request's later attempts.
+            self.tried.add(pick.key.id)
+        self.policy = policy = self.policy.next(same_key=False)
+        rt = self.rt
+        if policy is None or rt.router.clock() >= self.deadline or not rt.budget.try_spend():
+            return False
+        if kind.needs_backoff:
+            await asyncio.sleep(policy.backoff(rt.rng))
+        return True
+
+    def _give_up(self) -> Served:
+        """Attempts used up on throttling or server errors: the client sees the last upstream
+        answer (a 429 keeps its Retry-After), as it would from the provider. That attempt has
+        reported already; ``done`` is idempotent. Anything else is an error of the gateway's."""
+        last, pick, target = self.last, self.last_pick, self.last_target
+        if isinstance(last, Reply) and pick and target and self.last_kind in PASSED_ON:
+            return Served(last, pick, target, self.attempts, pick.started, upstream_s=self.upstream_s)
+        if last is None and self.rejected is not None:
+            raise APIError(self.rejected.status, "", headers=[]).with_body(self.rejected.body)
+        if last is None:
+            raise no_room(self.no_room_s)
+        raise final_error(last, self.last_kind, target)
+
+
+async def _attempt(
+    rt: Runtime,
+    pick: Pick,
+    target: Target,
+    attempts: int,
+    request: tuple[Endpoint, dict[str, Any], bytes, bool, bool, str],
+) -> tuple[OutcomeKind, Failure | None, Served | None]:
+    """One upstream attempt, reported to its pick. Returns (kind, failure, served):
+    ``served`` when the reply is committed, else the failed reply or transport error."""
+    endpoint, body, raw, stream, wants_usage, request_id = request
+    call = Call(endpoint, body, raw, target.model, stream, wants_usage, request_id)
+    t0 = time.perf_counter()
+    try:
+        reply = await rt.providers[target.provider_id].send(call, pick.key)
+    except UpstreamError as exc:
+        outcome = error_outcome(exc, time.perf_counter() - t0)
+        pick.done(outcome)
+        return outcome.kind, exc, None
+    except RequestRejected as rejected:
+        pick.done(Outcome(OutcomeKind.NOT_SENT))
+        return OutcomeKind.NOT_SENT, rejected, None
+    except BaseException:
+        pick.done(Outcome(OutcomeKind.CANCELLED))
+        raise
+    kind = classify_status(reply.status, reply.error_code)
+    if kind is OutcomeKind.SUCCESS and reply.events is not None:
+        return await _first_event(reply, pick, target, attempts, t0)
+    outcome = Outcome(
+        kind,
+        reply.status,
+        time.perf_counter() - t0,
+        None,
+        reply.usage,
+        parse_quota(reply.headers),
+        reply.retry_after,
+    )
+    if kind is OutcomeKind.SUCCESS:
+        return kind, None, Served(reply, pick, target, attempts, t0, outcome=outcome)
+    pick.done(outcome)
+    if kind.retryable:
+        await reply.aclose()
+    return kind, reply, None
+
+
+async def _first_event(
+    reply: Reply, pick: Pick, target: Target, attempts: int, t0: float
+) -> tuple[OutcomeKind, Failure | None, Served | None]:
+    """Commit a stream only once its first event is in hand: until then another key may serve."""
+    assert reply.events is not None
+    try:
+        first = await anext(reply.events, b"")
+    except UpstreamError as exc:
+        outcome = error_outcome(exc, time.perf_counter() - t0)
+        pick.done(outcome)
+        await reply.aclose()
+        return outcome.kind, exc, None
+    except BaseException:
+        pick.done(Outcome(OutcomeKind.CANCELLED, 200))
+        await reply.aclose()
+        raise
+    served = Served(reply, pick, target, attempts, t0, first, time.perf_counter() - t0)
+    return OutcomeKind.SUCCESS, None, served
+
+
+async def relay(served: Served) -> AsyncGenerator[bytes, None]:
+    """The committed stream's events. Reports the attempt's outcome exactly once, whether the
+    stream ends, breaks, or the consumer goes away (``aclose`` or cancellation)."""
+    reply = served.reply
+    assert reply.events is not None
+    kind = OutcomeKind.CANCELLED
+    try:
+        if served.first:
+            served.events_out += served.first.count(b"\n\n")
+            yield served.first
+        events = reply.events
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = await anext(events)
+            except StopAsyncIteration:
+                break
+            served.upstream_s += time.perf_counter() - t
+            served.events_out += batch.count(b"\n\n")
+            yield batch
+        kind = OutcomeKind.SUCCESS
+    except UpstreamError as exc:
+        # After the first byte no retry is possible; a named upstream error (a rate limit
+        # mid-stream) still teaches the key, anything else counts as a broken stream.
+        named = outcome_kind(exc) if exc.upstream_status is not None else None
+        kind = named if named in KEY_SPECIFIC else OutcomeKind.STREAM_BROKEN
+        raise StreamBroken(client_error(exc)) from exc
+    finally:
+        served.pick.done(
+            Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)
+        )
+        await reply.aclose()
