@@ -24,11 +24,13 @@ class Expanded(str):
 # Strict typed decode
 
 
-def _join(path: str, key: object) -> str:
+def join_path(path: str, key: object) -> str:
+    """The key path of ``key`` under ``path``, as errors name it (``providers[0].keys``)."""
     return f"{path}.{key}" if path else str(key)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """What a YAML value is, for error messages ("a string", "an array")."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -67,7 +69,10 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
-class _Decoder:
+class Decoder:
+    """Strict typed decode of YAML values into the schema's dataclasses: unknown keys, wrong
+    types and missing required keys are collected in ``problems``, each with its key path."""
+
     def __init__(self) -> None:
         self.problems: list[str] = []
         self._hints: dict[type, dict[str, Any]] = {}
@@ -76,7 +81,7 @@ class _Decoder:
         self.problems.append(f"{path or '<top level>'}: {message}")
 
     def wrong(self, path: str, tp: Any, value: Any) -> None:
-        self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        self.fail(path, f"expected {_type_name(tp)}, got {describe(value)}")
 
     def decode(self, value: Any, tp: Any, path: str) -> Any:
         origin = get_origin(tp)
@@ -107,9 +112,9 @@ class _Decoder:
             out = {}
             for k, v in value.items():
                 if not isinstance(k, str):
-                    self.fail(_join(path, k), "keys must be strings")
+                    self.fail(join_path(path, k), "keys must be strings")
                     continue
-                out[k] = self.decode(v, val_tp, _join(path, k))
+                out[k] = self.decode(v, val_tp, join_path(path, k))
             return out
         return self._scalar(value, tp, path)
 
@@ -163,7 +168,7 @@ class _Decoder:
                 result = self.decode(value, tagged, path)
                 if len(self.problems) > before and builtin and "type" in value:
                     self.fail(
-                        _join(path, "type"),
+                        join_path(path, "type"),
                         f"{value['type']!r} is not one of {', '.join(builtin)}; "
                         "other (plugin) types take their settings under 'options'",
                     )
@@ -180,7 +185,7 @@ class _Decoder:
                 continue
             if dataclasses.is_dataclass(member):
                 continue
-            trial = _Decoder()
+            trial = Decoder()
             result = trial.decode(value, member, path)
             if not trial.problems:
                 return result
@@ -227,10 +232,10 @@ class _Decoder:
         for key, raw in value.items():
             if key not in fields:
                 known = ", ".join(sorted(fields))
-                self.fail(_join(path, key), f"unknown key (allowed here: {known})")
+                self.fail(join_path(path, key), f"unknown key (allowed here: {known})")
                 continue
             before = len(self.problems)
-            decoded = self.decode(raw, hints[key], _join(path, key))
+            decoded = self.decode(raw, hints[key], join_path(path, key))
             if len(self.problems) == before or isinstance(decoded, tuple | list | dict):
                 kwargs[key] = (
                     decoded  # a field that failed keeps its default; its error is recorded
@@ -246,7 +251,7 @@ class _Decoder:
                 and f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING
             ):
-                self.fail(_join(path, name), "is required")
+                self.fail(join_path(path, name), "is required")
                 return None
         try:
             return cls(**kwargs)

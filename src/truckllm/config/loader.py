@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from truckllm.config.decode import Expanded, _Decoder, _describe, _join
+from truckllm.config.decode import Decoder, Expanded, describe, join_path
 from truckllm.config.schema import Config
 from truckllm.config.secret import Secret
 from truckllm.config.validate import (
@@ -86,7 +86,7 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: list[str]) 
 
         return Expanded(_VAR.sub(sub, value))
     if isinstance(value, dict):
-        return {k: _expand(v, _join(path, k), env, problems) for k, v in value.items()}
+        return {k: _expand(v, join_path(path, k), env, problems) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
     return value
@@ -118,10 +118,10 @@ def parse_config(
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"{source}: the top level must be a mapping, got {_describe(raw)}"])
+        raise ConfigError([f"{source}: the top level must be a mapping, got {describe(raw)}"])
     expand_problems: list[str] = []
     expanded = _expand(raw, "", env, expand_problems)
-    decoder = _Decoder()
+    decoder = Decoder()
     decoder.problems.extend(expand_problems)
     cfg = decoder.decode(expanded, Config, "")
     if cfg is not None:

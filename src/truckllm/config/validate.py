@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 
-from truckllm.config.decode import _Decoder
+from truckllm.config.decode import Decoder
 from truckllm.config.schema import (
     AliasConfig,
     ClientKey,
@@ -96,69 +96,103 @@ def provider_timeouts(provider: ProviderConfig, default: Timeouts) -> Timeouts:
 
 def _validate(
     cfg: Config,
-    decoder: _Decoder,
+    decoder: Decoder,
     provider_types: Iterable[str] | None,
     sink_types: Iterable[str] | None = None,
 ) -> Config:
     fail = decoder.fail
     known_types = set(provider_types) if provider_types is not None else None
+    if not cfg.providers:
+        fail("providers", "at least one provider is required")
     providers: list[ProviderConfig] = []
     provider_ids: set[str] = set()
     key_ids: dict[str, str] = {}
-    if not cfg.providers:
-        fail("providers", "at least one provider is required")
     for pi, p in enumerate(cfg.providers):
-        if p is None:
-            continue
-        ppath = f"providers[{pi}]"
-        if not _ID.match(p.id):
-            fail(f"{ppath}.id", f"{p.id!r} is not a valid id (letters, digits, '_', '.', '-')")
-        elif p.id in provider_ids:
-            fail(f"{ppath}.id", f"duplicate provider id {p.id!r}")
-        provider_ids.add(p.id)
-        ptype = p.type or infer_provider_type(p.id)
-        if known_types is not None and ptype not in known_types:
-            fail(
-                f"{ppath}.type",
-                f"unknown provider type {ptype!r} (available: {', '.join(sorted(known_types))})",
+        if p is not None:
+            providers.append(
+                _validate_provider(p, f"providers[{pi}]", fail, known_types, provider_ids, key_ids)
             )
-        base_url = (p.base_url or DEFAULT_BASE_URLS.get(p.id.lower(), "")).rstrip("/")
-        if not base_url:
-            fail(f"{ppath}.base_url", "is required for this provider")
-        elif not re.match(r"^https?://[^/\s]+", base_url):
-            fail(f"{ppath}.base_url", f"{base_url!r} is not an http(s) URL")
-        if isinstance(p.timeout, float) and p.timeout <= 0:
-            fail(f"{ppath}.timeout", "must be positive")
-        keys: list[KeyConfig] = []
-        for ki, k in enumerate(p.keys):
-            if k is None:
-                continue
-            kpath = f"{ppath}.keys[{ki}]"
-            kid = k.id or derive_key_id(p.id, k.secret, ki)
-            if not _ID.match(kid):
-                fail(f"{kpath}.id", f"{kid!r} is not a valid id (letters, digits, '_', '.', '-')")
-            elif kid in key_ids:
-                what = "the same secret as" if not k.id else "the same id as"
-                fail(f"{kpath}.id", f"duplicate key id {kid!r} ({what} {key_ids[kid]})")
-            key_ids.setdefault(kid, kpath)
-            if k.weight <= 0:
-                fail(f"{kpath}.weight", "must be positive")
-            for name in ("rpm", "tpm", "rpd", "tpd"):
-                v = getattr(k.limits, name)
-                if v is not None and v < 1:
-                    fail(f"{kpath}.limits.{name}", "must be at least 1")
-            for name in ("input_token_cost", "output_token_cost", "cached_input_token_cost"):
-                v = getattr(k.pricing, name)
-                if v is not None and v < 0:
-                    fail(f"{kpath}.pricing.{name}", "must not be negative")
-            keys.append(dataclasses.replace(k, id=kid))
-        if not keys:
-            keys.append(KeyConfig(id=f"{p.id}-anonymous"))  # keyless upstream (local vLLM, Ollama)
-        for mi, m in enumerate(p.models):
-            if not m:
-                fail(f"{ppath}.models[{mi}]", "must not be empty")
-        providers.append(dataclasses.replace(p, type=ptype, base_url=base_url, keys=tuple(keys)))
+    aliases = _validate_aliases(cfg, fail, provider_ids)
+    _validate_server(cfg, fail)
+    _validate_retry(cfg, fail)
+    _validate_routing(cfg, fail)
+    _validate_telemetry(cfg, fail, sink_types)
+    _validate_storage(cfg, fail)
+    return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
 
+
+def _validate_provider(
+    p: ProviderConfig,
+    ppath: str,
+    fail: Callable[[str, str], None],
+    known_types: set[str] | None,
+    provider_ids: set[str],
+    key_ids: dict[str, str],
+) -> ProviderConfig:
+    """The provider with its type, base URL and key ids filled in."""
+    if not _ID.match(p.id):
+        fail(f"{ppath}.id", f"{p.id!r} is not a valid id (letters, digits, '_', '.', '-')")
+    elif p.id in provider_ids:
+        fail(f"{ppath}.id", f"duplicate provider id {p.id!r}")
+    provider_ids.add(p.id)
+    ptype = p.type or infer_provider_type(p.id)
+    if known_types is not None and ptype not in known_types:
+        fail(
+            f"{ppath}.type",
+            f"unknown provider type {ptype!r} (available: {', '.join(sorted(known_types))})",
+        )
+    base_url = (p.base_url or DEFAULT_BASE_URLS.get(p.id.lower(), "")).rstrip("/")
+    if not base_url:
+        fail(f"{ppath}.base_url", "is required for this provider")
+    elif not re.match(r"^https?://[^/\s]+", base_url):
+        fail(f"{ppath}.base_url", f"{base_url!r} is not an http(s) URL")
+    if isinstance(p.timeout, float) and p.timeout <= 0:
+        fail(f"{ppath}.timeout", "must be positive")
+    keys = [
+        _validate_key(p.id, k, ki, f"{ppath}.keys[{ki}]", fail, key_ids)
+        for ki, k in enumerate(p.keys)
+        if k is not None
+    ]
+    if not keys:
+        keys.append(KeyConfig(id=f"{p.id}-anonymous"))  # keyless upstream (local vLLM, Ollama)
+    for mi, m in enumerate(p.models):
+        if not m:
+            fail(f"{ppath}.models[{mi}]", "must not be empty")
+    return dataclasses.replace(p, type=ptype, base_url=base_url, keys=tuple(keys))
+
+
+def _validate_key(
+    provider_id: str,
+    k: KeyConfig,
+    ki: int,
+    kpath: str,
+    fail: Callable[[str, str], None],
+    key_ids: dict[str, str],
+) -> KeyConfig:
+    """The key with its id: given, or derived from the provider and the secret."""
+    kid = k.id or derive_key_id(provider_id, k.secret, ki)
+    if not _ID.match(kid):
+        fail(f"{kpath}.id", f"{kid!r} is not a valid id (letters, digits, '_', '.', '-')")
+    elif kid in key_ids:
+        what = "the same secret as" if not k.id else "the same id as"
+        fail(f"{kpath}.id", f"duplicate key id {kid!r} ({what} {key_ids[kid]})")
+    key_ids.setdefault(kid, kpath)
+    if k.weight <= 0:
+        fail(f"{kpath}.weight", "must be positive")
+    for name in ("rpm", "tpm", "rpd", "tpd"):
+        v = getattr(k.limits, name)
+        if v is not None and v < 1:
+            fail(f"{kpath}.limits.{name}", "must be at least 1")
+    for name in ("input_token_cost", "output_token_cost", "cached_input_token_cost"):
+        v = getattr(k.pricing, name)
+        if v is not None and v < 0:
+            fail(f"{kpath}.pricing.{name}", "must not be negative")
+    return dataclasses.replace(k, id=kid)
+
+
+def _validate_aliases(
+    cfg: Config, fail: Callable[[str, str], None], provider_ids: set[str]
+) -> dict[str, str | tuple[str, ...] | AliasConfig]:
     aliases: dict[str, str | tuple[str, ...] | AliasConfig] = {}
     for name, target in cfg.model_aliases.items():
         apath = f"model_aliases.{name}"
@@ -182,7 +216,10 @@ def _validate(
             elif pid not in provider_ids:
                 fail(tpath, f"unknown provider {pid!r} (known: {', '.join(sorted(provider_ids))})")
         aliases[name] = target
+    return aliases
 
+
+def _validate_server(cfg: Config, fail: Callable[[str, str], None]) -> None:
     server = cfg.server
     try:
         parse_listen(server.listen)
@@ -210,6 +247,15 @@ def _validate(
             if cid in client_ids:
                 fail(f"{cpath}.id", f"duplicate client key id {cid!r}")
             client_ids.add(cid)
+    for name in ("connect", "read", "total"):
+        value = getattr(server.timeouts, name)
+        if value is not None and value <= 0:
+            fail(f"server.timeouts.{name}", "must be positive")
+    if not 1 <= server.workers <= 256:
+        fail("server.workers", "must be between 1 and 256")
+
+
+def _validate_retry(cfg: Config, fail: Callable[[str, str], None]) -> None:
     retry = cfg.retry
     if retry.max_attempts < 1:
         fail("retry.max_attempts", "must be at least 1")
@@ -223,6 +269,9 @@ def _validate(
         fail("retry.budget_ratio", "must be between 0 and 1")
     if retry.backoff_base < 0:
         fail("retry.backoff_base", "must not be negative")
+
+
+def _validate_routing(cfg: Config, fail: Callable[[str, str], None]) -> None:
     routing = cfg.routing
     if routing.max_wait < 0:
         fail("routing.max_wait", "must not be negative")
@@ -239,15 +288,6 @@ def _validate(
     ):
         if value <= 0:
             fail(f"routing.{name}", "must be positive")
-    for name in ("connect", "read", "total"):
-        value = getattr(server.timeouts, name)
-        if value is not None and value <= 0:
-            fail(f"server.timeouts.{name}", "must be positive")
-    if not 1 <= server.workers <= 256:
-        fail("server.workers", "must be between 1 and 256")
-    _validate_telemetry(cfg, fail, sink_types)
-    _validate_storage(cfg, fail)
-    return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
 
 
 _BUILTIN_SINKS = ("file", "webhook", "stdout")
