@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from truckllm import __version__
-from truckllm.routing.keystate import Status
+from truckllm.routing.keystate import KeyState, ProviderState, Status
 from truckllm.telemetry.exposition import Page
 from truckllm.telemetry.record import RequestRecord
 
@@ -117,6 +117,10 @@ class _Row:
         self.overhead_sum = 0.0
 
 
+
+def _key_ids(ps: ProviderState, s: KeyState) -> tuple[tuple[str, str], ...]:
+    return (("provider", ps.id), ("key_id", s.key.id))
+
 class Metrics:
     """The gateway's metrics. Lives as long as the app (across reloads); used on the event loop
     only (no locks)."""
@@ -206,7 +210,12 @@ class Metrics:
                 ),
                 row.requests,
             )
+        self._render_usage(page, rows)
+        self._render_retries(page, rows)
+        self._render_histograms(page, rows)
 
+    @staticmethod
+    def _render_usage(page: Page, rows: list[tuple[RowKey, _Row]]) -> None:
         by_key: dict[tuple[str, str, str], list[float]] = {}
         for (_, alias, provider, key_id, _), row in rows:
             acc = by_key.setdefault((alias, provider, key_id), [0, 0, 0, 0, 0.0])
@@ -244,6 +253,8 @@ class Metrics:
                     acc[4],
                 )
 
+    @staticmethod
+    def _render_retries(page: Page, rows: list[tuple[RowKey, _Row]]) -> None:
         retries: dict[tuple[str, str, str], int] = {}
         for (endpoint, alias, provider, _, _), row in rows:
             if provider:
@@ -262,6 +273,7 @@ class Metrics:
                 n,
             )
 
+    def _render_histograms(self, page: Page, rows: list[tuple[RowKey, _Row]]) -> None:
         self._histogram(
             page,
             rows,
@@ -318,9 +330,6 @@ class Metrics:
         wall = self.clock()
         keys = [(ps, s) for ps in router.providers.values() for s in ps.keys]
 
-        def ids(provider: str, key_id: str) -> tuple[tuple[str, str], ...]:
-            return (("provider", provider), ("key_id", key_id))
-
         page.family(
             "truckllm_key_status",
             "gauge",
@@ -332,12 +341,19 @@ class Metrics:
             for st in _STATUSES:
                 page.sample(
                     "truckllm_key_status",
-                    (*ids(ps.id, s.key.id), ("status", st.value)),
+                    (*_key_ids(ps, s), ("status", st.value)),
                     1 if st is current else 0,
                 )
         page.family("truckllm_key_in_flight_requests", "gauge", "Upstream attempts in flight.")
         for ps, s in keys:
-            page.sample("truckllm_key_in_flight_requests", ids(ps.id, s.key.id), s.in_flight)
+            page.sample("truckllm_key_in_flight_requests", _key_ids(ps, s), s.in_flight)
+        self._render_key_health(page, keys, now, wall)
+        self._render_key_outcomes(page, router, keys)
+
+    @staticmethod
+    def _render_key_health(
+        page: Page, keys: list[tuple[ProviderState, KeyState]], now: float, wall: float
+    ) -> None:
         page.family(
             "truckllm_key_remaining_requests",
             "gauge",
@@ -347,7 +363,7 @@ class Metrics:
             if s.quota.remaining_requests is not None:
                 page.sample(
                     "truckllm_key_remaining_requests",
-                    ids(ps.id, s.key.id),
+                    _key_ids(ps, s),
                     s.quota.remaining_requests,
                 )
         page.family(
@@ -358,7 +374,7 @@ class Metrics:
         for ps, s in keys:
             if s.quota.remaining_tokens is not None:
                 page.sample(
-                    "truckllm_key_remaining_tokens", ids(ps.id, s.key.id), s.quota.remaining_tokens
+                    "truckllm_key_remaining_tokens", _key_ids(ps, s), s.quota.remaining_tokens
                 )
         page.family(
             "truckllm_key_cooldown_until_timestamp_seconds",
@@ -368,7 +384,7 @@ class Metrics:
         for ps, s in keys:
             until = wall + (s.cooling_until - now) if s.cooling_until > now else 0.0
             page.sample(
-                "truckllm_key_cooldown_until_timestamp_seconds", ids(ps.id, s.key.id), until
+                "truckllm_key_cooldown_until_timestamp_seconds", _key_ids(ps, s), until
             )
         page.family(
             "truckllm_key_success_ratio",
@@ -376,7 +392,7 @@ class Metrics:
             "Decaying share of the key's recent attempts that succeeded (0 to 1).",
         )
         for ps, s in keys:
-            page.sample("truckllm_key_success_ratio", ids(ps.id, s.key.id), s.success_rate)
+            page.sample("truckllm_key_success_ratio", _key_ids(ps, s), s.success_rate)
         page.family(
             "truckllm_key_latency_seconds",
             "gauge",
@@ -384,7 +400,12 @@ class Metrics:
         )
         for ps, s in keys:
             if s.latency_s is not None:
-                page.sample("truckllm_key_latency_seconds", ids(ps.id, s.key.id), s.latency_s)
+                page.sample("truckllm_key_latency_seconds", _key_ids(ps, s), s.latency_s)
+
+    @staticmethod
+    def _render_key_outcomes(
+        page: Page, router: Router, keys: list[tuple[ProviderState, KeyState]]
+    ) -> None:
         page.family(
             "truckllm_key_attempts_total",
             "counter",
@@ -394,7 +415,7 @@ class Metrics:
             for kind, n in sorted(s.outcomes.items(), key=lambda item: item[0].value):
                 page.sample(
                     "truckllm_key_attempts_total",
-                    (*ids(ps.id, s.key.id), ("outcome", kind.value)),
+                    (*_key_ids(ps, s), ("outcome", kind.value)),
                     n,
                 )
         page.family(
