@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
 import orjson
 
+from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL
+from truckllm.http.exchange import post_whole
 from truckllm.stores.base import (
     Adjust,
     Ask,
@@ -39,8 +40,9 @@ class HttpStore:
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout = timeout_s
+        self._client: HTTPClient | None = None
+        self._urls: dict[str, ParsedURL] = {}
         self._error: str | None = None
 
     @classmethod
@@ -51,17 +53,25 @@ class HttpStore:
         return cls(config.url.reveal(), token, config.timeout)
 
     async def _post(self, path: str, body: Any) -> Any:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        if self._client is None:
+            self._client = HTTPClient(keepalive=30.0)
         try:
-            async with self._session.post(
-                self.url + path, data=orjson.dumps(body), headers=self._headers
-            ) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    raise StoreError(f"{path}: HTTP {resp.status}: {data[:200]!r}")
-                result = orjson.loads(data)
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, StoreError) as exc:
+            url = self._urls.get(path)
+            if url is None:
+                url = self._urls[path] = ParsedURL.parse(self.url + path)
+            status, _, data = await post_whole(
+                self._client, url, self._headers, orjson.dumps(body), self._timeout
+            )
+            if status != 200:
+                raise StoreError(f"{path}: HTTP {status}: {data[:200]!r}")
+            result = orjson.loads(data)
+        except (
+            HTTPClientError,
+            OSError,
+            TimeoutError,
+            ValueError,  # a URL that is not http(s); orjson's decode error too
+            StoreError,
+        ) as exc:
             self._error = f"http store unreachable: {type(exc).__name__}: {exc}"[:300]
             raise StoreError(self._error) from exc
         self._error = None
@@ -98,9 +108,9 @@ class HttpStore:
         return self._error is None, self._error
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
 
 def ask_to_json(a: Ask) -> dict[str, Any]:

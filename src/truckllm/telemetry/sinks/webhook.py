@@ -13,10 +13,10 @@ import hmac
 import os
 import random
 
-import aiohttp
-
 from truckllm import __version__
 from truckllm.config.schema import WebhookSinkConfig
+from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL
+from truckllm.http.exchange import post_whole
 from truckllm.providers.errors import parse_retry_after
 from truckllm.telemetry.record import RequestRecord
 from truckllm.telemetry.sinks.base import DeliveryFailed, QueueSink
@@ -48,22 +48,19 @@ class WebhookSink(QueueSink):
             "User-Agent": f"truckllm/{__version__}",
             **{k: v.reveal() for k, v in config.headers.items()},
         }
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HTTPClient | None = None
+        self._url = ParsedURL.parse(config.url)  # validated: an http(s) URL
         self._rng = random.Random()
         self._batch_prefix = os.urandom(6).hex()
         self._batches = 0
 
     async def open(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4),
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            trust_env=False,
-        )
+        self._client = HTTPClient(keepalive=30.0)
 
     async def release(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     def backoff(self, retry: int, retry_after: float | None = None) -> float:
         """Seconds before retry number ``retry`` (1, 2, ...): half fixed, half jitter, doubling
@@ -75,7 +72,7 @@ class WebhookSink(QueueSink):
         return delay
 
     async def deliver(self, batch: list[RequestRecord]) -> None:
-        assert self._session is not None
+        assert self._client is not None
         body = await self.encoder.array(batch)
         self._batches += 1
         headers = {**self._headers, "X-TruckLLM-Batch-Id": f"{self._batch_prefix}-{self._batches}"}
@@ -85,15 +82,16 @@ class WebhookSink(QueueSink):
         while True:
             retry_after: float | None = None
             try:
-                async with self._session.post(self.config.url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    if resp.status < 300:
-                        return
-                    detail = f"HTTP {resp.status}"
-                    retryable = resp.status >= 500 or resp.status in (408, 429)
-                    if resp.status in (429, 503):
-                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, answer_headers, _ = await post_whole(
+                    self._client, self._url, headers, body, self.config.timeout
+                )
+                if status < 300:
+                    return
+                detail = f"HTTP {status}"
+                retryable = status >= 500 or status in (408, 429)
+                if status in (429, 503):
+                    retry_after = parse_retry_after(answer_headers.get("retry-after"))
+            except (HTTPClientError, OSError, TimeoutError) as exc:
                 detail = f"{type(exc).__name__}: {exc}"
                 retryable = True
             if not retryable:
