@@ -191,10 +191,21 @@ class _Content:
 
 
 class _Response:
-    """Just enough of an ``aiohttp.ClientResponse`` for the adapters' stream generators."""
+    """Just enough of an upstream response (``truckllm.http.client.Response``) for the adapters'
+    stream generators: iterating it yields the reads."""
 
     def __init__(self, reads: list[bytes]) -> None:
         self.content = _Content(reads)
+        self._reads = iter(reads)
+
+    def __aiter__(self) -> _Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self._reads)
+        except StopIteration:
+            raise StopAsyncIteration from None
 
     def close(self) -> None:
         pass
