@@ -191,6 +191,8 @@ def _demo(args: list[str]) -> int:
     except ValueError as exc:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
+    if not _simulation_installed("demo"):
+        return 2
     setup_logging("info", "auto")
     from truckllm.runner import run_async
 
@@ -247,7 +249,23 @@ Press Ctrl-C to stop.
 """
 
 
+def _simulation_installed(command: str) -> bool:
+    """The simulated upstreams run on aiohttp, an optional extra: say how to get it."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        print(
+            f"truckllm {command} runs simulated upstreams, which need the 'demo' extra: "
+            "pip install 'truckllm[demo]' (from a checkout: pip install '.[demo]')",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def _mock(args: list[str]) -> int:
+    if not _simulation_installed("mock"):
+        return 2
     from truckllm.testing.mock_server import main as mock_main
 
     return mock_main(args)
