@@ -7,15 +7,16 @@ event ends at a blank line; a UTF-8 BOM at the start of the stream is dropped.
 they are, with every line end written as LF, so a stream that already uses LF (OpenAI and nearly
 every compatible server) comes out byte for byte, mostly without a copy: events are found with
 ``bytes.find``, never a loop over bytes. The OpenAI passthrough forwards those bytes; the
-translating adapters (Anthropic, Gemini) parse them with :func:`iter_events`, which reads fields
-per the specification: ``data`` lines joined with ``"\\n"``, one space after the colon dropped,
-``event`` kept, comments (``:``) and other fields ignored, an event without ``data`` skipped.
+translating adapters (Anthropic, Gemini) take each event's data from them with :func:`iter_data`
+(:func:`iter_events` gives the event type too). Fields are read per the specification: ``data``
+lines joined with ``"\n"``, one space after the colon dropped, ``event`` kept, comments (``:``)
+and other fields ignored, an event without ``data`` skipped.
 
 An event is handed out as soon as the line end of its blank line arrives, even when that line end
 is a CRLF cut between two reads: a read ending in CR completes the line at once, and an LF at the
 start of the next read is then swallowed. Only an incomplete event is held back, and at most
-``limit`` bytes of it (plus at most one read): an upstream that sends an endless line or event gets an
-:class:`~truckllm.providers.base.UpstreamProtocolError` instead of the gateway's memory.
+``limit`` bytes of it (plus at most one read): an upstream that sends an endless line or event
+gets an :class:`~truckllm.providers.base.UpstreamProtocolError` instead of the gateway's memory.
 
 Unlike a browser, :meth:`SSEFramer.close` hands out a last event that the stream ended without a
 blank line after: upstreams that end on ``data: [DONE]\\n`` alone exist, and that event counts.
@@ -128,27 +129,36 @@ class SSEFramer:
         return head[3:] if head.startswith(_BOM) else head
 
 
-def iter_events(block: bytes) -> Iterator[Event]:
-    """The events in ``block``: complete events as :meth:`SSEFramer.feed` returns them."""
+def iter_data(block: bytes) -> Iterator[bytes]:
+    """The data of each event in ``block`` (complete events, as :meth:`SSEFramer.feed` returns
+    them), for streams whose data names its own type, as all three vendors' JSON does. The
+    translating adapters' per-event path: no :class:`Event` is built."""
     for raw in block.split(b"\n\n"):
         # Fast paths for the usual shapes: one data line (OpenAI, Gemini); an event line and a
         # data line (Anthropic). Anything else is read line by line.
         if raw.startswith(b"data: "):
             if b"\n" not in raw:
-                yield _new(Event, ("message", raw[6:]))
+                yield raw[6:]
                 continue
         elif raw.startswith(b"event: "):
             nl = raw.find(b"\n")
             if raw.startswith(b"data: ", nl + 1) and raw.find(b"\n", nl + 1) < 0:
-                name = raw[7:nl]
-                kind = _names.get(name) or _name(name)
-                yield _new(Event, (kind, raw[nl + 7 :]))
+                yield raw[nl + 7 :]
                 continue
         elif not raw:
             continue
         event = parse_event(raw)
         if event is not None:
-            yield event
+            yield event.data
+
+
+def iter_events(block: bytes) -> Iterator[Event]:
+    """The events in ``block`` (complete events, as :meth:`SSEFramer.feed` returns them)."""
+    for raw in block.split(b"\n\n"):
+        if raw:
+            event = parse_event(raw)
+            if event is not None:
+                yield event
 
 
 def parse_event(raw: bytes) -> Event | None:
@@ -165,22 +175,10 @@ def parse_event(raw: bytes) -> Event | None:
         if name == b"data":
             data.append(value)
         elif name == b"event":
-            kind = _names.get(value) or _name(value)
+            kind = value.decode("utf-8", "replace") or "message"
     if not data:
         return None
-    return _new(Event, (kind, data[0] if len(data) == 1 else b"\n".join(data)))
+    return Event(kind, data[0] if len(data) == 1 else b"\n".join(data))
 
 
-_new = tuple.__new__  # an Event without NamedTuple's Python-level __new__: one per event
-_names: dict[bytes, str] = {}  # event types seen, decoded once
-_NAMES_CACHED = 256
-
-
-def _name(value: bytes) -> str:
-    name = value.decode("utf-8", "replace") or "message"
-    if len(_names) < _NAMES_CACHED:
-        _names[value] = name
-    return name
-
-
-__all__ = ["MAX_EVENT_BYTES", "Event", "SSEFramer", "iter_events", "parse_event"]
+__all__ = ["MAX_EVENT_BYTES", "Event", "SSEFramer", "iter_data", "iter_events", "parse_event"]

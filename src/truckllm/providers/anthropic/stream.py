@@ -26,7 +26,7 @@ import orjson
 from truckllm.providers.anthropic.errors import AnthropicStreamError, stream_error
 from truckllm.providers.anthropic.response import finish_reason, usage_json, usage_of
 from truckllm.providers.base import Usage
-from truckllm.providers.sse import SSEFramer, iter_events
+from truckllm.providers.sse import SSEFramer, iter_data
 
 _DONE = b"data: [DONE]\n\n"
 _OPEN_SUFFIX = b',"logprobs":null,"finish_reason":null}]}\n\n'
@@ -99,9 +99,9 @@ class StreamTranslator:
         if not block:
             return b""
         out: list[bytes] = []
-        for event in iter_events(block):
+        for data in iter_data(block):  # the JSON's own "type" says what it is
             try:
-                obj = orjson.loads(event.data)
+                obj = orjson.loads(data)
             except orjson.JSONDecodeError:
                 continue
             if isinstance(obj, dict):

@@ -43,7 +43,7 @@ from truckllm.providers.gemini.request import SKIP_SIGNATURE, chat_request
 from truckllm.providers.gemini.response import chat_completion
 from truckllm.providers.gemini.stream import StreamFailed, StreamTranslator
 from truckllm.providers.http import UpstreamHTTP, header
-from truckllm.providers.sse import SSEFramer, iter_events, parse_event
+from truckllm.providers.sse import SSEFramer, iter_data, parse_event
 
 _URL_CACHE_LIMIT = 512  # model names come from clients when a provider lists "*"
 
@@ -199,9 +199,9 @@ def _translate_all(batch: bytes, translator: StreamTranslator) -> tuple[bytes, S
     """The events translated from ``batch`` (complete events, as the framer gives them) up to a
     failure, and the failure: what arrived before an error still goes out first."""
     out = []
-    for event in iter_events(batch):
+    for data in iter_data(batch):
         try:
-            out.append(_translate_data(event.data, translator))
+            out.append(_translate_data(data, translator))
         except StreamFailed as exc:
             return b"".join(out), exc
     return b"".join(out), None
