@@ -131,8 +131,8 @@ class AnthropicProvider:
                         if not data:
                             break
                         continue
-                    # An empty read is the end: a blank line completes a last unterminated event.
-                    out = translator.feed(data or b"\n\n")
+                    # An empty read is the end, which completes a last unterminated event.
+                    out = translator.feed(data) if data else translator.close()
                     reply.usage = translator.usage
                     if translator.error is not None:
                         if out and sent:

@@ -2,9 +2,11 @@
 
 The translator is a pure state machine over bytes: :meth:`StreamTranslator.feed` takes whatever
 one read delivered and returns the OpenAI SSE events that read completes (possibly none), so the
-caller can forward them at once. Nothing is held back except an incomplete trailing event and the
-assistant ``role``, which rides on the first chunk with content: an ``overloaded_error`` right
-after ``message_start`` then finds nothing sent yet, and the gateway can still fail over.
+caller can forward them at once; :meth:`StreamTranslator.close` takes the stream's end. Framing is
+:class:`~truckllm.providers.sse.SSEFramer`'s. Nothing is held back except an incomplete trailing
+event and the assistant ``role``, which rides on the first chunk with content: an
+``overloaded_error`` right after ``message_start`` then finds nothing sent yet, and the gateway
+can still fail over.
 
 Event mapping: ``message_start`` records id and usage; a ``text`` block's ``text_delta`` becomes
 ``content``; a ``tool_use`` block becomes a ``tool_calls`` entry (id, name, then its
@@ -24,6 +26,7 @@ import orjson
 from truckllm.providers.anthropic.errors import AnthropicStreamError, stream_error
 from truckllm.providers.anthropic.response import finish_reason, usage_json, usage_of
 from truckllm.providers.base import Usage
+from truckllm.providers.sse import SSEFramer, iter_data
 
 _DONE = b"data: [DONE]\n\n"
 _OPEN_SUFFIX = b',"logprobs":null,"finish_reason":null}]}\n\n'
@@ -40,8 +43,8 @@ class StreamTranslator:
 
     __slots__ = (
         "_blocks",
-        "_buf",
         "_created",
+        "_framer",
         "_id",
         "_json_tool",
         "_model",
@@ -69,7 +72,7 @@ class StreamTranslator:
         self._wants_usage = wants_usage
         self._provider_id = provider_id
         self._json_tool = json_tool
-        self._buf = b""
+        self._framer = SSEFramer(provider_id)
         self._id = "msg"
         self._prefix = b""
         self._role_pending = True
@@ -84,18 +87,24 @@ class StreamTranslator:
         """The OpenAI SSE events completed by ``data`` (raw bytes of one upstream read)."""
         if self.done or self.error is not None:
             return b""
-        buf = self._buf + data if self._buf else data
-        if b"\r" in buf:  # CRLF lines, possibly split between two reads
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._buf = buf
+        return self._translate(self._framer.feed(data))
+
+    def close(self) -> bytes:
+        """The OpenAI SSE events of an event the upstream left unterminated at the stream's end."""
+        if self.done or self.error is not None:
             return b""
-        self._buf = buf[end + 2 :]
+        return self._translate(self._framer.close())
+
+    def _translate(self, block: bytes) -> bytes:
+        if not block:
+            return b""
         out: list[bytes] = []
-        for event in buf[:end].split(b"\n\n"):
-            obj = _payload(event)
-            if obj is not None:
+        for data in iter_data(block):  # the JSON's own "type" says what it is
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
                 self._event(obj, out)
                 if self.done or self.error is not None:
                     break
@@ -216,22 +225,3 @@ class StreamTranslator:
         if isinstance(usage, dict):
             self._native_usage.update((k, v) for k, v in usage.items() if v is not None)
             self.usage = usage_of(self._native_usage)
-
-
-def _payload(event: bytes) -> dict[str, Any] | None:
-    """The JSON object of one SSE event's ``data`` lines; ``None`` for comments and junk."""
-    at = event.find(b"data:")
-    if at < 0:
-        return None
-    if event.find(b"\ndata:", at + 5) < 0:
-        data = event[at + 5 :]
-        nl = data.find(b"\n")
-        if nl >= 0:
-            data = data[:nl]
-    else:
-        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None

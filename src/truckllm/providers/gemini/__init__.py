@@ -43,6 +43,7 @@ from truckllm.providers.gemini.request import SKIP_SIGNATURE, chat_request
 from truckllm.providers.gemini.response import chat_completion
 from truckllm.providers.gemini.stream import StreamFailed, StreamTranslator
 from truckllm.providers.http import UpstreamHTTP, header
+from truckllm.providers.sse import SSEFramer, iter_data, parse_event
 
 _URL_CACHE_LIMIT = 512  # model names come from clients when a provider lists "*"
 
@@ -164,24 +165,25 @@ class GeminiProvider:
     ) -> AsyncIterator[bytes]:
         """OpenAI events, batched as the upstream's arrived in one read; ``reply.usage`` follows
         the latest ``usageMetadata``."""
-        buf = b""
+        framer = SSEFramer(self.id)
         try:
             with self._http.mid_stream():
                 async for chunk in resp:
-                    buf = buf + chunk if buf else chunk
-                    if b"\r" in buf:
-                        buf = buf.replace(b"\r\n", b"\n")
-                    end = buf.rfind(b"\n\n")
-                    if end < 0:
+                    batch = framer.feed(chunk)
+                    if not batch:
                         continue
-                    batch, buf = buf[:end], buf[end + 2 :]
                     out, failed = _translate_all(batch, translator)
                     reply.usage = translator.usage
                     if out:
                         yield out
                     if failed is not None:
                         raise failed
-            out = _translate(buf, translator) + translator.finish()
+            out, failed = _translate_all(framer.close(), translator)
+            if failed is not None:
+                if out:
+                    yield out
+                raise failed
+            out += translator.finish()
             reply.usage = translator.usage
             yield out
         except StreamFailed as exc:
@@ -194,24 +196,29 @@ class GeminiProvider:
 
 
 def _translate_all(batch: bytes, translator: StreamTranslator) -> tuple[bytes, StreamFailed | None]:
-    """The events translated from ``batch`` up to a failure, and the failure: what arrived
-    before an error still goes out first."""
+    """The events translated from ``batch`` (complete events, as the framer gives them) up to a
+    failure, and the failure: what arrived before an error still goes out first."""
     out = []
-    for event in batch.split(b"\n\n"):
+    for data in iter_data(batch):
         try:
-            out.append(_translate(event, translator))
+            out.append(_translate_data(data, translator))
         except StreamFailed as exc:
             return b"".join(out), exc
     return b"".join(out), None
 
 
 def _translate(event: bytes, translator: StreamTranslator) -> bytes:
-    data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-    if not data:
-        return b""
+    """The OpenAI events for one SSE event's bytes (its lines, without the blank line)."""
+    parsed = parse_event(event)
+    return b"" if parsed is None else _translate_data(parsed.data, translator)
+
+
+def _translate_data(data: bytes, translator: StreamTranslator) -> bytes:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
+        if not data.strip():  # an empty data line carries nothing
+            return b""
         raise StreamFailed("an event that is not JSON") from None
     if not isinstance(obj, dict):
         raise StreamFailed("an event that is not a JSON object")

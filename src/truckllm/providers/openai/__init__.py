@@ -24,6 +24,7 @@ from truckllm.providers.base import (
 )
 from truckllm.providers.errors import normalise_upstream_error, parse_retry_after
 from truckllm.providers.http import UpstreamHTTP, bearer, header
+from truckllm.providers.sse import SSEFramer, parse_event
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -85,24 +86,20 @@ class OpenAIProvider:
     ) -> AsyncIterator[bytes]:
         """Complete SSE events, batched as they arrived in one read; the usage chunk recorded and,
         when only the gateway asked for it, removed."""
-        buf = b""
+        framer = SSEFramer(self.id)
         try:
             with self._http.mid_stream():
                 async for chunk in resp:
-                    buf = buf + chunk if buf else chunk
-                    if b"\r" in chunk:  # CRLF line ends; a pair may be split across two reads
-                        buf = buf.replace(b"\r\n", b"\n")
-                    end = buf.rfind(b"\n\n")
-                    if end < 0:
-                        continue
-                    batch, buf = buf[: end + 2], buf[end + 2 :]
-                    if b'"usage"' in batch:
+                    batch = framer.feed(chunk)
+                    if batch and b'"usage"' in batch:
                         batch = _take_usage(batch, reply, strip_usage)
-                        if not batch:
-                            continue
-                    yield batch
-            if buf.strip():
-                yield buf + b"\n\n"
+                    if batch:
+                        yield batch
+            batch = framer.close()
+            if batch and b'"usage"' in batch:
+                batch = _take_usage(batch, reply, strip_usage)
+            if batch:
+                yield batch
         finally:
             resp.release()
 
@@ -192,9 +189,11 @@ def _take_usage(batch: bytes, reply: Reply, strip: bool) -> bytes:
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:
-    data = b"".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    parsed = parse_event(event)
+    if parsed is None:
+        return None
     try:
-        obj = orjson.loads(data)
+        obj = orjson.loads(parsed.data)
     except orjson.JSONDecodeError:
         return None
     return obj if isinstance(obj, dict) else None
