@@ -24,6 +24,7 @@ class Rates(NamedTuple):
     input: int
     cached: int
     output: int
+    creation: int  # prompt tokens written to the provider's cache
 
 
 def _atto(price: float, tokens_per_unit: int) -> int:
@@ -39,15 +40,31 @@ def rates_of(pricing: Pricing) -> Rates:
         if pricing.cached_input_token_cost is None
         else pricing.cached_input_token_cost
     )
+    creation = (
+        pricing.input_token_cost
+        if pricing.cache_creation_input_token_cost is None
+        else pricing.cache_creation_input_token_cost
+    )
     return Rates(
-        _atto(pricing.input_token_cost, per), _atto(cached, per), _atto(pricing.output_token_cost, per)
+        _atto(pricing.input_token_cost, per),
+        _atto(cached, per),
+        _atto(pricing.output_token_cost, per),
+        _atto(creation, per),
     )
 
 
-def cost_nanos(rates: Rates, prompt: int, completion: int, cached: int = 0) -> int:
-    """A request's cost. Cached prompt tokens (part of ``prompt``) use their own price."""
+def cost_nanos(rates: Rates, prompt: int, completion: int, cached: int = 0, created: int = 0) -> int:
+    """A request's cost. Cache reads (``cached``) and cache writes (``created``), both part of
+    ``prompt``, use their own prices."""
     cached = min(max(cached, 0), prompt)
-    atto = (prompt - cached) * rates.input + cached * rates.cached + completion * rates.output
+    created = min(max(created, 0), prompt - cached)
+    fresh = prompt - cached - created
+    atto = (
+        fresh * rates.input
+        + cached * rates.cached
+        + created * rates.creation
+        + completion * rates.output
+    )
     return (atto + _ATTO_PER_NANO // 2) // _ATTO_PER_NANO
 
 

@@ -33,8 +33,9 @@ class Pricing:
 
     input_token_cost: float = 0.0
     output_token_cost: float = 0.0
-    cached_input_token_cost: float | None = None
+    cached_input_token_cost: float | None = None  # cache reads; default: the input price
     unit: PricingUnit = "per_1k_tokens"
+    cache_creation_input_token_cost: float | None = None  # cache writes; default: the input price
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """Cost of one request. Cached prompt tokens use their own price when one is set."""

@@ -183,7 +183,12 @@ def _validate_key(
         v = getattr(k.limits, name)
         if v is not None and v < 1:
             fail(f"{kpath}.limits.{name}", "must be at least 1")
-    for name in ("input_token_cost", "output_token_cost", "cached_input_token_cost"):
+    for name in (
+        "input_token_cost",
+        "output_token_cost",
+        "cached_input_token_cost",
+        "cache_creation_input_token_cost",
+    ):
         v = getattr(k.pricing, name)
         if v is not None and v < 0:
             fail(f"{kpath}.pricing.{name}", "must not be negative")
