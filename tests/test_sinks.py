@@ -39,6 +39,7 @@ RECORD_FIELDS = {
     "time",
     "request_id",
     "client_id",
+    "session_id",
     "endpoint",
     "model",
     "alias",

@@ -15,7 +15,7 @@ from truckllm.providers.base import Usage
 from truckllm.stores.base import COST, METRICS, Batch, RowKey, View, day_of, month_of
 from truckllm.telemetry.record import RequestRecord
 
-COUNTED_ENDPOINTS = frozenset({"chat", "embeddings"})
+COUNTED_ENDPOINTS = frozenset({"chat", "embeddings", "messages"})
 _N = len(METRICS)
 
 

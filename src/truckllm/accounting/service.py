@@ -82,7 +82,7 @@ class Accounting:
             return
         tokens = 0
         if policy.tpm is not None:
-            endpoint = "chat" if rec.endpoint == "chat" else "embeddings"
+            endpoint = "embeddings" if rec.endpoint == "embeddings" else "chat"
             tokens = estimate(endpoint, body, raw_len, self._default_output).total
         now = time.monotonic()
         wait = policy.wait_s(now, tokens)
@@ -101,7 +101,13 @@ class Accounting:
         rates = self._rates.get(pricing)
         if rates is None:
             rates = self._rates[pricing] = rates_of(pricing)
-        return cost_nanos(rates, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        return cost_nanos(
+            rates,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.cache_creation_tokens,
+        )
 
     def record(self, rec: RequestRecord) -> None:
         """The record consumer: count the request, and correct the client's tpm reservation."""

@@ -167,7 +167,8 @@ class App:
                         time.time(), request_id, name, status=err.status, error_code=err.code
                     )
                 )
-            await send_error(send, err, request_id)
+            shape = route.errors if route is not None else None
+            await send_error(send, err, request_id, shape(err) if shape is not None else None)
         except ClientGone:
             pass
         except Exception:

@@ -157,7 +157,12 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, err: APIError, request_id: str) -> None:
+async def send_error(
+    send: Send, err: APIError, request_id: str, body: bytes | None = None
+) -> None:
+    """The error answer: ``body`` in the client's dialect, OpenAI's shape by default."""
     # RuntimeError: the response had already started (the server refuses a second start).
     with contextlib.suppress(OSError, RuntimeError):
-        await send_json(send, err.status, err.body(), request_id, err.headers)
+        await send_json(
+            send, err.status, err.body() if body is None else body, request_id, err.headers
+        )

@@ -33,7 +33,14 @@ class Proxy:
             raise model_not_found(p.model)
         alias = p.model if p.model in rt.resolver.aliases else None
         rec = RequestRecord(
-            time.time(), req.id, p.endpoint, p.client, p.model, alias, stream=p.stream
+            time.time(),
+            req.id,
+            p.label or p.endpoint,
+            p.client,
+            p.model,
+            alias,
+            stream=p.stream,
+            session_id=p.session_id,
         )
         try:
             await self.accounting.admit(rec, p.body, len(p.raw))  # models, limits, budgets
@@ -49,14 +56,15 @@ class Proxy:
         watch = DisconnectWatch(req.scope, req.receive)
         try:
             served = await execute(
-                req.rt, route, p.endpoint, p.body, p.raw, p.stream, p.wants_usage, req.id
+                req.rt, route, p.endpoint, p.body, p.raw, p.stream, p.wants_usage, req.id, p.inbound
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
             headers = served_headers(req.id, served)
+            egress = p.translates(served.reply)
             if served.reply.events is None:
-                await send_whole(req.send, served, rec, headers, self.accounting)
+                await send_whole(req.send, served, rec, headers, self.accounting, egress)
             else:
-                await send_stream(req.send, served, rec, headers, t0)
+                await send_stream(req.send, served, rec, headers, t0, egress)
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True
             raise

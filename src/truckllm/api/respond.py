@@ -9,7 +9,10 @@ import time
 
 from truckllm.accounting import Accounting, format_usd
 from truckllm.api.asgi import SSE_HEADERS, Send
+from truckllm.api.steps import Egress
+from truckllm.errors import APIError
 from truckllm.gateway import Served, StreamBroken, relay
+from truckllm.providers.base import INTERNAL
 from truckllm.telemetry.record import RequestRecord
 
 log = logging.getLogger("truckllm.api")
@@ -27,10 +30,20 @@ def served_headers(request_id: str, served: Served) -> Headers:
 
 
 async def send_whole(
-    send: Send, served: Served, rec: RequestRecord, headers: Headers, accounting: Accounting
+    send: Send,
+    served: Served,
+    rec: RequestRecord,
+    headers: Headers,
+    accounting: Accounting,
+    egress: Egress | None,
 ) -> None:
+    """The whole answer; through ``egress`` when it came in the internal form to a client of
+    another dialect."""
     reply = served.reply
     assert reply.body is not None
+    body, content_type = reply.body, reply.content_type
+    if egress is not None:
+        body, content_type = egress.whole(reply.status, body, reply.usage), "application/json"
     if reply.status == 429 and reply.retry_after is not None:
         # Whatever the provider's form (header, RetryInfo), clients get seconds.
         headers.append((b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode()))
@@ -43,39 +56,59 @@ async def send_whole(
             "type": "http.response.start",
             "status": reply.status,
             "headers": [
-                (b"content-type", reply.content_type.encode()),
-                (b"content-length", str(len(reply.body)).encode()),
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
                 *headers,
             ],
         }
     )
-    await send({"type": "http.response.body", "body": reply.body})
+    await send({"type": "http.response.body", "body": body})
     served.settle()
 
 
 async def send_stream(
-    send: Send, served: Served, rec: RequestRecord, headers: Headers, t0: float
+    send: Send,
+    served: Served,
+    rec: RequestRecord,
+    headers: Headers,
+    t0: float,
+    egress: Egress | None,
 ) -> None:
+    """The stream, event batch by event batch as they arrive; through ``egress`` when it comes
+    in the internal form to a client of another dialect."""
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
     events = relay(served)
+    out = egress.stream() if egress is not None else None
     try:
         async for batch in events:
+            if out is not None:
+                batch = out.feed(batch)
+                if not batch:
+                    continue
             if rec.ttft_s is None:
                 rec.ttft_s = time.perf_counter() - t0
             await send({"type": "http.response.body", "body": batch, "more_body": True})
+        if out is not None:
+            await send({"type": "http.response.body", "body": out.finish(), "more_body": True})
     except StreamBroken as broken:
         rec.error_code = broken.error.code or "stream_broken"
         log.warning(
             "stream broken after first byte",
             extra={"request_id": rec.request_id, "error": broken.error.message},
         )
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"data: " + broken.error.body() + b"\n\n",
-                "more_body": True,
-            }
+        error = (
+            b"data: " + broken.error.body() + b"\n\n"
+            if served.reply.dialect == INTERNAL and egress is None
+            else _error_event(broken.error, egress)
         )
+        await send({"type": "http.response.body", "body": error, "more_body": True})
     finally:
         await events.aclose()
     await send({"type": "http.response.body", "body": b""})
+
+
+def _error_event(err: APIError, egress: Egress | None) -> bytes:
+    if egress is not None:
+        return egress.error_event(err)
+    # A native stream of another dialect broke: its provider named the error in that dialect.
+    return err.body()

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from truckllm.api.asgi import Receive, Scope, Send
+from truckllm.errors import APIError
 from truckllm.gateway import Runtime
 
 
@@ -37,6 +38,7 @@ class Route:
     handler: Handler
     name: str | None = None
     prefix: bool = False
+    errors: Callable[[APIError], bytes] | None = None  # the dialect's error body; None: OpenAI's
 
 
 @dataclass

@@ -5,33 +5,36 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from truckllm.api.asgi import json_type, read_body
 from truckllm.api.routes import Request
 from truckllm.errors import APIError, invalid_request
-from truckllm.providers.base import Endpoint
+from truckllm.providers.base import Endpoint, Inbound, Reply, Usage
 
 
 def authenticate(req: Request) -> str:
-    """The client id for the request's bearer key. Keys are looked up by their SHA-256 digest,
-    never compared as text, so the time taken reveals nothing about any configured key."""
+    """The client id for the request's key: ``Authorization: Bearer <key>``, or ``x-api-key:
+    <key>`` as Anthropic's clients send it. Keys are looked up by their SHA-256 digest, never
+    compared as text, so the time taken reveals nothing about any configured key."""
     client_keys = req.rt.client_keys
     if not client_keys:
         return "anonymous"
     token = b""
     for name, value in req.scope["headers"]:
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() != b"bearer":
-                token = b""
-            break
-    if not token:
+            scheme, _, bearer = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                token = bearer
+        elif name == b"x-api-key" and not token:
+            token = value
+    if not token.strip():
         raise APIError(
             401,
-            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
+            "or 'x-api-key: YOUR_KEY'.",
             code="missing_api_key",
             type_="invalid_request_error",
         )
@@ -61,9 +64,33 @@ async def read_json(req: Request) -> tuple[dict[str, Any], bytes]:
     return body, raw
 
 
+class StreamOut(Protocol):
+    """A stream's translation into a client dialect: internal-form event batches in, the
+    dialect's events out; ``finish`` when the upstream stream has ended."""
+
+    def feed(self, batch: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class Egress(Protocol):
+    """How answers in the internal form go back to a client of another dialect."""
+
+    dialect: str
+
+    def whole(self, status: int, body: bytes, usage: Usage | None) -> bytes: ...
+
+    def stream(self) -> StreamOut: ...
+
+    def error_event(self, err: APIError) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Proxied:
-    """A request for the gateway to run: who asks, what, and how the answer goes back."""
+    """A request for the gateway to run: who asks, what, and how the answer goes back. With
+    ``inbound`` the client speaks another dialect than the internal form: ``body`` and ``raw``
+    are then its request as sent, and ``egress`` translates what comes back in the internal
+    form."""
 
     client: str
     endpoint: Endpoint
@@ -72,6 +99,15 @@ class Proxied:
     model: str
     stream: bool
     wants_usage: bool  # the client asked for the usage chunk of a stream
+    inbound: Inbound | None = None
+    egress: Egress | None = None
+    label: str | None = None  # the endpoint's name in records and metrics, if not ``endpoint``
+    session_id: str | None = None
+
+    def translates(self, reply: Reply) -> Egress | None:
+        """The egress to pass ``reply`` through, or None when it is in the client's dialect."""
+        egress = self.egress
+        return egress if egress is not None and reply.dialect != egress.dialect else None
 
 
 def proxied(client: str, endpoint: Endpoint, body: dict[str, Any], raw: bytes) -> Proxied:

@@ -28,12 +28,21 @@ from truckllm.gateway.resolve import Route, Target
 from truckllm.gateway.retry import RetryPolicy
 from truckllm.gateway.runtime import Runtime
 from truckllm.gateway.served import Served, StreamBroken
-from truckllm.providers.base import Call, Endpoint, Reply, RequestRejected, UpstreamError
+from truckllm.providers import Provider
+from truckllm.providers.base import (
+    Call,
+    Endpoint,
+    Inbound,
+    Reply,
+    RequestRejected,
+    UpstreamError,
+)
 from truckllm.routing import Outcome, OutcomeKind, Pick, classify_status, estimate, parse_quota
 
 _GRACE_S = 0.1  # short waits (a shared limit's lease on its way) allowed beyond max_wait
 
 Failure = Reply | UpstreamError | RequestRejected
+_Request = tuple[Endpoint, dict[str, Any], bytes, bool, bool, str, Inbound | None]
 
 
 async def execute(
@@ -45,10 +54,15 @@ async def execute(
     stream: bool,
     wants_usage: bool,
     request_id: str,
+    inbound: Inbound | None = None,
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
-    when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx)."""
-    loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id)
+    when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx).
+
+    With ``inbound`` (a client dialect other than the internal form), ``body`` and ``raw`` are
+    that dialect's request, used to estimate; each attempt sends it as it is to a provider that
+    speaks the dialect, and its internal form to any other."""
+    loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
     return await loop.run()
 
 
@@ -65,9 +79,10 @@ class _AttemptLoop:
         stream: bool,
         wants_usage: bool,
         request_id: str,
+        inbound: Inbound | None,
     ) -> None:
         self.rt, self.route = rt, route
-        self.request = (endpoint, body, raw, stream, wants_usage, request_id)
+        self.request = (endpoint, body, raw, stream, wants_usage, request_id, inbound)
         self.est = estimate(endpoint, body, len(raw), rt.default_output_tokens)
         self.policy: RetryPolicy | None = rt.first_attempt
         self.deadline = rt.router.clock() + rt.retry.deadline_s
@@ -206,15 +221,19 @@ async def _attempt(
     pick: Pick,
     target: Target,
     attempts: int,
-    request: tuple[Endpoint, dict[str, Any], bytes, bool, bool, str],
+    request: _Request,
 ) -> tuple[OutcomeKind, Failure | None, Served | None]:
     """One upstream attempt, reported to its pick. Returns (kind, failure, served):
     ``served`` when the reply is committed, else the failed reply or transport error."""
-    endpoint, body, raw, stream, wants_usage, request_id = request
-    call = Call(endpoint, body, raw, target.model, stream, wants_usage, request_id)
+    provider = rt.providers[target.provider_id]
+    try:
+        call = _call(provider, target, request)
+    except RequestRejected as rejected:
+        pick.done(Outcome(OutcomeKind.NOT_SENT))
+        return OutcomeKind.NOT_SENT, rejected, None
     t0 = time.perf_counter()
     try:
-        reply = await rt.providers[target.provider_id].send(call, pick.key)
+        reply = await provider.send(call, pick.key)
     except UpstreamError as exc:
         outcome = error_outcome(exc, time.perf_counter() - t0)
         pick.done(outcome)
@@ -243,6 +262,26 @@ async def _attempt(
     if kind.retryable:
         await reply.aclose()
     return kind, reply, None
+
+
+def _call(provider: Provider, target: Target, request: _Request) -> Call:
+    endpoint, body, raw, stream, wants_usage, request_id, inbound = request
+    if inbound is None:
+        return Call(endpoint, body, raw, target.model, stream, wants_usage, request_id)
+    if inbound.dialect in getattr(provider, "dialects", ()):
+        return Call(
+            endpoint,
+            body,
+            raw,
+            target.model,
+            stream,
+            wants_usage,
+            request_id,
+            inbound.dialect,
+            inbound.headers,
+        )
+    internal, internal_raw = inbound.internal()
+    return Call(endpoint, internal, internal_raw, target.model, stream, True, request_id)
 
 
 async def _first_event(

@@ -1,26 +1,40 @@
 """The provider seam: what the gateway hands an adapter (:class:`Call`) and gets back (:class:`Reply`).
 
 A provider adapter is pure translation plus HTTP on the shared upstream client. It knows nothing
-of routing: it is told which key to use, and it reports what the upstream said. Every reply it
-returns speaks OpenAI's wire format, whatever the upstream speaks.
+of routing: it is told which key to use, and it reports what the upstream said. A call comes in
+the internal form (an OpenAI chat or embeddings request) and its reply goes back in it, unless the
+client's own dialect is one the adapter speaks natively (``Provider.dialects``): then the call
+carries the client's body as it came, and the reply the upstream's answer as it came.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from truckllm.config.schema import KeyConfig, ProviderConfig, Timeouts
 from truckllm.http.client import HTTPClient
+from truckllm.providers.errors import error_body
 
 Endpoint = Literal["chat", "embeddings"]
+
+INTERNAL = "openai-chat"
+"""The internal form's dialect: OpenAI's chat completions (and embeddings) wire format."""
+ANTHROPIC_MESSAGES = "anthropic-messages"
+"""Anthropic's Messages API, as clients such as Claude Code speak it."""
+
 
 
 @dataclass(slots=True)
 class Call:
-    """One upstream attempt's input. ``body`` is the client's parsed JSON (never mutated);
-    ``raw`` its bytes, forwarded as they are when nothing needs rewriting."""
+    """One upstream attempt's input. ``body`` is the parsed JSON (never mutated); ``raw`` its
+    bytes, forwarded as they are when nothing needs rewriting. ``dialect`` says which wire format
+    they are in: the internal form, or a client dialect the provider speaks natively (then
+    ``headers`` holds the client's headers of that dialect to forward, such as
+    ``anthropic-version``)."""
 
     endpoint: Endpoint
     body: dict[str, Any]
@@ -29,15 +43,45 @@ class Call:
     stream: bool
     wants_usage: bool
     request_id: str
+    dialect: str = INTERNAL
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Inbound:
+    """A client request in a dialect other than the internal form. It goes to a provider that
+    speaks the dialect as it is; to any other, translated once (:meth:`internal`)."""
+
+    dialect: str
+    body: dict[str, Any]
+    raw: bytes
+    headers: Mapping[str, str]  # the dialect's headers, forwarded on passthrough
+    translate: Callable[[dict[str, Any]], dict[str, Any]]  # ValueError: cannot be expressed
+    _internal: tuple[dict[str, Any], bytes] | None = None
+
+    def internal(self) -> tuple[dict[str, Any], bytes]:
+        """The request in the internal form; :class:`RequestRejected` when it has none."""
+        if self._internal is None:
+            try:
+                body = self.translate(self.body)
+            except ValueError as exc:
+                raise RequestRejected(
+                    400,
+                    error_body(str(exc), 400, "invalid_request", None, "invalid_request_error"),
+                    "invalid_request",
+                ) from None
+            self._internal = (body, orjson.dumps(body))
+        return self._internal
 
 
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, read from the provider's prompt cache
     reasoning_tokens: int = 0
     estimated: bool = False
+    cache_creation_tokens: int = 0  # of the prompt, written to the cache (Anthropic bills apart)
 
     @classmethod
     def from_openai(cls, obj: Any) -> Usage | None:
@@ -58,7 +102,8 @@ class Usage:
 
 @dataclass(slots=True, eq=False)
 class Reply:
-    """An upstream answer, already in OpenAI's format.
+    """An upstream answer, in the internal form (OpenAI's format) unless ``dialect`` names the
+    client dialect it came in natively.
 
     Exactly one of ``body`` (a complete JSON body: a result or an OpenAI-shaped error) and
     ``events`` (complete SSE events, each ending in a blank line, forwarded as they arrive) is set.
@@ -77,6 +122,7 @@ class Reply:
     usage: Usage | None = None
     error_code: str | None = None
     retry_after: float | None = None  # seconds, when the upstream said when to come back
+    dialect: str = INTERNAL
     _release: Any = field(default=None, repr=False)
 
     async def aclose(self) -> None:
@@ -151,7 +197,8 @@ class ProviderContext:
 
 
 class Provider(Protocol):
-    """One wire format. Built once per configuration by ``factory(ProviderContext)``."""
+    """One wire format. Built once per configuration by ``factory(ProviderContext)``. An adapter
+    may declare ``dialects``, a frozenset of client dialects it takes as they are."""
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         """Make one upstream attempt with ``key``. Raises :class:`UpstreamError` when the upstream

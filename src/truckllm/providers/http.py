@@ -79,12 +79,15 @@ class UpstreamHTTP:
             target = self._targets[url] = ParsedURL.parse(url)
         return target
 
-    async def post(self, url: str, data: bytes, key: KeyConfig, stream: bool) -> Response:
-        """Status and headers; the body is read with :meth:`read` or iterated (streams)."""
+    async def post(
+        self, url: str, data: bytes, key: KeyConfig, stream: bool, extra: bytes = b""
+    ) -> Response:
+        """Status and headers; the body is read with :meth:`read` or iterated (streams).
+        ``extra``: more header lines, encoded, for this request only."""
         with self._sending:
             return await self.client.post(
                 self._target(url),
-                self._head(key),
+                self._head(key) + extra if extra else self._head(key),
                 data,
                 connect_timeout=self._connect,
                 read_timeout=self._read,

@@ -75,7 +75,7 @@ class LoopLag:
         page.family(name, "histogram", "How late a periodic timer ran on the event loop.")
         page.histogram(name, (), LAG_BUCKETS, self.counts, self.total)
 TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
-_ENDPOINTS = frozenset({"chat", "embeddings", "models"})
+_ENDPOINTS = frozenset({"chat", "embeddings", "messages", "models"})
 _STATUSES = tuple(Status)
 
 RowKey = tuple[str, str, str, str, int]  # endpoint, alias, provider, key_id, status

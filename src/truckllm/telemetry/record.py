@@ -20,7 +20,7 @@ log = logging.getLogger("truckllm.telemetry")
 class RequestRecord:
     time: float  # wall clock at arrival, unix seconds
     request_id: str
-    endpoint: str  # "chat", "embeddings", "models", or the path of anything else
+    endpoint: str  # "chat", "embeddings", "messages", "models", or the path of anything else
     client_id: str | None = None
     model: str | None = None  # as the client named it
     alias: str | None = None  # set when ``model`` is an alias
@@ -37,6 +37,7 @@ class RequestRecord:
     usage: Usage | None = None  # ``usage.estimated`` when a stream ended before its usage came
     cost_usd: float | None = None  # exact: a whole number of nano-dollars (see accounting.money)
     client_tokens: int = 0  # tokens reserved against the client's tpm limit at admission
+    session_id: str | None = None  # the client's session (Claude Code's X-Claude-Code-Session-Id)
 
     @property
     def overhead_s(self) -> float:

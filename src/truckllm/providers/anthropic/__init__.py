@@ -23,6 +23,7 @@ import orjson
 from truckllm.config.schema import KeyConfig
 from truckllm.http.client import Response
 from truckllm.providers.anthropic.errors import AnthropicStreamError, translate_error
+from truckllm.providers.anthropic.passthrough import Passthrough
 from truckllm.providers.anthropic.request import (
     DEFAULT_MAX_TOKENS,
     TranslationError,
@@ -31,6 +32,7 @@ from truckllm.providers.anthropic.request import (
 from truckllm.providers.anthropic.response import translate_response
 from truckllm.providers.anthropic.stream import StreamTranslator
 from truckllm.providers.base import (
+    ANTHROPIC_MESSAGES,
     Call,
     ProviderContext,
     Reply,
@@ -46,7 +48,10 @@ __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStreamError"]
 
 
 class AnthropicProvider:
-    """The ``anthropic`` provider type. Safe to share between concurrent requests."""
+    """The ``anthropic`` provider type. Safe to share between concurrent requests. Anthropic
+    Messages clients pass through untranslated (:mod:`.passthrough`)."""
+
+    dialects = frozenset({ANTHROPIC_MESSAGES})
 
     def __init__(self, ctx: ProviderContext) -> None:
         cfg = ctx.config
@@ -63,8 +68,11 @@ class AnthropicProvider:
         self._http = UpstreamHTTP(
             ctx, header("x-api-key"), fixed={"anthropic-version": ANTHROPIC_VERSION}
         )
+        self._passthrough = Passthrough(ctx, self._url)
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
+        if call.dialect == ANTHROPIC_MESSAGES:
+            return await self._passthrough.send(call, key)
         if call.endpoint != "chat":
             raise _bad_request(
                 f"provider {self.id!r} serves Anthropic models, which have no embeddings API; "

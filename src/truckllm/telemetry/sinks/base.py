@@ -69,6 +69,7 @@ class RecordEncoder:
             "time": self.rfc3339(r.time),
             "request_id": r.request_id,
             "client_id": r.client_id,
+            "session_id": _cut(r.session_id),
             "endpoint": r.endpoint if len(r.endpoint) <= _MAX_TEXT else r.endpoint[:_MAX_TEXT],
             "model": _cut(r.model),
             "alias": r.alias,
