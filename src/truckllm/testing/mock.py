@@ -206,57 +206,71 @@ class MockUpstream(FakeServer):
         body, d, resp = await self._begin(request)
         if resp is not None:
             return resp
-        model = str(body.get("model", "mock-model"))
         n = d.reply_tokens if d.reply_tokens is not None else self.reply_words
         words = _reply_words(body, n)
         prompt_tokens = max(1, len(orjson.dumps(body.get("messages", []))) // 4)
         usage = _usage(*reported_usage(d.usage, prompt_tokens, len(words)))
-        cid = f"chatcmpl-mock{next(self._ids):08d}"
-        created = int(time.time())
+        base = {
+            "id": f"chatcmpl-mock{next(self._ids):08d}",
+            "created": int(time.time()),
+            "model": str(body.get("model", "mock-model")),
+            "system_fingerprint": "fp_mock",
+        }
         tool = _tool_to_call(body)
         headers = OPENAI.quota_headers(d.quota) if d.quota is not None else {}
-        if not body.get("stream"):
-            if tool is not None:
-                message: dict[str, Any] = {
-                    "role": "assistant",
-                    "content": None,
-                    "refusal": None,
-                    "tool_calls": [
-                        {
-                            "id": f"call_mock{next(self._ids):06d}",
-                            "type": "function",
-                            "function": {"name": tool, "arguments": "{}"},
-                        }
-                    ],
-                }
-                finish = "tool_calls"
-            else:
-                message = {"role": "assistant", "content": " ".join(words), "refusal": None}
-                finish = "stop"
-            out = {
-                "id": cid,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        if body.get("stream"):
+            return await self._chat_stream(request, body, d, words, usage, base, tool, headers)
+        if tool is not None:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_mock{next(self._ids):06d}",
+                        "type": "function",
+                        "function": {"name": tool, "arguments": "{}"},
+                    }
                 ],
-                "usage": usage,
-                "system_fingerprint": "fp_mock",
             }
-            return await answer(
-                request,
-                orjson.dumps(out),
-                {"Content-Type": "application/json", **headers},
-                d.fault,
-                d.generation_time(len(words)),
-            )
+            finish = "tool_calls"
+        else:
+            message = {"role": "assistant", "content": " ".join(words), "refusal": None}
+            finish = "stop"
+        out = {
+            "id": base["id"],
+            "object": "chat.completion",
+            "created": base["created"],
+            "model": base["model"],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+            "system_fingerprint": "fp_mock",
+        }
+        return await answer(
+            request,
+            orjson.dumps(out),
+            {"Content-Type": "application/json", **headers},
+            d.fault,
+            d.generation_time(len(words)),
+        )
+
+    async def _chat_stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        d: Decision,
+        words: list[str],
+        usage: dict[str, Any],
+        ids: dict[str, Any],
+        tool: str | None,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         base = {
-            "id": cid,
+            "id": ids["id"],
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
+            "created": ids["created"],
+            "model": ids["model"],
             "system_fingerprint": "fp_mock",
         }
         if include_usage:
