@@ -10,6 +10,9 @@ usage with cache reads), and a 200-delta text stream delivered one event per rea
 * ``anthropic``: request translation + ``orjson.dumps``; ``orjson.loads`` of the native answer +
   response translation + ``orjson.dumps``; stream translation per event, pure and through the
   adapter's real event generator.
+* ``messages-in``: an Anthropic Messages client (Claude Code) served by a non-Anthropic provider:
+  its request to the internal form and the internal answer and stream back to Anthropic's; and,
+  for an Anthropic provider, what passthrough costs per event (usage read on the side).
 
 Parsing the client's body (``orjson.loads``) happens in the API layer for every provider and is
 reported once as a reference. Each provider has one ``bench_<provider>()`` function returning
@@ -31,7 +34,14 @@ from typing import Any, cast
 import orjson
 
 from truckllm.config.schema import ProviderConfig, Timeouts
+from truckllm.dialects.anthropic_messages import (
+    ChatToMessagesStream,
+    MessagesEgress,
+    from_chat,
+    to_chat,
+)
 from truckllm.providers.anthropic import AnthropicProvider
+from truckllm.providers.anthropic.passthrough import Passthrough
 from truckllm.providers.anthropic.request import translate_request
 from truckllm.providers.anthropic.response import translate_response
 from truckllm.providers.anthropic.stream import StreamTranslator
@@ -306,9 +316,56 @@ def bench_anthropic(repeat: int, loop: asyncio.AbstractEventLoop) -> list[Row]:
     ]
 
 
+def bench_messages_inbound(repeat: int, loop: asyncio.AbstractEventLoop) -> list[Row]:
+    """Anthropic Messages clients: to the internal form and back (any non-Anthropic target),
+    and the passthrough's usage reading (Anthropic targets)."""
+    model = "claude-sonnet-4-5-20250929"
+    inbound = translate_request(orjson.loads(RAW), model).body  # an Anthropic request
+    inbound_raw = orjson.dumps(inbound)
+    completion = orjson.loads(OPENAI_ANSWER)
+
+    def request() -> bytes:
+        return orjson.dumps(to_chat(orjson.loads(inbound_raw)))
+
+    def response() -> bytes:
+        return MessagesEgress(model).whole(200, OPENAI_ANSWER, None)
+
+    openai_reads = _openai_stream_reads()
+
+    def stream() -> None:
+        out = ChatToMessagesStream(model)
+        for data in openai_reads:
+            out.feed(data)
+        out.finish()
+
+    anthropic_reads = _anthropic_stream_reads()
+
+    def usage_on_the_side() -> None:
+        reply = Reply(200, "text/event-stream", {})
+        for data in anthropic_reads:
+            if b"event: message_" in data:
+                Passthrough._read_usage(data, reply)
+
+    assert from_chat(completion, model, None)["content"]
+    req = _per_op(request, repeat)
+    resp = _per_op(response, repeat)
+    return [
+        ("messages-in", "request: orjson.loads, to internal, orjson.dumps", req),
+        ("messages-in", "response: internal answer to a Message", resp),
+        ("messages-in", "request + response", req + resp),
+        ("messages-in", "stream, per event, internal to Anthropic events", _per_op(stream, repeat, len(openai_reads))),
+        (
+            "messages-in",
+            "passthrough stream, per event, usage read on the side",
+            _per_op(usage_on_the_side, repeat, len(anthropic_reads)),
+        ),
+    ]
+
+
 PROVIDERS: dict[str, Callable[[int, asyncio.AbstractEventLoop], list[Row]]] = {
     "openai": bench_openai,
     "anthropic": bench_anthropic,
+    "messages-in": bench_messages_inbound,
 }
 
 
