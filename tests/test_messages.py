@@ -366,3 +366,37 @@ def test_anthropic_clients_list_models_in_anthropics_shape(stack: Stack) -> None
         one = client.models.retrieve("claude-direct")
     assert set(MODELS) <= set(ids)
     assert one.id == "claude-direct" and one.type == "model"
+
+
+@pytest.mark.parametrize("model", ["claude-direct", "claude-on-openai"])
+def test_a_stream_broken_after_the_first_byte_ends_with_an_error_event(
+    stack: Stack, model: str
+) -> None:
+    if model == "claude-direct":
+        events: list[Any] = [
+            b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
+            b'"type":"message","role":"assistant","model":"m","content":[],"stop_reason":null,'
+            b'"stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}}\n\n',
+            b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+            b'"content_block":{"type":"text","text":""}}\n\n',
+            b"event: ping\ndata: {}\n\n",
+        ]
+        stack.claude.script.append(Scripted(events=events, cut_after=2))
+    else:
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        events = [
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]},
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": None}]},
+            "[DONE]",
+        ]
+        stack.openai.script.append(Scripted(events=events, cut_after=1))
+    client = stack.sdk()
+    with (
+        client,
+        pytest.raises(anthropic.APIStatusError) as info,
+        client.messages.stream(model=model, max_tokens=20, messages=HI) as stream,
+    ):
+        for _ in stream:
+            pass
+    assert isinstance(info.value.body, dict) and info.value.body["type"] == "error"
+    assert stack.last().error_code is not None

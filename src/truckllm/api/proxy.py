@@ -60,11 +60,12 @@ class Proxy:
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
             headers = served_headers(req.id, served)
-            egress = p.translates(served.reply)
+            translate = p.egress is not None and served.reply.dialect != p.egress.dialect
             if served.reply.events is None:
+                egress = p.egress if translate else None
                 await send_whole(req.send, served, rec, headers, self.accounting, egress)
             else:
-                await send_stream(req.send, served, rec, headers, t0, egress)
+                await send_stream(req.send, served, rec, headers, t0, p.egress, translate)
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True
             raise

@@ -10,9 +10,7 @@ import time
 from truckllm.accounting import Accounting, format_usd
 from truckllm.api.asgi import SSE_HEADERS, Send
 from truckllm.api.steps import Egress
-from truckllm.errors import APIError
 from truckllm.gateway import Served, StreamBroken, relay
-from truckllm.providers.base import INTERNAL
 from truckllm.telemetry.record import RequestRecord
 
 log = logging.getLogger("truckllm.api")
@@ -73,12 +71,14 @@ async def send_stream(
     headers: Headers,
     t0: float,
     egress: Egress | None,
+    translate: bool,
 ) -> None:
-    """The stream, event batch by event batch as they arrive; through ``egress`` when it comes
-    in the internal form to a client of another dialect."""
+    """The stream, event batch by event batch as they arrive; through ``egress`` (the client's
+    dialect, None for the internal form) when ``translate``. A break after the first byte ends
+    the stream with an error event in the client's dialect."""
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
     events = relay(served)
-    out = egress.stream() if egress is not None else None
+    out = egress.stream() if egress is not None and translate else None
     try:
         async for batch in events:
             if out is not None:
@@ -97,18 +97,11 @@ async def send_stream(
             extra={"request_id": rec.request_id, "error": broken.error.message},
         )
         error = (
-            b"data: " + broken.error.body() + b"\n\n"
-            if served.reply.dialect == INTERNAL and egress is None
-            else _error_event(broken.error, egress)
+            egress.error_event(broken.error)
+            if egress is not None
+            else b"data: " + broken.error.body() + b"\n\n"
         )
         await send({"type": "http.response.body", "body": error, "more_body": True})
     finally:
         await events.aclose()
     await send({"type": "http.response.body", "body": b""})
-
-
-def _error_event(err: APIError, egress: Egress | None) -> bytes:
-    if egress is not None:
-        return egress.error_event(err)
-    # A native stream of another dialect broke: its provider named the error in that dialect.
-    return err.body()

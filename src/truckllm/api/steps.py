@@ -12,7 +12,7 @@ import orjson
 from truckllm.api.asgi import json_type, read_body
 from truckllm.api.routes import Request
 from truckllm.errors import APIError, invalid_request
-from truckllm.providers.base import Endpoint, Inbound, Reply, Usage
+from truckllm.providers.base import Endpoint, Inbound, Usage
 
 
 def authenticate(req: Request) -> str:
@@ -89,8 +89,8 @@ class Egress(Protocol):
 class Proxied:
     """A request for the gateway to run: who asks, what, and how the answer goes back. With
     ``inbound`` the client speaks another dialect than the internal form: ``body`` and ``raw``
-    are then its request as sent, and ``egress`` translates what comes back in the internal
-    form."""
+    are then its request as sent, and ``egress`` is that dialect's way back: it translates what
+    comes back in the internal form, and shapes the error that ends a broken stream."""
 
     client: str
     endpoint: Endpoint
@@ -103,11 +103,6 @@ class Proxied:
     egress: Egress | None = None
     label: str | None = None  # the endpoint's name in records and metrics, if not ``endpoint``
     session_id: str | None = None
-
-    def translates(self, reply: Reply) -> Egress | None:
-        """The egress to pass ``reply`` through, or None when it is in the client's dialect."""
-        egress = self.egress
-        return egress if egress is not None and reply.dialect != egress.dialect else None
 
 
 def proxied(client: str, endpoint: Endpoint, body: dict[str, Any], raw: bytes) -> Proxied:
