@@ -29,9 +29,8 @@ Handler = Callable[[Request], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class Route:
     """``method path`` -> handler; method ``*`` takes any. With ``prefix``, ``path`` matches every
-    path under it.
-    ``name`` labels the requests' records (metrics, logs) when they fail before the handler's
-    own record."""
+    path under it. ``name`` labels the requests' records (metrics, logs) when they fail before
+    the handler's own record; ``errors`` shapes error bodies in the endpoint's dialect."""
 
     method: str
     path: str
