@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import aiohttp
 import orjson
 import pytest
-from helpers import request
+from helpers import request, wait_until
 
 from truckllm.api import App
 from truckllm.api.asgi import DisconnectWatch
@@ -314,13 +314,6 @@ def post(path: str, body: bytes, *headers: str) -> bytes:
     return get(path, f"Content-Length: {len(body)}", *headers, method="POST") + body
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 # -- the basics ---------------------------------------------------------------------------------
 
 
@@ -535,9 +528,9 @@ def test_client_disconnect_cancels_the_request(srv: Served, how: str) -> None:
     app: TinyApp = srv.app
     with srv.connect() as sock:
         sock.sendall(get("/hang" if how == "extension" else "/hang?polled"))
-        wait_for(lambda: ("watching", how) in app.events)
+        wait_until(lambda: ("watching", how) in app.events)
         time.sleep(0.05)
-    wait_for(lambda: ("cancelled", True) in app.events)
+    wait_until(lambda: ("cancelled", True) in app.events)
 
 
 def test_large_body_arrives_intact_with_back_pressure(srv: Served) -> None:
@@ -718,7 +711,7 @@ def test_the_gateway_app_also_runs_under_uvicorn(upstream_factory: Any) -> None:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: server.started)
+        wait_until(lambda: server.started)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
         assert request("POST", url, chat).status == 200
@@ -734,7 +727,7 @@ def test_the_gateway_app_also_runs_under_uvicorn(upstream_factory: Any) -> None:
                 chunk = sock.recv(65536)
                 assert chunk, "the stream ended before its first event"
                 seen += chunk
-        wait_for(lambda: slow.cancelled >= 1)  # the gateway dropped the upstream call
+        wait_until(lambda: slow.cancelled >= 1)  # the gateway dropped the upstream call
     finally:
         server.should_exit = True
         thread.join(10)

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import Gateway, request, sse_events
+from helpers import Gateway, assert_no_attempt_in_flight, request, sse_events, wait_until
 
 from truckllm.routing import OutcomeKind
 from truckllm.testing.mock import MockUpstream, Scripted
@@ -40,20 +40,6 @@ def one_provider(url: str, keys: int = 2, extra: str = "") -> str:
 @pytest.fixture
 def gw(upstream: MockUpstream, gateway_factory: Callable[..., Gateway]) -> Gateway:
     return gateway_factory(one_provider(upstream.url))
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
-def assert_no_attempt_in_flight(gw: Gateway) -> None:
-    deadline = time.monotonic() + 5
-    while any(s.in_flight for s in gw.states().values()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert {k: s.in_flight for k, s in gw.states().items()} == dict.fromkeys(gw.states(), 0)
 
 
 # -- passthrough fidelity --------------------------------------------------------------------
@@ -583,7 +569,7 @@ def test_a_client_that_disconnects_cancels_the_upstream_stream(
     conn.close()
     assert_no_attempt_in_flight(gw)
     assert gw.states()[key_id].outcomes == {OutcomeKind.CANCELLED: 1}
-    wait_for(lambda: upstream.cancelled == 1)  # the upstream saw its request dropped
+    wait_until(lambda: upstream.cancelled == 1)  # the upstream saw its request dropped
 
 
 def test_a_client_that_disconnects_while_waiting_cancels_the_upstream_call(
@@ -599,11 +585,13 @@ def test_a_client_that_disconnects_while_waiting_cancels_the_upstream_call(
     )
     # Leave once the upstream holds the request (the gateway notices a disconnect at once, so
     # leaving earlier would cancel the call before it is sent).
-    wait_for(lambda: len(upstream.received) == 1 and any(s.in_flight for s in gw.states().values()))
+    wait_until(
+        lambda: len(upstream.received) == 1 and any(s.in_flight for s in gw.states().values())
+    )
     sock.close()
     assert_no_attempt_in_flight(gw)
     assert sum(s.outcomes.get(OutcomeKind.CANCELLED, 0) for s in gw.states().values()) == 1
-    wait_for(lambda: upstream.cancelled == 1)
+    wait_until(lambda: upstream.cancelled == 1)
 
 
 def test_every_attempt_reports_exactly_once_under_concurrency(
@@ -685,7 +673,7 @@ def test_every_request_yields_one_record_with_what_happened(
     gw.post("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r3"})
     gw.post("/v1/chat/completions", {**CHAT, "model": "nope"}, headers={"X-Request-Id": "r4"})
     gw.post("/v1/chat/completions", raw=b"{", headers={"X-Request-Id": "r5"})
-    wait_for(lambda: len(records) == 5)
+    wait_until(lambda: len(records) == 5)
     by_id = {r.request_id: r for r in records}
     ok, streamed, upstream_400, unknown, malformed = (by_id[f"r{i}"] for i in range(1, 6))
     assert (ok.status, ok.provider, ok.alias, ok.model, ok.upstream_model, ok.attempts) == (
