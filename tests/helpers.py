@@ -1,17 +1,23 @@
-"""Test helpers: a handle on a running gateway, and a tiny stdlib HTTP client."""
+"""Test helpers: a handle on a running gateway, a tiny stdlib HTTP client, and waiting for a
+condition (never for a stretch of wall-clock time)."""
 
 from __future__ import annotations
 
 import http.client
+import subprocess
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 
 from truckllm.api import App
 from truckllm.testing.serve import ServerThread
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -91,3 +97,58 @@ def sse_events(body: bytes) -> list[bytes]:
             if line.startswith(b"data: "):
                 out.append(line[6:])
     return out
+
+
+def wait_until(
+    cond: Callable[[], T],
+    timeout: float = 5.0,
+    what: str = "the condition",
+    *,
+    interval: float = 0.01,
+    ignore: tuple[type[Exception], ...] = (),
+) -> T:
+    """Poll ``cond`` until it returns something true, and return that. ``timeout`` only bounds
+    the test (a generous failure deadline), it is never an assertion about how long things take.
+    Exceptions of the ``ignore`` types count as "not yet" (e.g. ``OSError`` while a server
+    starts); an ``AssertionError`` inside ``cond`` fails at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = cond()
+        except ignore:
+            pass
+        else:
+            if value:
+                return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(interval)
+
+
+def wait_serving(
+    url: str,
+    proc: subprocess.Popen[Any] | None = None,
+    timeout: float = 15.0,
+    status: int | None = None,
+    **kw: Any,
+) -> Response:
+    """Wait until ``url`` answers (with ``status``, if given), failing at once if ``proc`` exited;
+    returns that answer. Keyword arguments go to :func:`request` (method ``GET`` unless given)."""
+    method = kw.pop("method", "GET")
+    kw.setdefault("timeout", 2.0)
+
+    def answered() -> Response | None:
+        if proc is not None:
+            assert proc.poll() is None, f"the process exited ({proc.returncode})"
+        resp = request(method, url, **kw)
+        return resp if status is None or resp.status == status else None
+
+    return wait_until(answered, timeout, f"{url} answering", interval=0.05, ignore=(OSError,))
+
+
+def assert_no_attempt_in_flight(gw: Gateway) -> None:
+    """Every attempt the gateway started has reported back to its key (waits for the reports
+    that follow a response, which the loop may not have run yet)."""
+    wait_until(
+        lambda: not any(s.in_flight for s in gw.states().values()),
+        what="an attempt that never reported to its key",
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import Gateway, request, sse_events
+from helpers import Gateway, request, sse_events, wait_until
 
 from truckllm.accounting.money import cost_nanos, format_usd, rates_of, usd_to_nanos
 from truckllm.config import ConfigError, Pricing, parse_config
@@ -29,13 +29,6 @@ def collect(gw: Gateway) -> list[RequestRecord]:
     records: list[RequestRecord] = []
     gw.app.records.subscribe(records.append)
     return records
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 # -- money --------------------------------------------------------------------------------------
@@ -223,7 +216,7 @@ def test_client_rules_refuse_before_any_upstream_call(
     assert 55 <= int(limited.headers["retry-after"]) <= 61
 
     assert post("kt").status == 200  # 1e-6 USD allowed; this request costs more
-    wait_for(lambda: gw.app.accounting.ledger.spent("thrifty", time.time())[0] > 0)
+    wait_until(lambda: gw.app.accounting.ledger.spent("thrifty", time.time())[0] > 0)
     broke = post("kt")
     assert broke.status == 429
     err = broke.json()["error"]
@@ -282,7 +275,7 @@ def test_streamed_and_non_streamed_answers_bill_the_same(
     assert b'"usage"' not in streamed.body  # the gateway's own usage request stays invisible
     chunk = orjson.loads(sse_events(asked.body)[-2])
     assert chunk["usage"]["prompt_tokens"] == reported["prompt_tokens"]
-    wait_for(lambda: len(records) == 3)
+    wait_until(lambda: len(records) == 3)
     first, second, third = records
     assert first.usage is not None and not first.usage.estimated
     assert first.usage == second.usage == third.usage
@@ -308,7 +301,7 @@ def test_a_stream_cut_short_is_billed_as_an_estimate(
     upstream.script.append(Scripted(events=[chunk] * 6 + ["[DONE]"], cut_after=5))
     resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
     assert resp.status == 200 and b'"error"' in resp.body
-    wait_for(lambda: len(records) == 1)
+    wait_until(lambda: len(records) == 1)
     rec = records[0]
     assert rec.usage is not None and rec.usage.estimated
     assert rec.usage.completion_tokens == 4 and rec.usage.prompt_tokens >= 1
@@ -325,7 +318,7 @@ def test_readyz_reports_a_store_that_is_down(
         storage: {{runtime: {{type: http, url: "http://127.0.0.1:9", timeout: 0.2, flush_interval: 0.05}}}}
         """)
     assert gw.post("/v1/chat/completions", CHAT).status == 200  # serves on local state
-    wait_for(lambda: not gw.app.coordinator.health()[0])
+    wait_until(lambda: not gw.app.coordinator.health()[0])
     ready = request("GET", gw.url + "/readyz")
     assert ready.status == 200
     body = ready.json()

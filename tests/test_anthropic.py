@@ -11,7 +11,7 @@ from typing import Any, cast
 import openai
 import orjson
 import pytest
-from helpers import Gateway, sse_events
+from helpers import Gateway, assert_no_attempt_in_flight, sse_events
 
 from truckllm.config.schema import ProviderConfig, Timeouts
 from truckllm.providers.anthropic import AnthropicProvider
@@ -801,13 +801,6 @@ def gw(fake: FakeAnthropic, gateway_factory: Callable[..., Gateway]) -> Gateway:
 
 
 CHAT = {"model": "smart", "messages": [user("Hi")]}
-
-
-def assert_no_attempt_in_flight(gw: Gateway) -> None:
-    deadline = time.monotonic() + 5
-    while any(s.in_flight for s in gw.states().values()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert all(s.in_flight == 0 for s in gw.states().values())
 
 
 def test_chat_goes_to_the_messages_api_with_the_keys_headers(

@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from helpers import Gateway
 
+from truckllm.routing.outcome import Outcome, OutcomeKind
+from truckllm.routing.router import Pick
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import KeyBehaviour, MockUpstream, Scripted
 from truckllm.testing.simulate import CHAT, fire, slow_and_flaky
@@ -46,6 +49,27 @@ def test_per_key_limits_hold_under_load_and_no_429_reaches_a_client(
         routing: {{max_wait: 5}}
         retry: {{max_attempts: 4, budget_burst: 1000}}
         """)
+    # What the gateway did and when, on the clock the fake's records use (system-wide
+    # monotonic): when it picked each key, and when it learnt of each 429 (by the secret: key
+    # "a" is "sk-a" upstream).
+    router = gw.app.runtime.router
+    picks: dict[str, list[float]] = {}
+    learnt: dict[str, list[float]] = {}
+    pick, report = router.pick, router._report
+
+    def recording_pick(*args: Any, **kwargs: Any) -> Pick | float:
+        choice = pick(*args, **kwargs)
+        if isinstance(choice, Pick):
+            picks.setdefault("sk-" + choice.key.id, []).append(time.monotonic())
+        return choice
+
+    def recording_report(p: Pick, outcome: Outcome) -> None:
+        if outcome.kind is OutcomeKind.RATE_LIMITED:
+            learnt.setdefault("sk-" + p.key.id, []).append(time.monotonic())
+        report(p, outcome)
+
+    router.pick = recording_pick  # type: ignore[method-assign]
+    router._report = recording_report  # type: ignore[method-assign]
     results = loop_thread.run(fire(gw.url, 2000, 64), timeout=120)
     statuses = Counter(r.status for r in results)
     assert statuses == {200: 2000}, statuses
@@ -53,13 +77,17 @@ def test_per_key_limits_hold_under_load_and_no_429_reaches_a_client(
     assert per_key["sk-a"] <= 650 and per_key["sk-b"] <= 650 and per_key["sk-c"] <= 650
     served_by = Counter(r.headers["x-truckllm-key-id"] for r in results)
     assert served_by["d"] <= 150 and sum(served_by.values()) == 2000
-    # No key receives a request while it cools down. A request already on the wire when the 429
-    # went out may still land: allow 0.2 s for that.
+    # No key receives a request while it cools down, except those the gateway had already
+    # picked for it when it learnt of the 429 (a pick comes before its arrival, the 429 before
+    # the gateway learns of it): at most the picks made before then that had not yet arrived
+    # when the 429 went out. Counted, not timed: no allowance for how long the wire takes.
     for key, sent, retry_after in upstream.throttled:
-        during = [
-            t for k, t in upstream.arrivals if k == key and sent + 0.2 < t < sent + retry_after
-        ]
-        assert during == [], f"{key} got {len(during)} requests while cooling"
+        learnt_at = min(t for t in learnt[key] if t >= sent)
+        picked_before = sum(1 for t in picks[key] if t < learnt_at)
+        arrived = [t for k, t in upstream.arrivals if k == key]
+        on_the_wire = picked_before - sum(1 for t in arrived if t <= sent)
+        during = [t for t in arrived if sent < t < sent + retry_after]
+        assert len(during) <= on_the_wire, f"{key} got {len(during)} requests while cooling"
     states = gw.states()
     assert sum(s.in_flight for s in states.values()) == 0
 
@@ -93,7 +121,7 @@ def test_max_wait_waits_for_the_earliest_reset(
             base_url: {upstream.url}
             models: [m]
             keys: [{{id: a, secret: sk-a}}]
-        routing: {{max_wait: 3}}
+        routing: {{max_wait: 30}}
         """)
     upstream.script.append(
         Scripted(
@@ -110,10 +138,9 @@ def test_max_wait_waits_for_the_earliest_reset(
         )
     )
     t0 = time.monotonic()
-    resp = gw.post("/v1/chat/completions", CHAT)
-    elapsed = time.monotonic() - t0
+    resp = gw.post("/v1/chat/completions", CHAT)  # gives up after 15 s, half of max_wait
     assert resp.status == 200, resp.body
-    assert 0.65 <= elapsed < 2.5
+    assert time.monotonic() - t0 >= 0.7  # it waited for the reset, and not for max_wait
     assert resp.headers["x-truckllm-attempts"] == "2"
 
 
@@ -192,5 +219,9 @@ def test_adaptive_beats_round_robin_with_a_slow_and_a_failing_key(loop_thread: L
     rr = slow_and_flaky("round_robin", loop_thread)
     adaptive = slow_and_flaky("adaptive", loop_thread)
     assert rr["ok"] == adaptive["ok"] == 300
-    assert adaptive["p50_ms"] < rr["p50_ms"], (adaptive, rr)
+    # Which keys served, not wall-clock percentiles of two runs (which is faster follows from
+    # it: the slow key takes 150 ms, the others 5 ms). Round robin spreads the requests evenly
+    # (the flaky key's failures move on to the next key); adaptive sends most to the fast key.
+    assert rr["share_fast"] < 0.45 and rr["share_slow"] > 0.3, rr
+    assert adaptive["share_fast"] > max(0.5, rr["share_fast"] + 0.1), (adaptive, rr)
     assert adaptive["failed_attempts"] < rr["failed_attempts"], (adaptive, rr)

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import aiohttp
 import orjson
 import pytest
-from helpers import request
+from helpers import request, wait_until
 
 from truckllm.api import App
 from truckllm.api.asgi import DisconnectWatch
@@ -44,6 +44,7 @@ class TinyApp:
         self.events: list[Any] = []
         self.sent_chunks = 0
         self.fail_startup = False
+        self.release = asyncio.Event()  # lets /gated answer: set it on the server's loop
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -90,6 +91,13 @@ class TinyApp:
         await asyncio.sleep(float(scope["query_string"] or b"0.2"))
         await respond(send, 200, b"slow " + scope["query_string"])
 
+    async def route_gated(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Busy until the test sets ``release``: a request whose end the test decides."""
+        await read_all(receive)
+        self.events.append("gated")
+        await self.release.wait()
+        await respond(send, 200, b"released")
+
     async def route_stream(self, scope: Scope, receive: Any, send: Any) -> None:
         """``n`` chunks of ``size`` bytes, no content-length."""
         query = dict(p.split("=") for p in scope["query_string"].decode().split("&") if p)
@@ -122,6 +130,9 @@ class TinyApp:
         assert DISCONNECT_EXTENSION in scope["extensions"]
         polled = scope["query_string"] == b"polled"
         watch = DisconnectWatch({} if polled else scope, receive, delay=0.01)
+        if polled:  # its watcher starts on a 10 ms timer: a later timer runs after it
+            await asyncio.sleep(0.02)
+            assert watch._fut is not None
         self.events.append(("watching", "polled" if polled else "extension"))
         try:
             await asyncio.sleep(30)
@@ -315,13 +326,6 @@ def post(path: str, body: bytes, *headers: str) -> bytes:
     return get(path, f"Content-Length: {len(body)}", *headers, method="POST") + body
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 # -- the basics ---------------------------------------------------------------------------------
 
 
@@ -396,8 +400,9 @@ def test_streaming_to_a_client_that_does_not_read_is_held_back(srv: Served) -> N
     with srv.connect() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.sendall(get("/stream?n=30000&size=1000"))  # 30 MB if nothing held it back
-        time.sleep(0.5)
-        assert 0 < app.sent_chunks < 10_000  # waits for the client (the kernel holds ~4 MB)
+        # The transport's buffer filled up: the app's sends now wait for the client.
+        wait_until(lambda: any(c.write_paused for c in list(srv.server.conns)), 10)
+        assert 0 < app.sent_chunks < 10_000  # the kernel holds ~4 MB, the transport 64 KiB
         total = 0
         f = sock.makefile("rb")
         resp = read_response(f)
@@ -536,9 +541,8 @@ def test_client_disconnect_cancels_the_request(srv: Served, how: str) -> None:
     app: TinyApp = srv.app
     with srv.connect() as sock:
         sock.sendall(get("/hang" if how == "extension" else "/hang?polled"))
-        wait_for(lambda: ("watching", how) in app.events)
-        time.sleep(0.05)
-    wait_for(lambda: ("cancelled", True) in app.events)
+        wait_until(lambda: ("watching", how) in app.events)  # disconnect while it watches
+    wait_until(lambda: ("cancelled", True) in app.events)
 
 
 def test_large_body_arrives_intact_with_back_pressure(srv: Served) -> None:
@@ -553,17 +557,64 @@ def test_large_body_arrives_intact_with_back_pressure(srv: Served) -> None:
     assert max(sizes) <= 64 * 1024 + 256 * 1024
 
 
+class SweepClock:
+    """The idle clock the server's sweeps read: moved by the test; counts its reads, so a test
+    can wait until sweeps have seen a time (with no traffic, only sweeps read it)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+    def swept(self, sweeps: int = 2) -> None:
+        """Wait until ``sweeps`` sweeps started since now: all but the last also finished, and
+        what they closed has been closed (closing runs before the next timer)."""
+        start = self.reads
+        wait_until(lambda: self.reads >= start + sweeps, what="the keep-alive sweeps")
+
+
+def still_open(sock: socket.socket) -> bool:
+    """The server has neither closed the connection nor sent anything on it."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    except ConnectionResetError:
+        return False
+    finally:
+        sock.setblocking(True)
+    return False
+
+
 def test_idle_keep_alive_connections_are_closed(serve: Callable[..., Served]) -> None:
-    srv = serve(keep_alive_timeout=0.3)
+    clock = SweepClock()
+    srv = serve(keep_alive_timeout=0.3, clock=clock)  # swept every 75 ms
+    app: TinyApp = srv.app
     with srv.connect() as busy, srv.connect() as idle:
-        assert exchange(idle, get("/echo"))[0].status == 200
-        busy.sendall(get("/slow?1.2"))  # busy for longer than the timeout: not idle
-        t0 = time.monotonic()
-        assert closed(idle, timeout=3)
-        assert 0.25 < time.monotonic() - t0 < 1.5
+        assert exchange(idle, get("/echo"))[0].status == 200  # idle since 0
+        busy.sendall(get("/gated"))  # busy for longer than the timeout: not idle
+        wait_until(lambda: "gated" in app.events)
+        clock.now = 0.29
+        clock.swept()
+        assert still_open(idle)  # not before the timeout
+        clock.now = 0.31
+        assert closed(idle)
+        clock.swept()
+        assert still_open(busy)  # busy for 0.31 s: not idle
+        srv.loop.call_soon_threadsafe(app.release.set)
         f = busy.makefile("rb")
-        assert read_response(f).body == b"slow 1.2"
-        assert closed(busy, timeout=3)  # idle after its response
+        assert read_response(f).body == b"released"
+        # The client can read the answer before the server marks the connection idle (at 0.31).
+        wait_until(lambda: all(c.idle for c in list(srv.server.conns)))
+        clock.now = 0.6
+        clock.swept()
+        assert still_open(busy)
+        clock.now = 0.62
+        assert closed(busy)  # idle for longer than the timeout after its response
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(srv: Served) -> None:
@@ -574,16 +625,16 @@ def test_graceful_shutdown_finishes_in_flight_requests(srv: Served) -> None:
         concurrent.futures.ThreadPoolExecutor() as pool,
     ):
         assert exchange(idle, get("/echo"))[0].status == 200
-        busy.sendall(get("/slow?0.6"))
-        time.sleep(0.1)
-        stopping = pool.submit(srv.shutdown, 5.0)
-        time.sleep(0.1)
-        assert closed(idle, timeout=1)  # idle connections go at once
+        busy.sendall(get("/gated"))
+        wait_until(lambda: "gated" in app.events)
+        stopping = pool.submit(srv.shutdown, 30.0)
+        assert closed(idle)  # idle connections go at once
         with pytest.raises(OSError):  # no longer accepting
             srv.connect().close()
-        assert not stopping.done()
+        assert not stopping.done()  # the busy one holds the shutdown until it is answered
+        srv.loop.call_soon_threadsafe(app.release.set)
         resp = read_response(busy.makefile("rb"))
-        assert resp.body == b"slow 0.6" and resp.headers["connection"] == "close"
+        assert resp.body == b"released" and resp.headers["connection"] == "close"
         stopping.result(5)
         assert closed(busy)
     assert app.events[-1] == "shutdown"  # the lifespan shutdown ran after the drain
@@ -593,10 +644,9 @@ def test_shutdown_cancels_what_outlives_the_timeout(srv: Served) -> None:
     app: TinyApp = srv.app
     with srv.connect() as busy:
         busy.sendall(get("/hang"))
-        time.sleep(0.1)
-        t0 = time.monotonic()
-        srv.shutdown(0.3)
-        assert time.monotonic() - t0 < 2
+        wait_until(lambda: ("watching", "extension") in app.events)
+        srv.stopped = True
+        srv.call(srv.server.shutdown(0.3), timeout=10)  # the request hangs for 30 s
         assert closed(busy)
     assert ("cancelled", False) in app.events and app.events[-1] == "shutdown"
 
@@ -605,15 +655,15 @@ def test_forced_shutdown_stops_waiting(srv: Served) -> None:
     app: TinyApp = srv.app
     with srv.connect() as busy:
         busy.sendall(get("/hang"))
-        time.sleep(0.1)
+        wait_until(lambda: ("watching", "extension") in app.events)
         stopping = asyncio.run_coroutine_threadsafe(srv.server.shutdown(30), srv.loop)
-        time.sleep(0.2)
-        assert not stopping.done()
-        t0 = time.monotonic()
+        wait_until(lambda: srv.server.draining)
+        # Waiting for the request (it hangs for 30 s): given time, it does not return by itself.
+        with pytest.raises(concurrent.futures.TimeoutError):
+            stopping.result(0.2)
         srv.loop.call_soon_threadsafe(srv.server.force_exit)  # a second signal
-        stopping.result(5)
+        stopping.result(10)  # long before the 30 s
         srv.stopped = True
-        assert time.monotonic() - t0 < 2
         assert closed(busy)
     assert ("cancelled", False) in app.events and "shutdown" not in app.events
 
@@ -719,7 +769,7 @@ def test_the_gateway_app_also_runs_under_uvicorn(upstream_factory: Any) -> None:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: server.started)
+        wait_until(lambda: server.started)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
         assert request("POST", url, chat).status == 200
@@ -735,7 +785,7 @@ def test_the_gateway_app_also_runs_under_uvicorn(upstream_factory: Any) -> None:
                 chunk = sock.recv(65536)
                 assert chunk, "the stream ended before its first event"
                 seen += chunk
-        wait_for(lambda: slow.cancelled >= 1)  # the gateway dropped the upstream call
+        wait_until(lambda: slow.cancelled >= 1)  # the gateway dropped the upstream call
     finally:
         server.should_exit = True
         thread.join(10)
@@ -750,6 +800,24 @@ def test_collections_run_when_tracked_objects_grow_not_by_allocation_count() -> 
 
     async def main() -> tuple[bool, int, bool, bool, int]:
         collections = FullCollections(interval=0.05, slack=50_000)
+        checks, target, reached = 0, 0, asyncio.Event()
+        check = collections._tick
+
+        def counted() -> None:
+            nonlocal checks
+            checks += 1
+            check()
+            if checks >= target:
+                reached.set()
+
+        collections._tick = counted  # type: ignore[method-assign]
+
+        async def checked(n: int) -> None:
+            nonlocal target
+            target = checks + n
+            reached.clear()
+            await asyncio.wait_for(reached.wait(), 10)
+
         gc.collect()
         collections.start()
         try:
@@ -760,7 +828,7 @@ def test_collections_run_when_tracked_objects_grow_not_by_allocation_count() -> 
             small = [Node() for _ in range(10_000)]  # cyclic garbage below the slack waits
             small_probe = weakref.ref(small[0])
             del small
-            await asyncio.sleep(0.3)  # several checks
+            await checked(4)
             flat = collections.collections
             waited = small_probe() is not None
             # Past the slack (and half the live objects, in a long test session): collected.
@@ -768,7 +836,7 @@ def test_collections_run_when_tracked_objects_grow_not_by_allocation_count() -> 
             nodes = [Node() for _ in range(grow)]
             probe = weakref.ref(nodes[0])
             del nodes
-            await asyncio.sleep(0.3)
+            await checked(2)  # a check that saw the growth, finished
             return automatic, flat, waited, probe() is None, collections.collections
         finally:
             collections.stop()

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import Gateway, Response, sse_events
+from helpers import Gateway, Response, sse_events, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from truckllm.api import App
@@ -349,17 +349,24 @@ def test_event_loop_lag_shows_a_stalled_loop(
     upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
 ) -> None:
     gw = gateway_factory(config(upstream.url))
-    time.sleep(0.6)  # a few ticks on an idle loop: all of them on time
-    samples, _ = scrape(gw)
     name = "truckllm_event_loop_lag_seconds"
+    # A few ticks on an idle loop: all of them on time.
+    def idle_ticked() -> Samples | None:
+        samples, _ = scrape(gw)
+        return samples if total(samples, name + "_count") >= 2 else None
+
+    samples = wait_until(idle_ticked, 10, "ticks on an idle loop")
     idle_ticks = total(samples, name + "_count")
-    assert idle_ticks >= 1
     assert total(samples, name + "_bucket", le="0.1") == idle_ticks
     loop = gw.server.loop
     assert loop is not None
     loop.call_soon_threadsafe(time.sleep, 0.4)  # something holds the loop for 400 ms
-    time.sleep(0.9)
+
+    def late_ticks() -> float:
+        samples, _ = scrape(gw)
+        return total(samples, name + "_count") - total(samples, name + "_bucket", le="0.1")
+
+    late = wait_until(late_ticks, 10, "a late tick")
     samples, _ = scrape(gw)
-    late = total(samples, name + "_count") - total(samples, name + "_bucket", le="0.1")
     assert late >= 1  # the tick that had to wait shows up past 100 ms
     assert total(samples, name + "_sum") >= 0.1

@@ -108,6 +108,8 @@ def test_openai_requests_limit_answers_real_429s_and_the_window_slides(
     mock_factory: Callable[..., MockServer],
 ) -> None:
     mock = mock_factory(keys={"sk-a": KeyBehaviour(rpm=2, window_s=0.5)})
+    now = 1000.0
+    mock.conditions.clock = lambda: now  # the window slides when the test moves time
     first, second = openai(mock, "sk-a"), openai(mock, "sk-a")
     assert first.status == second.status == 200
     assert first.headers["x-ratelimit-limit-requests"] == "2"
@@ -123,7 +125,9 @@ def test_openai_requests_limit_answers_real_429s_and_the_window_slides(
     assert 0 < retry_ms <= 500
     assert mock.throttled[-1][0] == "sk-a"
     assert openai(mock, "sk-other").status == 200  # limits are per key
-    time.sleep(retry_ms / 1000 + 0.02)
+    now += retry_ms / 1000 - 0.001
+    assert openai(mock, "sk-a").status == 429  # not before the retry-after
+    now += 0.002
     assert openai(mock, "sk-a").status == 200
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from helpers import Gateway, Response
+from helpers import Gateway, Response, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from truckllm.api import App
@@ -58,6 +58,11 @@ RECORD_FIELDS = {
 }
 
 
+def wait_for(cond: Callable[[], object]) -> None:
+    """Sinks retry with backoff: a longer deadline than the default."""
+    wait_until(cond, timeout=10.0)
+
+
 def config(url: str, sinks: str) -> str:
     return f"""
     providers:
@@ -95,13 +100,6 @@ def chat(gw: Gateway, i: int = 0, stream: bool = False) -> Response:
     resp = gw.post("/v1/chat/completions", body, headers=CLIENT)
     assert resp.status == 200
     return resp
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def sink_metrics(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -427,7 +427,7 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple):
             self.sockname = (sock[0], sock[1])
-        self.idle_since = self.loop.time()
+        self.idle_since = self.server.clock()
         server = self.server
         server.conns.add(self)
         if server.draining:
@@ -612,7 +612,7 @@ class _Connection(asyncio.Protocol):
         if self.queue:
             self.start(self.queue.popleft())
         else:
-            self.idle_since = self.loop.time()
+            self.idle_since = self.server.clock()
         if self.reading_paused:
             self.maybe_resume_reading()
 
@@ -749,10 +749,18 @@ class HTTPServer:
     """Serves an ASGI app: ``await startup()``, ``await listen(...)``, later
     ``await shutdown(timeout)``. Create and use it on the loop that serves."""
 
-    def __init__(self, app: ASGIApp, *, keep_alive_timeout: float = 75.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keep_alive_timeout: float = 75.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.app = app
         self.keep_alive_timeout = keep_alive_timeout
         self.loop = asyncio.get_running_loop()
+        # What idleness is measured with (the loop's time; tests inject a clock they move).
+        self.clock: Callable[[], float] = clock or self.loop.time
         self.state: dict[str, Any] = {}
         self.lifespan = Lifespan(app, self.state)
         self.date = DateHeader()
@@ -798,7 +806,7 @@ class HTTPServer:
 
     def _sweep(self) -> None:
         """Close keep-alive connections idle for longer than ``keep_alive_timeout``."""
-        deadline = self.loop.time() - self.keep_alive_timeout
+        deadline = self.clock() - self.keep_alive_timeout
         for conn in [c for c in self.conns if c.idle and c.idle_since < deadline]:
             conn.close()
         self._schedule_sweep()

@@ -99,4 +99,5 @@ retry: {{budget_burst: 1000, backoff_base: 0.001}}
         "p99_ms": latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000,
         "failed_attempts": attempts - n,
         "share_fast": served.count("fast") / n,
+        "share_slow": served.count("slow") / n,
     }
