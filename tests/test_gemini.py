@@ -349,8 +349,8 @@ def test_reasoning_effort_follows_the_model_family() -> None:
 
     assert thinking("none", "gemini-2.5-flash") == {"thinkingBudget": 0}
     assert thinking("none", "gemini-2.5-pro") == {"thinkingBudget": 128}
-    assert thinking("medium", "gemini-3-flash-preview") == {"thinkingLevel": "medium"}
-    assert thinking("medium", "gemini-3-pro-preview") == {"thinkingLevel": "high"}
+    assert thinking("medium", "gemini-3-flash-preview") == {"thinkingLevel": "MEDIUM"}
+    assert thinking("medium", "gemini-3-pro-preview") == {"thinkingLevel": "HIGH"}
     assert thinking("high", "gemini-2.0-flash") is None
 
 

@@ -2,8 +2,9 @@
 
 By default it answers like a fast, healthy Anthropic: ``POST /v1/messages`` checks ``x-api-key``
 (when ``valid_keys`` is set) and ``anthropic-version``, validates the body the way the real API
-does where a translation bug would show (required ``max_tokens``, roles, temperature range,
-every ``tool_use`` answered by a ``tool_result`` in the next message and vice versa), and answers
+does where a translation bug would show (fields the API does not define, required
+``max_tokens``, roles, every ``tool_use`` answered by a ``tool_result`` in the next message and
+vice versa), and answers
 with text, or with a ``tool_use`` when tools are offered and not yet answered. Streams follow the
 documented event order: ``message_start``, ``content_block_start``, ``ping``,
 ``content_block_delta`` (``text_delta`` / ``input_json_delta``), ``content_block_stop``,
@@ -46,11 +47,37 @@ _ERROR_STATUS = {
     "billing_error": 402,
     "permission_error": 403,
     "not_found_error": 404,
-    "request_too_large": 413,
     "rate_limit_error": 429,
     "api_error": 500,
+    "timeout_error": 504,
     "overloaded_error": 529,
 }
+"""The error types of the ``anthropic`` SDK's ``ErrorResponse`` and their statuses."""
+REQUEST_FIELDS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "stop_sequences",
+        "stream",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "cache_control",
+        "container",
+        "diagnostics",
+        "inference_geo",
+        "service_tier",
+        "speed",
+        "user_profile_id",
+        "workspace_id",
+    }
+)
+"""The fields of a Messages request, as the ``anthropic`` SDK's ``MessageCreateParams`` (2.16)
+defines them: there are no sampling parameters (``temperature``, ``top_p``, ``top_k``)."""
 
 
 def error_body(error_type: str, message: str, request_id: str = "req_fake") -> dict[str, Any]:
@@ -349,6 +376,9 @@ class FakeAnthropic(FakeServer):
 
 def validate(body: dict[str, Any]) -> str | None:
     """The real API's complaint about ``body``, for the rules a translation could break."""
+    for key in body:
+        if key not in REQUEST_FIELDS:
+            return f"{key}: Extra inputs are not permitted"
     if not isinstance(body.get("model"), str):
         return "model: Field required"
     max_tokens = body.get("max_tokens")
@@ -360,9 +390,6 @@ def validate(body: dict[str, Any]) -> str | None:
     system = body.get("system")
     if system is not None and not isinstance(system, str | list):
         return "system: Input should be a valid string or list"
-    temperature = body.get("temperature")
-    if temperature is not None and not 0 <= temperature <= 1:
-        return "temperature: range: 0..1"
     if "tool_choice" in body and not body.get("tools"):
         return "tool_choice: may only be specified while providing tools"
     previous_uses: set[str] = set()

@@ -14,7 +14,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,15 +60,34 @@ class Scripted:
 
 @dataclass
 class Received:
+    """One request as the fake read it, and the answer it gave (``status``, ``answer_headers``
+    and the body bytes as written: for a stream, every event it sent, as encoded). The answer is
+    recorded before it is sent, so it is complete once the client has read it."""
+
     method: str
     path: str
     headers: dict[str, str]
     body: Any
     raw: bytes
+    status: int | None = None
+    answer_headers: dict[str, str] = field(default_factory=dict)
+    answer: bytes = b""
 
     @property
     def bearer(self) -> str:
         return self.headers.get("Authorization", "").removeprefix("Bearer ")
+
+
+RECEIVED = web.RequestKey("truckllm.received", Received)
+"""The request's :class:`Received` record, when the fake records: its answer is added to it."""
+
+
+def _record(request: web.Request, status: int, headers: Any, body: bytes) -> None:
+    rec = request.get(RECEIVED)
+    if rec is not None:
+        rec.status = status
+        rec.answer_headers = dict(headers)
+        rec.answer = body
 
 
 class Dialect(Protocol):
@@ -143,6 +162,14 @@ async def stream(
     await resp.prepare(request)
     payloads = [ev if isinstance(ev, tuple) else encode(ev) for ev in events]
     n = len(payloads)
+    if RECEIVED in request:
+        sent = min([n, *(x for x in (cut_after, stall_after) if x is not None)])
+        _record(
+            request,
+            status,
+            resp.headers,
+            b"".join(p if isinstance(p, bytes) else p[0] + b"0" + p[1] for p in payloads[:sent]),
+        )
     # The pacer writes chunks itself, so only a chunked, uncompressed body goes through it.
     paced = resp.headers.get(hdrs.TRANSFER_ENCODING) == "chunked" and not resp.compression
     i = 0
@@ -274,6 +301,7 @@ async def answer(
         return web.Response(status=status, body=body, headers=headers)
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = len(body)
+    _record(request, status, headers, body[: len(body) // 2])
     await resp.prepare(request)
     await resp.write(body[: len(body) // 2])
     if fault == "stall":
@@ -352,7 +380,9 @@ class FakeServer:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app = web.Application(
+            client_max_size=64 * 1024 * 1024, middlewares=[self._record_answer]
+        )
         self.app.add_routes(self.routes())
 
     def routes(self) -> list[web.RouteDef]:
@@ -367,8 +397,22 @@ class FakeServer:
         except orjson.JSONDecodeError:
             body = None
         if self.record:
-            self.received.append(Received(request.method, path, dict(request.headers), body, raw))
+            rec = Received(request.method, path, dict(request.headers), body, raw)
+            request[RECEIVED] = rec
+            self.received.append(rec)
         return body, raw
+
+    @web.middleware
+    async def _record_answer(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Record a whole (not streamed) answer in the request's :class:`Received` before aiohttp
+        sends it; :func:`stream` and :func:`answer` record what they send themselves."""
+        resp = await handler(request)
+        if isinstance(resp, web.Response) and RECEIVED in request:
+            body = resp.body
+            _record(request, resp.status, resp.headers, body if isinstance(body, bytes) else b"")
+        return resp
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner, bound = await start_app(self.app, host, port, backlog=self.backlog)

@@ -2,9 +2,11 @@
 
 What does not translate is refused with a :class:`TranslationError` (answered as a 400) when it
 would change the answer (``n > 1``, ``logprobs``, ``top_logprobs``, ``logit_bias``, audio,
-file ids, temperatures above Anthropic's 1.0), and dropped when the answer stays a valid answer
-to the request without it (``seed``, frequency and presence penalties, ``reasoning_effort``,
-``store``, ``metadata``, ``service_tier``, ``prediction``). ``response_format`` becomes an
+file ids), and dropped when the answer stays a valid answer to the request without it
+(``temperature``, ``top_p``, ``seed``, frequency and presence penalties, ``reasoning_effort``,
+``store``, ``metadata``, ``service_tier``, ``prediction``). The Messages API takes no sampling
+parameters: the ``anthropic`` SDK's ``MessageCreateParams`` (2.16) has no ``temperature``,
+``top_p`` or ``top_k``, and the API refuses fields it does not define. ``response_format`` becomes an
 instruction (``json_object``) or a forced tool whose input is the answer (``json_schema``), see
 :func:`_response_format`.
 """
@@ -149,22 +151,8 @@ def _max_tokens(body: dict[str, Any], default: int) -> int:
 
 
 def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if not _number(temperature) or not 0 <= temperature <= 1:
-            raise TranslationError(
-                f"Invalid 'temperature': {temperature!r}. Anthropic models accept 0 to 1.",
-                "temperature",
-                "invalid_value",
-            )
-        out["temperature"] = temperature
-    top_p = body.get("top_p")
-    if top_p is not None:
-        if not _number(top_p) or not 0 <= top_p <= 1:
-            raise TranslationError(
-                f"Invalid 'top_p': {top_p!r}. Expected 0 to 1.", "top_p", "invalid_value"
-            )
-        out["top_p"] = top_p
+    """Stop sequences and the end user. ``temperature`` and ``top_p`` are dropped: the Messages
+    API has no sampling parameters any more (see the module docstring)."""
     stop = body.get("stop")
     if isinstance(stop, str):
         out["stop_sequences"] = [stop]
@@ -178,10 +166,6 @@ def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
     user = body.get("user")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # -- tools -------------------------------------------------------------------------------------

@@ -424,7 +424,8 @@ def _response_format(fmt: Any, gen: dict[str, Any]) -> None:
 
 
 def _thinking(effort: str, model: str) -> dict[str, Any] | None:
-    """Gemini 2.5 takes a token budget, later models a level; older models do not think."""
+    """Gemini 2.5 takes a token budget, later models a level; older models do not think. A
+    level is spelled as google-genai's ``ThinkingLevel`` enum spells it: upper case."""
     name = model.rsplit("/", 1)[-1]
     if name.startswith("gemini-2.5"):
         budget = _BUDGETS.get(effort)
@@ -436,4 +437,6 @@ def _thinking(effort: str, model: str) -> dict[str, Any] | None:
     level = "minimal" if effort == "none" else effort
     if "pro" in name:  # Pro models know only "low" and "high"
         level = "low" if level in ("minimal", "low") else "high"
-    return {"thinkingLevel": level} if level in ("minimal", "low", "medium", "high") else None
+    if level not in ("minimal", "low", "medium", "high"):
+        return None
+    return {"thinkingLevel": level.upper()}
