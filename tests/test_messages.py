@@ -400,3 +400,28 @@ def test_a_stream_broken_after_the_first_byte_ends_with_an_error_event(
             pass
     assert isinstance(info.value.body, dict) and info.value.body["type"] == "error"
     assert stack.last().error_code is not None
+
+
+def test_thinking_blocks_and_mid_conversation_system_pass_through(
+    stack: Stack, client: anthropic.Anthropic
+) -> None:
+    """What Claude Code sends with its default model: adaptive thinking, a system message in the
+    middle of the conversation and beta fields, under the betas that allow them."""
+    with client.messages.stream(
+        model="claude-direct",
+        max_tokens=200,
+        thinking={"type": "adaptive"},
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "system", "content": "Available agent types: none"},
+        ],
+        extra_body={"context_management": {"edits": [{"type": "clear_thinking_20251015"}]}},
+        extra_headers={"anthropic-beta": "mid-conversation-system-2026-04-07"},
+    ) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds and "signature" in kinds
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    sent = stack.claude.received[-1]
+    assert sent.body["messages"][1]["role"] == "system"
+    assert sent.headers["anthropic-beta"] == "mid-conversation-system-2026-04-07"

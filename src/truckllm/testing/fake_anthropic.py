@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from truckllm.testing.behaviour import Conditions, Quota, Throttle, reported_usage
+from truckllm.testing.behaviour import Conditions, Decision, Quota, Throttle, reported_usage
 from truckllm.testing.wire import (
     FakeServer,
     Scripted,
@@ -78,6 +78,20 @@ REQUEST_FIELDS = frozenset(
 )
 """The fields of a Messages request, as the ``anthropic`` SDK's ``MessageCreateParams`` (2.16)
 defines them: there are no sampling parameters (``temperature``, ``top_p``, ``top_k``)."""
+BETA_FIELDS = frozenset(
+    {
+        "billing_policy",
+        "compaction",
+        "context_management",
+        "fallback_credit_token",
+        "fallbacks",
+        "mcp_servers",
+        "thread",
+    }
+)
+"""What the beta Messages API takes besides (``anthropic.types.beta``'s params, less ``betas``,
+which travels as the ``anthropic-beta`` header): accepted when a request names a beta, as Claude
+Code's always do."""
 
 
 def error_body(error_type: str, message: str, request_id: str = "req_fake") -> dict[str, Any]:
@@ -171,6 +185,43 @@ def tool_block(index: int, tool_id: str, name: str, pieces: list[str]) -> list[d
         ),
         {"type": "content_block_stop", "index": index},
     ]
+
+
+THINKING_BLOCK = {
+    "type": "thinking",
+    "thinking": "The user greets me; a short answer will do.",
+    "signature": "ZmFrZS1zaWduYXR1cmU=",
+}
+
+
+def thinking_block(index: int, thinking: str, signature: str) -> list[dict[str, Any]]:
+    """A streamed ``thinking`` block: ``thinking_delta`` pieces, then its ``signature_delta``."""
+    start = {"type": "thinking", "thinking": "", "signature": ""}
+    words = thinking.split(" ")
+    pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+    return [
+        {"type": "content_block_start", "index": index, "content_block": start},
+        *(
+            {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "thinking_delta", "thinking": p},
+            }
+            for p in pieces
+        ),
+        {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "signature_delta", "signature": signature},
+        },
+        {"type": "content_block_stop", "index": index},
+    ]
+
+
+def _thinks(body: dict[str, Any]) -> bool:
+    """Extended thinking is on: ``enabled`` with a budget, or ``adaptive``."""
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
 
 
 def message_end(
@@ -281,7 +332,8 @@ class FakeAnthropic(FakeServer):
             )
         if not isinstance(body, dict):
             return _error(400, "invalid_request_error", "Request body is not valid JSON", rid)
-        problem = validate(body)
+        beta = bool(request.headers.get("anthropic-beta")) or request.query.get("beta") == "true"
+        problem = validate(body, beta)
         if problem is not None:
             return _error(400, "invalid_request_error", problem, rid)
         words = d.reply_tokens if d.reply_tokens is not None else self.reply_words
@@ -300,28 +352,50 @@ class FakeAnthropic(FakeServer):
         }
         quota = ANTHROPIC.quota_headers(d.quota) if d.quota is not None else _ratelimit_headers()
         headers = {"request-id": rid, **quota}
-        if not body.get("stream"):
-            out = {
-                "id": msg_id,
-                "type": "message",
-                "role": "assistant",
-                "model": body["model"],
-                "content": content,
-                "stop_reason": stop_reason,
-                "stop_sequence": stop_sequence,
-                "usage": {**usage, "output_tokens": output_tokens, "service_tier": "standard"},
-            }
-            return await answer(
-                request,
-                orjson.dumps(out),
-                {"Content-Type": "application/json", **headers},
-                d.fault,
-                d.generation_time(output_tokens),
-            )
+        if _thinks(body):
+            content.insert(0, THINKING_BLOCK)
+        if body.get("stream"):
+            stop = (stop_reason, stop_sequence)
+            usage = {**usage, "output_tokens": output_tokens}
+            return await self._stream(request, body, d, msg_id, content, stop, usage, headers)
+        out = {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": {**usage, "output_tokens": output_tokens, "service_tier": "standard"},
+        }
+        return await answer(
+            request,
+            orjson.dumps(out),
+            {"Content-Type": "application/json", **headers},
+            d.fault,
+            d.generation_time(output_tokens),
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        d: Decision,
+        msg_id: str,
+        content: list[dict[str, Any]],
+        stop: tuple[str, str | None],
+        usage: dict[str, Any],
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """The documented event order; a thinking block streams its thinking and signature.
+        ``usage`` holds the final ``output_tokens``, reported in ``message_delta``."""
+        output_tokens = usage.pop("output_tokens")
         events: list[dict[str, Any]] = [message_start(msg_id, body["model"], **usage)]
         for i, block in enumerate(content):
             if block["type"] == "text":
                 block_events = text_block(i, d.pieces(block["text"].split(" ")))
+            elif block["type"] == "thinking":
+                block_events = thinking_block(i, block["thinking"], block["signature"])
             else:
                 args = orjson.dumps(block["input"]).decode()
                 third = max(1, len(args) // 3)
@@ -330,7 +404,7 @@ class FakeAnthropic(FakeServer):
             events.extend(block_events)
             if i == 0:
                 events.insert(2, {"type": "ping"})
-        events.extend(message_end(stop_reason, output_tokens, stop_sequence))
+        events.extend(message_end(stop[0], output_tokens, stop[1]))
         # message_start after the time to first token, then one delta per interval.
         delays = [self.event_delay if i else d.ttft for i in range(len(events))]
         deltas = [i for i, ev in enumerate(events) if ev["type"] == "content_block_delta"]
@@ -374,10 +448,11 @@ class FakeAnthropic(FakeServer):
         return [{"type": "text", "text": " ".join(words)}], stop_reason, stop_sequence, len(words)
 
 
-def validate(body: dict[str, Any]) -> str | None:
-    """The real API's complaint about ``body``, for the rules a translation could break."""
+def validate(body: dict[str, Any], beta: bool = False) -> str | None:
+    """The real API's complaint about ``body``, for the rules a translation could break. With
+    ``beta`` (an ``anthropic-beta`` header), the beta API's fields are accepted too."""
     for key in body:
-        if key not in REQUEST_FIELDS:
+        if key not in REQUEST_FIELDS and not (beta and key in BETA_FIELDS):
             return f"{key}: Extra inputs are not permitted"
     if not isinstance(body.get("model"), str):
         return "model: Field required"
@@ -395,8 +470,12 @@ def validate(body: dict[str, Any]) -> str | None:
     previous_uses: set[str] = set()
     for i, msg in enumerate(messages):
         role = msg.get("role") if isinstance(msg, dict) else None
+        if role == "system":  # SystemMessageParam: an instruction mid-conversation
+            if _system_problem(msg.get("content")):
+                return f"messages.{i}.content: Input should be a string or text blocks"
+            continue
         if role not in ("user", "assistant"):
-            return f'messages.{i}.role: Input should be "user" or "assistant"'
+            return f'messages.{i}.role: Input should be "user", "assistant" or "system"'
         content = msg.get("content")
         blocks = content if isinstance(content, list) else []
         if not isinstance(content, str | list):
@@ -425,6 +504,14 @@ def validate(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _system_problem(content: Any) -> bool:
+    if isinstance(content, str):
+        return not content
+    if not isinstance(content, list) or not content:
+        return True
+    return any(not isinstance(b, dict) or b.get("type") != "text" for b in content)
+
+
 def _block_problem(block: Any, role: str) -> str | None:
     kind = block.get("type") if isinstance(block, dict) else None
     if kind == "text":
@@ -448,6 +535,11 @@ def _block_problem(block: Any, role: str) -> str | None:
         return None if ok else "tool_use: id and input are required"
     if kind == "tool_result" and role == "user":
         return None if isinstance(block.get("tool_use_id"), str) else "tool_use_id: required"
+    if kind == "thinking" and role == "assistant":
+        ok = isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str)
+        return None if ok else "thinking: thinking and signature are required"
+    if kind == "redacted_thinking" and role == "assistant":
+        return None if isinstance(block.get("data"), str) else "redacted_thinking: data required"
     return f"Input tag '{kind}' found using 'type' does not match the expected tags"
 
 
