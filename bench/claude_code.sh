@@ -5,7 +5,8 @@
 # Loopback only: telemetry, auto-update and error reporting are off, and a refusing proxy on
 # 127.0.0.1 catches any other connection the CLI attempts (reported at the end).
 #
-#   bash bench/claude_code.sh            # exit 0 when both runs printed an answer
+#   . .venv/bin/activate && bash bench/claude_code.sh   # exit 0 when both runs printed an answer
+# (`truckllm` must be on the PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -47,9 +48,11 @@ model_aliases:
   claude-via-openai: openai-mock:gpt-4o-mini
 YAML
 truckllm -config "$work/config.yaml" >"$work/gateway.log" 2>&1 &
+up=""
 for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null && break; sleep 0.1
+  curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null && up=1 && break; sleep 0.1
 done
+if [ -z "$up" ]; then echo "the gateway did not start:"; cat "$work/gateway.log"; exit 1; fi
 
 status=0
 for model in claude-via-anthropic claude-via-openai; do
@@ -67,12 +70,15 @@ for model in claude-via-anthropic claude-via-openai; do
   if [ "$rc" -ne 0 ] || [ -z "$out" ]; then status=1; fi
 done
 sleep 0.5  # the request log's flush interval
-echo "== requests the gateway served (endpoint, model, provider, status):"
+echo "== requests the gateway served: count, endpoint, model, provider, status, with session id"
 python3 - "$work/requests.jsonl" <<'PY'
-import json, sys
+import collections, json, sys
+rows = collections.Counter()
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    print(" ", r["endpoint"], r["model"], r["provider"], r["status"], r["session_id"] is not None)
+    rows[(r["endpoint"], r["model"], r["provider"], r["status"], r["session_id"] is not None)] += 1
+for row, n in sorted(rows.items()):
+    print(f"  {n:4d}", *row)
 PY
 echo "== connections the CLI tried beyond loopback (refused):"
 sort "$work/proxy.log" 2>/dev/null | uniq -c || true
