@@ -11,10 +11,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
+from helpers import wait_until
 
 from truckllm.testing.serve import free_port
 
@@ -41,18 +41,16 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.02)
+        proc = self.proc
+
+        def pong() -> bool:
+            assert proc.poll() is None, f"redis-server exited ({proc.returncode})"
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        wait_until(pong, 10, "redis-server answering PING", interval=0.02, ignore=(OSError,))
+        return self
 
     def pause(self) -> None:
         """Unreachable (requests time out) without losing its data: a network partition."""

@@ -7,13 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import request
+from helpers import request, wait_serving
 
 from truckllm.testing.mock import MockUpstream
 from truckllm.testing.serve import free_port
@@ -37,15 +36,7 @@ def running(
         env={**os.environ, **(env or {})},
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                request("GET", f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.05)
+        wait_serving(f"http://127.0.0.1:{port}/healthz", proc)
         yield result
     finally:
         proc.send_signal(signal.SIGINT)
@@ -112,19 +103,12 @@ def test_demo_serves_with_no_keys_and_no_network() -> None:
         env=env,
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                resp = request(
-                    "POST",
-                    f"http://127.0.0.1:{port}/v1/chat/completions",
-                    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]},
-                    timeout=2,
-                )
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
+        resp = wait_serving(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            proc,
+            method="POST",
+            body={"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]},
+        )
         assert resp.status == 200 and resp.json()["choices"][0]["message"]["content"]
         stream = request(
             "POST",

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import Gateway, request
+from helpers import Gateway, request, wait_until
 from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
 from truckllm.api import App
@@ -153,20 +153,18 @@ def test_redis_outage_degrades_to_local_state_and_converges(
     send(5)
     redis_server.pause()
     send(20)  # served on local state
-    deadline = time.monotonic() + 5
-    while gw.app.coordinator.health()[0]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: not gw.app.coordinator.health()[0], what="the store outage noticed")
     ready = request("GET", gw.url + "/readyz").json()
     assert ready["status"] == "degraded" and "redis unreachable" in ready["problems"]["store"]
     state = gw.states()["shared"]
     assert gw.app.coordinator.degraded and state.rpm is not None and state.rpm.limit == 1000
     redis_server.resume()
     send(5)
-    deadline = time.monotonic() + 10
-    while not gw.app.coordinator.health()[0] or gw.app.accounting.ledger.backlog:
-        assert time.monotonic() < deadline, "did not converge"
-        time.sleep(0.05)
+    wait_until(
+        lambda: gw.app.coordinator.health()[0] and not gw.app.accounting.ledger.backlog,
+        10,
+        "converging with the store again",
+    )
     assert request("GET", gw.url + "/readyz").json()["status"] == "ready"
     assert not gw.app.coordinator.degraded
     usage = request_usage(gw)
@@ -185,10 +183,10 @@ def test_redis_store_shares_cooldowns_between_gateways(
     assert a.post("/v1/chat/completions", CHAT).status == 200
     upstream.script.append(Scripted(status=429, headers={"retry-after": "60"}, body=b"slow down"))
     assert a.post("/v1/chat/completions", CHAT).status == 429  # the upstream's: a cools the key
-    deadline = time.monotonic() + 5
-    while b.states()["shared"].cooling_until <= time.monotonic() + 30:
-        assert time.monotonic() < deadline, "the cooldown did not reach the other gateway"
-        time.sleep(0.02)
+    wait_until(
+        lambda: b.states()["shared"].cooling_until > time.monotonic() + 30,
+        what="the cooldown reaching the other gateway",
+    )
     before = len(upstream.arrivals)
     resp = b.post("/v1/chat/completions", CHAT)
     assert resp.status == 429 and len(upstream.arrivals) == before  # b never called upstream

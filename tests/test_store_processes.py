@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import request
+from helpers import request, wait_serving, wait_until
 from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
 from truckllm.stores.base import UsageQuery
@@ -60,16 +61,8 @@ class Gateways:
         )
         self.procs.append((proc, port))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, "the gateway exited"
-            try:
-                if request("GET", url + "/healthz", timeout=1).status == 200:
-                    return url
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.05)
+        wait_serving(url + "/healthz", proc, timeout=20, status=200)
+        return url
 
     def stop_all(self) -> None:
         for proc, _ in self.procs:
@@ -102,16 +95,19 @@ def processes(tmp_path: Path) -> Iterator[Callable[[str], Gateways]]:
 Result = tuple[int, str | None, float]  # status, x-truckllm-cost-usd, when done (monotonic)
 
 
-async def hammer(urls: list[str], seconds: float, per_url: int) -> list[Result]:
-    results: list[Result] = []
-    end = time.monotonic() + seconds
+async def hammer(
+    urls: list[str], per_url: int, until: Callable[[], bool], results: list[Result] | None = None
+) -> list[Result]:
+    """Requests as fast as the gateways answer until ``until()``; each result is appended to
+    ``results`` (which another thread may watch) as it comes."""
+    results = [] if results is None else results
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=timeout
     ) as session:
 
         async def worker(url: str) -> None:
-            while time.monotonic() < end:
+            while not until():
                 try:
                     async with session.post(url + "/v1/chat/completions", json=CHAT) as resp:
                         await resp.read()
@@ -149,7 +145,10 @@ def test_three_gateways_sharing_redis_send_at_most_rpm_60_upstream_and_bill_exac
     urls = [gws.start() for _ in range(3)]
     seconds = float(os.environ.get("TRUCKLLM_SHARED_TEST_SECONDS", "60"))
     t0 = time.monotonic()
-    results = loop_thread.run(hammer(urls, seconds, 8), timeout=seconds + 60)
+    end = t0 + seconds
+    results = loop_thread.run(
+        hammer(urls, 8, lambda: time.monotonic() >= end), timeout=seconds + 60
+    )
     gws.stop_all()  # graceful: every process flushes its ledger and gives back its leases
     arrived = [t for k, t in upstream.arrivals if k == "sk-shared"]
     statuses = Counter(s for s, _, _ in results)
@@ -188,24 +187,36 @@ def test_file_store_survives_kill_9_with_everything_acknowledged_before_the_last
     flush = 0.2
     storage = f"{{type: file, path: '{tmp_path / 'usage.json'}', flush_interval: {flush}}}"
     gws = processes(config(upstream.url, storage))
+    slack = 0.3  # for the flush itself
     url = gws.start()
-    future = asyncio.run_coroutine_threadsafe(hammer([url], 3.0, 8), loop_thread.loop)
-    time.sleep(2.0)
+    results: list[Result] = []
+    killed = threading.Event()
+    future = asyncio.run_coroutine_threadsafe(
+        hammer([url], 8, killed.is_set, results), loop_thread.loop
+    )
+
+    def flushed_since() -> int:
+        """Answers old enough that a flush must have stored them by now."""
+        before = time.monotonic() - flush - slack
+        return sum(1 for s, _, t in list(results) if s == 200 and t < before)
+
+    wait_until(lambda: flushed_since() >= 60, 15, "60 answers a flush ago")
     proc, _ = gws.procs[0]
     killed_at = time.monotonic()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(5)
-    results = future.result(30)
+    killed.set()
+    future.result(30)
     done = [(c, t) for s, c, t in results if s == 200]
     assert any(s == 0 for s, _, _ in results), "the process was not killed mid-load"
     url = gws.start()  # the same file, again
     usage = request("GET", url + "/admin/v1/usage", headers=ADMIN).json()["total"]
-    safe = [Decimal(c) for c, t in done if t < killed_at - flush - 0.3 and c is not None]
+    safe = [Decimal(c) for c, t in done if t < killed_at - flush - slack and c is not None]
     everything = [Decimal(c) for c, _ in done if c is not None]
     print(
         f"\nkill -9 after {len(done)} answers: {usage['requests']} counted after the restart, "
         f"{len(safe)} answered before the last flush"
     )
-    assert len(safe) > 50
+    assert len(safe) >= 60
     assert len(safe) <= usage["requests"] <= len(everything) + 8  # + those in flight at the kill
     assert sum(safe) <= Decimal(usage["cost_usd"]) <= sum(everything) + 8 * max(everything)

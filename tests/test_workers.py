@@ -9,11 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import request
+from helpers import Response, request, wait_serving, wait_until
 
 from truckllm.config import ConfigError, parse_config
 from truckllm.testing.mock import MockUpstream
@@ -37,16 +38,49 @@ server:
 """
 
 
-def worker_ids(port: int, model: str, n: int) -> list[str]:
-    """The per-process request-id prefix of ``n`` requests, each on a new connection."""
-    out = []
-    for _ in range(n):
-        resp = request(
-            "POST", f"http://127.0.0.1:{port}/v1/chat/completions", {**CHAT, "model": model}
-        )
-        assert resp.status == 200, resp.body
-        out.append(resp.headers["x-request-id"][:16])
-    return out
+def chat(port: int, model: str) -> Response:
+    return request("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {**CHAT, "model": model})
+
+
+def started_pids(log: Path, n: int) -> list[int]:
+    """The pids of the workers started so far, once there are ``n``."""
+
+    def pids() -> list[int]:
+        return [int(p) for p in re.findall(r"worker \d started \(pid (\d+)\)", log.read_text())]
+
+    return wait_until(lambda: len(pids()) >= n and pids(), 15, f"{n} workers started")
+
+
+@contextmanager
+def alone(serving: int, pids: list[int]) -> Iterator[None]:
+    """Only worker ``serving`` can accept on the shared port while the block runs: the others
+    are stopped (SIGSTOP), so every new connection is its to take, whoever would win the race
+    for it otherwise."""
+    others = [p for p in pids if p != serving]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def served_alone(port: int, model: str, serving: int, pids: list[int]) -> str:
+    """The request-id prefix of worker ``serving``, which answers ``model`` on its own (waiting
+    for it, e.g. for a reload to reach it or a new worker to start accepting)."""
+
+    def answered() -> Response | None:
+        resp = chat(port, model)
+        return resp if resp.status == 200 else None
+
+    with alone(serving, pids):
+        first = wait_until(answered, 15, f"worker {serving} serving {model}", interval=0.05)
+        again = chat(port, model)
+    assert again.status == 200, again.body
+    prefix: str = first.headers["x-request-id"][:16]
+    assert again.headers["x-request-id"][:16] == prefix  # one app per process
+    return prefix
 
 
 def alive(pid: int) -> bool:
@@ -71,45 +105,28 @@ def test_workers_share_the_port_reload_on_sighup_replace_the_dead_and_stop_toget
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                request("GET", f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-        ids = set(worker_ids(port, "gpt-4", 60))
-        assert len(ids) == 2, ids  # two processes, each with its own app
+        wait_serving(f"http://127.0.0.1:{port}/healthz", proc, timeout=20)
+        # Each worker serves the port by itself, with its own app (its own request-id prefix).
+        pids = started_pids(log, 2)
+        assert len(pids) == 2
+        first = {pid: served_alone(port, "gpt-4", pid, pids) for pid in pids}
+        assert len(set(first.values())) == 2, first
 
-        # SIGHUP reaches every worker: all of them serve the new alias.
+        # SIGHUP reaches every worker: each of them serves the new alias, and not the old one.
         cfg.write_text(config(upstream, "smart"))
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while True:
-            statuses = {
-                request(
-                    "POST",
-                    f"http://127.0.0.1:{port}/v1/chat/completions",
-                    {**CHAT, "model": "smart"},
-                ).status
-                for _ in range(20)
-            }
-            if statuses == {200}:
-                break
-            assert time.monotonic() < deadline, statuses
-            time.sleep(0.1)
+        for pid in pids:
+            assert served_alone(port, "smart", pid, pids) == first[pid]
+            with alone(pid, pids):
+                assert chat(port, "gpt-4").status == 404
 
-        # A worker that dies is replaced.
-        pids = [int(p) for p in re.findall(r"worker \d started \(pid (\d+)\)", log.read_text())]
-        assert len(pids) == 2
+        # A worker that dies is replaced: the new one serves (the current config) alongside the
+        # survivor, with an app of its own.
         os.kill(pids[0], signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while len(re.findall(r"worker \d started", log.read_text())) < 3:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        assert len(set(worker_ids(port, "smart", 60))) == 2
+        pids = [pids[1], started_pids(log, 3)[2]]
+        after = {pid: served_alone(port, "smart", pid, pids) for pid in pids}
+        assert after[pids[0]] == first[pids[0]]
+        assert after[pids[1]] not in first.values()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -32,14 +32,40 @@ sent with the time as JSON between them. Benchmarks use it to measure how long e
 arrive. (A plain tuple: streams make one per event.)"""
 
 
-def stamped(p: Stamped) -> bytes:
-    """The event's bytes, stamped now."""
-    return p[0] + orjson.dumps(time.monotonic()) + p[1]
+def stamped(p: Stamped, now: float | None = None) -> bytes:
+    """The event's bytes, stamped now (or at ``now``)."""
+    return p[0] + orjson.dumps(time.monotonic() if now is None else now) + p[1]
 
 
 Payload = bytes | Stamped  # an event's bytes, as sent
 Encode = Callable[[Event], Payload]
 STALL_S = 3600.0  # a stalled answer waits this long (or until the client leaves)
+
+
+class VirtualTime:
+    """Time for a fake that never waits, to test its pacing exactly: set on its app before it
+    starts (``fake.app[VIRTUAL_TIME] = VirtualTime()``), its latency, time-to-first-token and
+    event delays move ``now`` on at once instead of sleeping, and each response's headers, stream
+    events and non-streamed body are logged at the ``now`` they would have been sent. (A stall
+    still waits for real: it is an absence, not a delay.) Meant for one request at a time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.headers: list[float] = []  # when each response's headers went out
+        self.events: list[tuple[float, bytes]] = []  # every stream event, as sent
+        self.bodies: list[float] = []  # when each non-streamed answer went out
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+VIRTUAL_TIME = web.AppKey("virtual_time", VirtualTime)
+
+
+async def _sleep(request: web.Request, seconds: float) -> None:
+    virtual = request.app.get(VIRTUAL_TIME)
+    await (asyncio.sleep(seconds) if virtual is None else virtual.sleep(seconds))
 
 
 @dataclass
@@ -123,7 +149,7 @@ async def gate(
     if d.throttle is not None:
         return d, dialect.throttled(d.throttle)
     if d.latency:
-        await asyncio.sleep(d.latency)
+        await _sleep(request, d.latency)
     if d.fault in FAILURES:
         return d, dialect.failure(int(d.fault))
     if d.fault == "reset":
@@ -157,9 +183,12 @@ async def stream(
     the loop's :class:`_Pacer`, which writes them straight to the transport as HTTP/1.1 chunks,
     so a paced event costs no sleep, no task wake-up and no aiohttp write of its own. (Only a
     chunked, uncompressed body is paced that way; others, such as an HTTP/1.0 answer, sleep and
-    write event by event.)"""
+    write event by event, as do all under :class:`VirtualTime`.)"""
     resp = web.StreamResponse(status=status, headers=headers)
     await resp.prepare(request)
+    virtual = request.app.get(VIRTUAL_TIME)
+    if virtual is not None:
+        virtual.headers.append(virtual.now)
     payloads = [ev if isinstance(ev, tuple) else encode(ev) for ev in events]
     n = len(payloads)
     if RECEIVED in request:
@@ -171,7 +200,11 @@ async def stream(
             b"".join(p if isinstance(p, bytes) else p[0] + b"0" + p[1] for p in payloads[:sent]),
         )
     # The pacer writes chunks itself, so only a chunked, uncompressed body goes through it.
-    paced = resp.headers.get(hdrs.TRANSFER_ENCODING) == "chunked" and not resp.compression
+    paced = (
+        resp.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+        and not resp.compression
+        and virtual is None
+    )
     i = 0
     while i < n:
         if cut_after is not None and i >= cut_after:
@@ -189,9 +222,14 @@ async def stream(
             i = await _pacer().send(_Paced(transport, payloads, delays or (), i, stop))
             continue
         if delay:
-            await asyncio.sleep(delay)
+            await (asyncio.sleep(delay) if virtual is None else virtual.sleep(delay))
         p = payloads[i]
-        await resp.write(p if isinstance(p, bytes) else stamped(p))
+        if virtual is None:
+            await resp.write(p if isinstance(p, bytes) else stamped(p))
+        else:
+            data = p if isinstance(p, bytes) else stamped(p, virtual.now)
+            virtual.events.append((virtual.now, data))
+            await resp.write(data)
         i += 1
     await resp.write_eof()
     return resp
@@ -296,7 +334,10 @@ async def answer(
     """A non-streamed answer after ``wait`` seconds (its generation time); a ``cut`` fault
     closes the connection half-way through the body, a ``stall`` stops sending there."""
     if wait:
-        await asyncio.sleep(wait)
+        await _sleep(request, wait)
+    virtual = request.app.get(VIRTUAL_TIME)
+    if virtual is not None:
+        virtual.bodies.append(virtual.now)
     if fault not in ("cut", "stall"):
         return web.Response(status=status, body=body, headers=headers)
     resp = web.StreamResponse(status=status, headers=headers)
