@@ -325,9 +325,22 @@ def test_translation_carries_system_thinking_stop_and_mid_conversation_system(
     assert "metadata" not in sent
 
 
-def test_count_tokens(stack: Stack, client: anthropic.Anthropic) -> None:
-    count = client.messages.count_tokens(model="claude-direct", messages=HI)
+def test_count_tokens_is_anthropics_count_where_an_anthropic_target_serves(
+    stack: Stack, client: anthropic.Anthropic
+) -> None:
+    count = client.messages.count_tokens(model="claude-direct", messages=HI, tools=[WEATHER])
     assert isinstance(count, MessageTokensCount) and count.input_tokens > 0
+    sent = stack.claude.received[-1]
+    assert sent.path == "/v1/messages/count_tokens" and sent.body["model"] == "claude-sonnet-4-5"
+    assert sent.headers["x-api-key"] == "sk-ant-1"
+    assert count.input_tokens == orjson.loads(sent.answer)["input_tokens"]
+
+
+def test_count_tokens_is_an_estimate_elsewhere(stack: Stack, client: anthropic.Anthropic) -> None:
+    before = len(stack.openai.received)
+    count = client.messages.count_tokens(model="claude-on-openai", messages=HI)
+    assert isinstance(count, MessageTokensCount) and count.input_tokens > 0
+    assert len(stack.openai.received) == before  # nothing sent upstream
 
 
 def test_a_stream_error_before_the_first_byte_fails_over(

@@ -37,6 +37,7 @@ from truckllm.providers.base import (
     RequestRejected,
     UpstreamError,
 )
+from truckllm.providers.errors import error_body
 from truckllm.routing import Outcome, OutcomeKind, Pick, classify_status, estimate, parse_quota
 
 _GRACE_S = 0.1  # short waits (a shared limit's lease on its way) allowed beyond max_wait
@@ -68,6 +69,27 @@ async def execute(
 
 class _AttemptLoop:
     """The state of one request's attempts: keys tried, the last failure, time and retries left."""
+
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "est",
+        "grace_left",
+        "last",
+        "last_kind",
+        "last_pick",
+        "last_target",
+        "no_room_s",
+        "policy",
+        "providers",
+        "rejected",
+        "request",
+        "route",
+        "rt",
+        "tried",
+        "upstream_s",
+        "wait_left",
+    )
 
     def __init__(
         self,
@@ -279,6 +301,18 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             request_id,
             inbound.dialect,
             inbound.headers,
+        )
+    if endpoint == "count_tokens":
+        raise RequestRejected(
+            400,
+            error_body(
+                f"provider {target.provider_id!r} cannot count tokens for this API",
+                400,
+                "unsupported_endpoint",
+                None,
+                "invalid_request_error",
+            ),
+            "unsupported_endpoint",
         )
     internal, internal_raw = inbound.internal()
     return Call(endpoint, internal, internal_raw, target.model, stream, True, request_id)

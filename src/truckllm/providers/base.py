@@ -19,7 +19,9 @@ from truckllm.config.schema import KeyConfig, ProviderConfig, Timeouts
 from truckllm.http.client import HTTPClient
 from truckllm.providers.errors import error_body
 
-Endpoint = Literal["chat", "embeddings"]
+Endpoint = Literal["chat", "embeddings", "count_tokens"]
+"""What a call asks for. ``count_tokens`` exists only in a dialect a provider speaks natively
+(Anthropic's ``/v1/messages/count_tokens``)."""
 
 INTERNAL = "openai-chat"
 """The internal form's dialect: OpenAI's chat completions (and embeddings) wire format."""

@@ -88,12 +88,27 @@ def routes(services: Services) -> list[Route]:
         )
 
     async def count_tokens(req: Request) -> None:
-        """An estimate from the request's text, as the gateway counts for limits (about four
-        characters a token, a fixed amount per image), whatever the target."""
-        authenticate(req)
+        """Anthropic's own count when the model's route has an Anthropic target (forwarded
+        there, as the client sent it); else an estimate from the request's text, as the gateway
+        counts for limits (about four characters a token, a fixed amount per image)."""
+        client = authenticate(req)
         body, raw = await read_json(req)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise invalid_request("model: Field required", param="model")
         if not isinstance(body.get("messages"), list):
             raise invalid_request("messages: Field required", param="messages")
+        route = req.rt.resolver.resolve(model)
+        if route is not None and any(
+            DIALECT in getattr(req.rt.providers[pid], "dialects", ()) for pid in route.provider_ids
+        ):
+            headers, session = _header_values(req)
+            inbound = Inbound(DIALECT, body, raw, headers, to_chat)
+            p = Proxied(
+                client, "count_tokens", body, raw, model, False, False, inbound, session_id=session
+            )
+            await proxy.run(req, p)
+            return
         prompt = estimate("chat", body, len(raw), 1).prompt_tokens
         await send_json(req.send, 200, orjson.dumps({"input_tokens": prompt}), req.id)
 

@@ -1,4 +1,5 @@
-"""Anthropic Messages clients to an Anthropic upstream: no translation.
+"""Anthropic Messages clients to an Anthropic upstream: no translation (``/v1/messages`` and
+``/v1/messages/count_tokens``).
 
 The client's body goes upstream as it came, with ``model`` rewritten only when the route names
 another; the client's ``anthropic-version`` (``2023-06-01`` when it sent none) and
@@ -57,6 +58,8 @@ class Passthrough:
     def __init__(self, ctx: ProviderContext, url: str) -> None:
         self.id = ctx.config.id
         self._url = url
+        path, _, query = url.partition("?")
+        self._count_url = path + "/count_tokens" + (f"?{query}" if query else "")
         self._http = UpstreamHTTP(ctx, header("x-api-key"))
         allowed = ctx.config.options.get("anthropic_betas")
         self._betas = frozenset(allowed) if isinstance(allowed, list) else None
@@ -75,9 +78,8 @@ class Passthrough:
         data = call.raw
         if call.body.get("model") != call.model:
             data = orjson.dumps({**call.body, "model": call.model})
-        resp = await self._http.post(
-            self._url, data, key, call.stream, extra=self._headers(call.headers)
-        )
+        url = self._count_url if call.endpoint == "count_tokens" else self._url
+        resp = await self._http.post(url, data, key, call.stream, extra=self._headers(call.headers))
         ctype = resp.headers.get("content-type", "application/json")
         if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
             reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
