@@ -132,7 +132,10 @@ class Coordinator:
             return True, None
         ok, reason = self.store.health()
         if not ok:
-            return False, f"{reason}; serving on local state ({self.ledger.backlog} usage rows unsent)"
+            return (
+                False,
+                f"{reason}; serving on local state ({self.ledger.backlog} usage rows unsent)",
+            )
         return True, None
 
     # -- the store's key-value table ----------------------------------------------------------

@@ -103,7 +103,9 @@ class ClientKey:
     id: str = ""
     key: Secret | None = None
     key_sha256: str | None = None
-    allowed_models: tuple[str, ...] | None = None  # model names or aliases, globs allowed; None: all
+    allowed_models: tuple[str, ...] | None = (
+        None  # model names or aliases, globs allowed; None: all
+    )
     rpm: int | None = None  # requests per minute for this client
     tpm: int | None = None  # tokens per minute (estimated at admission, corrected by usage)
     budget: Budget | None = None

@@ -121,7 +121,9 @@ class StoreServer:
 
     async def _kv_get(self, request: web.Request) -> web.Response:
         value = self.kv.get(str((await self._body(request))["key"]))
-        return self._json({"value": base64.b64encode(value).decode() if value is not None else None})
+        return self._json(
+            {"value": base64.b64encode(value).decode() if value is not None else None}
+        )
 
     async def _kv_set(self, request: web.Request) -> web.Response:
         data = await self._body(request)
