@@ -68,8 +68,10 @@ class Proxy:
                 p.exclude_keys,
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
-            headers = served_headers(req.id, served) + list(p.headers)
+            headers = served_headers(req.id, served)
             egress = p.translates(served.reply)
+            if egress is not None:
+                headers += p.translated_headers
             if served.reply.events is None:
                 await send_whole(req.send, served, rec, headers, self.accounting, egress, p.keeper)
             else:

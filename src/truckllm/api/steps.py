@@ -126,7 +126,8 @@ class Proxied:
     egress: Egress | None = None
     label: str | None = None  # the endpoint's name in records and metrics, if not ``endpoint``
     session_id: str | None = None
-    headers: tuple[tuple[bytes, bytes], ...] = ()  # more response headers from the endpoint
+    # more response headers when the answer is translated (what the translation left out)
+    translated_headers: tuple[tuple[bytes, bytes], ...] = ()
     keeper: Keeper | None = None
     route: Route | None = None  # where to go, when the endpoint knows better than the model name
     exclude_keys: frozenset[str] = frozenset()  # keys this request must not use

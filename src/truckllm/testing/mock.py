@@ -132,10 +132,10 @@ class MockUpstream(FakeServer):
         self.stamp = stamp  # stream chunks carry "mock_sent": time.monotonic() when sent
         self.reply_words = reply_words
         self.event_delay = event_delay  # added between stream events, whatever the key
+        self.responses = ResponsesAPI(self)  # POST/GET/DELETE /v1/responses
         super().__init__(
             conditions or Conditions(KeyBehaviour(latency=latency or None), keys, seed=seed)
         )
-        self.responses = ResponsesAPI(self)  # POST/GET/DELETE /v1/responses
 
     def routes(self) -> list[web.RouteDef]:
         return [

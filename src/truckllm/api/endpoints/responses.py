@@ -112,7 +112,7 @@ def routes(services: Services) -> list[Route]:
                 route, exclude = _pinned(req.rt, model, record.get("upstream"))
         try:
             _, dropped = functions(body.get("tools"))
-            inputs = with_ids(input_items(body.get("input")))
+            inputs = with_ids(input_items(echo_body.get("input")))
         except TranslationError as exc:
             raise invalid_request(exc.message) from None
         namespaces = frozenset(
@@ -142,7 +142,7 @@ def routes(services: Services) -> list[Route]:
                 inbound,
                 egress,
                 label="responses",
-                headers=headers,
+                translated_headers=headers,
                 keeper=keeper,
                 route=route,
                 exclude_keys=exclude,
