@@ -31,7 +31,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -83,7 +83,7 @@ class FileStore:
         self.kv_path = Path(str(self.path) + ".kv")
         self.kv = KVTable(kv_max_bytes)
         self._kv_log_bytes = self._kv_recover()
-        self._kv_log = open(self.kv_path, "ab")  # noqa: SIM115
+        self._kv_log: BinaryIO | None = None  # opened at the first write
         self._error: str | None = None
         self._io = asyncio.Lock()
 
@@ -198,10 +198,12 @@ class FileStore:
             return
         with contextlib.suppress(OSError):
             await self.compact()
-        with contextlib.suppress(OSError):
-            self._kv_rewrite()
+        if self._kv_log is not None:
+            with contextlib.suppress(OSError):
+                self._kv_rewrite()
         self._journal.close()
-        self._kv_log.close()
+        if self._kv_log is not None:
+            self._kv_log.close()
         self._lock.close()
 
     # -- the key-value table ------------------------------------------------------------------
@@ -224,6 +226,8 @@ class FileStore:
         k = key.encode()
         record = _KV_HEADER.pack(_KV_MAGIC, op, len(k), len(value), until, zlib.crc32(k + value))
         try:
+            if self._kv_log is None:
+                self._kv_log = open(self.kv_path, "ab")  # noqa: SIM115
             self._kv_log.write(record + k + value)
             self._kv_log.flush()
         except OSError as exc:
@@ -271,6 +275,7 @@ class FileStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.kv_path)
-        self._kv_log.close()
-        self._kv_log = open(self.kv_path, "ab")  # noqa: SIM115
+        if self._kv_log is not None:
+            self._kv_log.close()
+            self._kv_log = None
         self._kv_log_bytes = size

@@ -89,6 +89,62 @@ def _pinned(rt: Runtime, model: str, upstream: Any) -> tuple[ModelRoute, frozens
     return ModelRoute((target,)), others
 
 
+async def _proxied(
+    req: Request, conversations: Conversations, client: str, body: dict[str, Any], raw: bytes
+) -> Proxied:
+    """The request for the gateway: a kept previous response's conversation spelled out, or
+    the route pinned to the key that holds an upstream's; the egress and what to keep."""
+    model, stream = _check(body)
+    echo_body, history = body, []
+    route, exclude = None, frozenset[str]()
+    prev = body.get("previous_response_id")
+    if prev is not None:
+        record = await conversations.load(str(prev), client) if isinstance(prev, str) else None
+        if record is None:
+            raise not_found(str(prev), "previous_response_id")
+        if isinstance(record.get("items"), list):
+            history = record["items"]
+            body = expand(body, history)
+            raw = orjson.dumps(body)
+        else:
+            route, exclude = _pinned(req.rt, model, record.get("upstream"))
+    try:
+        _, dropped = functions(body.get("tools"))
+        inputs = with_ids(input_items(echo_body.get("input")))
+    except TranslationError as exc:
+        raise invalid_request(exc.message) from None
+    namespaces = frozenset(
+        t["name"]
+        for t in body.get("tools") or ()
+        if isinstance(t, dict) and t.get("type") == "namespace"
+    )
+    egress = ResponsesEgress(Echo(model, echo_body, namespaces))
+    settings = req.rt.config.storage.responses
+    keeper = None
+    if echo_body.get("store", True) is not False:
+        keeper = ResponsesKeeper(
+            conversations, egress, client, inputs, history, settings.ttl, settings.max_bytes
+        )
+    headers = ((b"x-truckllm-dropped-tools", ",".join(dropped).encode()),) if dropped else ()
+    inbound = Inbound(DIALECT, body, raw, {}, to_chat)
+    return Proxied(
+        client,
+        "chat",
+        body,
+        raw,
+        model,
+        stream,
+        False,
+        inbound,
+        egress,
+        label="responses",
+        translated_headers=headers,
+        keeper=keeper,
+        route=route,
+        exclude_keys=exclude,
+    )
+
+
 def routes(services: Services) -> list[Route]:
     proxy = services.proxy
     conversations = Conversations(services.kv)
@@ -96,58 +152,7 @@ def routes(services: Services) -> list[Route]:
     async def create(req: Request) -> None:
         client = authenticate(req)
         body, raw = await read_json(req)
-        model, stream = _check(body)
-        echo_body, history = body, []
-        route, exclude = None, frozenset[str]()
-        prev = body.get("previous_response_id")
-        if prev is not None:
-            record = await conversations.load(str(prev), client) if isinstance(prev, str) else None
-            if record is None:
-                raise not_found(str(prev), "previous_response_id")
-            if isinstance(record.get("items"), list):
-                history = record["items"]
-                body = expand(body, history)
-                raw = orjson.dumps(body)
-            else:
-                route, exclude = _pinned(req.rt, model, record.get("upstream"))
-        try:
-            _, dropped = functions(body.get("tools"))
-            inputs = with_ids(input_items(echo_body.get("input")))
-        except TranslationError as exc:
-            raise invalid_request(exc.message) from None
-        namespaces = frozenset(
-            t["name"]
-            for t in body.get("tools") or ()
-            if isinstance(t, dict) and t.get("type") == "namespace"
-        )
-        egress = ResponsesEgress(Echo(model, echo_body, namespaces))
-        settings = req.rt.config.storage.responses
-        keeper = None
-        if echo_body.get("store", True) is not False:
-            keeper = ResponsesKeeper(
-                conversations, egress, client, inputs, history, settings.ttl, settings.max_bytes
-            )
-        headers = ((b"x-truckllm-dropped-tools", ",".join(dropped).encode()),) if dropped else ()
-        inbound = Inbound(DIALECT, body, raw, {}, to_chat)
-        await proxy.run(
-            req,
-            Proxied(
-                client,
-                "chat",
-                body,
-                raw,
-                model,
-                stream,
-                False,
-                inbound,
-                egress,
-                label="responses",
-                translated_headers=headers,
-                keeper=keeper,
-                route=route,
-                exclude_keys=exclude,
-            ),
-        )
+        await proxy.run(req, await _proxied(req, conversations, client, body, raw))
 
     async def input_tokens(req: Request) -> None:
         """An estimate from the request's text, as the gateway counts for limits."""
