@@ -110,6 +110,8 @@ def test_create_over_every_provider_type(stack: Stack, client: openai.OpenAI, mo
     rec = stack.last()
     assert rec.endpoint == "responses" and rec.status == 200 and rec.usage is not None
     assert rec.cost_usd and rec.cost_usd > 0
+    metrics = stack.gw.request("GET", "/metrics").body
+    assert b'endpoint="responses"' in metrics
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -275,9 +277,15 @@ CODEX_LIKE: dict[str, Any] = {
 
 
 def test_a_codex_request_is_translated(stack: Stack) -> None:
-    headers = {"Authorization": "Bearer client-key", "Accept": "text/event-stream"}
+    headers = {
+        "Authorization": "Bearer client-key",
+        "Accept": "text/event-stream",
+        "session-id": "sess-1",
+    }
     resp = request("POST", stack.gw.url + "/v1/responses", CODEX_LIKE, headers)
     assert resp.status == 200, resp.body
+    rec = stack.last()
+    assert rec.session_id == "sess-1" and rec.usage is not None and not rec.usage.estimated
     assert resp.headers["x-truckllm-dropped-tools"] == "web_search"
     sent = stack.chat.received[-1].body
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool"]

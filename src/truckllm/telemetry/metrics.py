@@ -77,7 +77,7 @@ class LoopLag:
 
 
 TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
-_ENDPOINTS = frozenset({"chat", "embeddings", "messages", "models"})
+_ENDPOINTS = frozenset({"chat", "embeddings", "messages", "models", "responses"})
 _STATUSES = tuple(Status)
 
 RowKey = tuple[str, str, str, str, int]  # endpoint, alias, provider, key_id, status

@@ -70,6 +70,14 @@ def not_found(response_id: str, param: str | None = None) -> APIError:
     )
 
 
+def _session(req: Request) -> str | None:
+    """Codex's ``session-id`` header, recorded as the request's session."""
+    for name, value in req.scope["headers"]:
+        if name == b"session-id" and 0 < len(value) <= 128:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def _pinned(rt: Runtime, model: str, upstream: Any) -> tuple[ModelRoute, frozenset[str]]:
     """The route to the provider and key that hold an upstream's response."""
     provider = upstream.get("provider") if isinstance(upstream, dict) else None
@@ -138,6 +146,7 @@ async def _proxied(
         inbound,
         egress,
         label="responses",
+        session_id=_session(req),
         translated_headers=headers,
         keeper=keeper,
         route=route,
