@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from truckllm.accounting import Accounting
 from truckllm.config import Config, Limits
@@ -21,10 +23,11 @@ from truckllm.gateway import Runtime
 from truckllm.plugins import Registry
 from truckllm.routing import KeyState
 from truckllm.stores import Store, StoreFactory, store_registry
-from truckllm.stores.base import UsageQuery, UsageResult
+from truckllm.stores.base import StoreError, UsageQuery, UsageResult
 from truckllm.stores.limits import SharedLimiter, WindowSpec
 
 log = logging.getLogger("truckllm.coordination")
+T = TypeVar("T")
 
 
 def key_specs(limits: Limits) -> list[WindowSpec]:
@@ -129,8 +132,39 @@ class Coordinator:
             return True, None
         ok, reason = self.store.health()
         if not ok:
-            return False, f"{reason}; serving on local state ({self.ledger.backlog} usage rows unsent)"
+            return (
+                False,
+                f"{reason}; serving on local state ({self.ledger.backlog} usage rows unsent)",
+            )
         return True, None
+
+    # -- the store's key-value table ----------------------------------------------------------
+
+    def _kv_store(self) -> Store:
+        store = self.store
+        if store is None:
+            raise StoreError("the state store has not started")
+        if not hasattr(store, "kv_get"):
+            raise StoreError(f"the {self.settings.type} store keeps no key-value state")
+        return store
+
+    async def kv_get(self, key: str) -> bytes | None:
+        """Raises :class:`StoreError` when the store cannot answer in time."""
+        return await self._bounded(self._kv_store().kv_get(key))
+
+    async def kv_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self._bounded(self._kv_store().kv_set(key, value, ttl_s))
+
+    async def kv_delete(self, key: str) -> bool:
+        return bool(await self._bounded(self._kv_store().kv_delete(key)))
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(call, self.settings.timeout * 2)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"state store: {type(exc).__name__}: {exc}"[:300]) from exc
 
     async def query(self, q: UsageQuery) -> UsageResult:
         """The ledger's aggregates, this process's latest requests included."""

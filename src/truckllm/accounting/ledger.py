@@ -15,7 +15,7 @@ from truckllm.providers.base import Usage
 from truckllm.stores.base import COST, METRICS, Batch, RowKey, View, day_of, month_of
 from truckllm.telemetry.record import RequestRecord
 
-COUNTED_ENDPOINTS = frozenset({"chat", "embeddings", "messages"})
+COUNTED_ENDPOINTS = frozenset({"chat", "embeddings", "messages", "responses"})
 _N = len(METRICS)
 
 

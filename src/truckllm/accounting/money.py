@@ -53,7 +53,9 @@ def rates_of(pricing: Pricing) -> Rates:
     )
 
 
-def cost_nanos(rates: Rates, prompt: int, completion: int, cached: int = 0, created: int = 0) -> int:
+def cost_nanos(
+    rates: Rates, prompt: int, completion: int, cached: int = 0, created: int = 0
+) -> int:
     """A request's cost. Cache reads (``cached``) and cache writes (``created``), both part of
     ``prompt``, use their own prices."""
     cached = min(max(cached, 0), prompt)

@@ -116,5 +116,7 @@ class Accounting:
             policy = self.policies.get(rec.client_id or "")
             if policy is not None:
                 u = rec.usage
-                actual = u.prompt_tokens + u.completion_tokens if u is not None else rec.client_tokens
+                actual = (
+                    u.prompt_tokens + u.completion_tokens if u is not None else rec.client_tokens
+                )
                 policy.reconcile(time.monotonic(), actual - rec.client_tokens)

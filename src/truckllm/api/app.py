@@ -66,7 +66,7 @@ class App:
             AdminContext(stats, self.reloader, self.coordinator.query, self.registry.names)
         )
         proxy = Proxy(self.accounting, self.records)
-        self.services = Services(proxy, admin, self.telemetry, self.readiness)
+        self.services = Services(proxy, admin, self.telemetry, self.readiness, self.coordinator)
         self._exact: dict[tuple[str, str], Route] = {}
         self._prefixes: list[Route] = []
         for route in all_routes(self.services):

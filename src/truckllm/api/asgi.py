@@ -157,9 +157,7 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(
-    send: Send, err: APIError, request_id: str, body: bytes | None = None
-) -> None:
+async def send_error(send: Send, err: APIError, request_id: str, body: bytes | None = None) -> None:
     """The error answer: ``body`` in the client's dialect, OpenAI's shape by default."""
     # RuntimeError: the response had already started (the server refuses a second start).
     with contextlib.suppress(OSError, RuntimeError):

@@ -28,7 +28,7 @@ class Proxy:
 
     async def run(self, req: Request, p: Proxied) -> None:
         rt = req.rt
-        route = rt.resolver.resolve(p.model)
+        route = p.route or rt.resolver.resolve(p.model)
         if route is None:
             raise model_not_found(p.model)
         alias = p.model if p.model in rt.resolver.aliases else None
@@ -56,16 +56,29 @@ class Proxy:
         watch = DisconnectWatch(req.scope, req.receive)
         try:
             served = await execute(
-                req.rt, route, p.endpoint, p.body, p.raw, p.stream, p.wants_usage, req.id, p.inbound
+                req.rt,
+                route,
+                p.endpoint,
+                p.body,
+                p.raw,
+                p.stream,
+                p.wants_usage,
+                req.id,
+                p.inbound,
+                p.exclude_keys,
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
             headers = served_headers(req.id, served)
             translate = p.egress is not None and served.reply.dialect != p.egress.dialect
+            if translate:
+                headers += p.translated_headers
             if served.reply.events is None:
                 egress = p.egress if translate else None
-                await send_whole(req.send, served, rec, headers, self.accounting, egress)
+                await send_whole(req.send, served, rec, headers, self.accounting, egress, p.keeper)
             else:
-                await send_stream(req.send, served, rec, headers, t0, p.egress, translate)
+                await send_stream(
+                    req.send, served, rec, headers, t0, p.egress, translate, p.keeper
+                )
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True
             raise

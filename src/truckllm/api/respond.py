@@ -9,7 +9,7 @@ import time
 
 from truckllm.accounting import Accounting, format_usd
 from truckllm.api.asgi import SSE_HEADERS, Send
-from truckllm.api.steps import Egress
+from truckllm.api.steps import Egress, Keeper
 from truckllm.gateway import Served, StreamBroken, relay
 from truckllm.telemetry.record import RequestRecord
 
@@ -34,6 +34,7 @@ async def send_whole(
     headers: Headers,
     accounting: Accounting,
     egress: Egress | None,
+    keeper: Keeper | None = None,
 ) -> None:
     """The whole answer; through ``egress`` when it came in the internal form to a client of
     another dialect."""
@@ -42,6 +43,8 @@ async def send_whole(
     body, content_type = reply.body, reply.content_type
     if egress is not None:
         body, content_type = egress.whole(reply.status, body, reply.usage), "application/json"
+    if keeper is not None and reply.status == 200:
+        await keeper.whole(served, body)
     if reply.status == 429 and reply.retry_after is not None:
         # Whatever the provider's form (header, RetryInfo), clients get seconds.
         headers.append((b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode()))
@@ -72,10 +75,13 @@ async def send_stream(
     t0: float,
     egress: Egress | None,
     translate: bool,
+    keeper: Keeper | None = None,
 ) -> None:
     """The stream, event batch by event batch as they arrive; through ``egress`` (the client's
     dialect, None for the internal form) when ``translate``. A break after the first byte ends
     the stream with an error event in the client's dialect."""
+    if keeper is not None:
+        await keeper.stream_started(served)
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
     events = relay(served)
     out = egress.stream() if egress is not None and translate else None
@@ -85,11 +91,18 @@ async def send_stream(
                 batch = out.feed(batch)
                 if not batch:
                     continue
+            elif keeper is not None:
+                keeper.observe(batch)
             if rec.ttft_s is None:
                 rec.ttft_s = time.perf_counter() - t0
             await send({"type": "http.response.body", "body": batch, "more_body": True})
         if out is not None:
-            await send({"type": "http.response.body", "body": out.finish(), "more_body": True})
+            tail = out.finish()
+            if keeper is not None:
+                await keeper.stream_ended(served)
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
+        elif keeper is not None:
+            await keeper.stream_ended(served)
     except StreamBroken as broken:
         rec.error_code = broken.error.code or "stream_broken"
         log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from truckllm.admin import AdminAPI
+from truckllm.api.conversations import KeyValue
 from truckllm.api.proxy import Proxy
 from truckllm.api.routes import Readiness
 from truckllm.telemetry.hub import Telemetry
@@ -16,3 +17,4 @@ class Services:
     admin: AdminAPI
     telemetry: Telemetry
     readiness: Readiness
+    kv: KeyValue  # the state store's key-value table (through the coordinator)

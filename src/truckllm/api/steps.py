@@ -12,6 +12,7 @@ import orjson
 from truckllm.api.asgi import json_type, read_body
 from truckllm.api.routes import Request
 from truckllm.errors import APIError, invalid_request
+from truckllm.gateway import Route, Served
 from truckllm.providers.base import Endpoint, Inbound, Usage
 
 
@@ -85,6 +86,28 @@ class Egress(Protocol):
     def error_event(self, err: APIError) -> bytes: ...
 
 
+class Keeper(Protocol):
+    """What an endpoint keeps of a served answer (the Responses API's stored responses), told
+    before the client has all of it: so a follow-up request that comes as soon as the answer
+    is complete finds it, in this process or another."""
+
+    async def whole(self, served: Served, body: bytes) -> None:
+        """A whole answer, as the client gets it, before it is sent."""
+        ...
+
+    async def stream_started(self, served: Served) -> None:
+        """A stream, before its first event is sent (``served.first`` holds it)."""
+        ...
+
+    def observe(self, batch: bytes) -> None:
+        """Each batch of a stream that is not translated, as it goes out."""
+        ...
+
+    async def stream_ended(self, served: Served) -> None:
+        """A stream that ended well: before a translated stream's last events are sent."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Proxied:
     """A request for the gateway to run: who asks, what, and how the answer goes back. With
@@ -103,6 +126,11 @@ class Proxied:
     egress: Egress | None = None
     label: str | None = None  # the endpoint's name in records and metrics, if not ``endpoint``
     session_id: str | None = None
+    # more response headers when the answer is translated (what the translation left out)
+    translated_headers: tuple[tuple[bytes, bytes], ...] = ()
+    keeper: Keeper | None = None
+    route: Route | None = None  # where to go, when the endpoint knows better than the model name
+    exclude_keys: frozenset[str] = frozenset()  # keys this request must not use
 
 
 def proxied(client: str, endpoint: Endpoint, body: dict[str, Any], raw: bytes) -> Proxied:

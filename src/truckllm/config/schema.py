@@ -90,6 +90,9 @@ class ProviderConfig:
     stream_usage: bool = True
     strategy: Strategy | None = None  # key selection; routing.strategy when absent
     options: dict[str, Any] = field(default_factory=dict)
+    # The upstream serves OpenAI's Responses API (/responses): Responses clients pass through.
+    # None: true for the provider id "openai" on api.openai.com, false otherwise (openai type).
+    responses_api: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,9 @@ class ClientKey:
     id: str = ""
     key: Secret | None = None
     key_sha256: str | None = None
-    allowed_models: tuple[str, ...] | None = None  # model names or aliases, globs allowed; None: all
+    allowed_models: tuple[str, ...] | None = (
+        None  # model names or aliases, globs allowed; None: all
+    )
     rpm: int | None = None  # requests per minute for this client
     tpm: int | None = None  # tokens per minute (estimated at admission, corrected by usage)
     budget: Budget | None = None
@@ -258,11 +263,22 @@ class RuntimeStoreConfig:
     lease_ttl: float = 2.0  # shared limits: seconds a leased unit stays spendable
     lease_slack: float = 1.0  # shared limits: seconds from spending a unit to the upstream
     options: dict[str, Any] = field(default_factory=dict)  # for plugin stores
+    kv_max_bytes: int = 64 * 1024 * 1024  # memory and file stores: the key-value table's bound
+
+
+@dataclass(frozen=True)
+class ResponsesStateConfig:
+    """Responses API conversations the gateway keeps (``store: true``) for translated traffic,
+    and where the upstream's own response ids live, in the runtime store."""
+
+    ttl: float = 30 * 86400.0  # seconds a stored response can be retrieved or continued
+    max_bytes: int = 4 * 1024 * 1024  # one stored response with its conversation; larger: not kept
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     runtime: RuntimeStoreConfig = field(default_factory=RuntimeStoreConfig)
+    responses: ResponsesStateConfig = field(default_factory=ResponsesStateConfig)
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,14 @@ def _validate_provider(
     for mi, m in enumerate(p.models):
         if not m:
             fail(f"{ppath}.models[{mi}]", "must not be empty")
-    return dataclasses.replace(p, type=ptype, base_url=base_url, keys=tuple(keys))
+    responses_api = p.responses_api
+    if responses_api is None:
+        responses_api = ptype == "openai" and base_url == DEFAULT_BASE_URLS["openai"]
+    elif responses_api and ptype != "openai":
+        fail(f"{ppath}.responses_api", "only an openai-type provider can serve the Responses API")
+    return dataclasses.replace(
+        p, type=ptype, base_url=base_url, keys=tuple(keys), responses_api=responses_api
+    )
 
 
 def _validate_key(
@@ -413,3 +420,10 @@ def _validate_storage(cfg: Config, fail: Callable[[str, str], None]) -> None:
         fail(f"{path}.lease_slack", "must not be negative")
     if not rs.prefix or any(c in rs.prefix for c in "{} "):
         fail(f"{path}.prefix", "must be non-empty, without braces or spaces")
+    if rs.kv_max_bytes < 1024:
+        fail(f"{path}.kv_max_bytes", "must be at least 1024")
+    rr = cfg.storage.responses
+    if rr.ttl <= 0:
+        fail("storage.responses.ttl", "must be positive")
+    if rr.max_bytes < 1024:
+        fail("storage.responses.max_bytes", "must be at least 1024")

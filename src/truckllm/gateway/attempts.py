@@ -56,6 +56,7 @@ async def execute(
     wants_usage: bool,
     request_id: str,
     inbound: Inbound | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
     when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx).
@@ -64,6 +65,7 @@ async def execute(
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
     speaks the dialect, and its internal form to any other."""
     loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
+    loop.tried.update(exclude)  # keys the request must not use (pinned to one by the caller)
     return await loop.run()
 
 
@@ -230,7 +232,9 @@ class _AttemptLoop:
         reported already; ``done`` is idempotent. Anything else is an error of the gateway's."""
         last, pick, target = self.last, self.last_pick, self.last_target
         if isinstance(last, Reply) and pick and target and self.last_kind in PASSED_ON:
-            return Served(last, pick, target, self.attempts, pick.started, upstream_s=self.upstream_s)
+            return Served(
+                last, pick, target, self.attempts, pick.started, upstream_s=self.upstream_s
+            )
         if last is None and self.rejected is not None:
             raise APIError(self.rejected.status, "", headers=[]).with_body(self.rejected.body)
         if last is None:

@@ -27,7 +27,8 @@ INTERNAL = "openai-chat"
 """The internal form's dialect: OpenAI's chat completions (and embeddings) wire format."""
 ANTHROPIC_MESSAGES = "anthropic-messages"
 """Anthropic's Messages API, as clients such as Claude Code speak it."""
-
+OPENAI_RESPONSES = "openai-responses"
+"""OpenAI's Responses API, as Codex CLI and OpenAI's newer SDK helpers speak it."""
 
 
 @dataclass(slots=True)
@@ -93,8 +94,8 @@ class Usage:
         try:
             prompt = int(obj.get("prompt_tokens") or obj.get("input_tokens") or 0)
             completion = int(obj.get("completion_tokens") or obj.get("output_tokens") or 0)
-            pdet = obj.get("prompt_tokens_details") or {}
-            cdet = obj.get("completion_tokens_details") or {}
+            pdet = obj.get("prompt_tokens_details") or obj.get("input_tokens_details") or {}
+            cdet = obj.get("completion_tokens_details") or obj.get("output_tokens_details") or {}
             cached = int(pdet.get("cached_tokens") or 0) if isinstance(pdet, dict) else 0
             reasoning = int(cdet.get("reasoning_tokens") or 0) if isinstance(cdet, dict) else 0
         except (TypeError, ValueError):

@@ -1,7 +1,9 @@
 """The state-store seam: what the gateway shares with (or persists through) a store.
 
-A store keeps three things for the gateway: the usage ledger (aggregated counts and exact costs),
-cooldowns, and, for stores shared by several processes, the windows behind shared rate limits.
+A store keeps four things for the gateway: the usage ledger (aggregated counts and exact costs),
+cooldowns, for stores shared by several processes the windows behind shared rate limits, and a
+small key-value table with expiry (``kv_*``: Responses API conversations, and whatever else the
+gateway must find again in any process).
 The gateway never waits on a store on the hot path: usage and cooldowns travel in batches from a
 background task (:meth:`Store.sync`), and shared limits are leased ahead of need
 (:meth:`Store.lease`).
@@ -129,12 +131,27 @@ class Store(Protocol):
         """Apply ``batch`` (at most once per ``(origin, seq)``) and return the current view."""
         ...
 
-    async def lease(self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]) -> list[Grant]:
+    async def lease(
+        self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]
+    ) -> list[Grant]:
         """Grant units of ``scope``'s windows, never more than each window's limit, and apply
         ``adjusts`` first. One grant per ask, in order."""
         ...
 
     async def query(self, q: UsageQuery) -> UsageResult: ...
+
+    async def kv_get(self, key: str) -> bytes | None:
+        """The value kept under ``key``, or ``None`` (never set, deleted or expired)."""
+        ...
+
+    async def kv_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Keep ``value`` under ``key`` for ``ttl_s`` seconds, replacing any value there. A store
+        may drop entries early to stay within its size bound."""
+        ...
+
+    async def kv_delete(self, key: str) -> bool:
+        """Forget ``key``; whether it was there."""
+        ...
 
     def health(self) -> tuple[bool, str | None]:
         """(ok, reason): ``False`` while the backend is unreachable and the gateway serves on

@@ -12,6 +12,11 @@ snapshot (atomic) and the directory fsync'ed; only then is the journal emptied. 
 the rename and the truncation is harmless: the snapshot names the last journal record it holds.
 
 One process per file: a second process that opens it gets an error (an advisory ``flock``).
+
+The key-value table (``kv_*``) lives in a third file, ``path.kv``: an append-only log of sets and
+deletes (``magic | op | key length | value length | expiry | CRC-32 | key | value``), written
+through the page cache without fsync (conversation state, not money), replayed on start up to the
+first torn record, and rewritten with only the live entries once it holds mostly dead ones.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -40,6 +45,7 @@ from truckllm.stores.base import (
     UsageResult,
     View,
 )
+from truckllm.stores.kv import DEFAULT_MAX_BYTES, KVTable
 from truckllm.stores.tables import Tables, batch_from_json, batch_to_json
 
 log = logging.getLogger("truckllm.stores")
@@ -47,12 +53,21 @@ log = logging.getLogger("truckllm.stores")
 _MAGIC = b"TLJ1"
 _HEADER = struct.Struct(">4sIIQ")  # magic, payload length, CRC-32 of the payload, journal seq
 _MAX_RECORD = 256 * 1024 * 1024
+_KV_MAGIC = b"TLK1"
+_KV_HEADER = struct.Struct(
+    ">4sBIIdI"
+)  # magic, op (1 set, 0 delete), key len, value len, until, crc
 
 
 class FileStore:
     shared = False
 
-    def __init__(self, path: str | os.PathLike[str], compact_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        compact_bytes: int = 8 * 1024 * 1024,
+        kv_max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.path = Path(path)
         self.journal_path = Path(str(self.path) + ".journal")
         self.compact_bytes = compact_bytes
@@ -65,6 +80,10 @@ class FileStore:
             raise StoreError(f"{self.path} is in use by another process") from exc
         self.tables, self._jseq = self._recover()
         self._journal = open(self.journal_path, "ab")  # noqa: SIM115
+        self.kv_path = Path(str(self.path) + ".kv")
+        self.kv = KVTable(kv_max_bytes)
+        self._kv_log_bytes = self._kv_recover()
+        self._kv_log: BinaryIO | None = None  # opened at the first write
         self._error: str | None = None
         self._io = asyncio.Lock()
 
@@ -72,7 +91,7 @@ class FileStore:
     def from_config(cls, config: Any) -> FileStore:
         if not config.path:
             raise StoreError("storage.runtime.path is required for the file store")
-        return cls(config.path)
+        return cls(config.path, kv_max_bytes=getattr(config, "kv_max_bytes", DEFAULT_MAX_BYTES))
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -163,7 +182,9 @@ class FileStore:
         self._journal.seek(0)
         os.fsync(self._journal.fileno())
 
-    async def lease(self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]) -> list[Grant]:
+    async def lease(
+        self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]
+    ) -> list[Grant]:
         return self.tables.lease(scope, asks, adjusts, int(time.time() * 1000))
 
     async def query(self, q: UsageQuery) -> UsageResult:
@@ -177,5 +198,84 @@ class FileStore:
             return
         with contextlib.suppress(OSError):
             await self.compact()
+        if self._kv_log is not None:
+            with contextlib.suppress(OSError):
+                self._kv_rewrite()
         self._journal.close()
+        if self._kv_log is not None:
+            self._kv_log.close()
         self._lock.close()
+
+    # -- the key-value table ------------------------------------------------------------------
+
+    async def kv_get(self, key: str) -> bytes | None:
+        return self.kv.get(key)
+
+    async def kv_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        until = time.time() + ttl_s
+        if self.kv.set(key, value, ttl_s, until):
+            self._kv_append(1, key, value, until)
+
+    async def kv_delete(self, key: str) -> bool:
+        found = self.kv.delete(key)
+        if found:
+            self._kv_append(0, key, b"", 0.0)
+        return found
+
+    def _kv_append(self, op: int, key: str, value: bytes, until: float) -> None:
+        k = key.encode()
+        record = _KV_HEADER.pack(_KV_MAGIC, op, len(k), len(value), until, zlib.crc32(k + value))
+        try:
+            if self._kv_log is None:
+                self._kv_log = open(self.kv_path, "ab")  # noqa: SIM115
+            self._kv_log.write(record + k + value)
+            self._kv_log.flush()
+        except OSError as exc:
+            self._error = f"cannot write {self.kv_path}: {exc.strerror or exc}"
+            raise StoreError(self._error) from exc
+        self._kv_log_bytes += len(record) + len(k) + len(value)
+        if self._kv_log_bytes > 2 * self.kv.size + 1024 * 1024:
+            self._kv_rewrite()
+
+    def _kv_recover(self) -> int:
+        """Replay ``path.kv`` into the table; its valid length (a torn tail is cut off)."""
+        if not self.kv_path.exists():
+            return 0
+        raw = self.kv_path.read_bytes()
+        at = good = 0
+        while at + _KV_HEADER.size <= len(raw):
+            magic, op, klen, vlen, until, crc = _KV_HEADER.unpack_from(raw, at)
+            start = at + _KV_HEADER.size
+            end = start + klen + vlen
+            if magic != _KV_MAGIC or end > len(raw) or zlib.crc32(raw[start:end]) != crc:
+                break
+            key = raw[start : start + klen].decode("utf-8", "replace")
+            if op == 1:
+                self.kv.set(key, raw[start + klen : end], 0.0, until)
+            else:
+                self.kv.delete(key)
+            at = good = end
+        if good < len(raw):
+            with open(self.kv_path, "r+b") as f:
+                f.truncate(good)
+        return good
+
+    def _kv_rewrite(self) -> None:
+        """The log with only the live entries, swapped in atomically."""
+        tmp = self.kv_path.with_name(self.kv_path.name + ".tmp")
+        size = 0
+        with open(tmp, "wb") as f:
+            for key, value, until in self.kv.items():
+                k = key.encode()
+                head = _KV_HEADER.pack(
+                    _KV_MAGIC, 1, len(k), len(value), until, zlib.crc32(k + value)
+                )
+                f.write(head + k + value)
+                size += len(head) + len(k) + len(value)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.kv_path)
+        if self._kv_log is not None:
+            self._kv_log.close()
+            self._kv_log = None
+        self._kv_log_bytes = size

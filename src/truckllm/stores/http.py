@@ -8,10 +8,14 @@ and the gateway retries later. The README documents the bodies; the reference im
 - ``/sync``: a batch in, the view out. Must apply each ``(origin, seq)`` at most once.
 - ``/lease``: ``{scope, asks, adjusts}`` in, ``{grants}`` out, applied atomically per scope.
 - ``/query``: ``{group_by, start, end, bucket}`` in, ``{granularity, rows}`` out.
+- ``/kv/get``: ``{key}`` in, ``{value}`` out (base64, or null when there is none).
+- ``/kv/set``: ``{key, value, ttl_s}`` in (value in base64); ``/kv/delete``: ``{key}`` in,
+  ``{deleted}`` out.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,7 +84,9 @@ class HttpStore:
     async def sync(self, batch: Batch) -> View:
         return view_from_json(await self._post("/sync", batch_to_json(batch)))
 
-    async def lease(self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]) -> list[Grant]:
+    async def lease(
+        self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]
+    ) -> list[Grant]:
         data = await self._post(
             "/lease",
             {
@@ -100,9 +106,21 @@ class HttpStore:
             {"group_by": list(q.group_by), "start": q.start, "end": q.end, "bucket": q.bucket},
         )
         rows = [
-            (tuple(r["group"]), r.get("bucket"), [int(c) for c in r["counts"]]) for r in data["rows"]
+            (tuple(r["group"]), r.get("bucket"), [int(c) for c in r["counts"]])
+            for r in data["rows"]
         ]
         return UsageResult(data["granularity"], rows)
+
+    async def kv_get(self, key: str) -> bytes | None:
+        value = (await self._post("/kv/get", {"key": key})).get("value")
+        return base64.b64decode(value) if isinstance(value, str) else None
+
+    async def kv_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        body = {"key": key, "value": base64.b64encode(value).decode(), "ttl_s": ttl_s}
+        await self._post("/kv/set", body)
+
+    async def kv_delete(self, key: str) -> bool:
+        return bool((await self._post("/kv/delete", {"key": key})).get("deleted"))
 
     def health(self) -> tuple[bool, str | None]:
         return self._error is None, self._error

@@ -14,6 +14,7 @@ Every write is one atomic Lua script. Keys carry hash tags so that each script t
   - ``seq:<origin>``: the last batch applied from one process (expires after a day).
 
 - ``<prefix>:{lim:<scope>}:<window>`` (hash): a shared limit window, bucket -> units granted.
+- ``<prefix>:kv:<key>`` (string with an expiry): the key-value table (``kv_*``).
 
 The scripts use Redis's clock (``TIME``) for the limit windows, so processes' clocks may differ.
 """
@@ -287,7 +288,9 @@ class RedisStore:
 
     # -- shared limits ------------------------------------------------------------------------
 
-    async def lease(self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]) -> list[Grant]:
+    async def lease(
+        self, scope: str, asks: Sequence[Ask], adjusts: Sequence[Adjust]
+    ) -> list[Grant]:
         keys: list[str] = []
         index: dict[str, int] = {}
 
@@ -321,9 +324,32 @@ class RedisStore:
             self._lease, keys, orjson.dumps({"adj": adj, "ask": ask})
         )
         return [
-            Grant(a.window, int(n), int(bucket), max(int(retry), 1) / 1000.0 if n < a.amount else 0.0)
+            Grant(
+                a.window, int(n), int(bucket), max(int(retry), 1) / 1000.0 if n < a.amount else 0.0
+            )
             for a, (n, bucket, retry) in zip(asks, result, strict=True)
         ]
+
+    # -- the key-value table ------------------------------------------------------------------
+
+    async def _kv(self, op: str, key: str, *args: Any) -> Any:
+        try:
+            result = await getattr(self._redis, op)(f"{self.prefix}:kv:{key}", *args)
+        except Exception as exc:
+            self._error = f"redis unreachable: {type(exc).__name__}: {exc}"[:300]
+            raise StoreError(self._error) from exc
+        self._error = None
+        return result
+
+    async def kv_get(self, key: str) -> bytes | None:
+        value = await self._kv("get", key)
+        return bytes(value) if value is not None else None
+
+    async def kv_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self._kv("set", key, value, None, max(int(ttl_s * 1000), 1))
+
+    async def kv_delete(self, key: str) -> bool:
+        return bool(await self._kv("delete", key))
 
     async def close(self) -> None:
         await self._redis.aclose()

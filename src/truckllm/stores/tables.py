@@ -72,7 +72,9 @@ def group_rows(
         if acc is None:
             acc = out[k] = [0] * _N
         add_counts(acc, counts)
-    rows = [(g, t, c) for (g, t), c in sorted(out.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0]))]
+    rows = [
+        (g, t, c) for (g, t), c in sorted(out.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0]))
+    ]
     return UsageResult(granularity, rows)
 
 
@@ -198,7 +200,9 @@ class Tables:
     def dump(self) -> dict[str, Any]:
         return {
             "usage": {
-                name: [[ts, *row, *counts] for ts, rows in t.items() for row, counts in rows.items()]
+                name: [
+                    [ts, *row, *counts] for ts, rows in t.items() for row, counts in rows.items()
+                ]
                 for name, t in self.usage.items()
             },
             "spend_day": self.spend_day,

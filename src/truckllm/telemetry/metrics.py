@@ -74,8 +74,10 @@ class LoopLag:
         name = "truckllm_event_loop_lag_seconds"
         page.family(name, "histogram", "How late a periodic timer ran on the event loop.")
         page.histogram(name, (), LAG_BUCKETS, self.counts, self.total)
+
+
 TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
-_ENDPOINTS = frozenset({"chat", "embeddings", "messages", "models"})
+_ENDPOINTS = frozenset({"chat", "embeddings", "messages", "models", "responses"})
 _STATUSES = tuple(Status)
 
 RowKey = tuple[str, str, str, str, int]  # endpoint, alias, provider, key_id, status
@@ -117,9 +119,9 @@ class _Row:
         self.overhead_sum = 0.0
 
 
-
 def _key_ids(ps: ProviderState, s: KeyState) -> tuple[tuple[str, str], ...]:
     return (("provider", ps.id), ("key_id", s.key.id))
+
 
 class Metrics:
     """The gateway's metrics. Lives as long as the app (across reloads); used on the event loop
@@ -383,9 +385,7 @@ class Metrics:
         )
         for ps, s in keys:
             until = wall + (s.cooling_until - now) if s.cooling_until > now else 0.0
-            page.sample(
-                "truckllm_key_cooldown_until_timestamp_seconds", _key_ids(ps, s), until
-            )
+            page.sample("truckllm_key_cooldown_until_timestamp_seconds", _key_ids(ps, s), until)
         page.family(
             "truckllm_key_success_ratio",
             "gauge",

@@ -20,7 +20,7 @@ log = logging.getLogger("truckllm.telemetry")
 class RequestRecord:
     time: float  # wall clock at arrival, unix seconds
     request_id: str
-    endpoint: str  # "chat", "embeddings", "messages", "models", or the path of anything else
+    endpoint: str  # "chat", "embeddings", "messages", "responses", "models", or another path
     client_id: str | None = None
     model: str | None = None  # as the client named it
     alias: str | None = None  # set when ``model`` is an alias

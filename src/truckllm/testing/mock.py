@@ -1,7 +1,8 @@
 """A mock OpenAI-compatible upstream that speaks the real wire format over real HTTP.
 
 By default it answers like a fast, healthy OpenAI: chat completions (JSON and SSE, with usage when
-asked), tool calls when tools are offered, embeddings (float or base64), and the model list.
+asked), tool calls when tools are offered, the Responses API (:mod:`truckllm.testing.mock_responses`),
+embeddings (float or base64), and the model list.
 Tests script it: push :class:`Scripted` answers (status, headers, body, SSE events with timing,
 disconnects) and read back every request it received. Per key (or for every key) it simulates
 latency, time to first token, token pace, reply length, usage, rate limits with real 429s and
@@ -32,6 +33,7 @@ from truckllm.testing.behaviour import (
     Throttle,
     reported_usage,
 )
+from truckllm.testing.mock_responses import ResponsesAPI
 from truckllm.testing.wire import (
     Event,
     FakeServer,
@@ -130,6 +132,7 @@ class MockUpstream(FakeServer):
         self.stamp = stamp  # stream chunks carry "mock_sent": time.monotonic() when sent
         self.reply_words = reply_words
         self.event_delay = event_delay  # added between stream events, whatever the key
+        self.responses = ResponsesAPI(self)  # POST/GET/DELETE /v1/responses
         super().__init__(
             conditions or Conditions(KeyBehaviour(latency=latency or None), keys, seed=seed)
         )
@@ -139,6 +142,7 @@ class MockUpstream(FakeServer):
             web.post("/v1/chat/completions", self._chat),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/v1/models", self._models),
+            *self.responses.routes(),
         ]
 
     @property
@@ -242,7 +246,9 @@ class MockUpstream(FakeServer):
             "object": "chat.completion",
             "created": base["created"],
             "model": base["model"],
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
             "usage": usage,
             "system_fingerprint": "fp_mock",
         }

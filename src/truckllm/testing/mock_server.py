@@ -1,8 +1,8 @@
 """``truckllm mock``: the OpenAI, Anthropic and Gemini fakes on one port, sharing one set of
 behaviours (latency, pacing, reply length, usage, per-key limits, faults).
 
-Routes: OpenAI ``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/models`` (provider
-``base_url``: ``<url>/v1``); Anthropic ``/v1/messages`` (``base_url``: ``<url>``); Gemini
+Routes: OpenAI ``/v1/chat/completions``, ``/v1/responses``, ``/v1/embeddings``, ``/v1/models``
+(provider ``base_url``: ``<url>/v1``); Anthropic ``/v1/messages`` (``base_url``: ``<url>``); Gemini
 ``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent``, ``:embedContent``,
 ``:batchEmbedContents`` (``base_url``: ``<url>``). A key is the bearer token, ``x-api-key`` or
 ``x-goog-api-key``; one key's limits count its requests in every format.

@@ -7,6 +7,7 @@ serialises leases per process (one event loop), which makes each atomic.
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -14,12 +15,14 @@ import orjson
 from aiohttp import web
 
 from truckllm.stores.base import Adjust, Ask, UsageQuery
+from truckllm.stores.kv import KVTable
 from truckllm.stores.tables import Tables, batch_from_json, view_to_json
 
 
 class StoreServer:
     def __init__(self, token: str | None = None) -> None:
         self.tables = Tables()
+        self.kv = KVTable()
         self.token = token
         self.requests = 0
         self.fail = False  # answer 503 to everything (tests of a store outage)
@@ -29,6 +32,9 @@ class StoreServer:
         app.router.add_post("/sync", self._sync)
         app.router.add_post("/lease", self._lease)
         app.router.add_post("/query", self._query)
+        app.router.add_post("/kv/get", self._kv_get)
+        app.router.add_post("/kv/set", self._kv_set)
+        app.router.add_post("/kv/delete", self._kv_delete)
         self.app = app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -112,3 +118,18 @@ class StoreServer:
                 "rows": [{"group": list(g), "bucket": t, "counts": c} for g, t, c in result.rows],
             }
         )
+
+    async def _kv_get(self, request: web.Request) -> web.Response:
+        value = self.kv.get(str((await self._body(request))["key"]))
+        return self._json(
+            {"value": base64.b64encode(value).decode() if value is not None else None}
+        )
+
+    async def _kv_set(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        self.kv.set(str(data["key"]), base64.b64decode(data["value"]), float(data["ttl_s"]))
+        return self._json({})
+
+    async def _kv_delete(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        return self._json({"deleted": self.kv.delete(str(data["key"]))})

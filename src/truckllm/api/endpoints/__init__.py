@@ -6,11 +6,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import ModuleType
 
-from truckllm.api.endpoints import admin, chat, embeddings, health, messages, metrics, models
+from truckllm.api.endpoints import (
+    admin,
+    chat,
+    embeddings,
+    health,
+    messages,
+    metrics,
+    models,
+    responses,
+)
 from truckllm.api.routes import Route
 from truckllm.api.services import Services
 
-MODULES: tuple[ModuleType, ...] = (chat, embeddings, messages, models, health, metrics, admin)
+MODULES: tuple[ModuleType, ...] = (
+    chat,
+    embeddings,
+    messages,
+    responses,
+    models,
+    health,
+    metrics,
+    admin,
+)
 
 
 def all_routes(services: Services) -> list[Route]:

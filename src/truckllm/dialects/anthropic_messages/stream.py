@@ -164,5 +164,7 @@ class ChatToMessagesStream:
     def _close(self, out: list[bytes]) -> None:
         if self._block is None:
             return
-        out.append(event("content_block_stop", {"type": "content_block_stop", "index": self._index}))
+        out.append(
+            event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+        )
         self._block = None

@@ -17,6 +17,7 @@ import orjson
 from truckllm.config.schema import KeyConfig
 from truckllm.http.client import Response
 from truckllm.providers.base import (
+    OPENAI_RESPONSES,
     Call,
     ProviderContext,
     Reply,
@@ -24,6 +25,7 @@ from truckllm.providers.base import (
 )
 from truckllm.providers.errors import normalise_upstream_error, parse_retry_after
 from truckllm.providers.http import UpstreamHTTP, bearer, header
+from truckllm.providers.openai.responses import send_responses
 from truckllm.providers.sse import SSEFramer, parse_event
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
@@ -40,6 +42,9 @@ class OpenAIProvider:
         self.id = cfg.id
         query = ("?" + urlencode(cfg.query_params)) if cfg.query_params else ""
         self._urls = {ep: cfg.base_url + path + query for ep, path in _PATHS.items()}
+        self._responses_url = cfg.base_url + "/responses" + query
+        # Responses API clients pass through when the upstream serves that API.
+        self.dialects = frozenset({OPENAI_RESPONSES}) if cfg.responses_api else frozenset()
         self._stream_usage = cfg.stream_usage
         auth = bearer if cfg.auth_header.lower() == "authorization" else header(cfg.auth_header)
         self._http = UpstreamHTTP(ctx, auth)
@@ -61,6 +66,8 @@ class OpenAIProvider:
         return orjson.dumps(body), inject_usage
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
+        if call.dialect == OPENAI_RESPONSES:
+            return await send_responses(self._http, self._responses_url, call, key, _retry_after)
         data, strip_usage = self._request_body(call)
         resp = await self._http.post(self._urls[call.endpoint], data, key, call.stream)
         ctype = resp.headers.get("content-type", "application/json")

@@ -1,0 +1,86 @@
+"""OpenAI Responses API clients to an upstream that serves it (``responses_api`` on the
+provider): no translation. The body goes to ``<base_url>/responses`` as it came, ``model``
+rewritten only when the route names another; the answer, its events and the upstream's errors
+come back byte for byte. Usage is read on the side from the body's ``usage`` and from the
+``response.completed`` (or ``.incomplete``/``.failed``) event, the only events parsed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from truckllm.config.schema import KeyConfig
+from truckllm.http.client import Response
+from truckllm.providers.base import Call, Reply, Usage
+from truckllm.providers.errors import normalise_upstream_error
+from truckllm.providers.http import UpstreamHTTP
+from truckllm.providers.sse import SSEFramer, iter_events
+
+_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
+async def send_responses(
+    http: UpstreamHTTP, url: str, call: Call, key: KeyConfig, retry_after: Any
+) -> Reply:
+    data = call.raw
+    if call.body.get("model") != call.model:
+        data = orjson.dumps({**call.body, "model": call.model})
+    resp = await http.post(url, data, key, call.stream)
+    ctype = resp.headers.get("content-type", "application/json")
+    if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
+        reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
+        reply.events = _events(http, resp, reply)
+        return reply
+    body = await http.read(resp)
+    if resp.status >= 400:
+        body, code = normalise_upstream_error(http.scrub(body), resp.status, http.id)
+        return Reply(
+            resp.status,
+            "application/json",
+            resp.headers,
+            body=body,
+            error_code=code,
+            retry_after=retry_after(resp.headers),
+            dialect=call.dialect,
+        )
+    reply = Reply(resp.status, ctype, resp.headers, body=body, dialect=call.dialect)
+    with contextlib.suppress(orjson.JSONDecodeError):
+        obj = orjson.loads(body)
+        if isinstance(obj, dict):
+            reply.usage = Usage.from_openai(obj.get("usage"))
+    return reply
+
+
+async def _events(http: UpstreamHTTP, resp: Response, reply: Reply) -> AsyncIterator[bytes]:
+    framer = SSEFramer(http.id)
+    try:
+        with http.mid_stream():
+            async for chunk in resp:
+                batch = framer.feed(chunk)
+                if batch:
+                    if any(marker in batch for marker in _FINAL):
+                        _read_usage(batch, reply)
+                    yield batch
+            rest = framer.close()
+            if rest:
+                yield rest
+    finally:
+        resp.release()
+
+
+def _read_usage(batch: bytes, reply: Reply) -> None:
+    for ev in iter_events(batch):
+        if not any(marker in ev.data[:64] for marker in _FINAL):
+            continue
+        try:
+            obj = orjson.loads(ev.data)
+        except orjson.JSONDecodeError:
+            continue
+        response = obj.get("response") if isinstance(obj, dict) else None
+        if isinstance(response, dict):
+            usage = Usage.from_openai(response.get("usage"))
+            if usage is not None:
+                reply.usage = usage
