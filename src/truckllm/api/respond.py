@@ -31,7 +31,7 @@ async def send_whole(
 ) -> None:
     reply = served.reply
     assert reply.body is not None
-    if reply.status == 429 and reply.retry_after is not None:
+    if reply.status == 429 and reply.retry_after is not None and math.isfinite(reply.retry_after):
         # Whatever the provider's form (header, RetryInfo), clients get seconds.
         headers.append((b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode()))
     if reply.usage is not None:
