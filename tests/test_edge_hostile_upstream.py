@@ -5,6 +5,8 @@ degrade to "unknown"; bodies past ``server.max_response_bytes`` (before or after
 from __future__ import annotations
 
 import asyncio
+import gzip
+import zlib
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -121,4 +123,54 @@ def test_hostile_anthropic_style_headers_are_no_500(
         _OK,
     )
     gw = gateway_factory(edge_config(raw_upstream.url))
+    assert chat(gw) == 200
+
+
+_CAP = "max_response_bytes: 100000"
+
+
+def test_an_answer_over_max_response_bytes_is_a_502(
+    gateway_factory: GatewayFactory, raw_upstream: RawUpstream
+) -> None:
+    raw_upstream.answer = answer("200 OK", ["Content-Type: application/json"], b" " * 200_000)
+    gw = gateway_factory(edge_config(raw_upstream.url, _CAP))
+    assert chat(gw) == 502
+
+
+def test_a_chunked_answer_over_max_response_bytes_is_a_502(
+    gateway_factory: GatewayFactory, raw_upstream: RawUpstream
+) -> None:
+    chunk = b" " * 10_000
+    body = b"".join(b"%x\r\n%b\r\n" % (len(chunk), chunk) for _ in range(30)) + b"0\r\n\r\n"
+    raw_upstream.answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body
+    )
+    gw = gateway_factory(edge_config(raw_upstream.url, _CAP))
+    assert chat(gw) == 502
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compression_bomb_is_stopped_at_the_cap(
+    gateway_factory: GatewayFactory, raw_upstream: RawUpstream, encoding: str
+) -> None:
+    inflated = b" " * (64 * 1024 * 1024)  # 64 MiB of spaces: about 64 KiB compressed
+    packed = gzip.compress(inflated, 9) if encoding == "gzip" else zlib.compress(inflated, 9)
+    del inflated
+    raw_upstream.answer = answer(
+        "200 OK", ["Content-Type: application/json", f"Content-Encoding: {encoding}"], packed
+    )
+    gw = gateway_factory(edge_config(raw_upstream.url, _CAP))
+    assert chat(gw) == 502
+
+
+def test_a_compressed_answer_under_the_cap_is_served(
+    gateway_factory: GatewayFactory, raw_upstream: RawUpstream
+) -> None:
+    raw_upstream.answer = answer(
+        "200 OK",
+        ["Content-Type: application/json", "Content-Encoding: gzip"],
+        gzip.compress(_OK),
+    )
+    gw = gateway_factory(edge_config(raw_upstream.url, _CAP))
     assert chat(gw) == 200

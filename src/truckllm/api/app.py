@@ -101,7 +101,9 @@ class App:
 
     async def start(self) -> None:
         if self.client is None:
-            self.client = HTTPClient(keepalive=30.0)
+            self.client = HTTPClient(
+                keepalive=30.0, max_response_bytes=self.config.server.max_response_bytes
+            )
         rt = self.holder.build(self.client)
         await self.telemetry.start()
         self.accounting.attach(rt)
