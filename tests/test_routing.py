@@ -456,7 +456,9 @@ def test_parse_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after("20") == 20.0
     assert parse_retry_after("Fri, 27 Nov 2026 12:00:30 GMT", now=1795780800.0) == pytest.approx(30)
     assert (
-        parse_retry_after("-5") == 0.0
+        parse_retry_after("-5") is None  # negative is not a wait: unknown (issue 17)
+        and parse_retry_after("1e400") is None
+        and parse_retry_after("nan") is None
         and parse_retry_after("later") is None
         and parse_retry_after(None) is None
     )

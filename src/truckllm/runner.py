@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import socket
 import sys
@@ -15,13 +16,13 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from truckllm.api import App
-from truckllm.config import parse_listen
-from truckllm.http.server import HTTPServer
+from truckllm.config import Config, parse_listen
+from truckllm.http.server import EdgeLimits, HTTPServer
 
 log = logging.getLogger("truckllm.http")
 
 STARTUP_FAILURE = 3  # the exit status when the app's start-up fails (workers.py relies on it)
-KEEP_ALIVE_TIMEOUT = 75.0
+MAX_OPEN_FILES = 1 << 20  # the soft descriptor limit is raised to the hard one, up to this
 COLLECTION_CHECK_INTERVAL = 1.0  # how often the growth of tracked objects is looked at
 FULL_COLLECTION_MAX_INTERVAL = 600.0  # a full collection at least this often
 FULL_COLLECTION_SLACK = 100_000  # tracked objects of growth that may wait for a collection
@@ -108,7 +109,7 @@ class GatewayServer:
         *,
         sock: socket.socket | None = None,
         shutdown_timeout: float | None = None,
-        keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+        keep_alive_timeout: float | None = None,
         handle_signals: bool = True,
         collections: FullCollections | None = None,
     ) -> None:
@@ -129,7 +130,9 @@ class GatewayServer:
         self._exit = asyncio.Event()
         if self._exit_requested:
             self._exit.set()
-        self.http = http = HTTPServer(self.app, keep_alive_timeout=self.keep_alive_timeout)
+        self.http = http = HTTPServer(
+            self.app, limits=edge_limits(self.app.config, self.keep_alive_timeout)
+        )
         with self._signals():
             if not await http.startup():
                 log.error("application start-up failed: exiting")
@@ -193,9 +196,41 @@ class GatewayServer:
                 loop.remove_signal_handler(sig)
 
 
+def edge_limits(config: Config, keep_alive_timeout: float | None = None) -> EdgeLimits:
+    """The HTTP server's deadlines and caps from ``server`` (read at start: *restart*)."""
+    server = config.server
+    t = server.timeouts
+    return EdgeLimits(
+        headers_timeout=t.headers,
+        body_timeout=t.body,
+        body_total_timeout=t.body_total,
+        send_timeout=t.send,
+        keep_alive_timeout=t.keep_alive if keep_alive_timeout is None else keep_alive_timeout,
+        max_header_count=server.max_header_count,
+        max_connections=server.max_connections,
+    )
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one (a connection costs one; the
+    usual soft limit, 1,024, is reached by a thousand slow clients); the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+        return soft
+    log.info("open files limit raised from %d to %d", soft, target)
+    return target
+
+
 def serve(app: App, listen: str | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM; exits with status 3 if start-up fails."""
     host, port = parse_listen(listen or app.config.server.listen)
+    raise_open_files_limit()
     server = GatewayServer(app, host, port, collections=FullCollections())
     freeze_startup_objects()
     run_async(server.serve())

@@ -131,9 +131,11 @@ def _worker(make_app: Callable[[], App], sock: socket.socket) -> int:
         FullCollections,
         GatewayServer,
         freeze_startup_objects,
+        raise_open_files_limit,
         run_async,
     )
 
+    raise_open_files_limit()
     app = make_app()
     host, port = sock.getsockname()[:2]
     server = GatewayServer(app, host, port, sock=sock, collections=FullCollections())

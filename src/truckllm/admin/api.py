@@ -53,22 +53,25 @@ class AdminAPI:
 
     def _match(self, method: str, path: str) -> tuple[Handler, list[str]] | None:
         parts = path.split("/")
-        allowed = False
+        allowed: set[str] = set()
         for (m, pattern), handler in self._routes.items():
             pp = pattern.split("/")
             if len(pp) != len(parts) or any(
                 p != "*" and p != q for p, q in zip(pp, parts, strict=True)
             ):
                 continue
-            if m == method:
+            if m == method or (method == "HEAD" and m == "GET"):
                 return handler, [q for p, q in zip(pp, parts, strict=True) if p == "*"]
-            allowed = True
+            allowed.add(m)
         if allowed:
+            if "GET" in allowed:
+                allowed.add("HEAD")
             raise APIError(
                 405,
                 f"Method {method} is not allowed here.",
                 code="method_not_allowed",
                 type_="invalid_request_error",
+                headers=[(b"allow", ", ".join(sorted(allowed)).encode())],
             )
         return None
 
@@ -97,7 +100,9 @@ class AdminAPI:
                 type_="invalid_request_error",
             )
 
-    async def handle(self, rt: Runtime, scope: Any, body: bytes) -> tuple[int, bytes]:
+    def prepare(self, rt: Runtime, scope: Any) -> AdminCall:
+        """Authorise the request and find its handler, before any of its body is read: 401, 404
+        or 405 cost the client's body nothing."""
         self.authorise(rt, scope["headers"])
         found = self._match(scope["method"], scope["path"][len(PREFIX) :].strip("/"))
         if found is None:
@@ -109,5 +114,22 @@ class AdminAPI:
             )
         handler, params = found
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        status, payload = await handler(self.context, rt, params, query, body)
+        return AdminCall(self.context, rt, handler, params, query)
+
+    async def handle(self, rt: Runtime, scope: Any, body: bytes) -> tuple[int, bytes]:
+        return await self.prepare(rt, scope).run(body)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminCall:
+    """An authorised admin request, its handler found; :meth:`run` with the body."""
+
+    context: AdminContext
+    rt: Runtime
+    handler: Handler
+    params: list[str]
+    query: dict[str, str]
+
+    async def run(self, body: bytes) -> tuple[int, bytes]:
+        status, payload = await self.handler(self.context, self.rt, self.params, self.query, body)
         return status, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)

@@ -22,6 +22,7 @@ from truckllm.coordination import Coordinator
 from truckllm.errors import APIError
 from truckllm.gateway import Runtime, RuntimeHolder
 from truckllm.http.client import HTTPClient
+from truckllm.http.server import EDGE_STATS
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderFactory, provider_registry
 from truckllm.reload import Reloader
@@ -74,7 +75,6 @@ class App:
                 self._prefixes.append(route)
             else:
                 self._exact[(route.method, route.path)] = route
-        self._paths = {path for (_, path) in self._exact}
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._ids = itertools.count(1)
 
@@ -101,7 +101,9 @@ class App:
 
     async def start(self) -> None:
         if self.client is None:
-            self.client = HTTPClient(keepalive=30.0)
+            self.client = HTTPClient(
+                keepalive=30.0, max_response_bytes=self.config.server.max_response_bytes
+            )
         rt = self.holder.build(self.client)
         await self.telemetry.start()
         self.accounting.attach(rt)
@@ -134,9 +136,11 @@ class App:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await self._lifespan(scope, receive, send)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = scope.get("extensions") or {}
+        self.telemetry.edge = extensions.get(EDGE_STATS)  # our own server's counters
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -188,18 +192,25 @@ class App:
         route = self._exact.get((method, path))
         if route is not None:
             return route
-        allowed = path in self._paths
+        if method == "HEAD":  # a GET route answers HEAD; the server sends no body
+            route = self._exact.get(("GET", path))
+            if route is not None:
+                return route
+        allowed = {m for (m, p) in self._exact if p == path}
         for route in self._prefixes:
             if path.startswith(route.path):
-                if route.method in ("*", method):
+                if route.method in ("*", method) or (method == "HEAD" and route.method == "GET"):
                     return route
-                allowed = True
+                allowed.add(route.method)
         if allowed:
+            if "GET" in allowed:
+                allowed.add("HEAD")
             raise APIError(
                 405,
                 f"Method {method} is not allowed on {path}.",
                 code="method_not_allowed",
                 type_="invalid_request_error",
+                headers=[(b"allow", ", ".join(sorted(allowed)).encode())],
             )
         raise APIError(
             404,

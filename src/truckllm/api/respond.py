@@ -45,7 +45,7 @@ async def send_whole(
         body, content_type = egress.whole(reply.status, body, reply.usage), "application/json"
     if keeper is not None and reply.status == 200:
         await keeper.whole(served, body)
-    if reply.status == 429 and reply.retry_after is not None:
+    if reply.status == 429 and reply.retry_after is not None and math.isfinite(reply.retry_after):
         # Whatever the provider's form (header, RetryInfo), clients get seconds.
         headers.append((b"retry-after", str(max(math.ceil(reply.retry_after), 1)).encode()))
     if reply.usage is not None:

@@ -77,6 +77,19 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class ServerTimeouts(Timeouts):
+    """``server.timeouts``: the upstream defaults above, and the client side's deadlines (seconds,
+    as nginx's): the request head, the silence between two reads of a body and the whole body,
+    a client that takes nothing of a full write buffer, an idle keep-alive connection."""
+
+    headers: float = 60.0
+    body: float = 60.0
+    body_total: float = 300.0
+    send: float = 60.0
+    keep_alive: float = 75.0
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     id: str
     base_url: str = ""
@@ -126,7 +139,10 @@ class ServerConfig:
     api_keys: tuple[Secret | ClientKey, ...] = ()
     admin_api_key: Secret | None = None
     max_body_bytes: int = 16 * 1024 * 1024
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_response_bytes: int = 64 * 1024 * 1024  # a non-streamed upstream answer; more is a 502
+    max_header_count: int = 100  # header lines of a client request; more is a 431
+    max_connections: int = 10_000  # open client connections; more are closed at once (0: no cap)
+    timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
     reload_interval: float = 1.0  # seconds between checks of the config file; 0 turns it off
     shutdown_timeout: float = 30.0  # seconds in-flight requests may take to finish on SIGTERM
     workers: int = 1  # processes serving the one port; read at start-up only

@@ -259,10 +259,15 @@ def _validate_server(cfg: Config, fail: Callable[[str, str], None]) -> None:
             if cid in client_ids:
                 fail(f"{cpath}.id", f"duplicate client key id {cid!r}")
             client_ids.add(cid)
-    for name in ("connect", "read", "total"):
+    for name in ("connect", "read", "total", "headers", "body", "body_total", "send", "keep_alive"):
         value = getattr(server.timeouts, name)
-        if value is not None and value <= 0:
+        if value is not None and not 0 < value < 1e9:
             fail(f"server.timeouts.{name}", "must be positive")
+    for name in ("max_body_bytes", "max_response_bytes", "max_header_count"):
+        if getattr(server, name) < 1:
+            fail(f"server.{name}", "must be at least 1")
+    if server.max_connections < 0:
+        fail("server.max_connections", "must not be negative (0: no cap)")
     if not 1 <= server.workers <= 256:
         fail("server.workers", "must be between 1 and 256")
 

@@ -35,6 +35,7 @@ __all__ = [
     "InvalidResponse",
     "ParsedURL",
     "Response",
+    "ResponseTooLarge",
 ]
 
 _BUFFER_HIGH = 1 << 20  # pause reading the socket when this much body is waiting unread
@@ -44,6 +45,7 @@ _IDLE_PER_ORIGIN = 512
 # server had already sent arrives within about one round trip; later, it may have run the prompt.
 _STALE_WINDOW = 0.25
 _MAX_HEAD = 256 * 1024  # status line and headers of one answer
+_INFLATE_STEP = 256 * 1024  # decompressed bytes per step: a bomb is stopped at the cap, not after
 _CLOSED_PARSER = httptools.HttpResponseParser(object())  # what a closed connection holds
 
 
@@ -57,6 +59,10 @@ class ConnectionBroken(HTTPClientError):
 
 class InvalidResponse(HTTPClientError):
     """The upstream's bytes are not HTTP/1.1."""
+
+
+class ResponseTooLarge(HTTPClientError):
+    """The answer's body (decompressed) is over the request's ``max_body``."""
 
 
 class _Stale(Exception):
@@ -111,6 +117,7 @@ class Response:
         "_decoder",
         "_done",
         "_error",
+        "_left",
         "_packed",
         "_size",
         "_waiter",
@@ -118,8 +125,10 @@ class Response:
         "status",
     )
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, max_body: int | None = None) -> None:
         self._conn: _Connection | None = conn
+        # Bytes of (decompressed) body still allowed; -1: no cap (streams, read as they come).
+        self._left = -1 if max_body is None else max_body
         self.status = 0
         self.headers: dict[str, str] = {}
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -133,10 +142,35 @@ class Response:
     # -- fed by the connection ----------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        if self._error is not None:  # over the cap (or corrupt): the rest is dropped
+            return
         if self._decoder is not None:
             self._packed = True
-            data = self._decoder.decompress(data)
-            if not data:
+            self._inflate(data)
+            return
+        self._append(data)
+
+    def _inflate(self, data: bytes) -> None:
+        """Decompress in bounded steps, so a small bomb never becomes a large buffer: past the
+        cap, the answer fails before the next step is made."""
+        decoder = self._decoder
+        while data:
+            out = decoder.decompress(data, _INFLATE_STEP)
+            data = decoder.unconsumed_tail
+            if out:
+                self._append(out)
+                if self._error is not None:
+                    return
+
+    def _append(self, data: bytes) -> None:
+        if self._left >= 0:
+            self._left -= len(data)
+            if self._left < 0:
+                self._fail(ResponseTooLarge("the upstream's answer is over the size limit"))
+                self._chunks.clear()
+                self._size = 0
+                if self._conn is not None:
+                    self._conn.abort()
                 return
         self._chunks.append(data)
         self._size += len(data)
@@ -150,8 +184,9 @@ class Response:
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
-                self._chunks.append(tail)
-                self._size += len(tail)
+                self._append(tail)
+                if self._error is not None:
+                    return
             if self._packed and not self._decoder.eof:
                 self._fail(InvalidResponse("the upstream's compressed body is cut short"))
                 return
@@ -331,6 +366,15 @@ class _Connection(asyncio.Protocol):
             headers[key] = headers[key] + ", " + text if key in headers else text
         self.raw_headers = []
         response.headers = headers
+        length = headers.get("content-length")
+        if (
+            response._left >= 0
+            and length is not None
+            and length.strip().isdigit()
+            and int(length) > response._left  # said up front: refused before a byte is read
+        ):
+            self._broken(ResponseTooLarge("the upstream's answer is over the size limit"))
+            return
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
             response._decoder = zlib.decompressobj(47 if encoding != "deflate" else 15)
@@ -362,12 +406,14 @@ class _Connection(asyncio.Protocol):
 
     # -- driven by the client -----------------------------------------------------------------
 
-    def send(self, data: bytes, read_timeout: float, total: float | None) -> Response:
+    def send(
+        self, data: bytes, read_timeout: float, total: float | None, max_body: int | None = None
+    ) -> Response:
         assert self.transport is not None
         self.used += 1
         self.received = False
         self.reusable = False
-        response = Response(self)
+        response = Response(self, max_body)
         self.response = response
         self.head = self.loop.create_future()
         now = self.loop.time()
@@ -489,8 +535,15 @@ class _OriginPool:
 class HTTPClient:
     """Shared by every adapter; safe for any number of concurrent requests on one event loop."""
 
-    def __init__(self, keepalive: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        keepalive: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int | None = None,
+    ) -> None:
         self.keepalive = keepalive
+        # The cap callers put on a whole (non-streamed) answer's body, after decompression.
+        self.max_response_bytes = max_response_bytes
         self._ssl = ssl_context
         self._pools: dict[tuple[str, str, int], _OriginPool] = {}
         self.closed = False
@@ -509,9 +562,11 @@ class HTTPClient:
         connect_timeout: float,
         read_timeout: float,
         total: float | None = None,
+        max_body: int | None = None,
     ) -> Response:
         """Send ``POST`` with ``head`` (pre-encoded header lines, without Host and
         Content-Length) and ``body``; return once the status line and headers are in.
+        ``max_body`` caps the answer's body after decompression (:class:`ResponseTooLarge`).
         Raises :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
         if self.closed:
             raise HTTPClientError("the client is closed")
@@ -536,19 +591,24 @@ class HTTPClient:
         conn = pool.take(loop.time())
         if conn is not None:
             try:
-                return await self._exchange(conn, data, read_timeout, total)
+                return await self._exchange(conn, data, read_timeout, total, max_body)
             except _Stale:
                 pass
         conn = await self._connect(pool, loop, connect_timeout)
         try:
-            return await self._exchange(conn, data, read_timeout, total)
+            return await self._exchange(conn, data, read_timeout, total, max_body)
         except _Stale:  # a fresh connection cannot be stale; say what happened
             raise ConnectionBroken("the upstream closed the connection") from None
 
     async def _exchange(
-        self, conn: _Connection, data: bytes, read_timeout: float, total: float | None
+        self,
+        conn: _Connection,
+        data: bytes,
+        read_timeout: float,
+        total: float | None,
+        max_body: int | None,
     ) -> Response:
-        response = conn.send(data, read_timeout, total)
+        response = conn.send(data, read_timeout, total, max_body)
         head = conn.head
         assert head is not None
         try:

@@ -3,7 +3,14 @@ over ``httptools`` (llhttp), on uvloop or asyncio's own loop.
 
 Per request it allocates a scope, a header list and one :class:`_Cycle`; no regexes, no timers.
 The app's task starts once the headers are in (the body usually arrives in the same read).
-Idle keep-alive connections are closed by one periodic sweeper for the whole server.
+
+Every phase of a connection has a deadline (:class:`EdgeLimits`), checked by one periodic sweeper
+for the whole server, so a deadline costs a timestamp, not a timer: the request head must arrive
+within ``headers_timeout`` (408 if it began); the body may pause at most ``body_timeout`` between
+reads and take ``body_total_timeout`` in all (408 while no response has started); a client that
+takes nothing from a full write buffer for ``send_timeout`` is cut off (its request's task is
+cancelled through the disconnect extension); an idle keep-alive connection lives
+``keep_alive_timeout``. Beyond ``max_connections`` a new connection is closed at once.
 
 Request bodies are handed over as they arrive, everything buffered in one ``http.request``
 message; reading pauses while more than 64 KiB are unread. Once the body is consumed,
@@ -26,6 +33,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
@@ -42,8 +50,35 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]
 
 DISCONNECT_EXTENSION = "truckllm.disconnect"  # scope["extensions"]: see _Cycle.watch_disconnect
+EDGE_STATS = "truckllm.edge"  # the lifespan scope's extensions: the server's EdgeStats
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is answered with 431
 BODY_HIGH_WATER = 64 * 1024  # unread request body that pauses reading
+LOG_INTERVAL = 60.0  # seconds between two log lines about refused connections or failed accepts
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """Deadlines (seconds) and caps of the client side; defaults in line with nginx."""
+
+    headers_timeout: float = 60.0  # the request line and headers, from the first byte
+    body_timeout: float = 60.0  # silence between two reads of a request body
+    body_total_timeout: float = 300.0  # a whole request body
+    send_timeout: float = 60.0  # a client that takes nothing of a full write buffer
+    keep_alive_timeout: float = 75.0  # an idle connection between requests
+    max_header_count: int = 100  # header lines per request; more is answered with 431
+    max_connections: int = 0  # open client connections; 0: no cap
+
+
+class EdgeStats:
+    """Counters of the edge (read by the metrics page): connections refused over
+    ``max_connections``, accepts that failed, and connections cut off per deadline."""
+
+    __slots__ = ("accept_errors", "refused", "timeouts")
+
+    def __init__(self) -> None:
+        self.refused = 0
+        self.accept_errors = 0
+        self.timeouts: dict[str, int] = {"headers": 0, "body": 0, "send": 0, "keep_alive": 0}
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
@@ -64,6 +99,7 @@ def _error_body(message: str, type_: str) -> bytes:
 
 _BAD_REQUEST = _error_body("Invalid HTTP request.", "invalid_request_error")
 _TOO_LARGE = _error_body("Request header fields too large.", "invalid_request_error")
+_TIMEOUT = _error_body("The request was not received in time.", "invalid_request_error")
 _SERVER_ERROR = _error_body("Internal server error.", "server_error")
 _JSON = [(b"content-type", b"application/json")]
 _CLOSED_PARSER = httptools.HttpRequestParser(object())  # what an unconnected protocol holds
@@ -373,24 +409,29 @@ class _Cycle:
 class _Connection(asyncio.Protocol):
     __slots__ = (
         "active",
+        "body_since",
         "client",
         "closing",
         "drain_waiter",
+        "head_since",
         "header_bytes",
         "headers",
         "headers_pending",
         "idle_since",
+        "last_body",
         "loop",
         "parser",
         "parsing",
         "partial_bytes",
         "queue",
         "reading_paused",
+        "requests",
         "server",
         "sockname",
         "transport",
         "url",
         "write_paused",
+        "write_paused_since",
     )
 
     def __init__(self, server: HTTPServer) -> None:
@@ -412,7 +453,12 @@ class _Connection(asyncio.Protocol):
         self.reading_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
-        self.idle_since = 0.0
+        self.idle_since = 0.0  # since when no request is in (the keep-alive deadline)
+        self.head_since = 0.0  # since when the head being parsed began
+        self.body_since = 0.0  # since when the body being parsed began
+        self.last_body = 0.0  # the last read of that body
+        self.write_paused_since = 0.0
+        self.requests = 0  # request heads parsed on this connection
 
     # -- transport events ---------------------------------------------------------------------
 
@@ -429,9 +475,14 @@ class _Connection(asyncio.Protocol):
             self.sockname = (sock[0], sock[1])
         self.idle_since = self.server.clock()
         server = self.server
+        cap = server.limits.max_connections
+        if server.draining or (cap and len(server.conns) >= cap):
+            if not server.draining:
+                server.refuse()
+            self.closing = True
+            transport.abort()
+            return
         server.conns.add(self)
-        if server.draining:
-            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -458,6 +509,7 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_since = self.server.clock()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -487,6 +539,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             reason = exc.__context__
             if isinstance(reason, _Reject):
+                # Its traceback holds this protocol's frames: dropped, no reference cycle stays.
+                reason.__traceback__ = None
                 self.reject(reason.status)
             else:
                 log.error("error while handling a request", exc_info=reason or exc)
@@ -507,16 +561,22 @@ class _Connection(asyncio.Protocol):
         self.header_bytes = 0
         self.partial_bytes = 0
         self.headers_pending = True
+        self.head_since = self.server.clock()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        headers = self.headers
+        if len(headers) >= self.server.limits.max_header_count:
+            raise _Reject(431)
+        headers.append((name.lower(), value))
         self.header_bytes += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         self.headers_pending = False
+        self.requests += 1
+        self.body_since = self.last_body = self.server.clock()
         url = self.url
         if self.header_bytes + len(url) > MAX_HEADER_BYTES:
             raise _Reject(431)
@@ -537,6 +597,12 @@ class _Connection(asyncio.Protocol):
         )
         method = parser.get_method()
         version = parser.get_http_version()
+        if version == "1.1":
+            for name, _ in self.headers:
+                if name == b"host":
+                    break
+            else:
+                raise _Reject(400)  # RFC 9112 3.2: a 1.1 request without Host
         scope: Scope = {
             "type": "http",
             "asgi": _ASGI,
@@ -568,7 +634,9 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
         if cycle is None or cycle.discard:
+            self.last_body = self.server.clock()
             return
+        self.last_body = self.server.clock()
         cycle.body.append(body)
         cycle.buffered += len(body)
         if cycle.buffered > BODY_HIGH_WATER and not self.reading_paused:
@@ -643,12 +711,49 @@ class _Connection(asyncio.Protocol):
                 active.response_complete = True  # the app's sends become no-ops
                 if active.task is not None:
                     active.task.cancel()
-            self.transport.write(
-                _error_response(
-                    status, _TOO_LARGE if status == 431 else _BAD_REQUEST, self.server.date()
-                )
-            )
+            body = _TOO_LARGE if status == 431 else _TIMEOUT if status == 408 else _BAD_REQUEST
+            self.transport.write(_error_response(status, body, self.server.date()))
         self.close()
+
+    def abort(self) -> None:
+        """Drop the connection without flushing what is left to write."""
+        if not self.closing:
+            self.close()
+            self.transport.abort()
+
+    def check_deadlines(self, now: float, limits: EdgeLimits) -> str | None:
+        """Cut the connection off if its current phase is over its deadline; which one, if so."""
+        if self.write_paused:
+            if now - self.write_paused_since > limits.send_timeout:
+                self.abort()
+                return "send"
+            return None
+        if self.headers_pending:
+            if now - self.head_since > limits.headers_timeout:
+                self.reject(408)
+                return "headers"
+            return None
+        parsing = self.parsing
+        if parsing is not None and not parsing.message_complete:
+            if self.reading_paused:  # our side is behind, not the client
+                self.last_body = now
+                return None
+            if (
+                now - self.last_body > limits.body_timeout
+                or now - self.body_since > limits.body_total_timeout
+            ):
+                if parsing.discard or parsing is not self.active:
+                    self.close()  # its response is written (or another one is being written)
+                else:
+                    self.reject(408)
+                return "body"
+            return None
+        if self.idle:
+            limit = limits.keep_alive_timeout if self.requests else limits.headers_timeout
+            if now - self.idle_since > limit:
+                self.close()
+                return "keep_alive" if self.requests else "headers"
+        return None
 
     def close(self) -> None:
         if not self.closing:
@@ -669,9 +774,12 @@ class _Connection(asyncio.Protocol):
 class Lifespan:
     """The app's lifespan protocol: start-up before serving, shutdown after."""
 
-    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+    def __init__(
+        self, app: ASGIApp, state: dict[str, Any], extensions: dict[str, Any] | None = None
+    ) -> None:
         self.app = app
         self.state = state
+        self.extensions = extensions or {}
         self.supported = True
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._started = asyncio.Event()
@@ -682,7 +790,12 @@ class Lifespan:
 
     async def startup(self) -> bool:
         """Run the app's start-up; False if it failed."""
-        scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
+        scope = {
+            "type": "lifespan",
+            "asgi": _ASGI,
+            "state": self.state,
+            "extensions": self.extensions,
+        }
         self._task = asyncio.get_running_loop().create_task(self._main(scope))
         await self._queue.put({"type": "lifespan.startup"})
         await self._started.wait()
@@ -754,15 +867,20 @@ class HTTPServer:
         app: ASGIApp,
         *,
         keep_alive_timeout: float = 75.0,
+        limits: EdgeLimits | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.app = app
-        self.keep_alive_timeout = keep_alive_timeout
+        self.limits = limits or EdgeLimits(keep_alive_timeout=keep_alive_timeout)
+        self.keep_alive_timeout = self.limits.keep_alive_timeout
+        self.stats = EdgeStats()
+        self._refused_logged = -LOG_INTERVAL
         self.loop = asyncio.get_running_loop()
         # What idleness is measured with (the loop's time; tests inject a clock they move).
         self.clock: Callable[[], float] = clock or self.loop.time
         self.state: dict[str, Any] = {}
-        self.lifespan = Lifespan(app, self.state)
+        # The app finds the counters in its lifespan scope's extensions (for its metrics).
+        self.lifespan = Lifespan(app, self.state, {EDGE_STATS: self.stats})
         self.date = DateHeader()
         self.conns: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -801,15 +919,40 @@ class HTTPServer:
         return [s for server in self.servers for s in server.sockets]
 
     def _schedule_sweep(self) -> None:
-        interval = min(1.0, max(0.05, self.keep_alive_timeout / 4))
+        limits = self.limits
+        shortest = min(
+            limits.headers_timeout,
+            limits.body_timeout,
+            limits.body_total_timeout,
+            limits.send_timeout,
+            limits.keep_alive_timeout,
+        )
+        interval = min(1.0, max(0.05, shortest / 4))
         self._sweeper = self.loop.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than ``keep_alive_timeout``."""
-        deadline = self.clock() - self.keep_alive_timeout
-        for conn in [c for c in self.conns if c.idle and c.idle_since < deadline]:
-            conn.close()
+        """Cut off every connection over the deadline of the phase it is in."""
+        now = self.clock()
+        limits = self.limits
+        timeouts = self.stats.timeouts
+        for conn in list(self.conns):
+            phase = conn.check_deadlines(now, limits)
+            if phase is not None:
+                timeouts[phase] += 1
         self._schedule_sweep()
+
+    def refuse(self) -> None:
+        """Count (and log, once per interval) a connection closed over ``max_connections``."""
+        self.stats.refused += 1
+        now = self.loop.time()
+        if now - self._refused_logged >= LOG_INTERVAL:
+            self._refused_logged = now
+            log.warning(
+                "server.max_connections (%d) reached: closing new connections "
+                "(%d refused since start)",
+                self.limits.max_connections,
+                self.stats.refused,
+            )
 
     def force_exit(self) -> None:
         """Make a running :meth:`shutdown` stop waiting for requests to finish."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import math
 import time
 from typing import Any
 
@@ -67,19 +68,33 @@ def normalise_upstream_error(
     return error_body(f"provider {provider_id!r} answered {status}: {text}", status), None
 
 
+MAX_ADVICE_S = 7 * 86400.0  # a wait an upstream advises beyond this is not believed
+
+
+def advised_seconds(value: float) -> float | None:
+    """``value`` as a wait an upstream advises: ``None`` (unknown) unless finite, not negative
+    and at most :data:`MAX_ADVICE_S`, so nothing downstream (``math.ceil``, ``int``, timers)
+    sees ``inf``, ``nan`` or a wait of centuries."""
+    if math.isfinite(value) and 0.0 <= value <= MAX_ADVICE_S:
+        return value
+    return None
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date; ``None`` if absent or
-    unreadable. Never negative."""
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date; ``None`` if absent,
+    unreadable, negative, not finite (``1e400``, ``nan``) or absurdly far. A date in the past
+    is 0."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        return advised_seconds(float(value))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        stamp = when.timestamp()
+    except (TypeError, ValueError, OverflowError, OSError, IndexError):
         return None
     current = time.time() if now is None else now
-    return max(when.timestamp() - current, 0.0)
+    return advised_seconds(max(stamp - current, 0.0))

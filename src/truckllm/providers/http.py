@@ -92,6 +92,8 @@ class UpstreamHTTP:
                 connect_timeout=self._connect,
                 read_timeout=self._read,
                 total=None if stream else self._total,
+                # A stream is relayed as it comes; a whole answer is held: capped.
+                max_body=None if stream else self.client.max_response_bytes,
             )
 
     async def read(self, resp: Response) -> bytes:

@@ -9,6 +9,7 @@ provider adapters into ``Reply.retry_after`` (Gemini's ``RetryInfo`` too).
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from datetime import datetime
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_MAX_RESET_S = 7 * 86400.0  # a reset further away than this is not believed
+_MAX_COUNT = 1 << 53  # a remaining count or limit larger than this is not believed
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,34 +41,45 @@ class ReportedQuota:
 _NO_QUOTA = ReportedQuota()
 
 
+def _seconds(value: float) -> float | None:
+    """A reset time an upstream reports: ``None`` (unknown) unless finite, not negative and
+    within :data:`_MAX_RESET_S`. Every value here comes from an upstream and may be anything."""
+    return value if math.isfinite(value) and 0.0 <= value <= _MAX_RESET_S else None
+
+
 def parse_duration(text: str) -> float | None:
-    """``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or plain seconds -> seconds."""
+    """``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or plain seconds -> seconds; ``None``
+    when unreadable, negative, not finite or absurdly long."""
     text = text.strip()
     try:
-        return max(float(text), 0.0)
+        return _seconds(float(text))
     except ValueError:
         pass
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
         return None
-    return sum(float(n) * _UNIT[u] for n, u in parts)
+    return _seconds(sum(float(n) * _UNIT[u] for n, u in parts))
 
 
 def _seconds_until(stamp: str, now: float) -> float | None:
     try:
         when = datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return _seconds(max(when.timestamp() - now, 0.0))
+    except (ValueError, OverflowError, OSError):
         return None
-    return max(when.timestamp() - now, 0.0)
 
 
 def _int(value: str | None) -> int | None:
+    """A count: ``None`` when absent, unreadable, negative, not finite or absurdly large."""
     if value is None:
         return None
     try:
-        return int(float(value))
+        number = float(value)
     except ValueError:
         return None
+    if not math.isfinite(number) or not 0 <= number <= _MAX_COUNT:
+        return None
+    return int(number)
 
 
 def parse_quota(headers: Mapping[str, str], wall_now: float | None = None) -> ReportedQuota:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from truckllm.config.schema import Config
 from truckllm.plugins import Registry
 from truckllm.telemetry.exposition import CONTENT_TYPE
-from truckllm.telemetry.metrics import Metrics
+from truckllm.telemetry.metrics import EdgeCounters, Metrics
 from truckllm.telemetry.record import RecordBus
 from truckllm.telemetry.sinks import Sink, SinkContext, SinkFactory, sink_registry
 
@@ -43,6 +43,7 @@ class Telemetry:
         self.metrics: Metrics | None = Metrics() if config.metrics.enabled else None
         self.metrics_path: str | None = config.metrics.path if self.metrics is not None else None
         self.sinks: list[Sink] = []
+        self.edge: EdgeCounters | None = None  # the HTTP server's counters, when it gives them
         self._started = False
         self._closed = False
 
@@ -95,4 +96,4 @@ class Telemetry:
     def render_metrics(self, router: Router) -> bytes:
         """The metrics page (Prometheus text format) with the key state of ``router``."""
         assert self.metrics is not None
-        return self.metrics.render(router, self.sinks)
+        return self.metrics.render(router, self.sinks, self.edge)

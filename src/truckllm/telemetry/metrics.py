@@ -17,7 +17,7 @@ import asyncio
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from truckllm import __version__
 from truckllm.routing.keystate import KeyState, ProviderState, Status
@@ -180,7 +180,12 @@ class Metrics:
 
     # -- the page -----------------------------------------------------------------------------
 
-    def render(self, router: Router | None = None, sinks: Sequence[Sink] = ()) -> bytes:
+    def render(
+        self,
+        router: Router | None = None,
+        sinks: Sequence[Sink] = (),
+        edge: EdgeCounters | None = None,
+    ) -> bytes:
         page = Page()
         page.family("truckllm_build_info", "gauge", "TruckLLM version (always 1).")
         page.sample("truckllm_build_info", (("version", __version__),), 1)
@@ -189,6 +194,8 @@ class Metrics:
             self._render_keys(page, router)
         self._render_reloads(page)
         self._render_sinks(page, sinks)
+        if edge is not None:
+            _render_edge(page, edge)
         self.loop_lag.render(page)
         return page.render()
 
@@ -478,3 +485,24 @@ class Metrics:
                     (("sink", sink.name), ("type", sink.type), ("reason", reason)),
                     n,
                 )
+
+
+class EdgeCounters(Protocol):
+    """What the HTTP server counts at its edge (``truckllm.http.server.EdgeStats``)."""
+
+    refused: int
+    accept_errors: int
+    timeouts: dict[str, int]
+
+
+def _render_edge(page: Page, edge: EdgeCounters) -> None:
+    name = "truckllm_http_connections_refused_total"
+    page.family(name, "counter", "Client connections closed at once over server.max_connections.")
+    page.sample(name, (), edge.refused)
+    name = "truckllm_http_accept_errors_total"
+    page.family(name, "counter", "Failed accepts of client connections (out of descriptors).")
+    page.sample(name, (), edge.accept_errors)
+    name = "truckllm_http_timeouts_total"
+    page.family(name, "counter", "Client connections cut off by a deadline, by phase.")
+    for phase, n in edge.timeouts.items():
+        page.sample(name, (("phase", phase),), n)

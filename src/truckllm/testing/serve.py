@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from truckllm.api import App
-from truckllm.runner import KEEP_ALIVE_TIMEOUT, GatewayServer
+from truckllm.runner import GatewayServer
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,7 +32,7 @@ class ServerThread:
         port: int | None = None,
         *,
         loop: str = "asyncio",
-        keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+        keep_alive_timeout: float | None = None,
         shutdown_timeout: float = 2.0,
     ) -> None:
         self.app = app

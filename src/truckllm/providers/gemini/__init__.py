@@ -69,6 +69,12 @@ class GeminiProvider:
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         model_path = call.model if "/" in call.model else "models/" + call.model
+        if any(part in ("", ".", "..") for part in model_path.split("/")):
+            # The model name comes from the client: no segment of it may move up or sideways in
+            # the upstream's URL (``gemini:../../admin/x``). The rest is percent-encoded.
+            message = f"Invalid model name {call.model!r} for a Gemini provider."
+            body = error_body(message, 400, "invalid_model", "model", "invalid_request_error")
+            raise RequestRejected(400, body, "invalid_model")
         texts: list[str] = []
         try:
             if call.endpoint == "embeddings":

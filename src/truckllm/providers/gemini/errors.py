@@ -15,7 +15,12 @@ from typing import Any
 
 import orjson
 
-from truckllm.providers.errors import error_body, error_type_for, normalise_upstream_error
+from truckllm.providers.errors import (
+    advised_seconds,
+    error_body,
+    error_type_for,
+    normalise_upstream_error,
+)
 
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -130,10 +135,10 @@ def parse_duration(value: Any) -> float | None:
     (``{"seconds": 37, "nanos": 0}``); ``None`` when unreadable. Never negative."""
     try:
         if isinstance(value, str) and value.endswith("s"):
-            return max(float(value[:-1]), 0.0)
+            return advised_seconds(max(float(value[:-1]), 0.0))
         if isinstance(value, dict):
             seconds = float(value.get("seconds") or 0) + float(value.get("nanos") or 0) / 1e9
-            return max(seconds, 0.0)
-    except (TypeError, ValueError):
+            return advised_seconds(max(seconds, 0.0))
+    except (TypeError, ValueError, OverflowError):
         return None
     return None

@@ -23,7 +23,11 @@ from truckllm.providers.base import (
     Reply,
     Usage,
 )
-from truckllm.providers.errors import normalise_upstream_error, parse_retry_after
+from truckllm.providers.errors import (
+    advised_seconds,
+    normalise_upstream_error,
+    parse_retry_after,
+)
 from truckllm.providers.http import UpstreamHTTP, bearer, header
 from truckllm.providers.openai.responses import send_responses
 from truckllm.providers.sse import SSEFramer, parse_event
@@ -116,9 +120,11 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(float(ms) / 1000.0, 0.0)
+            seconds = advised_seconds(float(ms) / 1000.0)
         except ValueError:
-            pass
+            seconds = None
+        if seconds is not None:
+            return seconds
     return parse_retry_after(headers.get("retry-after"))
 
 
