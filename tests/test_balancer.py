@@ -194,3 +194,5 @@ def test_adaptive_beats_round_robin_with_a_slow_and_a_failing_key(loop_thread: L
     assert rr["ok"] == adaptive["ok"] == 300
     assert adaptive["p50_ms"] < rr["p50_ms"], (adaptive, rr)
     assert adaptive["failed_attempts"] < rr["failed_attempts"], (adaptive, rr)
+    ejecting = slow_and_flaky("round_robin", loop_thread, outlier=True)
+    assert ejecting["ok"] == 300 and ejecting["failed_attempts"] < rr["failed_attempts"]
