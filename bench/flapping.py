@@ -189,7 +189,7 @@ def summarise(
         back_at = next((t for t, s in changes if s == "in_service" and t > healed_at), None)
 
     def attempts(rs: list[dict[str, Any]]) -> float:
-        return sum(r["attempts"] for r in rs) / max(len(rs), 1)
+        return float(sum(r["attempts"] for r in rs)) / max(len(rs), 1)
 
     before = [r for r in results if ejected_at is None or r["sent"] < ejected_at]
     after = [r for r in results if ejected_at is not None and r["sent"] >= ejected_at]
