@@ -9,7 +9,7 @@ import time
 
 from truckllm.accounting import Accounting, settle_usage
 from truckllm.api.asgi import ClientGone, DisconnectWatch
-from truckllm.api.respond import send_stream, send_whole, served_headers
+from truckllm.api.respond import Streams, send_stream, send_whole, served_headers
 from truckllm.api.routes import Request
 from truckllm.api.steps import Proxied
 from truckllm.errors import APIError, model_not_found
@@ -25,6 +25,7 @@ class Proxy:
     def __init__(self, accounting: Accounting, records: RecordBus) -> None:
         self.accounting = accounting
         self.records = records
+        self.streams = Streams()  # cut with an error event at a shutdown's drain deadline
 
     async def run(self, req: Request, p: Proxied) -> None:
         rt = req.rt
@@ -56,7 +57,7 @@ class Proxy:
             if served.reply.events is None:
                 await send_whole(req.send, served, rec, headers, self.accounting)
             else:
-                await send_stream(req.send, served, rec, headers, t0)
+                await send_stream(req.send, served, rec, headers, t0, self.streams)
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True
             raise

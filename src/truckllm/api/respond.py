@@ -3,12 +3,14 @@ event batch, ended by an error event (never a fake ``[DONE]``) when the upstream
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 
 from truckllm.accounting import Accounting, format_usd
 from truckllm.api.asgi import SSE_HEADERS, Send
+from truckllm.errors import APIError
 from truckllm.gateway import Served, StreamBroken, relay
 from truckllm.telemetry.record import RequestRecord
 
@@ -53,11 +55,48 @@ async def send_whole(
     served.settle()
 
 
+class Streams:
+    """The streams being sent, so that a shutdown whose drain deadline comes before they end can
+    close them properly: with an error event the SDKs raise, as after an upstream failure, rather
+    than a cut connection. Used on the event loop only; O(1) per stream, nothing per event."""
+
+    __slots__ = ("cutting", "tasks")
+
+    def __init__(self) -> None:
+        self.cutting = False
+        self.tasks: set[asyncio.Task[object]] = set()
+
+    def cut(self) -> int:
+        """End every stream now with an error event; the number of streams cut."""
+        self.cutting = True
+        for task in self.tasks:
+            task.cancel()
+        return len(self.tasks)
+
+
+def shutting_down() -> APIError:
+    return APIError(
+        503,
+        "The gateway is shutting down and its drain deadline has passed: the stream was cut.",
+        code="server_shutting_down",
+        type_="api_error",
+    )
+
+
 async def send_stream(
-    send: Send, served: Served, rec: RequestRecord, headers: Headers, t0: float
+    send: Send,
+    served: Served,
+    rec: RequestRecord,
+    headers: Headers,
+    t0: float,
+    streams: Streams | None = None,
 ) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
     events = relay(served)
+    task = asyncio.current_task() if streams is not None else None
+    if streams is not None and task is not None:
+        streams.tasks.add(task)
+    error: APIError | None = None
     try:
         async for batch in events:
             if rec.ttft_s is None:
@@ -69,13 +108,19 @@ async def send_stream(
             "stream broken after first byte",
             extra={"request_id": rec.request_id, "error": broken.error.message},
         )
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"data: " + broken.error.body() + b"\n\n",
-                "more_body": True,
-            }
-        )
+        error = broken.error
+    except asyncio.CancelledError:
+        if streams is None or not streams.cutting or task is None:
+            raise
+        task.uncancel()
+        error = shutting_down()
+        rec.error_code = error.code
+        log.warning("stream cut at the drain deadline", extra={"request_id": rec.request_id})
     finally:
+        if streams is not None and task is not None:
+            streams.tasks.discard(task)
         await events.aclose()
+    if error is not None:
+        body = b"data: " + error.body() + b"\n\n"
+        await send({"type": "http.response.body", "body": body, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
