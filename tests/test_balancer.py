@@ -225,3 +225,5 @@ def test_adaptive_beats_round_robin_with_a_slow_and_a_failing_key(loop_thread: L
     assert rr["share_fast"] < 0.45 and rr["share_slow"] > 0.3, rr
     assert adaptive["share_fast"] > max(0.5, rr["share_fast"] + 0.1), (adaptive, rr)
     assert adaptive["failed_attempts"] < rr["failed_attempts"], (adaptive, rr)
+    ejecting = slow_and_flaky("round_robin", loop_thread, outlier=True)
+    assert ejecting["ok"] == 300 and ejecting["failed_attempts"] < rr["failed_attempts"]

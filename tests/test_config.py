@@ -178,6 +178,18 @@ BAD = [
         "providers: [{id: openai}]\nretry: {max_attempts: 0}",
         "test.yaml: retry.max_attempts: must be at least 1",
     ),
+    (
+        "providers: [{id: openai}]\nrouting: {outlier: {min_success_rate: 1.5}}",
+        "test.yaml: routing.outlier.min_success_rate: must be between 0 and 1",
+    ),
+    (
+        "providers: [{id: openai}]\nrouting: {outlier: {base_ejection: 60, max_ejection: 30}}",
+        "test.yaml: routing.outlier.max_ejection: must not be less than base_ejection",
+    ),
+    (
+        "providers: [{id: openai}]\nrouting: {outlier: {min_requests: 0}}",
+        "test.yaml: routing.outlier.min_requests: must be at least 1",
+    ),
     ("providers: [{id: openai}]\nproviders: []", "test.yaml: invalid YAML: "),
     ("- just\n- a list", "test.yaml: the top level must be a mapping, got a list"),
     (

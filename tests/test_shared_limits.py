@@ -191,3 +191,38 @@ def test_redis_store_shares_cooldowns_between_gateways(
     resp = b.post("/v1/chat/completions", CHAT)
     assert resp.status == 429 and len(upstream.arrivals) == before  # b never called upstream
 
+
+
+def test_with_the_store_down_each_gateway_holds_a_client_limit_at_its_share(
+    redis_server: RedisServer,  # noqa: F811
+    upstream_factory: Callable[..., MockUpstream],
+    gateways: Callable[[str, int], list[Gateway]],
+) -> None:
+    upstream = upstream_factory()
+    storage = f"{{type: redis, url: '{redis_server.url}', flush_interval: 0.05, timeout: 0.2}}"
+    config = shared_config(upstream.url, storage, rpm=1000).replace(
+        "routing:", "server: {api_keys: [{id: team, key: sk-team, rpm: 40}]}\nrouting:"
+    )
+    gws = gateways(config, 2)
+    auth = {"Authorization": "Bearer sk-team"}
+    for g in gws:
+        assert g.post("/v1/chat/completions", CHAT, headers=auth).status == 200
+    deadline = time.monotonic() + 10
+    while any(g.app.accounting.ledger.view.peers < 2 for g in gws):
+        assert time.monotonic() < deadline, "the gateways never saw each other"
+        time.sleep(0.02)
+    redis_server.stop()
+    deadline = time.monotonic() + 10
+    while not all(g.app.coordinator.degraded for g in gws):
+        assert time.monotonic() < deadline, "the outage was not noticed"
+        time.sleep(0.02)
+    served = []
+    for g in gws:
+        policy = g.app.accounting.policies["team"]
+        assert policy.rpm is not None and policy.rpm.limit == 20  # 40 over the 2 processes seen
+        statuses = Counter(
+            g.post("/v1/chat/completions", CHAT, headers=auth).status for _ in range(30)
+        )
+        assert set(statuses) <= {200, 429}, statuses
+        served.append(statuses[200])
+    assert served == [19, 19], served  # 20 each, one of which went before the outage

@@ -4,8 +4,8 @@ limits (leases) on every key and client, and cooldowns one process learned, appl
 A background task sends the ledger's counts to the store every
 ``storage.runtime.flush_interval`` and brings back what other processes did (spend, cooldowns).
 When a shared store is unreachable the gateway serves on local state (each process keeps its
-share of every shared key limit), says so through :meth:`Coordinator.health`, and catches up when
-the store is back. Nothing here is on a request's path but the limiters' O(1) checks.
+share of every shared key and client limit: the limit over the processes last seen), says so
+through :meth:`Coordinator.health`, and catches up when the store is back. Nothing here is on a request's path but the limiters' O(1) checks.
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ class Coordinator:
             policy.shared = (
                 self._limiter(f"client:{policy.id}", policy.specs) if policy.specs else None
             )
+            if self.degraded:
+                policy.share_limits(self._peers())
 
     def _limiter(self, scope: str, specs: list[WindowSpec]) -> SharedLimiter:
         assert self.store is not None
@@ -248,10 +250,15 @@ class Coordinator:
         if self._rt is not None:
             for state in self._rt.router.states().values():
                 self._fair_share(state)
+        for policy in self.accounting.policies.values():
+            policy.share_limits(self._peers())
+
+    def _peers(self) -> int:
+        return max(self.ledger.view.peers, 1)
 
     def _fair_share(self, state: KeyState) -> None:
         """While the store is away, a process keeps its share of each shared key limit."""
-        peers = max(self.ledger.view.peers, 1)
+        peers = self._peers()
         for window in (state.rpm, state.tpm, state.rpd, state.tpd):
             if window is not None:
                 window.limit = max(window.limit // peers, 1)
@@ -262,5 +269,7 @@ class Coordinator:
         if self._rt is not None:
             for state in self._rt.router.states().values():
                 state.apply_limits(state.key.limits)
+        for policy in self.accounting.policies.values():
+            policy.share_limits(1)
         for limiter in self.limiters.values():
             limiter.recover()

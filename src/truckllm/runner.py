@@ -23,6 +23,7 @@ log = logging.getLogger("truckllm.http")
 
 STARTUP_FAILURE = 3  # the exit status when the app's start-up fails (workers.py relies on it)
 MAX_OPEN_FILES = 1 << 20  # the soft descriptor limit is raised to the hard one, up to this
+STREAM_CUT_MARGIN_S = 0.5  # streams still open this long before the drain deadline are ended
 COLLECTION_CHECK_INTERVAL = 1.0  # how often the growth of tracked objects is looked at
 FULL_COLLECTION_MAX_INTERVAL = 600.0  # a full collection at least this often
 FULL_COLLECTION_SLACK = 100_000  # tracked objects of growth that may wait for a collection
@@ -159,7 +160,15 @@ class GatewayServer:
             timeout = self.shutdown_timeout
             if timeout is None:
                 timeout = self.app.config.server.shutdown_timeout
-            await http.shutdown(timeout)
+            # Streams that would outlive the drain end a little before it, with an error event,
+            # so that clients see an error rather than a cut connection.
+            cut = asyncio.get_running_loop().call_later(
+                max(timeout - min(STREAM_CUT_MARGIN_S, timeout / 10), 0), self.app.cut_streams
+            )
+            try:
+                await http.shutdown(timeout)
+            finally:
+                cut.cancel()
 
     def exit(self) -> None:
         """Begin a graceful shutdown; called again, force it. Call on the server's loop."""

@@ -82,6 +82,14 @@ class ClientPolicy:
             if self.shared is not None:
                 self.shared.adjust(now, delta)
 
+    def share_limits(self, peers: int) -> None:
+        """Hold this process to its share of the client's limits (``peers`` processes), while the
+        shared store that keeps them exact is away; ``peers`` 1 restores them whole."""
+        for spec in self.specs:
+            window = self.tpm if spec.tokens else self.rpm
+            if window is not None:
+                window.limit = max(spec.limit // max(peers, 1), 1)
+
     def check_budget(self, spent: tuple[int, int, int], wall: float) -> None:
         for (limit, used), period in zip(
             zip(self.budgets, spent, strict=True), ("daily", "monthly", "total"), strict=True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from truckllm.config import ClientKey, Config, Secret
@@ -62,6 +63,7 @@ def key_view(s: KeyState, now: float, wall: float, usage: dict[str, Any] | None)
 
 def providers_view(rt: Runtime) -> list[dict[str, Any]]:
     now = rt.router.clock()
+    wall = time.time()
     out = []
     for p in rt.config.providers:
         ps = rt.router.providers[p.id]
@@ -75,6 +77,9 @@ def providers_view(rt: Runtime) -> list[dict[str, Any]]:
                 "keys": [k.id for k in p.keys],
                 "active_keys": sum(1 for s in ps.keys if s.ready_at(now, 0) <= now),
                 "breaker": ps.breaker.state,
+                "outlier": ps.outlier.state(now),
+                "ejected_until": _unix(ps.outlier.ejected_until or None, now, wall),
+                "ejection_reason": ps.outlier.reason or None,
             }
         )
     return out

@@ -99,6 +99,11 @@ class App:
     def draining(self, value: bool) -> None:
         self.readiness.draining = value
 
+    def cut_streams(self) -> int:
+        """End every stream still being sent with an error event the SDKs raise (the drain
+        deadline has come); the number cut. Call on the serving loop."""
+        return self.services.proxy.streams.cut()
+
     async def start(self) -> None:
         if self.client is None:
             self.client = HTTPClient(

@@ -9,7 +9,7 @@ import time
 
 from truckllm.accounting import Accounting, settle_usage
 from truckllm.api.asgi import ClientGone, DisconnectWatch
-from truckllm.api.respond import send_stream, send_whole, served_headers
+from truckllm.api.respond import Streams, send_stream, send_whole, served_headers
 from truckllm.api.routes import Request
 from truckllm.api.steps import Proxied
 from truckllm.errors import APIError, model_not_found
@@ -25,6 +25,7 @@ class Proxy:
     def __init__(self, accounting: Accounting, records: RecordBus) -> None:
         self.accounting = accounting
         self.records = records
+        self.streams = Streams()  # cut with an error event at a shutdown's drain deadline
 
     async def run(self, req: Request, p: Proxied) -> None:
         rt = req.rt
@@ -77,7 +78,7 @@ class Proxy:
                 await send_whole(req.send, served, rec, headers, self.accounting, egress, p.keeper)
             else:
                 await send_stream(
-                    req.send, served, rec, headers, t0, p.egress, translate, p.keeper
+                    req.send, served, rec, headers, t0, p.egress, translate, p.keeper, self.streams
                 )
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True

@@ -3,6 +3,7 @@ event batch, ended by an error event (never a fake ``[DONE]``) when the upstream
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -10,6 +11,7 @@ import time
 from truckllm.accounting import Accounting, format_usd
 from truckllm.api.asgi import SSE_HEADERS, Send
 from truckllm.api.steps import Egress, Keeper
+from truckllm.errors import APIError
 from truckllm.gateway import Served, StreamBroken, relay
 from truckllm.telemetry.record import RequestRecord
 
@@ -67,6 +69,34 @@ async def send_whole(
     served.settle()
 
 
+class Streams:
+    """The streams being sent, so that a shutdown whose drain deadline comes before they end can
+    close them properly: with an error event the SDKs raise, as after an upstream failure, rather
+    than a cut connection. Used on the event loop only; O(1) per stream, nothing per event."""
+
+    __slots__ = ("cutting", "tasks")
+
+    def __init__(self) -> None:
+        self.cutting = False
+        self.tasks: set[asyncio.Task[object]] = set()
+
+    def cut(self) -> int:
+        """End every stream now with an error event; the number of streams cut."""
+        self.cutting = True
+        for task in self.tasks:
+            task.cancel()
+        return len(self.tasks)
+
+
+def shutting_down() -> APIError:
+    return APIError(
+        503,
+        "The gateway is shutting down and its drain deadline has passed: the stream was cut.",
+        code="server_shutting_down",
+        type_="api_error",
+    )
+
+
 async def send_stream(
     send: Send,
     served: Served,
@@ -76,15 +106,21 @@ async def send_stream(
     egress: Egress | None,
     translate: bool,
     keeper: Keeper | None = None,
+    streams: Streams | None = None,
 ) -> None:
     """The stream, event batch by event batch as they arrive; through ``egress`` (the client's
-    dialect, None for the internal form) when ``translate``. A break after the first byte ends
-    the stream with an error event in the client's dialect."""
+    dialect, None for the internal form) when ``translate``. A break after the first byte, or
+    the cut at the drain deadline (``streams``), ends the stream with an error event in the
+    client's dialect, which the SDKs raise."""
     if keeper is not None:
         await keeper.stream_started(served)
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
     events = relay(served)
     out = egress.stream() if egress is not None and translate else None
+    task = asyncio.current_task() if streams is not None else None
+    if streams is not None and task is not None:
+        streams.tasks.add(task)
+    error: APIError | None = None
     try:
         async for batch in events:
             if out is not None:
@@ -96,25 +132,30 @@ async def send_stream(
             if rec.ttft_s is None:
                 rec.ttft_s = time.perf_counter() - t0
             await send({"type": "http.response.body", "body": batch, "more_body": True})
-        if out is not None:
-            tail = out.finish()
-            if keeper is not None:
-                await keeper.stream_ended(served)
-            await send({"type": "http.response.body", "body": tail, "more_body": True})
-        elif keeper is not None:
+        tail = out.finish() if out is not None else b""
+        if keeper is not None:
             await keeper.stream_ended(served)
+        if tail:
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
     except StreamBroken as broken:
         rec.error_code = broken.error.code or "stream_broken"
         log.warning(
             "stream broken after first byte",
             extra={"request_id": rec.request_id, "error": broken.error.message},
         )
-        error = (
-            egress.error_event(broken.error)
-            if egress is not None
-            else b"data: " + broken.error.body() + b"\n\n"
-        )
-        await send({"type": "http.response.body", "body": error, "more_body": True})
+        error = broken.error
+    except asyncio.CancelledError:
+        if streams is None or not streams.cutting or task is None:
+            raise
+        task.uncancel()
+        error = shutting_down()
+        rec.error_code = error.code
+        log.warning("stream cut at the drain deadline", extra={"request_id": rec.request_id})
     finally:
+        if streams is not None and task is not None:
+            streams.tasks.discard(task)
         await events.aclose()
+    if error is not None:
+        body = egress.error_event(error) if egress is not None else b"data: " + error.body() + b"\n\n"
+        await send({"type": "http.response.body", "body": body, "more_body": True})
     await send({"type": "http.response.body", "body": b""})

@@ -187,11 +187,27 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class OutlierConfig:
+    """Success-rate ejection of keys and providers (see docs/routing.md)."""
+
+    enabled: bool = True
+    window: float = 30.0  # seconds the success rate is measured over
+    min_requests: int = 10  # outcomes in the window before the rate counts
+    min_success_rate: float = 0.7  # eject below this ...
+    peer_margin: float = 0.2  # ... or this far below the rest of the pool's rate
+    base_ejection: float = 10.0  # seconds, times the number of recent ejections ...
+    max_ejection: float = 300.0  # ... capped
+    max_ejected_share: float = 0.5  # of a provider's keys, or of the providers, at once
+    probe_successes: int = 3  # successful probes in a row that end an ejection
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     strategy: Strategy = "adaptive"
     max_wait: float = 2.0  # seconds to wait for a key to have room before answering 429
     cooldown: CooldownConfig = field(default_factory=CooldownConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
     out_of_service_probe: float = 300.0
     default_max_output_tokens: int = 512  # reserved when a request names no max_tokens
 

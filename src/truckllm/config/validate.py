@@ -116,6 +116,7 @@ def _validate(
     _validate_server(cfg, fail)
     _validate_retry(cfg, fail)
     _validate_routing(cfg, fail)
+    _validate_outlier(cfg, fail)
     _validate_telemetry(cfg, fail, sink_types)
     _validate_storage(cfg, fail)
     return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
@@ -308,6 +309,21 @@ def _validate_routing(cfg: Config, fail: Callable[[str, str], None]) -> None:
 
 
 _BUILTIN_SINKS = ("file", "webhook", "stdout")
+
+
+def _validate_outlier(cfg: Config, fail: Callable[[str, str], None]) -> None:
+    o = cfg.routing.outlier
+    for name in ("window", "base_ejection", "max_ejection"):
+        if getattr(o, name) <= 0:
+            fail(f"routing.outlier.{name}", "must be positive")
+    for name in ("min_requests", "probe_successes"):
+        if getattr(o, name) < 1:
+            fail(f"routing.outlier.{name}", "must be at least 1")
+    for name in ("min_success_rate", "peer_margin", "max_ejected_share"):
+        if not 0 <= getattr(o, name) <= 1:
+            fail(f"routing.outlier.{name}", "must be between 0 and 1")
+    if o.max_ejection < o.base_ejection:
+        fail("routing.outlier.max_ejection", "must not be less than base_ejection")
 
 
 def _installed_sink_types() -> set[str]:

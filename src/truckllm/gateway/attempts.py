@@ -76,6 +76,8 @@ class _AttemptLoop:
         "attempts",
         "deadline",
         "est",
+        "failed_providers",
+        "failover_only",
         "grace_left",
         "last",
         "last_kind",
@@ -114,6 +116,8 @@ class _AttemptLoop:
         self.grace_left = _GRACE_S
         self.providers = route.provider_ids
         self.tried: set[str] = set()
+        self.failed_providers: tuple[str, ...] = ()
+        self.failover_only = False  # the retry budget is spent: only healthy other providers
         self.attempts = 0
         self.upstream_s = 0.0
         self.no_room_s = math.inf
@@ -143,9 +147,22 @@ class _AttemptLoop:
         and the last failure calls for backoff, one already tried is retried (a same-key retry)."""
         router, route, policy = self.rt.router, self.route, self.policy
         assert policy is not None
-        choice = router.pick(self.providers, self.est, self.tried, route.strategy, route.balance)
+        choice = router.pick(
+            self.providers,
+            self.est,
+            self.tried,
+            route.strategy,
+            route.balance,
+            panic=not self.failover_only,
+        )
         kind = self.last_kind
-        if not isinstance(choice, Pick) and self.tried and kind is not None and kind.needs_backoff:
+        if (
+            not isinstance(choice, Pick)
+            and self.tried
+            and kind is not None
+            and kind.needs_backoff
+            and not self.failover_only
+        ):
             same = policy.next(same_key=True) if self.attempts else None
             if same is not None:
                 choice = router.pick(
@@ -218,12 +235,30 @@ class _AttemptLoop:
             # A throttled or refused key is kept out by its own state (cooling, out of
             # service); one that failed is kept out of this request's later attempts.
             self.tried.add(pick.key.id)
+            self.failed_providers += (pick.provider.id,)
         self.policy = policy = self.policy.next(same_key=False)
         rt = self.rt
-        if policy is None or rt.router.clock() >= self.deadline or not rt.budget.try_spend():
+        if policy is None or rt.router.clock() >= self.deadline:
             return False
+        if not rt.budget.try_spend():
+            return self._failover_only(pick.provider.id)
         if kind.needs_backoff:
             await asyncio.sleep(policy.backoff(rt.rng))
+        return True
+
+    def _failover_only(self, failed: str) -> bool:
+        """The retry budget is spent. It guards a struggling upstream against a storm of retries;
+        a move to another provider in good health is no retry against the one that failed, so it
+        stays allowed (with no backoff): the rest of the request may only go to such providers."""
+        router = self.rt.router
+        healthy = tuple(
+            p
+            for p in self.providers
+            if p != failed and p not in self.failed_providers and router.healthy(p)
+        )
+        if not healthy:
+            return False
+        self.providers, self.failover_only = healthy, True
         return True
 
     def _give_up(self) -> Served:

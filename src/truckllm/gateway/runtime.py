@@ -12,7 +12,7 @@ from truckllm.gateway.retry import RetryBudget, RetryPolicy
 from truckllm.http.client import HTTPClient
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
-from truckllm.routing import Router, RoutingSettings
+from truckllm.routing import OutlierSettings, Router, RoutingSettings
 
 
 class Runtime:
@@ -41,6 +41,17 @@ class Runtime:
             breaker_open_s=r.breaker.open_for,
             breaker_open_max_s=r.breaker.max_open_for,
             out_of_service_probe_s=r.out_of_service_probe,
+            outlier=OutlierSettings(
+                enabled=r.outlier.enabled,
+                window_s=r.outlier.window,
+                min_requests=r.outlier.min_requests,
+                min_success_rate=r.outlier.min_success_rate,
+                peer_margin=r.outlier.peer_margin,
+                base_ejection_s=r.outlier.base_ejection,
+                max_ejection_s=r.outlier.max_ejection,
+                max_ejected_share=r.outlier.max_ejected_share,
+                probe_successes=r.outlier.probe_successes,
+            ),
         )
         self.router: Router = router or Router(
             config.providers,

@@ -4,6 +4,7 @@ from truckllm.routing.estimate import Estimate, estimate
 from truckllm.routing.headers import ReportedQuota, parse_quota
 from truckllm.routing.keystate import KeyState, RoutingSettings, Status
 from truckllm.routing.outcome import Outcome, OutcomeKind, classify_status
+from truckllm.routing.outlier import OutlierSettings
 from truckllm.routing.router import Pick, Router
 from truckllm.routing.strategies import STRATEGIES
 
@@ -13,6 +14,7 @@ __all__ = [
     "KeyState",
     "Outcome",
     "OutcomeKind",
+    "OutlierSettings",
     "Pick",
     "ReportedQuota",
     "Router",

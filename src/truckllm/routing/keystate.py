@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
 from truckllm.config.schema import KeyConfig, Limits
 from truckllm.routing.headers import ReportedQuota
 from truckllm.routing.outcome import OutcomeKind
+from truckllm.routing.outlier import Outlier, OutlierPool, OutlierSettings
 from truckllm.routing.windows import SlidingWindow
 
 
@@ -29,6 +30,7 @@ class RoutingSettings:
     breaker_open_max_s: float = 300.0
     out_of_service_probe_s: float = 300.0  # a key out of service is probed again after this
     ewma_alpha: float = 0.2
+    outlier: OutlierSettings = field(default_factory=OutlierSettings)
 
 
 class SharedLimit(Protocol):
@@ -53,6 +55,7 @@ class Status(Enum):
     DISABLED = "disabled"
     OUT_OF_SERVICE = "out_of_service"
     CIRCUIT_OPEN = "circuit_open"
+    EJECTED = "ejected"  # success rate too low: skipped while other keys can serve
 
 
 class Breaker:
@@ -109,14 +112,21 @@ class Breaker:
 
 
 class ProviderState:
-    __slots__ = ("breaker", "id", "keys")
+    """A provider's own breaker and outlier state, and the pool its keys are ejected from.
+    ``pool`` is the router's pool of providers (a private one when absent)."""
 
-    def __init__(self, provider_id: str, settings: RoutingSettings) -> None:
+    __slots__ = ("breaker", "id", "key_pool", "keys", "outlier")
+
+    def __init__(
+        self, provider_id: str, settings: RoutingSettings, pool: OutlierPool | None = None
+    ) -> None:
         self.id = provider_id
         self.keys: list[KeyState] = []
         self.breaker = Breaker(
             settings.provider_breaker_failures, settings.breaker_open_s, settings.breaker_open_max_s
         )
+        self.key_pool = OutlierPool(settings.outlier)
+        self.outlier = Outlier(pool or OutlierPool(settings.outlier))
 
 
 def _window(limit: int | None, span: float, old: SlidingWindow | None) -> SlidingWindow | None:
@@ -131,7 +141,13 @@ def _window(limit: int | None, span: float, old: SlidingWindow | None) -> Slidin
 class KeyState:
     """One key's state. Mutated only by the router (pick, reserve, report)."""
 
-    def __init__(self, key: KeyConfig, provider_id: str, settings: RoutingSettings) -> None:
+    def __init__(
+        self,
+        key: KeyConfig,
+        provider_id: str,
+        settings: RoutingSettings,
+        pool: OutlierPool | None = None,
+    ) -> None:
         self.key = key
         self.provider_id = provider_id
         self.settings = settings
@@ -161,6 +177,7 @@ class KeyState:
         self.tpd: SlidingWindow | None = None
         self._windows: list[tuple[SlidingWindow, bool]] = []
         self.shared: SharedLimit | None = None  # set when a shared store holds the limits
+        self.outlier = Outlier(pool or OutlierPool(settings.outlier))
         self.apply_limits(key.limits)
 
     @property
@@ -271,6 +288,10 @@ class KeyState:
                 f"{self.breaker.failures} consecutive failures",
                 self.breaker.open_until,
             )
+        o = self.outlier
+        if o.ejected_until:
+            what = "ejected" if now < o.ejected_until else "on probation"
+            return Status.EJECTED, f"{what}: {o.reason}", o.ejected_until
         return Status.ACTIVE, None, None
 
     # -- bookkeeping --------------------------------------------------------------------------
@@ -289,6 +310,8 @@ class KeyState:
         self.quota_requests_used += 1
         self.quota_tokens_used += tokens
         self.breaker.on_pick()
+        if self.outlier.ejected_until:
+            self.outlier.on_pick(now)
         if self.out_of_service is not None:
             self.probe_at = now + self.settings.out_of_service_probe_s  # one probe per period
         if self.shared is not None:
@@ -308,6 +331,7 @@ class KeyState:
         self.quota_requests_used = max(self.quota_requests_used - 1, 0)
         self.quota_tokens_used = max(self.quota_tokens_used - tokens, 0.0)
         self.breaker.release()
+        self.outlier.release()
         if self.shared is not None:
             self.shared.give(now, tokens)
 

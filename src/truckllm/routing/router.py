@@ -17,6 +17,7 @@ from truckllm.config.schema import KeyConfig, ProviderConfig
 from truckllm.routing.estimate import Estimate
 from truckllm.routing.keystate import KeyState, ProviderState, RoutingSettings
 from truckllm.routing.outcome import Outcome, OutcomeKind
+from truckllm.routing.outlier import Outlier, OutlierPool
 from truckllm.routing.strategies import (
     DEFAULT_LATENCY_S,
     adaptive_score,
@@ -82,21 +83,28 @@ class Router:
         self._strategies = strategies or {}
         self.providers: dict[str, ProviderState] = {}
         self._cursor: dict[str, int] = {}
+        self._outliers = self.settings.outlier.enabled
+        self._panic = False  # set by a pick that skipped an ejected key or provider
+        pool = OutlierPool(self.settings.outlier)  # the providers' pool
         previous = carry_over.states() if carry_over is not None else {}
         for p in providers:
             old_provider = carry_over.providers.get(p.id) if carry_over is not None else None
-            ps = ProviderState(p.id, self.settings)
+            ps = ProviderState(p.id, self.settings, pool)
             if old_provider is not None:
                 ps.breaker = old_provider.breaker
+                ps.outlier.adopt(old_provider.outlier)
             for k in p.keys:
                 old = previous.get(k.id)
                 if old is not None and old.provider_id == p.id:
                     old.key = k  # keep counters, cooldowns and averages; adopt the new settings
                     old.settings = self.settings
                     old.apply_limits(k.limits)
+                    outlier = Outlier(ps.key_pool)
+                    outlier.adopt(old.outlier)
+                    old.outlier = outlier
                     ps.keys.append(old)
                 else:
-                    ps.keys.append(KeyState(k, p.id, self.settings))
+                    ps.keys.append(KeyState(k, p.id, self.settings, ps.key_pool))
             self.providers[p.id] = ps
             self._cursor[p.id] = carry_over._cursor.get(p.id, 0) if carry_over is not None else 0
 
@@ -115,24 +123,19 @@ class Router:
         exclude: set[str] | frozenset[str] = frozenset(),
         strategy: str | None = None,
         balance: bool = False,
+        panic: bool = True,
     ) -> Pick | float:
         """Pick and reserve a key among the providers, in order (first with an eligible key), or
         by score across all of them when ``balance``. Returns the seconds until one could be
-        eligible (``inf`` if none ever will without an operator) when none is eligible now."""
+        eligible (``inf`` if none ever will without an operator) when none is eligible now.
+
+        Ejected keys and providers are passed over while another can serve; when none can, a
+        second pass takes them too (unless ``panic`` is False)."""
         now = self.clock()
-        wait = math.inf
-        found: list[tuple[KeyState, ProviderState]] = []
-        for pid in provider_ids:
-            ps = self.providers.get(pid)
-            if ps is None:
-                continue
-            state, w = self._choose(ps, strategy or self.strategy_of(pid), est, exclude, now)
-            if state is None:
-                wait = min(wait, w)
-                continue
-            found.append((state, ps))
-            if not balance or len(found) == 2:
-                break
+        self._panic = False
+        found, wait = self._scan(provider_ids, est, exclude, strategy, balance, now, False)
+        if not found and self._panic and panic:
+            found, wait = self._scan(provider_ids, est, exclude, strategy, balance, now, True)
         if not found:
             return wait
         state, ps = found[0]
@@ -150,7 +153,48 @@ class Router:
                 adaptive_score(found[1][0], now, est, prior, cheapest),
             )
         state.reserve(now, est.total)
+        if ps.outlier.ejected_until:
+            ps.outlier.on_pick(now)
         return Pick(self, state, ps, now, est.total)
+
+    def _scan(
+        self,
+        provider_ids: Sequence[str],
+        est: Estimate,
+        exclude: set[str] | frozenset[str],
+        strategy: str | None,
+        balance: bool,
+        now: float,
+        panic: bool,
+    ) -> tuple[list[tuple[KeyState, ProviderState]], float]:
+        wait = math.inf
+        found: list[tuple[KeyState, ProviderState]] = []
+        for pid in provider_ids:
+            ps = self.providers.get(pid)
+            if ps is None:
+                continue
+            o = ps.outlier
+            if o.ejected_until and not panic and not o.admits(now):
+                self._panic = True
+                continue
+            state, w = self._choose(ps, strategy or self.strategy_of(pid), est, exclude, now, panic)
+            if state is None:
+                wait = min(wait, w)
+                continue
+            found.append((state, ps))
+            if not balance or len(found) == 2:
+                break
+        return found, wait
+
+    def healthy(self, provider_id: str) -> bool:
+        """Whether a provider is in good health: breaker closed, not ejected, and its success
+        rate (once measured) at or above ``routing.outlier.min_success_rate``."""
+        ps = self.providers.get(provider_id)
+        if ps is None or ps.breaker.open_until or ps.outlier.ejected_until:
+            return False
+        st = self.settings.outlier
+        ok, total = ps.outlier.window.counts(self.clock())
+        return total < st.min_requests or ok >= st.min_success_rate * total
 
     def _choose(
         self,
@@ -159,6 +203,7 @@ class Router:
         est: Estimate,
         exclude: set[str] | frozenset[str],
         now: float,
+        panic: bool = False,
     ) -> tuple[KeyState | None, float]:
         ready = ps.breaker.ready_at(now)
         if ready > now:
@@ -171,7 +216,9 @@ class Router:
             wait = math.inf
             for i in range(n):
                 s = keys[(start + i) % n]
-                if s.key.id in exclude:
+                if s.key.id in exclude or (
+                    s.outlier.ejected_until and self._ejected(s, now, panic)
+                ):
                     continue
                 at = s.ready_at(now, tokens)
                 if at <= now:
@@ -185,6 +232,8 @@ class Router:
                 s = keys[self._rng.randrange(n)]
                 if s.key.id in exclude or (sampled and s is sampled[0]):
                     continue
+                if s.outlier.ejected_until and self._ejected(s, now, panic):
+                    continue
                 if s.ready_at(now, tokens) <= now:
                     sampled.append(s)
                     if len(sampled) == 2:
@@ -192,7 +241,7 @@ class Router:
         eligible: list[KeyState] = []
         wait = math.inf
         for s in keys:
-            if s.key.id in exclude:
+            if s.key.id in exclude or (s.outlier.ejected_until and self._ejected(s, now, panic)):
                 continue
             at = s.ready_at(now, tokens)
             if at <= now:
@@ -208,6 +257,13 @@ class Router:
         start = self._cursor[ps.id]
         self._cursor[ps.id] = start + 1
         return choose_exact(strategy, eligible, est, start), 0.0
+
+    def _ejected(self, s: KeyState, now: float, panic: bool) -> bool:
+        """Whether an ejected (or probing) key is passed over by this scan."""
+        if panic or s.outlier.admits(now):
+            return False
+        self._panic = True
+        return True
 
     def _better(self, candidates: list[KeyState], now: float, est: Estimate) -> KeyState:
         if len(candidates) == 1:
@@ -256,6 +312,7 @@ class Router:
         if kind is OutcomeKind.NOT_SENT:
             s.release(now, pick.reserved)
             pick.provider.breaker.release()
+            pick.provider.outlier.release()
             return
         if outcome.usage is not None:
             actual = float(outcome.usage.prompt_tokens + outcome.usage.completion_tokens)
@@ -273,24 +330,32 @@ class Router:
             s.breaker.success()
             pick.provider.breaker.success()
             s.learn(latency, True if kind is OutcomeKind.SUCCESS else None)
-        elif kind is OutcomeKind.RATE_LIMITED:
+            self._health(pick, now, True)
+            return
+        if kind is OutcomeKind.RATE_LIMITED:
             s.consecutive_429 += 1
             s.cool(now, self._cooldown(s, outcome))
-            s.breaker.release()
-            pick.provider.breaker.release()
         elif kind is OutcomeKind.AUTH_ERROR or kind is OutcomeKind.QUOTA_EXHAUSTED:
             what = "credentials refused" if kind is OutcomeKind.AUTH_ERROR else "quota exhausted"
             s.out_of_service = f"{what} (HTTP {outcome.status})"
             s.probe_at = now + self.settings.out_of_service_probe_s
-            s.breaker.release()
-            pick.provider.breaker.release()
-        elif kind is OutcomeKind.CANCELLED:
-            s.breaker.release()
-            pick.provider.breaker.release()
-        else:  # server error, timeout, connection error, stream broken
+        elif kind is not OutcomeKind.CANCELLED:  # server error, timeout, connection, broken
             s.learn(None, False)
             s.breaker.failure(now)
             pick.provider.breaker.failure(now)
+            self._health(pick, now, False)
+            return
+        # throttled, refused or cancelled: no verdict on the upstream's health
+        s.breaker.release()
+        pick.provider.breaker.release()
+        s.outlier.release()
+        pick.provider.outlier.release()
+
+    def _health(self, pick: Pick, now: float, success: bool) -> None:
+        """Tell the key's and the provider's outlier detection (O(1))."""
+        if self._outliers:
+            pick.state.outlier.report(now, success)
+            pick.provider.outlier.report(now, success)
 
     def _cooldown(self, s: KeyState, outcome: Outcome) -> float:
         """How long a throttled key rests: what the provider said, else exponential backoff."""

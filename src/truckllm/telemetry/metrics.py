@@ -343,7 +343,7 @@ class Metrics:
             "truckllm_key_status",
             "gauge",
             "1 for the key's current state (active, cooling, disabled, out_of_service, "
-            "circuit_open), 0 for the others.",
+            "circuit_open, ejected), 0 for the others.",
         )
         for ps, s in keys:
             current = s.status(now)[0]
@@ -435,6 +435,17 @@ class Metrics:
                 "truckllm_provider_circuit_open",
                 (("provider", ps.id),),
                 0 if ps.breaker.state == "closed" else 1,
+            )
+        page.family(
+            "truckllm_provider_ejected",
+            "gauge",
+            "1 while the provider is ejected for its success rate or on probation, else 0.",
+        )
+        for ps in router.providers.values():
+            page.sample(
+                "truckllm_provider_ejected",
+                (("provider", ps.id),),
+                1 if ps.outlier.ejected_until else 0,
             )
 
     def _render_reloads(self, page: Page) -> None:

@@ -65,10 +65,17 @@ SCENARIO_KEYS = {
 
 
 def slow_and_flaky(
-    strategy: str, loop: LoopThread, n: int = 300, concurrency: int = 6, seed: int = 11
+    strategy: str,
+    loop: LoopThread,
+    n: int = 300,
+    concurrency: int = 6,
+    seed: int = 11,
+    outlier: bool = False,
 ) -> dict[str, float]:
     """One healthy key, one slow key (150 ms), one failing key (30% 500s); the same load under
-    ``strategy``. Returns successes, client p50/p99 and the failed upstream attempts."""
+    ``strategy``. Returns successes, client p50/p99 and the failed upstream attempts. Outlier
+    ejection is off unless ``outlier``: it would take the failing key out under any strategy,
+    and this compares the strategies' own choices."""
     upstream = MockUpstream(seed=seed, keys=dict(SCENARIO_KEYS))
     loop.run(upstream.start())
     cfg = parse_config(
@@ -78,7 +85,7 @@ providers:
     base_url: {upstream.url}
     models: [m]
     keys: [{{id: fast, secret: sk-fast}}, {{id: slow, secret: sk-slow}}, {{id: flaky, secret: sk-flaky}}]
-routing: {{strategy: {strategy}}}
+routing: {{strategy: {strategy}, outlier: {{enabled: {str(outlier).lower()}}}}}
 retry: {{budget_burst: 1000, backoff_base: 0.001}}
 """,
         "<scenario>",
