@@ -102,7 +102,10 @@ def test_a_batch_counts_once_and_queries_group_and_split(
             total = await store.query(UsageQuery())
             assert total.granularity == "day"
             assert [c for _, _, c in total.rows] == [[5, 0, 0, 50, 25, 0, 0, 1_508]]
-            by_client = await store.query(UsageQuery(("client",), start=minute - 7200))
+            # A start on a minute but never on an hour, whatever the time of day: an hour-aligned
+            # start would (rightly) be answered from the hour table.
+            start = minute - 7200 + (60 if (minute - 7200) % 3600 == 0 else 0)
+            by_client = await store.query(UsageQuery(("client",), start=start))
             assert {g: c[-1] for g, _, c in by_client.rows} == {("team-a",): 1_501, ("team-b",): 7}
             assert by_client.granularity == "minute"
             hourly = await store.query(
