@@ -238,12 +238,12 @@ providers (demo-a with two keys, demo-b with one). No keys and no network needed
   curl -sN http://{addr}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "gpt-4o-mini", "stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}'
 
-  python - <<'PY'
-  from openai import OpenAI
-  client = OpenAI(base_url="http://{addr}/v1", api_key="unused-in-demo")
-  reply = client.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "Hello!"}}])
-  print(reply.choices[0].message.content, reply.usage)
-  PY
+python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="http://{addr}/v1", api_key="unused-in-demo")
+reply = client.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "Hello!"}}])
+print(reply.choices[0].message.content, reply.usage)
+PY
 
 Press Ctrl-C to stop.
 """
