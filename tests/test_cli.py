@@ -137,3 +137,38 @@ def test_no_config_serves_openai_from_the_environment(upstream: MockUpstream) ->
         assert upstream.received[-1].body["model"] == "gpt-4.1-nano"  # every model name passes through
         assert upstream.received[-1].bearer == "sk-env-key"
     assert result["status"] == 0 and "sk-env-key" not in str(result["output"])
+
+
+def test_the_demos_printed_commands_run_as_printed() -> None:
+    """The banner's curl command and Python snippet, pasted into a shell, work against it."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    proc = subprocess.Popen(
+        [TRUCKLLM, "demo", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        banner: list[str] = []
+        for line in proc.stdout:  # the banner is printed (and flushed) before serving
+            banner.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        text = "".join(banner)
+        snippet = text[text.index("python - <<'PY'") : text.index("\nPY\n") + 4]
+        wait_serving(f"http://127.0.0.1:{port}/healthz", proc)
+        shell_env = {**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]}
+        ran = subprocess.run(
+            ["bash", "-c", snippet], capture_output=True, text=True, env=shell_env, timeout=60
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert "Hello from" in ran.stdout and "CompletionUsage" in ran.stdout
+        curl = text[text.index("curl -s ") :].split("\n\n")[0]
+        fetched = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
+        assert fetched.returncode == 0 and '"choices"' in fetched.stdout, fetched.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
