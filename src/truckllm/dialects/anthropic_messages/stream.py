@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 
 from truckllm.dialects.anthropic_messages.response import message_id, stop_reason, usage_object
-from truckllm.providers.base import Usage
-from truckllm.providers.sse import iter_events
+from truckllm.dialects.chunks import ChunkStream
 
 
 def event(kind: str, payload: dict[str, Any]) -> bytes:
@@ -27,44 +26,28 @@ def event(kind: str, payload: dict[str, Any]) -> bytes:
 PING = event("ping", {"type": "ping"})
 
 
-class ChatToMessagesStream:
+class ChatToMessagesStream(ChunkStream):
     """One stream's translation. Feed it batches of complete SSE events (``feed``), then call
     ``finish`` when the upstream stream ends; both return the Anthropic events to send."""
 
     def __init__(self, model: str, stop: list[str] | None = None) -> None:
+        super().__init__()
         self.model = model
         self.stop = stop or []
-        self.usage: Usage | None = None
         self.done = False
         self._started = False
         self._block: str | None = None  # "thinking", "text" or "tool:<openai index>"
         self._index = -1
-        self._finish: Any = None
         self._text_tail = ""  # the last characters of the text, for the stop sequence
-
-    def feed(self, batch: bytes) -> bytes:
-        out: list[bytes] = []
-        for ev in iter_events(batch):
-            data = ev.data.strip()
-            if data == b"[DONE]":
-                out.append(self.finish())
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict):
-                self._chunk(chunk, out)
-        return b"".join(out)
 
     def finish(self) -> bytes:
         """Close the open block and end the message (once)."""
         if self.done:
             return b""
         out: list[bytes] = []
-        self._start(out)
+        self._on_start(out)
         self._close(out)
-        reason, sequence = stop_reason(self._finish, self._text_tail, self.stop)
+        reason, sequence = stop_reason(self.finish_reason, self._text_tail, self.stop)
         usage = usage_object(self.usage)
         out.append(
             event(
@@ -80,7 +63,7 @@ class ChatToMessagesStream:
         self.done = True
         return b"".join(out)
 
-    def _start(self, out: list[bytes]) -> None:
+    def _on_start(self, out: list[bytes]) -> None:
         if self._started:
             return
         self._started = True
@@ -97,47 +80,31 @@ class ChatToMessagesStream:
         out.append(event("message_start", {"type": "message_start", "message": message}))
         out.append(PING)
 
-    def _chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
-        usage = Usage.from_openai(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        self._start(out)
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return
-        choice = choices[0]
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                self._open(out, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
-                self._delta(out, {"type": "thinking_delta", "thinking": reasoning})
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                self._open(out, "text", {"type": "text", "text": ""})
-                self._delta(out, {"type": "text_delta", "text": text})
-                self._text_tail = (self._text_tail + text)[-256:]
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    self._tool(call, out)
-        if choice.get("finish_reason") is not None:
-            self._finish = choice["finish_reason"]
+    def _on_done(self, out: list[bytes]) -> None:
+        out.append(self.finish())
 
-    def _tool(self, call: dict[str, Any], out: list[bytes]) -> None:
-        fn = call.get("function")
-        if not isinstance(fn, dict):
-            fn = {}
-        key = f"tool:{call.get('index', 0)}"
+    def _on_reasoning(self, out: list[bytes], text: str) -> None:
+        self._open(out, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        self._delta(out, {"type": "thinking_delta", "thinking": text})
+
+    def _on_text(self, out: list[bytes], text: str) -> None:
+        self._open(out, "text", {"type": "text", "text": ""})
+        self._delta(out, {"type": "text_delta", "text": text})
+        self._text_tail = (self._text_tail + text)[-256:]
+
+    def _on_tool_call(
+        self, out: list[bytes], index: Any, call_id: Any, name: str, arguments: str
+    ) -> None:
+        key = f"tool:{index}"
         if self._block != key:
             block = {
                 "type": "tool_use",
-                "id": str(call.get("id") or "toolu_" + message_id()[4:]),
-                "name": str(fn.get("name") or ""),
+                "id": str(call_id or "toolu_" + message_id()[4:]),
+                "name": name,
                 "input": {},
             }
             self._open(out, key, block)
-        arguments = fn.get("arguments")
-        if isinstance(arguments, str) and arguments:
+        if arguments:
             self._delta(out, {"type": "input_json_delta", "partial_json": arguments})
 
     def _open(self, out: list[bytes], kind: str, block: dict[str, Any]) -> None:

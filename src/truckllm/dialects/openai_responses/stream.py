@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from truckllm.dialects.chunks import ChunkStream
 from truckllm.dialects.openai_responses.response import (
     Echo,
     finished,
@@ -27,36 +28,33 @@ from truckllm.dialects.openai_responses.response import (
     reasoning_item,
     text_part,
 )
-from truckllm.providers.base import Usage
-from truckllm.providers.sse import iter_events
 
 
 def event(kind: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
-class ChatToResponsesStream:
+class ChatToResponsesStream(ChunkStream):
     """One stream's translation. ``feed`` batches of complete SSE events, then ``finish`` once
     the upstream stream has ended; both return the Responses events to send."""
 
     def __init__(self, echo: Echo) -> None:
+        super().__init__()
         self.echo = echo
         self.seq = 0
-        self.usage: Usage | None = None
         self.response: dict[str, Any] | None = None  # the final response, after finish()
         self.output: list[dict[str, Any]] = []
         self._started = False
         self._open: dict[str, Any] | None = None  # the output item being streamed
         self._kind = ""  # "reasoning", "message" or "call:<index>"
         self._text: list[str] = []
-        self._finish: Any = None
 
     def _event(self, out: list[bytes], kind: str, payload: dict[str, Any]) -> None:
         payload = {"type": kind, **payload, "sequence_number": self.seq}
         self.seq += 1
         out.append(event(kind, payload))
 
-    def _start(self, out: list[bytes]) -> None:
+    def _on_start(self, out: list[bytes]) -> None:
         if self._started:
             return
         self._started = True
@@ -64,57 +62,24 @@ class ChatToResponsesStream:
         self._event(out, "response.created", {"response": shell})
         self._event(out, "response.in_progress", {"response": shell})
 
-    def feed(self, batch: bytes) -> bytes:
-        out: list[bytes] = []
-        for ev in iter_events(batch):
-            data = ev.data.strip()
-            if data == b"[DONE]" or not data:
-                continue  # the end is finish()'s
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict):
-                self._chunk(chunk, out)
-        return b"".join(out)
+    def _on_reasoning(self, out: list[bytes], text: str) -> None:
+        self._item(out, "reasoning", reasoning_item(new_id("rs"), ""))
+        self._delta(out, "response.reasoning_summary_text.delta", text)
 
-    def _chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
-        usage = Usage.from_openai(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        self._start(out)
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return
-        choice = choices[0]
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                self._item(out, "reasoning", reasoning_item(new_id("rs"), ""))
-                self._delta(out, "response.reasoning_summary_text.delta", reasoning)
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                self._item(out, "message", message_item(new_id("msg"), "", "in_progress"))
-                self._delta(out, "response.output_text.delta", text)
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    self._call(call, out)
-        if choice.get("finish_reason") is not None:
-            self._finish = choice["finish_reason"]
+    def _on_text(self, out: list[bytes], text: str) -> None:
+        self._item(out, "message", message_item(new_id("msg"), "", "in_progress"))
+        self._delta(out, "response.output_text.delta", text)
 
-    def _call(self, call: dict[str, Any], out: list[bytes]) -> None:
-        fn: Any = call.get("function")
-        if not isinstance(fn, dict):
-            fn = {}
-        kind = f"call:{call.get('index', 0)}"
+    def _on_tool_call(
+        self, out: list[bytes], index: Any, call_id: Any, name: str, arguments: str
+    ) -> None:
+        kind = f"call:{index}"
         if self._kind != kind:
             item = self.echo.function_call(
-                str(call.get("id") or new_id("call")), str(fn.get("name") or ""), "", "in_progress"
+                str(call_id or new_id("call")), name, "", "in_progress"
             )
             self._item(out, kind, item)
-        arguments = fn.get("arguments")
-        if isinstance(arguments, str) and arguments:
+        if arguments:
             self._delta(out, "response.function_call_arguments.delta", arguments)
 
     def _where(self) -> dict[str, Any]:
@@ -200,11 +165,11 @@ class ChatToResponsesStream:
         if self.response is not None:
             return b""
         out: list[bytes] = []
-        self._start(out)
+        self._on_start(out)
         self._close(out)
         response = self.echo.shell("completed")
         response["output"] = self.output
-        self.response = finished(response, self._finish, self.usage)
+        self.response = finished(response, self.finish_reason, self.usage)
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         self._event(out, kind, {"response": self.response})
         return b"".join(out)
@@ -212,7 +177,7 @@ class ChatToResponsesStream:
     def failed(self, code: str, message: str) -> bytes:
         """The events that end a stream the upstream broke off: ``response.failed``."""
         out: list[bytes] = []
-        self._start(out)
+        self._on_start(out)
         response = self.echo.shell("failed")
         response["output"] = copy.copy(self.output)
         response["error"] = {"code": code, "message": message}
