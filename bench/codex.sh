@@ -9,31 +9,8 @@
 #   bash bench/codex.sh            # exit 0 when both runs printed an answer
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=$(mktemp -d)
-cache=${CODEX_CACHE:-$HOME/.cache/truckllm-codex}
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-
-if [ ! -x "$cache/node_modules/.bin/codex" ]; then
-  mkdir -p "$cache"
-  (cd "$cache" && npm install --no-audit --no-fund --silent @openai/codex >/dev/null)
-fi
-codex="$cache/node_modules/.bin/codex"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-mock_port=$(free_port); gw_port=$(free_port); proxy_port=$(free_port)
-
-# A proxy that refuses everything and logs what was asked: nothing may leave loopback.
-python3 - "$proxy_port" "$work/proxy.log" <<'PY' &
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
-with open(sys.argv[2], "a") as log:
-    while True:
-        c, _ = s.accept()
-        log.write(c.recv(4096).split(b"\r\n", 1)[0].decode("latin-1") + "\n"); log.flush()
-        c.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"); c.close()
-PY
-
-truckllm mock --listen "127.0.0.1:$mock_port" --reply-tokens 6 >"$work/mock.log" 2>&1 &
+. bench/agent_harness.sh
+harness_start @openai/codex codex "${CODEX_CACHE:-$HOME/.cache/truckllm-codex}"
 cat >"$work/config.yaml" <<YAML
 server:
   listen: "127.0.0.1:$gw_port"
@@ -49,10 +26,7 @@ model_aliases:
   codex-on-anthropic: anthropic-mock:claude-sonnet-4-5
   codex-passthrough: responses-mock:gpt-5-codex
 YAML
-truckllm -config "$work/config.yaml" >"$work/gateway.log" 2>&1 &
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null && break; sleep 0.1
-done
+harness_gateway "$work/config.yaml"
 
 status=0
 for model in codex-translated codex-on-anthropic codex-passthrough; do
@@ -77,20 +51,11 @@ TOML
     TRUCKLLM_API_KEY=codex-client-key \
     HTTPS_PROXY="http://127.0.0.1:$proxy_port" HTTP_PROXY="http://127.0.0.1:$proxy_port" \
     ALL_PROXY="http://127.0.0.1:$proxy_port" NO_PROXY=127.0.0.1,localhost \
-    timeout 120 "$codex" exec --skip-git-repo-check --sandbox read-only --ephemeral \
+    timeout 120 "$cli" exec --skip-git-repo-check --sandbox read-only --ephemeral \
       --color never --strict-config "Reply with the word PONG" </dev/null 2>"$work/codex-$model.err") \
     && rc=0 || rc=$?
   echo "== $model: exit $rc, answer: $out"
   if [ "$rc" -ne 0 ] || [ -z "$out" ]; then status=1; tail -5 "$work/codex-$model.err"; fi
 done
-sleep 0.5  # the request log's flush interval
-echo "== requests the gateway served (endpoint, model, provider, status, stream):"
-python3 - "$work/requests.jsonl" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print(" ", r["endpoint"], r["model"], r["provider"], r["status"], r["stream"])
-PY
-echo "== connections the CLI tried beyond loopback (refused):"
-sort "$work/proxy.log" 2>/dev/null | uniq -c || true
+harness_report
 exit $status
