@@ -26,14 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    HOST,
     BenchError,
     default_python,
-    free_port,
     pct,
     run_and_report,
-    start,
-    wait_http,
+    start_gateway,
 )
 
 from truckllm.testing.behaviour import Dist, KeyBehaviour
@@ -151,14 +148,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         url = loop.run(mock.start())
         config = tmp / "gateway.yaml"
         config.write_text(gateway_yaml(url, args.read_timeout))
-        port = free_port()
-        gateway = start(
-            "gateway",
-            [args.python, "-m", "truckllm", "--config", str(config), "--listen", f"{HOST}:{port}"],
-            port,
-            tmp,
-        )
-        wait_http(gateway.base + "/healthz")
+        gateway = start_gateway(args.python, config, tmp)
         t0 = time.monotonic()
         results = asyncio.run(
             drive(

@@ -82,6 +82,15 @@ def start(name: str, cmd: list[str], port: int, tmp: Path) -> Service:
     return svc
 
 
+def start_gateway(python: str, config: Path, tmp: Path, name: str = "gateway") -> Service:
+    """The gateway on ``config`` in a process of its own, on a free port, answering /healthz."""
+    port = free_port()
+    cmd = [python, "-m", "truckllm", "--config", str(config), "--listen", f"{HOST}:{port}"]
+    gateway = start(name, cmd, port, tmp)
+    wait_http(gateway.base + "/healthz")
+    return gateway
+
+
 def proc_status_kb(pid: int, field: str) -> int:
     """A ``/proc/<pid>/status`` figure in kB (``VmRSS``, ``VmHWM``); 0 if the process is gone."""
     try:

@@ -23,14 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    HOST,
     BenchError,
     default_python,
-    free_port,
     pct,
     run_and_report,
-    start,
-    wait_http,
+    start_gateway,
 )
 
 from truckllm.testing.behaviour import Dist, KeyBehaviour
@@ -152,14 +149,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         url = loop.run(mock.start())
         config = tmp / "gateway.yaml"
         config.write_text(gateway_yaml(url))
-        port = free_port()
-        gateway = start(
-            "gateway",
-            [args.python, "-m", "truckllm", "--config", str(config), "--listen", f"{HOST}:{port}"],
-            port,
-            tmp,
-        )
-        wait_http(gateway.base + "/healthz")
+        gateway = start_gateway(args.python, config, tmp)
         t0 = time.monotonic()
         timer = heal(loop, mock, args.heal_after, t0) if args.heal_after > 0 else None
         results, changes = asyncio.run(run_clients(gateway.base, args))

@@ -38,28 +38,19 @@ def test_a_connection_that_sends_nothing_is_closed(
         assert read_all(sock) == b""
 
 
-def test_a_stalled_body_with_a_client_key_gets_408(
-    gateway_factory: GatewayFactory, upstream: MockUpstream
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("/v1/chat/completions", CLIENT_KEY), ("/admin/v1/reload", ADMIN_KEY)],
+    ids=["client key", "admin key"],
+)
+def test_a_stalled_body_gets_408(
+    gateway_factory: GatewayFactory, upstream: MockUpstream, path: str, key: str
 ) -> None:
     gw = make_gateway(gateway_factory, upstream)
     with connect(gw) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-            b"Authorization: Bearer " + CLIENT_KEY.encode() + b"\r\n"
-            b"Content-Length: 1000\r\n\r\n{"
-        )
-        data = read_all(sock)
-    assert status_of(data) == 408
-
-
-def test_a_stalled_admin_body_with_the_admin_key_gets_408(
-    gateway_factory: GatewayFactory, upstream: MockUpstream
-) -> None:
-    gw = make_gateway(gateway_factory, upstream)
-    with connect(gw) as sock:
-        sock.sendall(
-            b"POST /admin/v1/reload HTTP/1.1\r\nHost: x\r\n"
-            b"Authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + key.encode() + b"\r\n"
             b"Content-Length: 1000\r\n\r\n{"
         )
         data = read_all(sock)
