@@ -38,6 +38,7 @@ model_aliases:
   claude-on-gemini: gemini:gemini-2.5-flash
 server:
   api_keys: [client-key]
+  admin_api_key: admin-key
 retry: {{max_attempts: 1}}
 """
 MODELS = ["claude-direct", "claude-on-openai", "claude-on-gemini"]
@@ -438,3 +439,19 @@ def test_thinking_blocks_and_mid_conversation_system_pass_through(
     sent = stack.claude.received[-1]
     assert sent.body["messages"][1]["role"] == "system"
     assert sent.headers["anthropic-beta"] == "mid-conversation-system-2026-04-07"
+
+
+def test_usage_groups_by_claude_codes_session(stack: Stack) -> None:
+    headers = {"x-api-key": "client-key", "X-Claude-Code-Session-Id": "sess-7"}
+    body = {"model": "claude-on-openai", "max_tokens": 20, "messages": HI}
+    for _ in range(2):
+        assert request("POST", stack.gw.url + "/v1/messages", body, headers).status == 200
+    assert request("POST", stack.gw.url + "/v1/messages", body, {"x-api-key": "client-key"}).status == 200
+    stack.last()
+    usage = request(
+        "GET",
+        stack.gw.url + "/admin/v1/usage?group_by=session",
+        None,
+        {"Authorization": "Bearer admin-key"},
+    ).json()
+    assert {row["session"]: row["requests"] for row in usage["data"]} == {"sess-7": 2, "": 1}

@@ -20,8 +20,8 @@ from truckllm.stores.memory import MemoryStore
 from truckllm.stores.redis import RedisStore
 from truckllm.testing.store_server import StoreServer
 
-ROW_A = ("team-a", "openai", "k1", "gpt-4o", "smart")
-ROW_B = ("team-b", "anthropic", "k2", "claude", "")
+ROW_A = ("team-a", "openai", "k1", "gpt-4o", "smart", "")
+ROW_B = ("team-b", "anthropic", "k2", "claude", "", "s-1")
 
 
 def counts(requests: int, cost: int, prompt: int = 10, completion: int = 5) -> list[int]:
@@ -243,3 +243,20 @@ def test_redis_store_reports_unreachable_and_recovers(redis_server: RedisServer)
             await store.close()
 
     run(main())
+
+
+def test_usage_rows_from_before_the_session_dimension_still_read() -> None:
+    """A file store's snapshot and an http store's batch written with five dimensions (before
+    ``session``) read as session ``""``."""
+    from truckllm.stores.tables import Tables, batch_from_json
+
+    counts_old = counts(2, 30)
+    snapshot = {"usage": {"minute": [[600, "team-a", "openai", "k1", "gpt-4o", "smart", *counts_old]]}}
+    table = Tables.load(snapshot).usage["minute"]
+    assert table == {600: {("team-a", "openai", "k1", "gpt-4o", "smart", ""): counts_old}}
+    old = {"origin": "p", "seq": 1, "now": 0.0, "usage": [[600, *ROW_A[:5], *counts_old]]}
+    new = {"origin": "p", "seq": 2, "now": 0.0, "usage": [[600, *ROW_B, *counts_old]]}
+    assert batch_from_json(old).usage == {(600, ROW_A): counts_old}
+    assert batch_from_json(new).usage == {(600, ROW_B): counts_old}
+    with pytest.raises(ValueError):
+        batch_from_json({"origin": "p", "seq": 3, "now": 0.0, "usage": [[600, "x", *counts_old]]})

@@ -64,6 +64,7 @@ class Ledger:
             rec.key_id or "",
             rec.upstream_model or rec.model or "",
             rec.alias or "",
+            rec.session_id or "",
         )
         minute = int(rec.time) // 60 * 60
         k = (minute, row)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-DIMENSIONS = ("client", "provider", "key", "model", "alias")
+DIMENSIONS = ("client", "provider", "key", "model", "alias", "session")
 METRICS = (
     "requests",
     "errors",
@@ -34,8 +34,15 @@ COST = METRICS.index("cost_nanos")
 GRANULARITIES: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 Granularity = Literal["minute", "hour", "day"]
 
-# (client, provider, key id, model, alias); "" where a request has none.
-RowKey = tuple[str, str, str, str, str]
+# (client, provider, key id, model, alias, session); "" where a request has none. Rows written
+# before the session dimension existed have five parts: they read as session "" (row_key()).
+RowKey = tuple[str, str, str, str, str, str]
+
+
+def row_key(parts: Sequence[object]) -> RowKey:
+    """A usage row's key from its stored parts: six, or five from before ``session`` existed."""
+    session = str(parts[5]) if len(parts) > 5 else ""
+    return (str(parts[0]), str(parts[1]), str(parts[2]), str(parts[3]), str(parts[4]), session)
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ from truckllm.stores.base import (
     View,
     day_of,
     month_of,
+    row_key,
 )
 from truckllm.stores.tables import (
     PEER_TTL_S,
@@ -276,13 +277,13 @@ class RedisStore:
             rows: dict[RowKey, list[int]] = {}
             for field, value in h.items():
                 parts = field.decode().split(_SEP)
-                if len(parts) != len(DIMENSIONS) + 1:
+                if len(parts) not in (6, len(DIMENSIONS) + 1):  # 6: from before ``session``
                     continue
-                row: RowKey = (parts[0], parts[1], parts[2], parts[3], parts[4])
+                row = row_key(parts[:-1])
                 counts = rows.get(row)
                 if counts is None:
                     counts = rows[row] = [0] * len(METRICS)
-                counts[int(parts[5])] = int(value)
+                counts[int(parts[-1])] = int(value)
             flat.extend((int(s), row, counts) for row, counts in rows.items())
         return group_rows(q, flat, granularity)
 

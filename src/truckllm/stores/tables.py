@@ -28,6 +28,7 @@ from truckllm.stores.base import (
     add_counts,
     day_of,
     month_of,
+    row_key,
 )
 
 RETENTION_S: dict[str, float] = {"minute": 2 * 86400, "hour": 90 * 86400, "day": math.inf}
@@ -217,9 +218,9 @@ class Tables:
         for name, items in data.get("usage", {}).items():
             table = t.usage[name]
             for item in items:
-                ts, counts = item[0], [int(c) for c in item[6:]]
-                row: RowKey = (item[1], item[2], item[3], item[4], item[5])
-                table.setdefault(int(ts), {})[row] = counts
+                dims = len(item) - 1 - _N  # six, or five in a snapshot from before ``session``
+                ts, counts = item[0], [int(c) for c in item[1 + dims :]]
+                table.setdefault(int(ts), {})[row_key(item[1 : 1 + dims])] = counts
         t.spend_day = {d: dict(v) for d, v in data.get("spend_day", {}).items()}
         t.spend_month = {m: dict(v) for m, v in data.get("spend_month", {}).items()}
         t.spend_total = dict(data.get("spend_total", {}))
@@ -240,10 +241,12 @@ def batch_to_json(batch: Batch) -> dict[str, Any]:
 def batch_from_json(data: dict[str, Any]) -> Batch:
     usage: dict[tuple[int, RowKey], list[int]] = {}
     for item in data.get("usage", ()):
-        if len(item) != 6 + _N:
-            raise ValueError("a usage row needs a minute, 5 dimensions and 8 counts")
-        row: RowKey = (str(item[1]), str(item[2]), str(item[3]), str(item[4]), str(item[5]))
-        usage[(int(item[0]), row)] = [int(c) for c in item[6:]]
+        dims = len(item) - 1 - _N
+        if dims not in (5, len(DIMENSIONS)):
+            raise ValueError(
+                f"a usage row needs a minute, {len(DIMENSIONS)} dimensions and {_N} counts"
+            )
+        usage[(int(item[0]), row_key(item[1 : 1 + dims]))] = [int(c) for c in item[1 + dims :]]
     return Batch(
         str(data["origin"]),
         int(data["seq"]),
