@@ -65,7 +65,9 @@ async def execute(
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
     speaks the dialect, and its internal form to any other."""
     loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
-    loop.tried.update(exclude)  # keys the request must not use (pinned to one by the caller)
+    if exclude:  # keys the request must not use, not even on a same-key retry (pinned elsewhere)
+        loop.excluded = exclude
+        loop.tried.update(exclude)
     return await loop.run()
 
 
@@ -76,6 +78,7 @@ class _AttemptLoop:
         "attempts",
         "deadline",
         "est",
+        "excluded",
         "failed_providers",
         "failover_only",
         "grace_left",
@@ -116,6 +119,7 @@ class _AttemptLoop:
         self.grace_left = _GRACE_S
         self.providers = route.provider_ids
         self.tried: set[str] = set()
+        self.excluded: frozenset[str] = frozenset()
         self.failed_providers: tuple[str, ...] = ()
         self.failover_only = False  # the retry budget is spent: only healthy other providers
         self.attempts = 0
@@ -166,7 +170,7 @@ class _AttemptLoop:
             same = policy.next(same_key=True) if self.attempts else None
             if same is not None:
                 choice = router.pick(
-                    self.providers, self.est, frozenset(), route.strategy, route.balance
+                    self.providers, self.est, self.excluded, route.strategy, route.balance
                 )
                 if isinstance(choice, Pick):
                     self.policy = same
@@ -220,7 +224,7 @@ class _AttemptLoop:
                 reply, pick, target, self.attempts, pick.started, upstream_s=self.upstream_s
             ), False
         assert self.policy is not None
-        self.route, self.tried, self.providers = fallback, set(), fallback.provider_ids
+        self.route, self.tried, self.providers = fallback, set(self.excluded), fallback.provider_ids
         await reply.aclose()
         self.policy = self.policy.next(same_key=False)
         return None, True
