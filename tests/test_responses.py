@@ -426,3 +426,32 @@ def test_previous_response_id_across_two_gateways_sharing_redis(
             c2.responses.create(model="direct", previous_response_id=up.id, input="More")
             assert native.received[-1].headers["Authorization"] == key
             assert native.received[-1].body["previous_response_id"] == up.id
+
+
+def test_a_pinned_follow_up_retries_only_on_the_key_that_holds_the_response(
+    serve_fake: Callable[..., Any], gateway_factory: Callable[..., Gateway]
+) -> None:
+    """A follow-up goes to the key whose upstream holds the previous response; when that
+    attempt fails, the retry is on the same key, never on the provider's other key."""
+    native = serve_fake(MockUpstream)
+    gw = gateway_factory(
+        f"""
+providers:
+  - id: native
+    base_url: {native.url}
+    responses_api: true
+    keys: [{{id: n1, secret: sk-n-1}}, {{id: n2, secret: sk-n-2}}]
+model_aliases:
+  resp: native:gpt-4.1-mini
+routing: {{strategy: round_robin}}
+retry: {{max_attempts: 3, max_same_key_retries: 1, backoff_base: 0}}
+"""
+    )
+    with openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0) as client:
+        first = client.responses.create(model="resp", input="Hi")
+        holder = native.received[-1].bearer
+        native.script.append(Scripted(status=500, body={"error": {"message": "boom"}}))
+        second = client.responses.create(model="resp", input="Again", previous_response_id=first.id)
+    follow_ups = native.received[-2:]
+    assert second.output_text
+    assert [r.bearer for r in follow_ups] == [holder, holder]
