@@ -90,6 +90,18 @@ class ServerTimeouts(Timeouts):
 
 
 @dataclass(frozen=True)
+class ProviderTLS:
+    """``providers[].tls``: a PEM CA bundle trusted instead of the system's store, a client
+    certificate and key presented to the upstream (mutual TLS; the key may sit in the
+    certificate's file), and ``verify: false`` to skip certificate checks (testing only)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     id: str
     base_url: str = ""
@@ -106,6 +118,10 @@ class ProviderConfig:
     # The upstream serves OpenAI's Responses API (/responses): Responses clients pass through.
     # None: true for the provider id "openai" on api.openai.com, false otherwise (openai type).
     responses_api: bool | None = None
+    tls: ProviderTLS | None = None
+    # None: the environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": always direct; or an
+    # http:// proxy URL for this provider alone.
+    proxy: str | None = None
 
 
 @dataclass(frozen=True)
