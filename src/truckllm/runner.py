@@ -217,6 +217,7 @@ def edge_limits(config: Config, keep_alive_timeout: float | None = None) -> Edge
         keep_alive_timeout=t.keep_alive if keep_alive_timeout is None else keep_alive_timeout,
         max_header_count=server.max_header_count,
         max_connections=server.max_connections,
+        max_in_flight=server.max_in_flight,
     )
 
 

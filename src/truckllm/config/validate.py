@@ -309,6 +309,8 @@ def _validate_server(cfg: Config, fail: Callable[[str, str], None]) -> None:
             fail(f"server.{name}", "must be at least 1")
     if server.max_connections < 0:
         fail("server.max_connections", "must not be negative (0: no cap)")
+    if server.max_in_flight < 0:
+        fail("server.max_in_flight", "must not be negative (0: no cap)")
     if not 1 <= server.workers <= 256:
         fail("server.workers", "must be between 1 and 256")
 
