@@ -12,7 +12,7 @@ import time
 
 from truckllm.accounting import Accounting
 from truckllm.admin import AdminAPI, AdminContext, Stats
-from truckllm.api.asgi import ClientGone, Receive, Scope, Send, send_error
+from truckllm.api.asgi import ClientGone, Receive, Scope, Send, client_ip, send_error
 from truckllm.api.endpoints import all_routes
 from truckllm.api.proxy import Proxy
 from truckllm.api.routes import Readiness, Request, Route
@@ -195,7 +195,12 @@ class App:
                 name = route.name if route is not None and route.name else str(scope["path"])
                 self.records.publish(
                     RequestRecord(
-                        time.time(), request_id, name, status=err.status, error_code=err.code
+                        time.time(),
+                        request_id,
+                        name,
+                        status=err.status,
+                        error_code=err.code,
+                        client_ip=client_ip(scope),
                     )
                 )
             shape = route.errors if route is not None else None

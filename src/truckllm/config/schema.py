@@ -159,6 +159,8 @@ class ServerConfig:
     max_header_count: int = 100  # header lines of a client request; more is a 431
     max_connections: int = 10_000  # open client connections; more are closed at once (0: no cap)
     max_in_flight: int = 0  # requests being answered per process; more get 503 (0: no cap)
+    # CIDRs of load balancers whose X-Forwarded-For names the client (none: the peer is)
+    trusted_proxies: tuple[str, ...] = ()
     timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
     reload_interval: float = 1.0  # seconds between checks of the config file; 0 turns it off
     shutdown_timeout: float = 30.0  # seconds in-flight requests may take to finish on SIGTERM

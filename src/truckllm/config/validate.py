@@ -23,6 +23,7 @@ from truckllm.config.schema import (
     WebhookSinkConfig,
 )
 from truckllm.config.secret import Secret
+from truckllm.http.forwarded import parse_networks
 from truckllm.http.proxy import Proxy
 from truckllm.http.tls import TLSSettings, build_context
 
@@ -311,6 +312,11 @@ def _validate_server(cfg: Config, fail: Callable[[str, str], None]) -> None:
         fail("server.max_connections", "must not be negative (0: no cap)")
     if server.max_in_flight < 0:
         fail("server.max_in_flight", "must not be negative (0: no cap)")
+    for ti, cidr in enumerate(server.trusted_proxies):
+        try:
+            parse_networks([cidr])
+        except ValueError:
+            fail(f"server.trusted_proxies[{ti}]", f"{cidr!r} is not an IP address or CIDR range")
     if not 1 <= server.workers <= 256:
         fail("server.workers", "must be between 1 and 256")
 

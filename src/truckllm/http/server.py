@@ -50,6 +50,8 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from truckllm.http.forwarded import Networks, forwarded_client, trusted
+
 log = logging.getLogger("truckllm.http")
 
 Scope = MutableMapping[str, Any]
@@ -77,6 +79,8 @@ class EdgeLimits:
     max_header_count: int = 100  # header lines per request; more is answered with 431
     max_connections: int = 0  # open client connections; 0: no cap
     max_in_flight: int = 0  # requests being answered; more get 503 at once; 0: no cap
+    # Peers whose X-Forwarded-For names the client (scope["client"]); none: the peer is the client.
+    trusted_proxies: Networks = ()
 
 
 class EdgeStats:
@@ -445,6 +449,7 @@ class _Connection(asyncio.Protocol):
         "server",
         "sockname",
         "transport",
+        "trusted_peer",
         "url",
         "write_paused",
         "write_paused_since",
@@ -475,6 +480,7 @@ class _Connection(asyncio.Protocol):
         self.last_body = 0.0  # the last read of that body
         self.write_paused_since = 0.0
         self.requests = 0  # request heads parsed on this connection
+        self.trusted_peer = False  # a proxy in trusted_proxies: X-Forwarded-For is believed
 
     # -- transport events ---------------------------------------------------------------------
 
@@ -486,6 +492,8 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client = (peer[0], peer[1])
+            networks = self.server.limits.trusted_proxies
+            self.trusted_peer = bool(networks) and trusted(peer[0], networks)
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple):
             self.sockname = (sock[0], sock[1])
@@ -630,7 +638,7 @@ class _Connection(asyncio.Protocol):
             "query_string": query,
             "root_path": "",
             "headers": self.headers,
-            "client": self.client,
+            "client": self.client if not self.trusted_peer else self._forwarded_client(),
             "server": self.sockname,
         }
         server = self.server
@@ -650,6 +658,13 @@ class _Connection(asyncio.Protocol):
         else:
             self.queue.append(cycle)
             self.pause_reading()
+
+    def _forwarded_client(self) -> tuple[str, int] | None:
+        """The address a trusted proxy's X-Forwarded-For names (port 0: unknown), else the
+        peer."""
+        values = [value for name, value in self.headers if name == b"x-forwarded-for"]
+        client = forwarded_client(values, self.server.limits.trusted_proxies) if values else None
+        return (client, 0) if client is not None else self.client
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
