@@ -6,6 +6,7 @@ proxy written here that records its targets, and the absolute form to a plain-ht
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ KEY = KeyConfig(id="k1")
 
 
 class ConnectProxy:
-    """A forward proxy on loopback: CONNECT tunnels relayed byte for byte, and any other request
+    """A forward proxy on loopback: CONNECT tunnels relayed byte for byte (to 127.0.0.1 whatever
+    the host named: its DNS, so upstreams can have names that are not loopback's), and any other request
     (the absolute form) answered by the proxy itself with a small JSON body. Records every request
     line it reads. ``refuse``: answer CONNECT with this status line instead."""
 
@@ -41,8 +43,12 @@ class ConnectProxy:
         self.headers: list[dict[str, str]] = []
         self.refuse = refuse
         self.server: asyncio.Server | None = None
+        self.handlers: set[asyncio.Task[Any]] = set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.split(b"\r\n")
@@ -63,8 +69,8 @@ class ConnectProxy:
                 writer.write(self.refuse + b"\r\nContent-Length: 0\r\n\r\n")
                 await writer.drain()
                 return
-            host, _, port = target.decode().rpartition(":")
-            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            port = target.decode().rpartition(":")[2]
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", int(port))
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
@@ -72,14 +78,21 @@ class ConnectProxy:
             pass
         finally:
             writer.close()
+            self.handlers.discard(task)
 
     async def __aenter__(self) -> ConnectProxy:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stops listening and ends every tunnel still open (their sockets closed, not left to
+        the garbage collector)."""
         assert self.server is not None
         self.server.close()
+        for task in list(self.handlers):
+            task.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+        await asyncio.sleep(0)  # the transports' connection_lost callbacks run
 
     @property
     def url(self) -> str:
@@ -96,11 +109,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
     finally:
         writer.close()
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await writer.wait_closed()
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A private CA, a server certificate for localhost, a client certificate, as PEM files."""
+    """A private CA, a server certificate (localhost, upstream.test), a client certificate, as
+    PEM files."""
     ca = trustme.CA()
     root = tmp_path_factory.mktemp("pki")
     ca_file = root / "ca.pem"
@@ -119,7 +135,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def server_context(pki: dict[str, Any], require_client_cert: bool = False) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    pki["ca"].issue_cert("localhost").configure_cert(ctx)
+    pki["ca"].issue_cert("localhost", "upstream.test").configure_cert(ctx)
     if require_client_cert:
         ctx.verify_mode = ssl.CERT_REQUIRED
         pki["ca"].configure_trust(ctx)
@@ -140,10 +156,11 @@ async def echo_peer(conn: Conn) -> None:
         await conn.reply(ok(orjson.dumps({"line": line.decode(), "peer": names})))
 
 
-def url_of(srv: RawServer) -> str:
+def url_of(srv: RawServer, host: str = "") -> str:
+    """The server's URL; with ``host``, under that name (reached through the test's proxy)."""
     target: ParsedURL = srv.url()
-    scheme, host, port = target.origin
-    return f"{scheme}://{host}:{port}/v1/chat/completions"
+    scheme, loopback, port = target.origin
+    return f"{scheme}://{host or loopback}:{port}/v1/chat/completions"
 
 
 def test_a_private_ca_is_refused_by_default_and_trusted_with_ca_file(
@@ -203,11 +220,11 @@ def test_https_proxy_tunnels_with_connect_and_tls_inside(run: Runner, pki: dict[
             client = HTTPClient(proxies=env)
             provider = upstream(client, tls=ProviderTLS(ca_file=pki["ca_file"]))
             for _ in range(2):  # the second request reuses the tunnel
-                resp = await provider.post(url_of(srv), b"{}", KEY, False)
+                resp = await provider.post(url_of(srv, "upstream.test"), b"{}", KEY, False)
                 assert resp.status == 200
                 assert orjson.loads(await resp.read())["line"].startswith("POST /v1/chat")
             port = srv.url().origin[2]
-            assert proxy.lines == [f"CONNECT localhost:{port} HTTP/1.1".encode()]
+            assert proxy.lines == [f"CONNECT upstream.test:{port} HTTP/1.1".encode()]
             assert srv.connections == 1
             await client.close()
 
@@ -234,29 +251,36 @@ def test_http_proxy_gets_the_absolute_form_and_credentials(run: Runner) -> None:
     run(main())
 
 
-def test_no_proxy_and_proxy_none_go_direct(run: Runner) -> None:
+def test_loopback_upstreams_are_never_proxied(run: Runner) -> None:
     async def answer(conn: Conn) -> None:
         await conn.request()
         await conn.reply(ok(b'{"direct":true}'))
 
     async def main() -> None:
         async with RawServer(answer) as srv, ConnectProxy() as proxy:
-            url = url_of(srv)
-            bypass = ProxyEnv.from_environ(
-                {"HTTP_PROXY": proxy.url, "NO_PROXY": "10.0.0.0/8,127.0.0.1"}
-            )
-            everything = ProxyEnv.from_environ({"HTTP_PROXY": proxy.url})
-            for client, option in (
-                (HTTPClient(proxies=bypass), None),
-                (HTTPClient(proxies=everything), "none"),
-            ):
-                resp = await upstream(client, proxy=option).post(url, b"{}", KEY, False)
-                assert await resp.read() == b'{"direct":true}'
-                await client.close()
+            client = HTTPClient(proxies=ProxyEnv.from_environ({"HTTP_PROXY": proxy.url}))
+            resp = await upstream(client).post(url_of(srv), b"{}", KEY, False)
+            assert await resp.read() == b'{"direct":true}'
+            await client.close()
             assert proxy.lines == []
-            assert srv.connections == 2
+            assert srv.connections == 1
 
     run(main())
+
+
+def test_no_proxy_and_the_provider_option_choose_the_route() -> None:
+    env = ProxyEnv.from_environ({"HTTPS_PROXY": "http://corp:3128", "NO_PROXY": ".internal"})
+    client = HTTPClient(proxies=env)
+    cases = [
+        ("https://api.example.com/v1/x", None, Proxy("corp", 3128)),
+        ("https://llm.internal/v1/x", None, None),  # NO_PROXY
+        ("https://api.example.com/v1/x", "none", None),  # the provider opts out
+        ("https://api.example.com/v1/x", "http://own:8080", Proxy("own", 8080)),
+        ("http://api.example.com/v1/x", None, None),  # no HTTP_PROXY
+        ("https://localhost:8443/v1/x", None, None),  # loopback
+    ]
+    for url, option, expected in cases:
+        assert upstream(client, proxy=option)._target(url)[1] == expected, (url, option)
 
 
 def test_a_refused_connect_is_an_unavailable_upstream(run: Runner) -> None:
@@ -282,8 +306,12 @@ def test_a_refused_connect_is_an_unavailable_upstream(run: Runner) -> None:
         ("example.com", 8443, "example.com:8443", True),
         ("10.1.2.3", 80, "10.0.0.0/8", True),
         ("11.1.2.3", 80, "10.0.0.0/8", False),
-        ("::1", 80, "::1", True),
-        ("::1", 80, "[::1]:80", True),
+        ("2001:db8::1", 80, "2001:db8::1", True),
+        ("2001:db8::1", 80, "[2001:db8::1]:80", True),
+        ("2001:db8::1", 80, "[2001:db8::1]:81", False),
+        ("127.0.0.1", 80, "", True),  # loopback: always direct
+        ("localhost", 80, "", True),
+        ("::1", 80, "", True),
         ("anything", 1, "*", True),
         ("anything", 1, "", False),
     ],
@@ -394,7 +422,7 @@ def test_gateway_reaches_a_private_ca_upstream_through_https_proxy(
             providers:
               - id: private
                 type: openai
-                base_url: https://localhost:{port}/v1
+                base_url: https://upstream.test:{port}/v1
                 tls: {{ca_file: {pki["ca_file"]}}}
             model_aliases:
               m: private:m
@@ -405,7 +433,9 @@ def test_gateway_reaches_a_private_ca_upstream_through_https_proxy(
         )
         assert r.status == 200, r.body
         assert orjson.loads(r.body)["choices"][0]["message"]["content"] == "hi"
-        assert proxy.lines == [f"CONNECT localhost:{port} HTTP/1.1".encode()]
+        assert proxy.lines == [f"CONNECT upstream.test:{port} HTTP/1.1".encode()]
+        gw.server.stop()  # its pooled tunnel closes: the upstream's handler ends
+        loop_thread.run(asyncio.wait_for(srv.closed.wait(), 10))
     finally:
         loop_thread.run(proxy.__aexit__())
         loop_thread.run(srv.__aexit__())

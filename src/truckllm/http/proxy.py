@@ -2,7 +2,11 @@
 ``HTTPS_PROXY`` (a CONNECT tunnel, TLS to the upstream inside it), ``HTTP_PROXY`` (the request
 sent to the proxy in absolute form), ``ALL_PROXY`` for both, and ``NO_PROXY`` (host names, domain
 suffixes, IP addresses and CIDR ranges, each with an optional port; ``*`` for every host).
-Lower-case names win over upper-case ones, as in curl and urllib. Read once, at start."""
+Lower-case names win over upper-case ones, as in curl and urllib. Read once, at start.
+
+Loopback upstreams (``localhost``, ``127.0.0.0/8``, ``::1``) are always reached directly, as Go's
+``net/http`` does: a local model server (Ollama, vLLM) must not start going through a corporate
+proxy because the environment names one for the internet."""
 
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ class ProxyEnv:
     def select(self, scheme: str, host: str, port: int) -> Proxy | None:
         """The proxy for ``scheme://host:port``, or None to connect directly."""
         proxy = self.https if scheme == "https" else self.http
-        if proxy is None or self.bypassed(host, port):
+        if proxy is None or _loopback(host) or self.bypassed(host, port):
             return None
         return proxy
 
@@ -98,6 +102,16 @@ class ProxyEnv:
             name = name.lstrip("*").lstrip(".")
             if name and (host == name or host.endswith("." + name)):
                 return True
+        return False
+
+
+def _loopback(host: str) -> bool:
+    host = host.lower().strip("[]").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
         return False
 
 
