@@ -40,6 +40,7 @@ RECORD_FIELDS = {
     "request_id",
     "client_id",
     "session_id",
+    "client_ip",
     "endpoint",
     "model",
     "alias",

@@ -17,6 +17,7 @@ from typing import Any
 
 from truckllm.api import App
 from truckllm.config import Config, parse_listen
+from truckllm.http.forwarded import parse_networks
 from truckllm.http.server import EdgeLimits, HTTPServer
 
 log = logging.getLogger("truckllm.http")
@@ -217,6 +218,8 @@ def edge_limits(config: Config, keep_alive_timeout: float | None = None) -> Edge
         keep_alive_timeout=t.keep_alive if keep_alive_timeout is None else keep_alive_timeout,
         max_header_count=server.max_header_count,
         max_connections=server.max_connections,
+        max_in_flight=server.max_in_flight,
+        trusted_proxies=parse_networks(server.trusted_proxies),
     )
 
 

@@ -12,7 +12,7 @@ import time
 
 from truckllm.accounting import Accounting
 from truckllm.admin import AdminAPI, AdminContext, Stats
-from truckllm.api.asgi import ClientGone, Receive, Scope, Send, send_error
+from truckllm.api.asgi import ClientGone, Receive, Scope, Send, client_ip, send_error
 from truckllm.api.endpoints import all_routes
 from truckllm.api.proxy import Proxy
 from truckllm.api.routes import Readiness, Request, Route
@@ -21,7 +21,7 @@ from truckllm.config import Config
 from truckllm.coordination import Coordinator
 from truckllm.errors import APIError
 from truckllm.gateway import Runtime, RuntimeHolder
-from truckllm.http.client import HTTPClient
+from truckllm.http.client import HTTPClient, ProxyEnv
 from truckllm.http.server import EDGE_STATS
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderFactory, provider_registry
@@ -30,6 +30,26 @@ from truckllm.telemetry.hub import Telemetry
 from truckllm.telemetry.record import RecordBus, RequestRecord
 
 log = logging.getLogger("truckllm.api")
+
+
+def proxies_from_environment() -> ProxyEnv:
+    """HTTPS_PROXY/HTTP_PROXY/ALL_PROXY/NO_PROXY as they are at start; a proxy URL the client
+    cannot use (not http://) is logged and upstreams are reached directly."""
+    try:
+        proxies = ProxyEnv.from_environ(os.environ)
+    except ValueError as exc:
+        log.error("proxy environment ignored, upstreams are reached directly: %s", exc)
+        return ProxyEnv()
+    for scheme, proxy in (("https", proxies.https), ("http", proxies.http)):
+        if proxy is not None:
+            log.info(
+                "%s upstreams through the proxy %s:%d (NO_PROXY: %s)",
+                scheme,
+                proxy.host,
+                proxy.port,
+                ",".join(proxies.no_proxy) or "none",
+            )
+    return proxies
 
 
 class App:
@@ -107,7 +127,9 @@ class App:
     async def start(self) -> None:
         if self.client is None:
             self.client = HTTPClient(
-                keepalive=30.0, max_response_bytes=self.config.server.max_response_bytes
+                keepalive=30.0,
+                max_response_bytes=self.config.server.max_response_bytes,
+                proxies=proxies_from_environment(),
             )
         rt = self.holder.build(self.client)
         await self.telemetry.start()
@@ -173,7 +195,12 @@ class App:
                 name = route.name if route is not None and route.name else str(scope["path"])
                 self.records.publish(
                     RequestRecord(
-                        time.time(), request_id, name, status=err.status, error_code=err.code
+                        time.time(),
+                        request_id,
+                        name,
+                        status=err.status,
+                        error_code=err.code,
+                        client_ip=client_ip(scope),
                     )
                 )
             shape = route.errors if route is not None else None

@@ -164,3 +164,10 @@ async def send_error(send: Send, err: APIError, request_id: str, body: bytes | N
         await send_json(
             send, err.status, err.body() if body is None else body, request_id, err.headers
         )
+
+
+def client_ip(scope: Scope) -> str | None:
+    """The client's address as the server gives it (behind a trusted proxy, the one its
+    X-Forwarded-For names)."""
+    client = scope.get("client")
+    return client[0] if client else None

@@ -8,7 +8,7 @@ import logging
 import time
 
 from truckllm.accounting import Accounting, settle_usage
-from truckllm.api.asgi import ClientGone, DisconnectWatch
+from truckllm.api.asgi import ClientGone, DisconnectWatch, client_ip
 from truckllm.api.respond import Streams, send_stream, send_whole, served_headers
 from truckllm.api.routes import Request
 from truckllm.api.steps import Proxied
@@ -42,6 +42,7 @@ class Proxy:
             alias,
             stream=p.stream,
             session_id=p.session_id,
+            client_ip=client_ip(req.scope),
         )
         try:
             await self.accounting.admit(rec, p.body, len(p.raw))  # models, limits, budgets

@@ -90,6 +90,18 @@ class ServerTimeouts(Timeouts):
 
 
 @dataclass(frozen=True)
+class ProviderTLS:
+    """``providers[].tls``: a PEM CA bundle trusted instead of the system's store, a client
+    certificate and key presented to the upstream (mutual TLS; the key may sit in the
+    certificate's file), and ``verify: false`` to skip certificate checks (testing only)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     id: str
     base_url: str = ""
@@ -106,6 +118,10 @@ class ProviderConfig:
     # The upstream serves OpenAI's Responses API (/responses): Responses clients pass through.
     # None: true for the provider id "openai" on api.openai.com, false otherwise (openai type).
     responses_api: bool | None = None
+    tls: ProviderTLS | None = None
+    # None: the environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": always direct; or an
+    # http:// proxy URL for this provider alone.
+    proxy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,9 @@ class ServerConfig:
     max_response_bytes: int = 64 * 1024 * 1024  # a non-streamed upstream answer; more is a 502
     max_header_count: int = 100  # header lines of a client request; more is a 431
     max_connections: int = 10_000  # open client connections; more are closed at once (0: no cap)
+    max_in_flight: int = 0  # requests being answered per process; more get 503 (0: no cap)
+    # CIDRs of load balancers whose X-Forwarded-For names the client (none: the peer is)
+    trusted_proxies: tuple[str, ...] = ()
     timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
     reload_interval: float = 1.0  # seconds between checks of the config file; 0 turns it off
     shutdown_timeout: float = 30.0  # seconds in-flight requests may take to finish on SIGTERM

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable
 
 from truckllm.config.decode import Decoder
@@ -22,6 +23,9 @@ from truckllm.config.schema import (
     WebhookSinkConfig,
 )
 from truckllm.config.secret import Secret
+from truckllm.http.forwarded import parse_networks
+from truckllm.http.proxy import Proxy
+from truckllm.http.tls import TLSSettings, build_context
 
 # ---------------------------------------------------------------------------------------------
 # Validation and derived values
@@ -159,6 +163,7 @@ def _validate_provider(
     for mi, m in enumerate(p.models):
         if not m:
             fail(f"{ppath}.models[{mi}]", "must not be empty")
+    _validate_upstream_route(p, ppath, fail)
     responses_api = p.responses_api
     if responses_api is None:
         responses_api = ptype == "openai" and base_url == DEFAULT_BASE_URLS["openai"]
@@ -167,6 +172,42 @@ def _validate_provider(
     return dataclasses.replace(
         p, type=ptype, base_url=base_url, keys=tuple(keys), responses_api=responses_api
     )
+
+
+def _validate_upstream_route(
+    p: ProviderConfig, ppath: str, fail: Callable[[str, str], None]
+) -> None:
+    """``tls`` files that load, and a ``proxy`` that is "none" or an http:// URL."""
+    if p.proxy is not None and p.proxy.strip().lower() != "none":
+        try:
+            Proxy.parse(p.proxy)
+        except ValueError as exc:
+            fail(f"{ppath}.proxy", f"{exc} (or 'none' for a direct connection)")
+    tls = p.tls
+    if tls is None:
+        return
+    if tls.key_file and not tls.cert_file:
+        fail(f"{ppath}.tls.key_file", "needs tls.cert_file (the certificate it goes with)")
+        return
+    missing = False
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path and not os.access(path, os.R_OK):
+            fail(f"{ppath}.tls.{name}", f"{path!r} is not a readable file")
+            missing = True
+    if missing:
+        return
+    if tls.ca_file:
+        try:
+            build_context(TLSSettings(ca_file=tls.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            fail(f"{ppath}.tls.ca_file", f"cannot load {tls.ca_file!r} as PEM certificates: {exc}")
+    if tls.cert_file:
+        try:
+            build_context(TLSSettings(cert_file=tls.cert_file, key_file=tls.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            where = "tls.key_file" if tls.key_file else "tls.cert_file"
+            fail(f"{ppath}.{where}", f"cannot load the client certificate and key: {exc}")
 
 
 def _validate_key(
@@ -269,6 +310,13 @@ def _validate_server(cfg: Config, fail: Callable[[str, str], None]) -> None:
             fail(f"server.{name}", "must be at least 1")
     if server.max_connections < 0:
         fail("server.max_connections", "must not be negative (0: no cap)")
+    if server.max_in_flight < 0:
+        fail("server.max_in_flight", "must not be negative (0: no cap)")
+    for ti, cidr in enumerate(server.trusted_proxies):
+        try:
+            parse_networks([cidr])
+        except ValueError:
+            fail(f"server.trusted_proxies[{ti}]", f"{cidr!r} is not an IP address or CIDR range")
     if not 1 <= server.workers <= 256:
         fail("server.workers", "must be between 1 and 256")
 

@@ -4,8 +4,12 @@ httptools' response parser, keep-alive pools per origin, TLS through the loop.
 Why not aiohttp's ``ClientSession``: in py-spy profiles of the gateway at 32 connections it was
 about a third of all samples (request building, header multidicts, timers, stream readers), and a
 passthrough on this client served several times the requests/s of the same passthrough on aiohttp
-(``bench/overhead.py``). What it does not do, on purpose: proxies, cookies, redirects, HTTP/2 and
-request bodies other than bytes. An upstream call is one POST with a known body.
+(``bench/overhead.py``). What it does not do, on purpose: cookies, redirects, HTTP/2 and request
+bodies other than bytes. An upstream call is one POST with a known body.
+
+Routes: a request may name its TLS context (a provider's CA bundle or client certificate, see
+:mod:`truckllm.http.tls`) and a forward proxy (:mod:`truckllm.http.proxy`: a CONNECT tunnel for
+https, the absolute form for http). Connections are pooled per origin, context and proxy.
 
 Timeouts: ``connect`` bounds opening a connection (and the TLS handshake); ``read`` bounds the
 silence between two reads once the request is written; ``total``, when set, bounds the whole
@@ -28,15 +32,24 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from truckllm.http.proxy import Proxy, ProxyEnv, open_tunnel
+from truckllm.http.tls import TLSSettings, build_context
+
 __all__ = [
     "ConnectionBroken",
     "HTTPClient",
     "HTTPClientError",
     "InvalidResponse",
     "ParsedURL",
+    "Proxy",
+    "ProxyEnv",
     "Response",
     "ResponseTooLarge",
+    "TLSSettings",
 ]
+
+# A pool's key: the origin, the TLS context (None: the default one) and the proxy (None: direct).
+PoolKey = tuple[tuple[str, str, int], ssl.SSLContext | None, Proxy | None]
 
 _BUFFER_HIGH = 1 << 20  # pause reading the socket when this much body is waiting unread
 _IDLE_PER_ORIGIN = 512
@@ -504,9 +517,9 @@ class _Connection(asyncio.Protocol):
 class _OriginPool:
     """Idle keep-alive connections to one origin, most recently used first."""
 
-    def __init__(self, client: HTTPClient, origin: tuple[str, str, int]) -> None:
+    def __init__(self, client: HTTPClient, key: PoolKey) -> None:
         self.client = client
-        self.origin = origin
+        self.origin, self.tls, self.proxy = key
         self.idle: collections.deque[_Connection] = collections.deque()
 
     def take(self, now: float) -> _Connection | None:
@@ -540,18 +553,36 @@ class HTTPClient:
         keepalive: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         max_response_bytes: int | None = None,
+        proxies: ProxyEnv | None = None,
     ) -> None:
         self.keepalive = keepalive
+        # The proxies named by the environment when the gateway started; callers choose per
+        # request (see :meth:`ProxyEnv.select`), the client only follows what a request names.
+        self.proxies = proxies if proxies is not None else ProxyEnv()
         # The cap callers put on a whole (non-streamed) answer's body, after decompression.
         self.max_response_bytes = max_response_bytes
         self._ssl = ssl_context
-        self._pools: dict[tuple[str, str, int], _OriginPool] = {}
+        self._pools: dict[PoolKey, _OriginPool] = {}
+        self._contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
         self.closed = False
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
         return self._ssl
+
+    def tls_context(self, settings: TLSSettings | None) -> ssl.SSLContext | None:
+        """The context for ``settings``, shared by every caller with the same settings and files
+        (None: the client's default). Raises :class:`OSError` or :class:`ssl.SSLError`."""
+        if settings is None or settings == TLSSettings():
+            return None
+        key = settings.cache_key()
+        context = self._contexts.get(key)
+        if context is None:
+            if len(self._contexts) >= 256:  # files rewritten over and over: start afresh
+                self._contexts.clear()
+            context = self._contexts[key] = build_context(settings)
+        return context
 
     async def post(
         self,
@@ -563,17 +594,25 @@ class HTTPClient:
         read_timeout: float,
         total: float | None = None,
         max_body: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
     ) -> Response:
         """Send ``POST`` with ``head`` (pre-encoded header lines, without Host and
         Content-Length) and ``body``; return once the status line and headers are in.
-        ``max_body`` caps the answer's body after decompression (:class:`ResponseTooLarge`).
+        ``max_body`` caps the answer's body after decompression (:class:`ResponseTooLarge`);
+        ``tls``: the context for an https target (None: the default); ``proxy``: the forward
+        proxy to go through (None: direct).
         Raises :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
         if self.closed:
             raise HTTPClientError("the client is closed")
+        path = target.path
+        if proxy is not None and target.origin[0] == "http":  # absolute form, to the proxy
+            path = b"http://" + target.host_header + path
+            head = proxy.auth + head
         data = b"".join(
             (
                 b"POST ",
-                target.path,
+                path,
                 b" HTTP/1.1\r\nHost: ",
                 target.host_header,
                 b"\r\n",
@@ -585,9 +624,10 @@ class HTTPClient:
             )
         )
         loop = asyncio.get_running_loop()
-        pool = self._pools.get(target.origin)
+        key: PoolKey = (target.origin, tls, proxy)
+        pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[target.origin] = _OriginPool(self, target.origin)
+            pool = self._pools[key] = _OriginPool(self, key)
         conn = pool.take(loop.time())
         if conn is not None:
             try:
@@ -622,17 +662,40 @@ class HTTPClient:
         self, pool: _OriginPool, loop: asyncio.AbstractEventLoop, limit: float
     ) -> _Connection:
         scheme, host, port = pool.origin
-        tls = self._ssl_context() if scheme == "https" else None
+        tls = (pool.tls or self._ssl_context()) if scheme == "https" else None
         started = loop.time()
         async with asyncio.timeout(limit):
-            _, conn = await loop.create_connection(
-                lambda: _Connection(pool, loop),
-                host,
-                port,
-                ssl=tls,
-                server_hostname=host if tls is not None else None,
-            )
+            if pool.proxy is not None and tls is not None:
+                conn = await self._tunnel(pool, loop, tls)
+            else:
+                via = pool.proxy  # plain http through a proxy: the connection is to the proxy
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(pool, loop),
+                    host if via is None else via.host,
+                    port if via is None else via.port,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
+                )
         conn.connect_s = loop.time() - started
+        return conn
+
+    @staticmethod
+    async def _tunnel(
+        pool: _OriginPool, loop: asyncio.AbstractEventLoop, tls: ssl.SSLContext
+    ) -> _Connection:
+        """TLS to the origin inside a CONNECT tunnel through ``pool.proxy``."""
+        _, host, port = pool.origin
+        assert pool.proxy is not None
+        raw = await open_tunnel(loop, pool.proxy, host, port)
+        conn = _Connection(pool, loop)
+        try:
+            secure = await loop.start_tls(raw, conn, tls, server_hostname=host)
+        except BaseException:
+            raw.abort()
+            raise
+        if secure is None:  # the connection closed during the handshake
+            raise ConnectionBroken("the proxy closed the tunnel")
+        conn.connection_made(secure)
         return conn
 
     async def close(self) -> None:

@@ -10,7 +10,14 @@ within ``headers_timeout`` (408 if it began); the body may pause at most ``body_
 reads and take ``body_total_timeout`` in all (408 while no response has started); a client that
 takes nothing from a full write buffer for ``send_timeout`` is cut off (its request's task is
 cancelled through the disconnect extension); an idle keep-alive connection lives
-``keep_alive_timeout``. Beyond ``max_connections`` a new connection is closed at once.
+``keep_alive_timeout``. Beyond ``max_connections`` a new connection is closed at once; beyond
+``max_in_flight`` requests being answered, a new one gets 503 with ``retry-after`` and a close.
+
+Accepts that fail for lack of descriptors are counted and logged (once per interval). asyncio's
+loop reports them to its exception handler ("socket.accept() out of system resource"), which the
+server wraps while it listens. uvloop never reports them: libuv accepts and closes such connections
+itself (its reserve-descriptor trick), so there the sweep probes for a free descriptor and counts
+each sweep that finds none (a lower bound of the connections lost).
 
 Request bodies are handed over as they arrive, everything buffered in one ``http.request``
 message; reading pauses while more than 64 KiB are unread. Once the body is consumed,
@@ -28,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -40,6 +49,8 @@ from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
+
+from truckllm.http.forwarded import Networks, forwarded_client, trusted
 
 log = logging.getLogger("truckllm.http")
 
@@ -67,17 +78,22 @@ class EdgeLimits:
     keep_alive_timeout: float = 75.0  # an idle connection between requests
     max_header_count: int = 100  # header lines per request; more is answered with 431
     max_connections: int = 0  # open client connections; 0: no cap
+    max_in_flight: int = 0  # requests being answered; more get 503 at once; 0: no cap
+    # Peers whose X-Forwarded-For names the client (scope["client"]); none: the peer is the client.
+    trusted_proxies: Networks = ()
 
 
 class EdgeStats:
     """Counters of the edge (read by the metrics page): connections refused over
-    ``max_connections``, accepts that failed, and connections cut off per deadline."""
+    ``max_connections``, accepts that failed, requests refused over ``max_in_flight``, and
+    connections cut off per deadline."""
 
-    __slots__ = ("accept_errors", "refused", "timeouts")
+    __slots__ = ("accept_errors", "overloaded", "refused", "timeouts")
 
     def __init__(self) -> None:
         self.refused = 0
         self.accept_errors = 0
+        self.overloaded = 0
         self.timeouts: dict[str, int] = {"headers": 0, "body": 0, "send": 0, "keep_alive": 0}
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -101,6 +117,9 @@ _BAD_REQUEST = _error_body("Invalid HTTP request.", "invalid_request_error")
 _TOO_LARGE = _error_body("Request header fields too large.", "invalid_request_error")
 _TIMEOUT = _error_body("The request was not received in time.", "invalid_request_error")
 _SERVER_ERROR = _error_body("Internal server error.", "server_error")
+_OVERLOADED = _error_body("The server is at capacity, retry shortly.", "overloaded_error")
+_RETRY_AFTER = b"retry-after: 1\r\n"
+_FD_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _JSON = [(b"content-type", b"application/json")]
 _CLOSED_PARSER = httptools.HttpRequestParser(object())  # what an unconnected protocol holds
 
@@ -127,11 +146,12 @@ def _status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
 
 
-def _error_response(status: int, body: bytes, date: bytes) -> bytes:
-    return b"%s%scontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+def _error_response(status: int, body: bytes, date: bytes, extra: bytes = b"") -> bytes:
+    return b"%s%scontent-type: application/json\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
         _status_line(status),
         date,
         len(body),
+        extra,
         _CLOSE,
         body,
     )
@@ -429,6 +449,7 @@ class _Connection(asyncio.Protocol):
         "server",
         "sockname",
         "transport",
+        "trusted_peer",
         "url",
         "write_paused",
         "write_paused_since",
@@ -459,6 +480,7 @@ class _Connection(asyncio.Protocol):
         self.last_body = 0.0  # the last read of that body
         self.write_paused_since = 0.0
         self.requests = 0  # request heads parsed on this connection
+        self.trusted_peer = False  # a proxy in trusted_proxies: X-Forwarded-For is believed
 
     # -- transport events ---------------------------------------------------------------------
 
@@ -470,6 +492,8 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client = (peer[0], peer[1])
+            networks = self.server.limits.trusted_proxies
+            self.trusted_peer = bool(networks) and trusted(peer[0], networks)
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple):
             self.sockname = (sock[0], sock[1])
@@ -614,10 +638,14 @@ class _Connection(asyncio.Protocol):
             "query_string": query,
             "root_path": "",
             "headers": self.headers,
-            "client": self.client,
+            "client": self.client if not self.trusted_peer else self._forwarded_client(),
             "server": self.sockname,
         }
         server = self.server
+        cap = server.limits.max_in_flight
+        if cap and self.active is None and len(server.tasks) >= cap:
+            server.overloaded()
+            raise _Reject(503)
         if server.state:
             scope["state"] = server.state.copy()
         cycle = _Cycle(
@@ -630,6 +658,13 @@ class _Connection(asyncio.Protocol):
         else:
             self.queue.append(cycle)
             self.pause_reading()
+
+    def _forwarded_client(self) -> tuple[str, int] | None:
+        """The address a trusted proxy's X-Forwarded-For names (port 0: unknown), else the
+        peer."""
+        values = [value for name, value in self.headers if name == b"x-forwarded-for"]
+        client = forwarded_client(values, self.server.limits.trusted_proxies) if values else None
+        return (client, 0) if client is not None else self.client
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
@@ -711,8 +746,12 @@ class _Connection(asyncio.Protocol):
                 active.response_complete = True  # the app's sends become no-ops
                 if active.task is not None:
                     active.task.cancel()
-            body = _TOO_LARGE if status == 431 else _TIMEOUT if status == 408 else _BAD_REQUEST
-            self.transport.write(_error_response(status, body, self.server.date()))
+            date = self.server.date()
+            if status == 503:
+                self.transport.write(_error_response(503, _OVERLOADED, date, _RETRY_AFTER))
+            else:
+                body = _TOO_LARGE if status == 431 else _TIMEOUT if status == 408 else _BAD_REQUEST
+                self.transport.write(_error_response(status, body, date))
         self.close()
 
     def abort(self) -> None:
@@ -875,6 +914,10 @@ class HTTPServer:
         self.keep_alive_timeout = self.limits.keep_alive_timeout
         self.stats = EdgeStats()
         self._refused_logged = -LOG_INTERVAL
+        self._accept_logged = -LOG_INTERVAL
+        self._overload_logged = -LOG_INTERVAL
+        self._handler_installed = False
+        self._previous_handler: Any = None
         self.loop = asyncio.get_running_loop()
         # What idleness is measured with (the loop's time; tests inject a clock they move).
         self.clock: Callable[[], float] = clock or self.loop.time
@@ -911,8 +954,66 @@ class HTTPServer:
                 lambda: _Connection(self), host, port or 0, backlog=backlog
             )
         self.servers.append(server)
+        if not self._handler_installed:
+            self._handler_installed = True
+            self._previous_handler = self.loop.get_exception_handler()
+            self.loop.set_exception_handler(self._loop_exception)
         if self._sweeper is None:
             self._schedule_sweep()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's report of an accept that failed for lack of resources is counted here; any
+        other report goes on to the handler that was in place."""
+        exc = context.get("exception")
+        if (
+            isinstance(exc, OSError)
+            and exc.errno in _FD_ERRNOS
+            and "accept" in str(context.get("message", ""))
+        ):
+            self.accept_failed(exc)
+            return
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def accept_failed(self, exc: OSError) -> None:
+        """Count (and log, once per interval) an accept that failed for lack of descriptors."""
+        self.stats.accept_errors += 1
+        now = self.loop.time()
+        if now - self._accept_logged >= LOG_INTERVAL:
+            self._accept_logged = now
+            log.error(
+                "cannot accept client connections: %s (%d connections open, %d failed accepts "
+                "since start); raise the open files limit or lower server.max_connections",
+                exc.strerror or exc,
+                len(self.conns),
+                self.stats.accept_errors,
+            )
+
+    def _probe_descriptors(self) -> None:
+        """uvloop only (see the module's docstring): is a descriptor left for the next accept?"""
+        if isinstance(self.loop, asyncio.BaseEventLoop) or not self.servers:
+            return
+        for sock in self.sockets[:1]:
+            try:
+                os.close(os.dup(sock.fileno()))
+            except OSError as exc:
+                if exc.errno in _FD_ERRNOS:
+                    self.accept_failed(exc)
+
+    def overloaded(self) -> None:
+        """Count (and log, once per interval) a request refused over ``max_in_flight``."""
+        self.stats.overloaded += 1
+        now = self.loop.time()
+        if now - self._overload_logged >= LOG_INTERVAL:
+            self._overload_logged = now
+            log.warning(
+                "server.max_in_flight (%d) reached: answering new requests 503 "
+                "(%d refused since start)",
+                self.limits.max_in_flight,
+                self.stats.overloaded,
+            )
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -939,6 +1040,7 @@ class HTTPServer:
             phase = conn.check_deadlines(now, limits)
             if phase is not None:
                 timeouts[phase] += 1
+        self._probe_descriptors()
         self._schedule_sweep()
 
     def refuse(self) -> None:
@@ -987,6 +1089,9 @@ class HTTPServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._handler_installed and self.loop.get_exception_handler() == self._loop_exception:
+            self.loop.set_exception_handler(self._previous_handler)
+            self._handler_installed = False
         if self._forced.is_set():
             await self.lifespan.cancel()
         else:

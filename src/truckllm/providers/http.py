@@ -9,7 +9,14 @@ from collections.abc import Callable
 
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
-from truckllm.http.client import HTTPClientError, ParsedURL, Response, encode_headers
+from truckllm.http.client import (
+    HTTPClientError,
+    ParsedURL,
+    Proxy,
+    Response,
+    TLSSettings,
+    encode_headers,
+)
 from truckllm.providers.base import ProviderContext, UpstreamTimeout, UpstreamUnavailable
 
 _TARGET_CACHE_LIMIT = 4096
@@ -43,7 +50,16 @@ class UpstreamHTTP:
             **ctx.config.headers,
         }
         self._heads: dict[str, bytes] = {}
-        self._targets: dict[str, ParsedURL] = {}
+        self._targets: dict[str, tuple[ParsedURL, Proxy | None]] = {}
+        tls = ctx.config.tls
+        self._tls = (
+            None
+            if tls is None
+            else self.client.tls_context(
+                TLSSettings(tls.ca_file, tls.cert_file, tls.key_file, tls.verify)
+            )
+        )
+        self._proxy_option = (ctx.config.proxy or "").strip()
         self._secrets = [
             k.secret.reveal().encode()
             for k in ctx.config.keys
@@ -71,22 +87,34 @@ class UpstreamHTTP:
             head = self._heads[key.id] = encode_headers(self.headers(key))
         return head
 
-    def _target(self, url: str) -> ParsedURL:
+    def _target(self, url: str) -> tuple[ParsedURL, Proxy | None]:
         target = self._targets.get(url)
         if target is None:
             if len(self._targets) >= _TARGET_CACHE_LIMIT:
                 self._targets.clear()
-            target = self._targets[url] = ParsedURL.parse(url)
+            parsed = ParsedURL.parse(url)
+            target = self._targets[url] = (parsed, self._proxy_for(parsed))
         return target
+
+    def _proxy_for(self, target: ParsedURL) -> Proxy | None:
+        """The provider's ``proxy`` option: absent, the environment's choice for this origin;
+        "none", direct; else that proxy."""
+        option = self._proxy_option
+        if not option:
+            return self.client.proxies.select(*target.origin)
+        if option.lower() == "none":
+            return None
+        return Proxy.parse(option)
 
     async def post(
         self, url: str, data: bytes, key: KeyConfig, stream: bool, extra: bytes = b""
     ) -> Response:
         """Status and headers; the body is read with :meth:`read` or iterated (streams).
         ``extra``: more header lines, encoded, for this request only."""
+        target, proxy = self._target(url)
         with self._sending:
             return await self.client.post(
-                self._target(url),
+                target,
                 self._head(key) + extra if extra else self._head(key),
                 data,
                 connect_timeout=self._connect,
@@ -94,6 +122,8 @@ class UpstreamHTTP:
                 total=None if stream else self._total,
                 # A stream is relayed as it comes; a whole answer is held: capped.
                 max_body=None if stream else self.client.max_response_bytes,
+                tls=self._tls,
+                proxy=proxy,
             )
 
     async def read(self, resp: Response) -> bytes:

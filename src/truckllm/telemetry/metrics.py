@@ -503,6 +503,7 @@ class EdgeCounters(Protocol):
 
     refused: int
     accept_errors: int
+    overloaded: int
     timeouts: dict[str, int]
 
 
@@ -513,6 +514,9 @@ def _render_edge(page: Page, edge: EdgeCounters) -> None:
     name = "truckllm_http_accept_errors_total"
     page.family(name, "counter", "Failed accepts of client connections (out of descriptors).")
     page.sample(name, (), edge.accept_errors)
+    name = "truckllm_http_overloaded_total"
+    page.family(name, "counter", "Requests answered 503 at once over server.max_in_flight.")
+    page.sample(name, (), edge.overloaded)
     name = "truckllm_http_timeouts_total"
     page.family(name, "counter", "Client connections cut off by a deadline, by phase.")
     for phase, n in edge.timeouts.items():

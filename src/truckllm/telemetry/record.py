@@ -38,6 +38,8 @@ class RequestRecord:
     cost_usd: float | None = None  # exact: a whole number of nano-dollars (see accounting.money)
     client_tokens: int = 0  # tokens reserved against the client's tpm limit at admission
     session_id: str | None = None  # the client's session (Claude Code's X-Claude-Code-Session-Id)
+    # The client's address: the peer's, or X-Forwarded-For's from a server.trusted_proxies peer
+    client_ip: str | None = None
 
     @property
     def overhead_s(self) -> float:

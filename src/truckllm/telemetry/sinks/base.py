@@ -70,6 +70,7 @@ class RecordEncoder:
             "request_id": r.request_id,
             "client_id": r.client_id,
             "session_id": _cut(r.session_id),
+            "client_ip": r.client_ip,
             "endpoint": r.endpoint if len(r.endpoint) <= _MAX_TEXT else r.endpoint[:_MAX_TEXT],
             "model": _cut(r.model),
             "alias": r.alias,
