@@ -19,6 +19,8 @@ import orjson
 import pytest
 from aiohttp import web
 from helpers import Gateway
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from truckllm.config.schema import ProviderConfig, Timeouts
 from truckllm.providers.anthropic import AnthropicProvider
@@ -470,3 +472,38 @@ def test_an_event_whose_crlf_is_split_reaches_the_client_before_the_upstream_sen
     expected = {"openai": "Hello there, how can I help?", "anthropic": "Hello!"}
     assert content == expected.get(ptype, "Hello from Gemini, streaming.")
     assert len(fake.received) == 1
+
+
+# -- properties: any number of reads, any bytes ------------------------------------------------
+
+ALL_STREAMS = [build(events, ending) for events in STREAMS.values() for ending in ENDINGS.values()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(ALL_STREAMS),
+    st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=12),
+)
+def test_any_reads_of_a_valid_stream_frame_the_same(s: Stream, cuts: list[int]) -> None:
+    """Random splits of a real stream into many reads give the events of the whole."""
+    points = sorted({c % (len(s.raw) + 1) for c in cuts})
+    f = SSEFramer("p")
+    out = b""
+    for a, b in zip([0, *points], [*points, len(s.raw)], strict=True):
+        out += f.feed(s.raw[a:b])
+    out += f.close()
+    assert out == s.lf and parsed(out) == s.events
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=16))
+def test_any_bytes_frame_into_events_or_a_protocol_error(reads: list[bytes]) -> None:
+    """Arbitrary upstream bytes never raise anything but the framer's own protocol error, and
+    whatever comes out parses."""
+    f = SSEFramer("p", limit=256)
+    try:
+        out = b"".join(f.feed(r) for r in reads) + f.close()
+    except UpstreamProtocolError:
+        return
+    assert out == b"" or out.endswith(b"\n\n")
+    parsed(out)
