@@ -49,6 +49,12 @@ def settle_usage(served: Served, complete: bool) -> Usage | None:
     )
 
 
+# Endpoints (record labels) whose requests are estimated as themselves, not as chat.
+_OWN_ESTIMATE = frozenset(
+    {"embeddings", "completions", "audio.transcriptions", "audio.translations"}
+)
+
+
 class Accounting:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -82,7 +88,7 @@ class Accounting:
             return
         tokens = 0
         if policy.tpm is not None:
-            endpoint = "embeddings" if rec.endpoint == "embeddings" else "chat"
+            endpoint = rec.endpoint if rec.endpoint in _OWN_ESTIMATE else "chat"
             tokens = estimate(endpoint, body, raw_len, self._default_output).total
         now = time.monotonic()
         wait = policy.wait_s(now, tokens)
