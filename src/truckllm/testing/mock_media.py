@@ -12,6 +12,7 @@ import asyncio
 import base64
 import email.parser
 import email.policy
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,8 @@ class MediaAPI:
         self.mock = mock
         self.chunk_delay = 0.0  # seconds between speech chunks
         self.speech_bytes = 64 * 1024  # audio length of every speech answer
-        self.speech_gate: asyncio.Event | None = None  # set: the rest of the audio goes out
+        # set from the test's thread: the rest of the audio goes out
+        self.speech_gate: threading.Event | None = None
         self.forms: list[dict[str, Any]] = []  # every upload, parsed
 
     def routes(self) -> list[web.RouteDef]:
@@ -162,7 +164,11 @@ class MediaAPI:
         audio = _audio(str(body.get("input")), self.speech_bytes)
         for i in range(0, len(audio), AUDIO_CHUNK):
             if i and self.speech_gate is not None:
-                await self.speech_gate.wait()
+                gate = self.speech_gate
+                if not await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10.0):
+                    assert request.transport is not None
+                    request.transport.abort()  # the client never got the first chunk
+                    return out
             if d.fault == "cut" and i >= len(audio) // 2:
                 assert request.transport is not None
                 request.transport.abort()
