@@ -18,6 +18,9 @@ from helpers import Gateway
 from openai.types import Completion, ImagesResponse, ModerationCreateResponse
 from openai.types.audio import Transcription, Translation
 
+from truckllm.accounting.money import cost_nanos, rates_of
+from truckllm.config.schema import Pricing
+from truckllm.providers.openai.media import boundary_of, form_field, with_model
 from truckllm.telemetry.record import RequestRecord
 from truckllm.testing.behaviour import KeyBehaviour
 from truckllm.testing.fake_anthropic import FakeAnthropic
@@ -25,7 +28,10 @@ from truckllm.testing.mock import MockUpstream
 from truckllm.testing.mock_media import parse_form
 from truckllm.testing.wire import Scripted
 
-PRICING = "{{input_token_cost: 0.001, output_token_cost: 0.002}}"
+PRICING = (
+    "{{input_token_cost: 0.001, output_token_cost: 0.002,"
+    " image_cost: 0.04, audio_second_cost: 0.0001, character_cost: 15}}"
+)
 CONFIG = f"""
 providers:
   - id: oa
@@ -154,10 +160,14 @@ def test_images(stack: Stack, client: openai.OpenAI) -> None:
     assert img.data[0].b64_json and img.usage is not None
     assert stack.oa.received[-1].body["model"] == "gpt-image-1"
     rec = stack.last()
-    assert rec.endpoint == "images" and rec.usage is not None and rec.cost_usd
+    assert rec.endpoint == "images" and rec.usage is not None and rec.usage.images == 2
+    tokens = rec.usage.prompt_tokens * 0.001 / 1000 + rec.usage.completion_tokens * 0.002 / 1000
+    assert rec.cost_usd == pytest.approx(2 * 0.04 + tokens)
     plain = client.images.generate(model="oa:dall-e-3", prompt="a truck")
     assert plain.data and plain.usage is None
-    assert stack.last().usage is None and not stack.last().cost_usd
+    rec = stack.last()
+    assert rec.usage is not None and rec.usage.images == 1 and rec.usage.prompt_tokens == 0
+    assert rec.cost_usd == pytest.approx(0.04)
 
 
 def test_speech_is_relayed_as_it_arrives(stack: Stack, client: openai.OpenAI) -> None:
@@ -176,6 +186,9 @@ def test_speech_is_relayed_as_it_arrives(stack: Stack, client: openai.OpenAI) ->
     assert stack.oa.received[-1].body["model"] == "gpt-4o-mini-tts"
     rec = stack.last()
     assert rec.endpoint == "audio.speech" and rec.status == 200 and rec.provider == "oa"
+    assert rec.usage is not None and rec.usage.characters == len("Hello there")
+    assert rec.usage.prompt_tokens == rec.usage.completion_tokens == 0  # audio is not tokens
+    assert rec.cost_usd == pytest.approx(len("Hello there") * 15 / 1e6)
 
 
 def test_speech_cut_mid_audio_is_not_a_complete_file(stack: Stack, client: openai.OpenAI) -> None:
@@ -215,7 +228,11 @@ def test_upload_without_alias_goes_as_it_came(stack: Stack, client: openai.OpenA
     sent = stack.oa.received[-1]
     form = parse_form(sent.headers["Content-Type"], sent.raw)
     assert form["model"] == "whisper-1" and form["response_format"] == "text"
-    assert stack.last().usage is None  # whisper reports seconds, not tokens: cost 0
+    assert stack.last().usage is None  # a text answer carries no usage
+    client.audio.transcriptions.create(model="whisper-1", file=_form())
+    rec = stack.last()  # whisper reports seconds, not tokens
+    assert rec.usage is not None and rec.usage.seconds == 3 and rec.usage.prompt_tokens == 0
+    assert rec.cost_usd == pytest.approx(3 * 0.0001)
 
 
 def test_upload_needs_a_model_and_a_form(stack: Stack) -> None:
@@ -248,3 +265,44 @@ def test_upload_over_the_body_limit(
         c.audio.transcriptions.create(model="whisper-1", file=_form(b"x" * 100_000))
     assert err.value.status_code == 413
     assert not oa.received
+
+
+def test_units_that_are_not_tokens_are_priced_exactly() -> None:
+    pricing = Pricing(image_cost=0.04, audio_second_cost=0.0001, character_cost=15)
+    rates = rates_of(pricing)
+    # 2 images, 1.5 s of audio, 1000 characters: 0.08 + 0.00015 + 0.015 USD
+    assert cost_nanos(rates, 0, 0, units=(2, 1.5, 1000)) == 95_150_000
+    assert cost_nanos(rates, 10, 10) == 0  # no token prices set
+
+
+def test_the_model_field_is_found_wherever_it_is_in_the_form() -> None:
+    b = b"XyZ"
+
+    def part(name: str, value: bytes, filename: str | None = None) -> bytes:
+        fn = f'; filename="{filename}"' if filename else ""
+        return (
+            (b"--" + b + f'\r\nContent-Disposition: form-data; name="{name}"{fn}\r\n\r\n'.encode())
+            + value
+            + b"\r\n"
+        )
+
+    tail = b"--" + b + b"--\r\n"
+    after_file = (
+        part("file", b"--XyZ-not-a-boundary model", "model")
+        + part("models", b"wrong")
+        + part("model", b"whisper-1")
+        + tail
+    )
+    span = form_field(after_file, b, "model")
+    assert span is not None and after_file[span[0] : span[1]] == b"whisper-1"
+    rewritten = with_model(after_file, b, "gpt-4o-transcribe")
+    parsed = parse_form("multipart/form-data; boundary=XyZ", rewritten)
+    assert parsed["model"] == "gpt-4o-transcribe" and parsed["models"] == "wrong"
+    assert parsed["file"] == ("model", b"--XyZ-not-a-boundary model")
+    assert with_model(after_file, b, "whisper-1") is after_file  # no copy when nothing changes
+    preamble = b"ignored preamble\r\n" + part("model", b"m") + tail
+    span = form_field(preamble, b, "model")
+    assert span is not None and preamble[span[0] : span[1]] == b"m"
+    assert form_field(part("file", b"x", "a.wav") + tail, b, "model") is None
+    assert boundary_of('multipart/form-data; boundary="XyZ"') == b"XyZ"
+    assert boundary_of("application/json") is None

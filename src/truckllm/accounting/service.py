@@ -39,6 +39,8 @@ def settle_usage(served: Served, complete: bool) -> Usage | None:
     usage = reply.usage
     if reply.events is None or (usage is not None and complete):
         return usage
+    if not reply.content_type.startswith("text/event-stream"):
+        return usage  # audio: its bytes are not events, nor tokens
     prompt_est = served.estimate.prompt_tokens if served.estimate is not None else 0
     return Usage(
         usage.prompt_tokens if usage is not None and usage.prompt_tokens else prompt_est,
@@ -113,6 +115,7 @@ class Accounting:
             usage.completion_tokens,
             usage.cached_tokens,
             usage.cache_creation_tokens,
+            (usage.images, usage.seconds, usage.characters),
         )
 
     def record(self, rec: RequestRecord) -> None:

@@ -105,6 +105,9 @@ class Usage:
     reasoning_tokens: int = 0
     estimated: bool = False
     cache_creation_tokens: int = 0  # of the prompt, written to the cache (Anthropic bills apart)
+    images: int = 0  # generated (OpenAI's image models)
+    seconds: float = 0.0  # of audio transcribed or translated (whisper-1 reports these)
+    characters: int = 0  # of speech input (text to speech)
 
     @classmethod
     def from_openai(cls, obj: Any) -> Usage | None:

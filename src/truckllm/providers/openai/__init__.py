@@ -33,7 +33,7 @@ from truckllm.providers.errors import (
     parse_retry_after,
 )
 from truckllm.providers.http import UpstreamHTTP, bearer, header
-from truckllm.providers.openai.media import send_form, send_speech
+from truckllm.providers.openai.media import image_usage, send_form, send_speech
 from truckllm.providers.openai.responses import send_responses
 from truckllm.providers.sse import SSEFramer, parse_event
 
@@ -110,7 +110,10 @@ class OpenAIProvider:
                 error_code=code,
                 retry_after=_retry_after(resp.headers),
             )
-        return Reply(resp.status, ctype, resp.headers, body=body, usage=_usage_of_body(body))
+        usage = _usage_of_body(body)
+        if call.endpoint == "images":
+            usage = image_usage(body, usage)
+        return Reply(resp.status, ctype, resp.headers, body=body, usage=usage)
 
     async def _events(
         self, resp: Response, reply: Reply, strip_usage: bool

@@ -102,6 +102,8 @@ async def send_speech(
     if resp.status == 200:
         reply = Reply(200, ctype, resp.headers, _release=resp.release)
         reply.events = _chunks(http, resp)
+        text = call.body.get("input")
+        reply.usage = Usage(characters=len(text) if isinstance(text, str) else 0)
         return reply
     body = await http.read(resp)
     return _error(http, resp, body, retry_after, call.dialect)
@@ -133,8 +135,8 @@ def _error(
 
 
 def _usage(body: bytes) -> Usage | None:
-    """A transcription's ``usage`` (``gpt-4o-transcribe`` reports tokens; ``whisper-1``
-    reports seconds, which are not tokens and are left out)."""
+    """A transcription's ``usage``: tokens (``gpt-4o-transcribe``) or seconds
+    (``whisper-1``)."""
     try:
         obj: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -142,4 +144,23 @@ def _usage(body: bytes) -> Usage | None:
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if isinstance(usage, dict) and usage.get("type") == "tokens":
         return Usage.from_openai(usage)
+    if isinstance(usage, dict) and usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+        if isinstance(seconds, int | float) and 0 <= seconds < 1e9:
+            return Usage(seconds=float(seconds))
     return None
+
+
+def image_usage(body: bytes, usage: Usage | None) -> Usage | None:
+    """An image generation's usage: its tokens when reported (``gpt-image-1``), and the number
+    of images it returned."""
+    try:
+        obj: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return usage
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list) or not data:
+        return usage
+    usage = usage or Usage()
+    usage.images = len(data)
+    return usage
