@@ -205,7 +205,7 @@ def _form(content: bytes = b"RIFF....WAVEfmt ") -> tuple[str, io.BytesIO]:
 
 @pytest.mark.parametrize("kind", ["transcriptions", "translations"])
 def test_uploads_routed_by_the_form_model(stack: Stack, client: openai.OpenAI, kind: str) -> None:
-    audio = bytes(range(256)) * 512  # 128 KiB, every byte value
+    audio = bytes(range(256)) * 8192  # 2 MiB, every byte value: several write windows
     api = client.audio.transcriptions if kind == "transcriptions" else client.audio.translations
     with warnings.catch_warnings():  # the SDK marks translations deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -295,11 +295,11 @@ def test_the_model_field_is_found_wherever_it_is_in_the_form() -> None:
     )
     span = form_field(after_file, b, "model")
     assert span is not None and after_file[span[0] : span[1]] == b"whisper-1"
-    rewritten = with_model(after_file, b, "gpt-4o-transcribe")
+    rewritten = b"".join(with_model(after_file, b, "gpt-4o-transcribe"))
     parsed = parse_form("multipart/form-data; boundary=XyZ", rewritten)
     assert parsed["model"] == "gpt-4o-transcribe" and parsed["models"] == "wrong"
     assert parsed["file"] == ("model", b"--XyZ-not-a-boundary model")
-    assert with_model(after_file, b, "whisper-1") is after_file  # no copy when nothing changes
+    assert with_model(after_file, b, "whisper-1")[0] is after_file  # as it came
     preamble = b"ignored preamble\r\n" + part("model", b"m") + tail
     span = form_field(preamble, b, "model")
     assert span is not None and preamble[span[0] : span[1]] == b"m"

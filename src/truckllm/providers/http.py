@@ -5,7 +5,7 @@ adapters knows the client's exceptions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
@@ -109,7 +109,7 @@ class UpstreamHTTP:
     async def post(
         self,
         url: str,
-        data: bytes,
+        data: bytes | Sequence[bytes | bytearray | memoryview],
         key: KeyConfig,
         stream: bool,
         extra: bytes = b"",
@@ -117,7 +117,8 @@ class UpstreamHTTP:
     ) -> Response:
         """Status and headers; the body is read with :meth:`read` or iterated (streams).
         ``extra``: more header lines, encoded, for this request only; ``content_type`` the
-        body's when it is not JSON (a form upload)."""
+        body's when it is not JSON (a form upload), whose ``data`` may come in pieces, written
+        as the socket takes them (never joined)."""
         target, proxy = self._target(url)
         head = self._head(key)
         if content_type is not None:

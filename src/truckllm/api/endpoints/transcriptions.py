@@ -1,17 +1,18 @@
 """``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``: ``multipart/form-data``
 uploads, routed by the form's ``model`` field and passed through to OpenAI-type providers only.
 
-The upload is read once, bounded by ``server.max_body_bytes``, and held as it came; only the
-boundaries and the parts' header blocks are scanned to find ``model``
-(:func:`truckllm.providers.openai.media.form_field`). The provider replaces that value only when
-the route names another model, which is the one copy the gateway makes of it. Whole answers only
-(``stream`` in the form is refused)."""
+The upload is read once into one buffer, bounded by ``server.max_body_bytes``, and held as it
+came; only the boundaries and the parts' header blocks are scanned to find ``model``
+(:func:`truckllm.providers.openai.media.form_field`). The provider sends views of that buffer,
+with the ``model`` value replaced when the route names another model, written as the upstream's
+socket takes them: the gateway never holds a second copy. Whole answers only (``stream`` in the
+form is refused)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from truckllm.api.asgi import read_body
+from truckllm.api.asgi import read_upload
 from truckllm.api.routes import Request, Route
 from truckllm.api.services import Services
 from truckllm.api.steps import Proxied, authenticate
@@ -32,7 +33,10 @@ async def _proxied(req: Request, client: str, endpoint: Endpoint, label: str) ->
     boundary = boundary_of(ctype)
     if boundary is None:
         raise invalid_request("The request body must be multipart/form-data with a boundary.")
-    raw = await read_body(req.scope, req.receive, req.rt.config.server.max_body_bytes)
+    upload = await read_upload(req.scope, req.receive, req.rt.config.server.max_body_bytes)
+    # Held as it grew, never copied into bytes: only measured and scanned on the way, and
+    # written upstream from views of it (the ``openai`` provider's form send).
+    raw = cast(bytes, upload)
     span = form_field(raw, boundary, "model")
     if span is None:
         raise invalid_request("you must provide a model parameter", param="model")

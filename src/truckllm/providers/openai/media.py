@@ -36,7 +36,7 @@ def boundary_of(content_type: str) -> bytes | None:
     return None
 
 
-def form_field(raw: bytes, boundary: bytes, name: str) -> tuple[int, int] | None:
+def form_field(raw: bytes | bytearray, boundary: bytes, name: str) -> tuple[int, int] | None:
     """Where the value of the form's text field ``name`` lies in ``raw`` (start, end), or None.
     Only the boundaries and each part's short header block are looked at."""
     delimiter = b"\r\n--" + boundary
@@ -64,12 +64,17 @@ def form_field(raw: bytes, boundary: bytes, name: str) -> tuple[int, int] | None
     return None
 
 
-def with_model(raw: bytes, boundary: bytes, model: str) -> bytes:
-    """The form with its ``model`` field's value replaced (one copy, made only when it differs)."""
+Buffer = bytes | bytearray | memoryview
+
+
+def with_model(raw: bytes | bytearray, boundary: bytes, model: str) -> list[Buffer]:
+    """The form with its ``model`` field's value replaced, as pieces that share the upload's
+    memory (views of it around the new value): nothing of the upload is copied."""
     span = form_field(raw, boundary, "model")
     if span is None or raw[span[0] : span[1]] == model.encode():
-        return raw
-    return b"".join((raw[: span[0]], model.encode(), raw[span[1] :]))
+        return [raw]
+    view = memoryview(raw)
+    return [view[: span[0]], model.encode(), view[span[1] :]]
 
 
 async def send_form(
@@ -78,10 +83,10 @@ async def send_form(
     """A transcription or translation: the form on, the answer (JSON or text) back whole."""
     content_type = (call.headers or {}).get("content-type", "")
     boundary = boundary_of(content_type)
-    data = call.raw
+    pieces: list[Buffer] = [call.raw]
     if boundary is not None and call.body.get("model") != call.model:
-        data = with_model(call.raw, boundary, call.model)
-    resp = await http.post(url, data, key, False, content_type=content_type)
+        pieces = with_model(call.raw, boundary, call.model)
+    resp = await http.post(url, pieces, key, False, content_type=content_type)
     body = await http.read(resp)
     ctype = resp.headers.get("content-type", "application/json")
     if resp.status >= 400:
