@@ -15,7 +15,11 @@ from truckllm.providers.base import Usage
 from truckllm.stores.base import COST, METRICS, Batch, RowKey, View, day_of, month_of
 from truckllm.telemetry.record import RequestRecord
 
-COUNTED_ENDPOINTS = frozenset({"chat", "embeddings", "messages", "responses"})
+COUNTED_ENDPOINTS = frozenset(
+    {"chat", "embeddings", "messages", "responses"}
+    | {"completions", "moderations", "images"}
+    | {"audio.speech", "audio.transcriptions", "audio.translations"}
+)
 _N = len(METRICS)
 
 

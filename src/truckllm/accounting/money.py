@@ -25,6 +25,9 @@ class Rates(NamedTuple):
     cached: int
     output: int
     creation: int  # prompt tokens written to the provider's cache
+    image: int = 0  # atto-dollars per image
+    second: int = 0  # per second of audio
+    character: int = 0  # per character of speech input
 
 
 def _atto(price: float, tokens_per_unit: int) -> int:
@@ -50,14 +53,23 @@ def rates_of(pricing: Pricing) -> Rates:
         _atto(cached, per),
         _atto(pricing.output_token_cost, per),
         _atto(creation, per),
+        _atto(pricing.image_cost, 1),
+        _atto(pricing.audio_second_cost, 1),
+        _atto(pricing.character_cost, 1_000_000),
     )
 
 
 def cost_nanos(
-    rates: Rates, prompt: int, completion: int, cached: int = 0, created: int = 0
+    rates: Rates,
+    prompt: int,
+    completion: int,
+    cached: int = 0,
+    created: int = 0,
+    units: tuple[int, float, int] = (0, 0.0, 0),
 ) -> int:
     """A request's cost. Cache reads (``cached``) and cache writes (``created``), both part of
-    ``prompt``, use their own prices."""
+    ``prompt``, use their own prices; ``units`` are the images, audio seconds and speech
+    characters it used."""
     cached = min(max(cached, 0), prompt)
     created = min(max(created, 0), prompt - cached)
     fresh = prompt - cached - created
@@ -67,6 +79,10 @@ def cost_nanos(
         + created * rates.creation
         + completion * rates.output
     )
+    images, seconds, characters = units
+    if images or seconds or characters:
+        atto += images * rates.image + characters * rates.character
+        atto += int((Decimal(repr(float(seconds))) * rates.second).to_integral_value(ROUND_HALF_UP))
     return (atto + _ATTO_PER_NANO // 2) // _ATTO_PER_NANO
 
 

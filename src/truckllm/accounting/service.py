@@ -39,6 +39,8 @@ def settle_usage(served: Served, complete: bool) -> Usage | None:
     usage = reply.usage
     if reply.events is None or (usage is not None and complete):
         return usage
+    if not reply.content_type.startswith("text/event-stream"):
+        return usage  # audio: its bytes are not events, nor tokens
     prompt_est = served.estimate.prompt_tokens if served.estimate is not None else 0
     return Usage(
         usage.prompt_tokens if usage is not None and usage.prompt_tokens else prompt_est,
@@ -47,6 +49,12 @@ def settle_usage(served: Served, complete: bool) -> Usage | None:
         usage.reasoning_tokens if usage is not None else 0,
         estimated=True,
     )
+
+
+# Endpoints (record labels) whose requests are estimated as themselves, not as chat.
+_OWN_ESTIMATE = frozenset(
+    {"embeddings", "completions", "audio.transcriptions", "audio.translations"}
+)
 
 
 class Accounting:
@@ -82,7 +90,7 @@ class Accounting:
             return
         tokens = 0
         if policy.tpm is not None:
-            endpoint = "embeddings" if rec.endpoint == "embeddings" else "chat"
+            endpoint = rec.endpoint if rec.endpoint in _OWN_ESTIMATE else "chat"
             tokens = estimate(endpoint, body, raw_len, self._default_output).total
         now = time.monotonic()
         wait = policy.wait_s(now, tokens)
@@ -107,6 +115,7 @@ class Accounting:
             usage.completion_tokens,
             usage.cached_tokens,
             usage.cache_creation_tokens,
+            (usage.images, usage.seconds, usage.characters),
         )
 
     def record(self, rec: RequestRecord) -> None:

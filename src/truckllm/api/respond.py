@@ -114,7 +114,10 @@ async def send_stream(
     client's dialect, which the SDKs raise."""
     if keeper is not None:
         await keeper.stream_started(served)
-    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
+    ctype = served.reply.content_type
+    binary = not ctype.startswith("text/event-stream")  # audio: relayed chunk by chunk
+    head = [(b"content-type", ctype.encode()), *headers] if binary else SSE_HEADERS + headers
+    await send({"type": "http.response.start", "status": 200, "headers": head})
     events = relay(served)
     out = egress.stream() if egress is not None and translate else None
     task = asyncio.current_task() if streams is not None else None
@@ -155,7 +158,11 @@ async def send_stream(
         if streams is not None and task is not None:
             streams.tasks.discard(task)
         await events.aclose()
+    if error is not None and binary:
+        return  # no error event in audio: the connection is cut, the body left incomplete
     if error is not None:
-        body = egress.error_event(error) if egress is not None else b"data: " + error.body() + b"\n\n"
+        body = (
+            egress.error_event(error) if egress is not None else b"data: " + error.body() + b"\n\n"
+        )
         await send({"type": "http.response.body", "body": body, "more_body": True})
     await send({"type": "http.response.body", "body": b""})

@@ -134,7 +134,7 @@ class Proxied:
 
 
 def proxied(client: str, endpoint: Endpoint, body: dict[str, Any], raw: bytes) -> Proxied:
-    """Check ``model``, ``stream`` and ``stream_options`` (only chat streams)."""
+    """Check ``model``, ``stream`` and ``stream_options`` (only chat and completions stream)."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid_request(
@@ -158,4 +158,5 @@ def proxied(client: str, endpoint: Endpoint, body: dict[str, Any], raw: bytes) -
             param="stream_options",
         )
     wants_usage = bool(opts.get("include_usage")) if opts else False
-    return Proxied(client, endpoint, body, raw, model, stream and endpoint == "chat", wants_usage)
+    streams = endpoint in ("chat", "completions")
+    return Proxied(client, endpoint, body, raw, model, stream and streams, wants_usage)

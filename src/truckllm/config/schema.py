@@ -36,6 +36,10 @@ class Pricing:
     cached_input_token_cost: float | None = None  # cache reads; default: the input price
     unit: PricingUnit = "per_1k_tokens"
     cache_creation_input_token_cost: float | None = None  # cache writes; default: the input price
+    # Units that are not tokens, whatever ``unit`` says (OpenAI's image, audio and speech models):
+    image_cost: float = 0.0  # USD per image generated
+    audio_second_cost: float = 0.0  # USD per second of audio transcribed or translated
+    character_cost: float = 0.0  # USD per 1,000,000 characters of speech input
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """Cost of one request. Cached prompt tokens use their own price when one is set."""

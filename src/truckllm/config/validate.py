@@ -237,6 +237,9 @@ def _validate_key(
         "output_token_cost",
         "cached_input_token_cost",
         "cache_creation_input_token_cost",
+        "image_cost",
+        "audio_second_cost",
+        "character_cost",
     ):
         v = getattr(k.pricing, name)
         if v is not None and v < 0:

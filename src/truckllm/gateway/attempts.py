@@ -30,6 +30,7 @@ from truckllm.gateway.runtime import Runtime
 from truckllm.gateway.served import Served, StreamBroken
 from truckllm.providers import Provider
 from truckllm.providers.base import (
+    OPENAI_ONLY,
     Call,
     Endpoint,
     Inbound,
@@ -331,6 +332,19 @@ async def _attempt(
 
 def _call(provider: Provider, target: Target, request: _Request) -> Call:
     endpoint, body, raw, stream, wants_usage, request_id, inbound = request
+    if endpoint in OPENAI_ONLY and endpoint not in getattr(provider, "endpoints", ()):
+        raise RequestRejected(
+            400,
+            error_body(
+                f"provider {target.provider_id!r} does not serve OpenAI's {endpoint} endpoint; "
+                "route this model to an OpenAI-type provider.",
+                400,
+                "unsupported_endpoint",
+                "model",
+                "invalid_request_error",
+            ),
+            "unsupported_endpoint",
+        )
     if inbound is None:
         return Call(endpoint, body, raw, target.model, stream, wants_usage, request_id)
     if inbound.dialect in getattr(provider, "dialects", ()):

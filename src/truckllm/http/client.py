@@ -26,6 +26,7 @@ import asyncio
 import collections
 import ssl
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -57,6 +58,7 @@ _IDLE_PER_ORIGIN = 512
 # after the request left (or within the time the connection took to open, if longer): a close the
 # server had already sent arrives within about one round trip; later, it may have run the prompt.
 _STALE_WINDOW = 0.25
+_WRITE_WINDOW = 256 * 1024  # a large request body is written this much at a time
 _MAX_HEAD = 256 * 1024  # status line and headers of one answer
 _INFLATE_STEP = 256 * 1024  # decompressed bytes per step: a bomb is stopped at the cap, not after
 _CLOSED_PARSER = httptools.HttpResponseParser(object())  # what a closed connection holds
@@ -300,6 +302,7 @@ class _Connection(asyncio.Protocol):
         self.sent_at = 0.0
         self.connect_s = 0.0  # how long opening it took: a round-trip estimate
         self.head_bytes = 0
+        self.drained: asyncio.Future[None] | None = None  # set while the socket is full
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -326,6 +329,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        self.resume_writing()  # a body writer waiting for room: there will be none
         # The parser holds this protocol: without the link, a closed connection is freed by
         # reference counting, not by a full garbage collection. Nothing feeds it any more.
         self.parser = _CLOSED_PARSER
@@ -346,8 +350,31 @@ class _Connection(asyncio.Protocol):
             return
         response._fail(ConnectionBroken("the upstream closed the connection mid-answer"))
 
-    def pause_writing(self) -> None:  # request bodies are small; nothing to throttle
-        pass
+    def pause_writing(self) -> None:
+        # Only a large upload (:meth:`write_body`) waits for the socket; JSON bodies go at once.
+        if self.drained is None:
+            self.drained = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        drained, self.drained = self.drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def write_body(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Write a large body in windows, each once the socket has taken the last: never a
+        copy of it in the transport's buffer. Stops early if the connection is lost (the
+        answer's future then says why)."""
+        assert self.transport is not None
+        for piece in pieces:
+            view = memoryview(piece)
+            for at in range(0, len(view), _WRITE_WINDOW):
+                if self.closed:
+                    return
+                self.transport.write(view[at : at + _WRITE_WINDOW])
+                self.last_read = self.loop.time()  # the upstream takes it: not silent
+                drained = self.drained
+                if drained is not None:
+                    await asyncio.shield(drained)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -588,7 +615,7 @@ class HTTPClient:
         self,
         target: ParsedURL,
         head: bytes,
-        body: bytes,
+        body: bytes | Sequence[bytes | bytearray | memoryview],
         *,
         connect_timeout: float,
         read_timeout: float,
@@ -598,7 +625,9 @@ class HTTPClient:
         proxy: Proxy | None = None,
     ) -> Response:
         """Send ``POST`` with ``head`` (pre-encoded header lines, without Host and
-        Content-Length) and ``body``; return once the status line and headers are in.
+        Content-Length) and ``body``; return once the status line and headers are in. A body
+        given as pieces (a large upload) is written as the socket takes it, never joined or
+        copied.
         ``max_body`` caps the answer's body after decompression (:class:`ResponseTooLarge`);
         ``tls``: the context for an https target (None: the default); ``proxy``: the forward
         proxy to go through (None: direct).
@@ -609,6 +638,10 @@ class HTTPClient:
         if proxy is not None and target.origin[0] == "http":  # absolute form, to the proxy
             path = b"http://" + target.host_header + path
             head = proxy.auth + head
+        pieces: Sequence[bytes | bytearray | memoryview] = ()
+        if not isinstance(body, bytes):
+            pieces, body = body, b""
+        length = sum(memoryview(p).nbytes for p in pieces) if pieces else len(body)
         data = b"".join(
             (
                 b"POST ",
@@ -618,7 +651,7 @@ class HTTPClient:
                 b"\r\n",
                 head,
                 b"Content-Length: ",
-                str(len(body)).encode(),
+                str(length).encode(),
                 b"\r\n\r\n",
                 body,
             )
@@ -631,12 +664,12 @@ class HTTPClient:
         conn = pool.take(loop.time())
         if conn is not None:
             try:
-                return await self._exchange(conn, data, read_timeout, total, max_body)
+                return await self._exchange(conn, data, read_timeout, total, max_body, pieces)
             except _Stale:
                 pass
         conn = await self._connect(pool, loop, connect_timeout)
         try:
-            return await self._exchange(conn, data, read_timeout, total, max_body)
+            return await self._exchange(conn, data, read_timeout, total, max_body, pieces)
         except _Stale:  # a fresh connection cannot be stale; say what happened
             raise ConnectionBroken("the upstream closed the connection") from None
 
@@ -647,11 +680,14 @@ class HTTPClient:
         read_timeout: float,
         total: float | None,
         max_body: int | None,
+        pieces: Sequence[bytes | bytearray | memoryview] = (),
     ) -> Response:
         response = conn.send(data, read_timeout, total, max_body)
         head = conn.head
         assert head is not None
         try:
+            if pieces:
+                await conn.write_body(pieces)
             await head
         except BaseException:
             response.release()

@@ -19,9 +19,26 @@ from truckllm.config.schema import KeyConfig, ProviderConfig, Timeouts
 from truckllm.http.client import HTTPClient
 from truckllm.providers.errors import error_body
 
-Endpoint = Literal["chat", "embeddings", "count_tokens"]
+Endpoint = Literal[
+    "chat",
+    "embeddings",
+    "count_tokens",
+    "completions",
+    "moderations",
+    "images",
+    "speech",
+    "transcriptions",
+    "translations",
+]
 """What a call asks for. ``count_tokens`` exists only in a dialect a provider speaks natively
-(Anthropic's ``/v1/messages/count_tokens``)."""
+(Anthropic's ``/v1/messages/count_tokens``); the endpoints in :data:`OPENAI_ONLY` only at
+providers that list them in their ``endpoints``."""
+
+OPENAI_ONLY: frozenset[str] = frozenset(
+    {"completions", "moderations", "images", "speech", "transcriptions", "translations"}
+)
+"""OpenAI's other model endpoints: passed through to a provider that declares them in its
+``endpoints`` attribute (the ``openai`` type), refused by every other one before sending."""
 
 INTERNAL = "openai-chat"
 """The internal form's dialect: OpenAI's chat completions (and embeddings) wire format."""
@@ -29,6 +46,9 @@ ANTHROPIC_MESSAGES = "anthropic-messages"
 """Anthropic's Messages API, as clients such as Claude Code speak it."""
 OPENAI_RESPONSES = "openai-responses"
 """OpenAI's Responses API, as Codex CLI and OpenAI's newer SDK helpers speak it."""
+OPENAI_MULTIPART = "openai-multipart"
+"""OpenAI's ``multipart/form-data`` uploads (audio transcriptions and translations): ``raw``
+is the form as the client sent it, ``headers`` its ``content-type`` (with the boundary)."""
 
 
 @dataclass(slots=True)
@@ -85,6 +105,9 @@ class Usage:
     reasoning_tokens: int = 0
     estimated: bool = False
     cache_creation_tokens: int = 0  # of the prompt, written to the cache (Anthropic bills apart)
+    images: int = 0  # generated (OpenAI's image models)
+    seconds: float = 0.0  # of audio transcribed or translated (whisper-1 reports these)
+    characters: int = 0  # of speech input (text to speech)
 
     @classmethod
     def from_openai(cls, obj: Any) -> Usage | None:

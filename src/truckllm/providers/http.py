@@ -5,7 +5,7 @@ adapters knows the client's exceptions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
@@ -107,15 +107,26 @@ class UpstreamHTTP:
         return Proxy.parse(option)
 
     async def post(
-        self, url: str, data: bytes, key: KeyConfig, stream: bool, extra: bytes = b""
+        self,
+        url: str,
+        data: bytes | Sequence[bytes | bytearray | memoryview],
+        key: KeyConfig,
+        stream: bool,
+        extra: bytes = b"",
+        content_type: str | None = None,
     ) -> Response:
         """Status and headers; the body is read with :meth:`read` or iterated (streams).
-        ``extra``: more header lines, encoded, for this request only."""
+        ``extra``: more header lines, encoded, for this request only; ``content_type`` the
+        body's when it is not JSON (a form upload), whose ``data`` may come in pieces, written
+        as the socket takes them (never joined)."""
         target, proxy = self._target(url)
+        head = self._head(key)
+        if content_type is not None:
+            head = encode_headers({**self.headers(key), "Content-Type": content_type})
         with self._sending:
             return await self.client.post(
                 target,
-                self._head(key) + extra if extra else self._head(key),
+                head + extra if extra else head,
                 data,
                 connect_timeout=self._connect,
                 read_timeout=self._read,

@@ -20,7 +20,18 @@ class Estimate:
         return self.prompt_tokens + self.output_tokens
 
 
+_UPLOADS = frozenset(
+    {"transcriptions", "translations", "audio.transcriptions", "audio.translations"}
+)
+
+
 def estimate(endpoint: str, body: dict[str, Any], raw_len: int, default_output: int) -> Estimate:
+    if endpoint in _UPLOADS:  # an audio file's bytes are not tokens: nothing to reserve
+        return Estimate(1, 0)
+    if endpoint == "completions":
+        requested = body.get("max_tokens")
+        output = requested if isinstance(requested, int) and requested > 0 else 16
+        return Estimate(max(raw_len // 4, 1), output)
     if endpoint != "chat":
         return Estimate(max(raw_len // 4, 1), 0)
     prompt = raw_len // 4 if raw_len <= _SCAN_ABOVE else _walk(body.get("messages"))

@@ -77,7 +77,11 @@ class LoopLag:
 
 
 TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
-_ENDPOINTS = frozenset({"chat", "embeddings", "messages", "models", "responses"})
+_ENDPOINTS = frozenset(
+    {"chat", "embeddings", "messages", "models", "responses"}
+    | {"completions", "moderations", "images"}
+    | {"audio.speech", "audio.transcriptions", "audio.translations"}
+)
 _STATUSES = tuple(Status)
 
 RowKey = tuple[str, str, str, str, int]  # endpoint, alias, provider, key_id, status

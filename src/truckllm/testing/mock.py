@@ -2,7 +2,8 @@
 
 By default it answers like a fast, healthy OpenAI: chat completions (JSON and SSE, with usage when
 asked), tool calls when tools are offered, the Responses API (:mod:`truckllm.testing.mock_responses`),
-embeddings (float or base64), and the model list.
+embeddings (float or base64), the model list, and legacy completions, moderations, images and
+audio (:mod:`truckllm.testing.mock_media`).
 Tests script it: push :class:`Scripted` answers (status, headers, body, SSE events with timing,
 disconnects) and read back every request it received. Per key (or for every key) it simulates
 latency, time to first token, token pace, reply length, usage, rate limits with real 429s and
@@ -33,6 +34,7 @@ from truckllm.testing.behaviour import (
     Throttle,
     reported_usage,
 )
+from truckllm.testing.mock_media import MediaAPI, parse_form
 from truckllm.testing.mock_responses import ResponsesAPI
 from truckllm.testing.wire import (
     Event,
@@ -133,6 +135,7 @@ class MockUpstream(FakeServer):
         self.reply_words = reply_words
         self.event_delay = event_delay  # added between stream events, whatever the key
         self.responses = ResponsesAPI(self)  # POST/GET/DELETE /v1/responses
+        self.media = MediaAPI(self)  # completions, moderations, images, audio
         super().__init__(
             conditions or Conditions(KeyBehaviour(latency=latency or None), keys, seed=seed)
         )
@@ -143,6 +146,7 @@ class MockUpstream(FakeServer):
             web.post("/v1/embeddings", self._embeddings),
             web.get("/v1/models", self._models),
             *self.responses.routes(),
+            *self.media.routes(),
         ]
 
     @property
@@ -161,8 +165,14 @@ class MockUpstream(FakeServer):
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def _begin(self, request: web.Request) -> tuple[Any, Decision, web.StreamResponse | None]:
+    async def _begin(
+        self, request: web.Request, form: bool = False
+    ) -> tuple[Any, Decision, web.StreamResponse | None]:
+        """The request's body (a ``multipart/form-data`` one parsed when ``form``), the
+        behaviour's decision, and the answer when it is refused or scripted."""
         body, raw = await self.take(request, request.path)
+        if form:
+            body = parse_form(request.headers.get("Content-Type", ""), raw)
         if self.script:
             return body, PASS, await play(request, self.script.popleft(), _sse)
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")

@@ -9,12 +9,17 @@ from types import ModuleType
 from truckllm.api.endpoints import (
     admin,
     chat,
+    completions,
     embeddings,
     health,
+    images,
     messages,
     metrics,
     models,
+    moderations,
     responses,
+    speech,
+    transcriptions,
 )
 from truckllm.api.routes import Route
 from truckllm.api.services import Services
@@ -24,6 +29,11 @@ MODULES: tuple[ModuleType, ...] = (
     embeddings,
     messages,
     responses,
+    completions,
+    moderations,
+    images,
+    speech,
+    transcriptions,
     models,
     health,
     metrics,

@@ -2,7 +2,9 @@
 
 A passthrough: the client's body goes upstream with only ``model`` (and, for streams,
 ``stream_options``) rewritten, and the response bytes come back as they came. Usage is read from
-the response without re-serialising it.
+the response without re-serialising it. Besides chat and embeddings: legacy completions (JSON
+and SSE, usage handled as chat's), moderations, image generations, and audio
+(:mod:`truckllm.providers.openai.media`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import orjson
 from truckllm.config.schema import KeyConfig
 from truckllm.http.client import Response
 from truckllm.providers.base import (
+    OPENAI_MULTIPART,
+    OPENAI_ONLY,
     OPENAI_RESPONSES,
     Call,
     ProviderContext,
@@ -29,10 +33,20 @@ from truckllm.providers.errors import (
     parse_retry_after,
 )
 from truckllm.providers.http import UpstreamHTTP, bearer, header
+from truckllm.providers.openai.media import image_usage, send_form, send_speech
 from truckllm.providers.openai.responses import send_responses
 from truckllm.providers.sse import SSEFramer, parse_event
 
-_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+_PATHS = {
+    "chat": "/chat/completions",
+    "embeddings": "/embeddings",
+    "completions": "/completions",
+    "moderations": "/moderations",
+    "images": "/images/generations",
+    "speech": "/audio/speech",
+    "transcriptions": "/audio/transcriptions",
+    "translations": "/audio/translations",
+}
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _PARSE_WHOLE_BELOW = 16 * 1024
 _USAGE_NULLS = (b',"usage":null', b', "usage": null')
@@ -48,7 +62,9 @@ class OpenAIProvider:
         self._urls = {ep: cfg.base_url + path + query for ep, path in _PATHS.items()}
         self._responses_url = cfg.base_url + "/responses" + query
         # Responses API clients pass through when the upstream serves that API.
-        self.dialects = frozenset({OPENAI_RESPONSES}) if cfg.responses_api else frozenset()
+        dialects = {OPENAI_MULTIPART, OPENAI_RESPONSES} if cfg.responses_api else {OPENAI_MULTIPART}
+        self.dialects = frozenset(dialects)
+        self.endpoints = OPENAI_ONLY  # completions, moderations, images, audio: passed through
         self._stream_usage = cfg.stream_usage
         auth = bearer if cfg.auth_header.lower() == "authorization" else header(cfg.auth_header)
         self._http = UpstreamHTTP(ctx, auth)
@@ -72,6 +88,10 @@ class OpenAIProvider:
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         if call.dialect == OPENAI_RESPONSES:
             return await send_responses(self._http, self._responses_url, call, key, _retry_after)
+        if call.dialect == OPENAI_MULTIPART:
+            return await send_form(self._http, self._urls[call.endpoint], call, key, _retry_after)
+        if call.endpoint == "speech":
+            return await send_speech(self._http, self._urls["speech"], call, key, _retry_after)
         data, strip_usage = self._request_body(call)
         resp = await self._http.post(self._urls[call.endpoint], data, key, call.stream)
         ctype = resp.headers.get("content-type", "application/json")
@@ -90,7 +110,10 @@ class OpenAIProvider:
                 error_code=code,
                 retry_after=_retry_after(resp.headers),
             )
-        return Reply(resp.status, ctype, resp.headers, body=body, usage=_usage_of_body(body))
+        usage = _usage_of_body(body)
+        if call.endpoint == "images":
+            usage = image_usage(body, usage)
+        return Reply(resp.status, ctype, resp.headers, body=body, usage=usage)
 
     async def _events(
         self, resp: Response, reply: Reply, strip_usage: bool

@@ -1,0 +1,103 @@
+"""Peak memory of a large audio upload relayed by the gateway.
+
+Spawns ``truckllm mock`` and a gateway (``model_aliases: {ears: <mock>:gpt-4o-transcribe}``, so
+the form's ``model`` field is rewritten on the way), then POSTs one ``multipart/form-data``
+transcription of ``--mb`` MB of random bytes and reads the gateway's resident set before
+(``VmRSS``) and its peak after (``VmHWM``). The gateway holds the upload once (it routes by the
+form's ``model`` field, read from the whole form), so the growth is about the upload's size;
+anything above that would be a second copy.
+
+    python bench/upload.py [--mb 50] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import (
+    HOST,
+    BenchError,
+    default_python,
+    free_port,
+    proc_status_kb,
+    run_and_report,
+    start,
+    start_gateway,
+    wait_http,
+)
+
+BOUNDARY = "truckllm-bench-boundary"
+
+
+def form(size: int) -> bytes:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nears\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    return head + os.urandom(size) + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="truckllm-upload-"))
+    mock_port = free_port()
+    mock = start(
+        "mock",
+        [args.python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}"],
+        mock_port,
+        tmp,
+    )
+    size = args.mb * 1024 * 1024
+    config = tmp / "gateway.yaml"
+    config.write_text(
+        f"providers: [{{id: mock, base_url: '{mock.base}/v1', keys: [{{id: k, secret: sk}}]}}]\n"
+        "model_aliases: {ears: 'mock:gpt-4o-transcribe'}\n"
+        f"server: {{max_body_bytes: {size + 1024 * 1024}}}\n"
+    )
+    try:
+        wait_http(mock.base + "/v1/models")
+        gw = start_gateway(args.python, config, tmp)
+        try:
+            assert gw.proc is not None
+            body = form(size)
+            before = proc_status_kb(gw.proc.pid, "VmRSS")
+            conn = http.client.HTTPConnection(HOST, gw.port, timeout=120)
+            headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+            conn.request("POST", "/v1/audio/transcriptions", body=body, headers=headers)
+            resp = conn.getresponse()
+            answer = resp.read()
+            conn.close()
+            if resp.status != 200 or str(size).encode() not in answer:
+                raise BenchError(f"the upload failed: {resp.status} {answer[:200]!r}")
+            peak = proc_status_kb(gw.proc.pid, "VmHWM")
+        finally:
+            gw.stop()
+    finally:
+        mock.stop()
+    return {"upload_mb": args.mb, "rss_before_kb": before, "peak_kb": peak}
+
+
+def report(r: dict[str, Any]) -> str:
+    growth = (r["peak_kb"] - r["rss_before_kb"]) / 1024
+    return (
+        "| upload | RSS before | peak RSS | growth |\n|---|---|---|---|\n"
+        f"| {r['upload_mb']} MB | {r['rss_before_kb'] / 1024:.0f} MB "
+        f"| {r['peak_kb'] / 1024:.0f} MB | {growth:.0f} MB |"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--python", default=default_python())
+    parser.add_argument("--json", type=Path)
+    return run_and_report(bench, report, parser.parse_args())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
