@@ -92,16 +92,21 @@ def test_serve_refuses_a_bad_config_with_every_problem(tmp_path: Path) -> None:
     assert f"{cfg}: model_aliases.a: unknown provider 'x'" in result.stderr
 
 
-def test_demo_serves_with_no_keys_and_no_network() -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    proc = subprocess.Popen(
+def start_demo(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``truckllm demo`` on ``port``, its output (banner and logs) on one pipe."""
+    return subprocess.Popen(
         [TRUCKLLM, "demo", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
+
+
+def test_demo_serves_with_no_keys_and_no_network() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    proc = start_demo(port, env)
     try:
         resp = wait_serving(
             f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -143,13 +148,7 @@ def test_the_demos_printed_commands_run_as_printed() -> None:
     """The banner's curl command and Python snippet, pasted into a shell, work against it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    proc = subprocess.Popen(
-        [TRUCKLLM, "demo", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    proc = start_demo(port, env)
     try:
         assert proc.stdout is not None
         banner: list[str] = []
