@@ -15,6 +15,7 @@ from truckllm.api.steps import Proxied
 from truckllm.errors import APIError, model_not_found
 from truckllm.gateway import Route, Served, execute
 from truckllm.telemetry.record import RecordBus, RequestRecord
+from truckllm.telemetry.tracing import RequestTrace, Tracer
 
 log = logging.getLogger("truckllm.api")
 
@@ -25,6 +26,7 @@ class Proxy:
     def __init__(self, accounting: Accounting, records: RecordBus) -> None:
         self.accounting = accounting
         self.records = records
+        self.tracer: Tracer | None = None  # set at start when tracing.endpoint is
         self.streams = Streams()  # cut with an error event at a shutdown's drain deadline
 
     async def run(self, req: Request, p: Proxied) -> None:
@@ -44,15 +46,21 @@ class Proxy:
             session_id=p.session_id,
             client_ip=client_ip(req.scope),
         )
+        tracer = self.tracer
+        trace = None if tracer is None else tracer.begin(req.scope, p.endpoint, p.body, rt.config)
         try:
             await self.accounting.admit(rec, p.body, len(p.raw))  # models, limits, budgets
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True
             self.records.publish(rec)
+            if trace is not None:
+                trace.end(rec)
             raise
-        await self._serve(req, p, route, rec)
+        await self._serve(req, p, route, rec, trace)
 
-    async def _serve(self, req: Request, p: Proxied, route: Route, rec: RequestRecord) -> None:
+    async def _serve(
+        self, req: Request, p: Proxied, route: Route, rec: RequestRecord, trace: RequestTrace | None
+    ) -> None:
         t0 = time.perf_counter()
         served: Served | None = None
         watch = DisconnectWatch(req.scope, req.receive)
@@ -68,6 +76,7 @@ class Proxy:
                 req.id,
                 p.inbound,
                 p.exclude_keys,
+                trace,
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
             headers = served_headers(req.id, served)
@@ -100,6 +109,8 @@ class Proxy:
                 served.settle()
                 self._fill(rec, served)
             self.records.publish(rec)
+            if trace is not None:
+                trace.end(rec, served.reply.body if served is not None else None)
 
     def _fill(self, rec: RequestRecord, served: Served) -> None:
         """What only the committed attempt knows: where it went, what it used, what it cost."""

@@ -28,6 +28,7 @@ from truckllm.gateway.resolve import Route, Target
 from truckllm.gateway.retry import RetryPolicy
 from truckllm.gateway.runtime import Runtime
 from truckllm.gateway.served import Served, StreamBroken
+from truckllm.gateway.trace import AttemptTrace
 from truckllm.providers import Provider
 from truckllm.providers.base import (
     OPENAI_ONLY,
@@ -58,14 +59,16 @@ async def execute(
     request_id: str,
     inbound: Inbound | None = None,
     exclude: frozenset[str] = frozenset(),
+    trace: AttemptTrace | None = None,
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
     when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx).
 
     With ``inbound`` (a client dialect other than the internal form), ``body`` and ``raw`` are
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
-    speaks the dialect, and its internal form to any other."""
+    speaks the dialect, and its internal form to any other. ``trace`` is told of each attempt."""
     loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
+    loop.trace = trace
     if exclude:  # keys the request must not use, not even on a same-key retry (pinned elsewhere)
         loop.excluded = exclude
         loop.tried.update(exclude)
@@ -94,6 +97,7 @@ class _AttemptLoop:
         "request",
         "route",
         "rt",
+        "trace",
         "tried",
         "upstream_s",
         "wait_left",
@@ -131,6 +135,7 @@ class _AttemptLoop:
         self.last_target: Target | None = None
         self.last_pick: Pick | None = None
         self.rejected: RequestRejected | None = None
+        self.trace: AttemptTrace | None = None
 
     async def run(self) -> Served:
         self.rt.budget.on_request()
@@ -196,9 +201,13 @@ class _AttemptLoop:
         target = self.route.target_for(pick.provider.id)
         self.attempts += 1
         self.last_target, self.last_pick = target, pick
+        if self.trace is not None:
+            self.trace.attempt(pick, target.model, self.attempts)
         a0 = time.perf_counter()
         kind, failure, served = await _attempt(self.rt, pick, target, self.attempts, self.request)
         self.upstream_s += time.perf_counter() - a0
+        if self.trace is not None and served is None:
+            self.trace.failed(pick, kind, failure, self.rt.router.clock())
         if served is not None:
             served.upstream_s, served.estimate = self.upstream_s, self.est
             return served, False
