@@ -383,3 +383,64 @@ def test_traces_url_and_provider_names() -> None:
     assert provider_info("anthropic", "http://127.0.0.1:9000")[::2] == ("anthropic", 9000)
     assert provider_info("openai", "https://x.openai.azure.com/openai")[0] == "azure.ai.openai"
     assert provider_info("openai", "https://api.groq.com/openai/v1")[0] == "groq"
+
+
+def test_the_encoder_writes_what_the_official_protobuf_classes_read() -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+    from opentelemetry.trace.span import TraceState
+
+    from truckllm.telemetry.otlp import Encoder
+
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    attrs = {
+        "s": "héllo" * 40,  # longer than one length byte
+        "t": True,
+        "f": False,
+        "i": 300,
+        "neg": -5,
+        "big": 2**62,
+        "d": 0.25,
+        "seq": ["a", "b"],
+        "ints": (1, 2),
+    }
+    resource, scope = Resource({"service.name": "x"}), InstrumentationScope("truckllm", "9.9")
+    spans = [
+        ReadableSpan(
+            name,
+            SpanContext(int(TRACE, 16), span_id, False, flags, TraceState([("k", "v")])),
+            SpanContext(int(TRACE, 16), int(PARENT, 16), True, flags) if parent else None,
+            resource,
+            attrs,
+            kind=kind,
+            status=status,
+            start_time=1_700_000_000_000_000_001,
+            end_time=1_700_000_000_000_000_999,
+            instrumentation_scope=scope,
+        )
+        for name, span_id, parent, kind, status in [
+            ("a", 1, True, SpanKind.SERVER, Status(StatusCode.ERROR, "broke")),
+            ("b", 2**64 - 1, False, SpanKind.CLIENT, Status(StatusCode.UNSET)),
+        ]
+    ]
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(Encoder().request(spans))
+    (rs,) = req.resource_spans
+    assert _attrs(rs.resource.attributes) == {"service.name": "x"}
+    (ss,) = rs.scope_spans
+    assert (ss.scope.name, ss.scope.version) == ("truckllm", "9.9")
+    a, b = ss.spans
+    assert a.trace_id.hex() == TRACE and a.span_id.hex() == "0000000000000001"
+    assert a.parent_span_id.hex() == PARENT and b.parent_span_id == b""
+    assert b.span_id.hex() == "f" * 16 and a.trace_state == "k=v"
+    assert (a.name, a.kind, b.kind) == ("a", SERVER, CLIENT)
+    assert a.start_time_unix_nano == 1_700_000_000_000_000_001
+    assert a.end_time_unix_nano == 1_700_000_000_000_000_999
+    assert (a.status.code, a.status.message, b.status.code) == (2, "broke", 0)
+    got = _attrs(a.attributes)
+    seq, ints = got.pop("seq"), got.pop("ints")
+    assert got == {k: v for k, v in attrs.items() if k not in ("seq", "ints")}
+    assert [v.string_value for v in seq.values] == ["a", "b"]
+    assert [v.int_value for v in ints.values] == [1, 2]

@@ -463,7 +463,7 @@ def _validate_client_policy(entry: ClientKey, cpath: str, fail: Callable[[str, s
 
 def _otel_installed() -> bool:
     try:
-        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+        return importlib.util.find_spec("opentelemetry.sdk") is not None
     except ImportError:  # a parent package is missing
         return False
 

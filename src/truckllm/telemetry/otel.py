@@ -2,8 +2,9 @@
 
 Imported only when ``tracing.endpoint`` is set. The spans are built once the response is
 finished, from the request's record and its attempts (``telemetry/tracing.py``), with the times
-they really started and ended, and handed to the SDK's batch processor: encoding and sending run
-on its thread, a full queue drops spans rather than blocking the request. Attribute names follow
+they really started and ended, and handed to the SDK's batch processor: encoding
+(``telemetry/otlp.py``) and sending run on its thread, a full queue drops spans rather than
+blocking the request. Attribute names follow
 the OpenTelemetry GenAI semantic conventions (``gen_ai.*``), plus the gateway's own
 (``truckllm.*``). The client's messages and the answer are exported only with
 ``tracing.capture_content``.
@@ -16,7 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from truckllm import __version__
 from truckllm.config.schema import Config, TracingConfig
 from truckllm.providers.base import Usage
+from truckllm.telemetry.otlp import OTLPHTTPExporter
 from truckllm.telemetry.record import RequestRecord
 from truckllm.telemetry.tracing import Attempt, RequestTrace
 
@@ -41,6 +42,7 @@ _HOSTS = {  # OpenAI-compatible services with a name of their own in the convent
     "api.perplexity.ai": "perplexity",
 }
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_ERROR, _UNSET = Status(StatusCode.ERROR), Status(StatusCode.UNSET)
 _MAX_CONTENT = 64 * 1024  # characters of one captured attribute
 ProviderInfo = tuple[str, str | None, int | None]  # gen_ai.provider.name, server address, port
 
@@ -75,10 +77,10 @@ class OtlpExporter:
             {"service.name": config.service_name, "service.version": __version__}
         )
         self.scope = InstrumentationScope("truckllm", __version__)
-        exporter = OTLPSpanExporter(
-            endpoint=traces_url(config.endpoint),
-            headers={name: secret.reveal() for name, secret in config.headers.items()},
-            timeout=config.timeout,
+        exporter = OTLPHTTPExporter(
+            traces_url(config.endpoint),
+            {name: secret.reveal() for name, secret in config.headers.items()},
+            config.timeout,
         )
         self.processor = BatchSpanProcessor(
             exporter,
@@ -146,7 +148,7 @@ class OtlpExporter:
             self.resource,
             attrs,
             kind=kind,
-            status=Status(StatusCode.ERROR) if error else Status(StatusCode.UNSET),
+            status=_ERROR if error else _UNSET,
             start_time=start_ns,
             end_time=end_ns,
             instrumentation_scope=self.scope,
