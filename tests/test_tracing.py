@@ -59,12 +59,21 @@ class Collector:
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
+        self.refuse = 0  # answer the next exports 503
+        self.posts = 0
         self.cond = threading.Condition()
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
+                collector.posts += 1
+                if collector.refuse:
+                    collector.refuse -= 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("Content-Encoding") == "gzip":
                     data = gzip.decompress(data)
                 assert self.path == "/v1/traces"
@@ -92,7 +101,9 @@ class Collector:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def wait(self, n: int, timeout: float = 10.0) -> list[Span]:
@@ -141,9 +152,9 @@ def by_kind(spans: list[Span]) -> tuple[Span, list[Span]]:
 
 
 def test_a_request_continues_the_clients_trace_and_each_attempt_is_a_child_span(
+    collector: Collector,  # first: it outlives the gateways, which flush to it when they stop
     upstream_factory: Callable[..., MockUpstream],
     gateway_factory: Callable[..., Gateway],
-    collector: Collector,
 ) -> None:
     a, b = upstream_factory(), upstream_factory()
     gw = gateway_factory(config(a.url, b.url, collector))
@@ -206,9 +217,9 @@ def test_a_request_continues_the_clients_trace_and_each_attempt_is_a_child_span(
 
 
 def test_failover_gives_two_attempt_spans_the_first_with_its_error_and_cooldown(
+    collector: Collector,  # first: it outlives the gateways, which flush to it when they stop
     upstream_factory: Callable[..., MockUpstream],
     gateway_factory: Callable[..., Gateway],
-    collector: Collector,
 ) -> None:
     a, b = upstream_factory(), upstream_factory()
     gw = gateway_factory(config(a.url, b.url, collector))
@@ -257,9 +268,9 @@ def test_failover_gives_two_attempt_spans_the_first_with_its_error_and_cooldown(
 
 
 def test_an_upstream_error_passed_on_and_a_stream(
+    collector: Collector,  # first: it outlives the gateways, which flush to it when they stop
     upstream_factory: Callable[..., MockUpstream],
     gateway_factory: Callable[..., Gateway],
-    collector: Collector,
 ) -> None:
     a, b = upstream_factory(), upstream_factory()
     gw = gateway_factory(config(a.url, b.url, collector).replace("[a:m-a, b:m-b]", "[a:m-a]"))
@@ -280,9 +291,9 @@ def test_an_upstream_error_passed_on_and_a_stream(
 
 
 def test_an_unsampled_trace_exports_nothing_but_is_still_passed_on(
+    collector: Collector,  # first: it outlives the gateways, which flush to it when they stop
     upstream_factory: Callable[..., MockUpstream],
     gateway_factory: Callable[..., Gateway],
-    collector: Collector,
 ) -> None:
     a, b = upstream_factory(), upstream_factory()
     gw = gateway_factory(config(a.url, b.url, collector, ", sample_ratio: 0"))
@@ -301,9 +312,9 @@ def test_an_unsampled_trace_exports_nothing_but_is_still_passed_on(
 
 
 def test_capture_content_exports_the_messages_and_the_answer(
+    collector: Collector,  # first: it outlives the gateways, which flush to it when they stop
     upstream_factory: Callable[..., MockUpstream],
     gateway_factory: Callable[..., Gateway],
-    collector: Collector,
 ) -> None:
     a, b = upstream_factory(), upstream_factory()
     gw = gateway_factory(config(a.url, b.url, collector, ", capture_content: true"))
@@ -444,3 +455,21 @@ def test_the_encoder_writes_what_the_official_protobuf_classes_read() -> None:
     assert got == {k: v for k, v in attrs.items() if k not in ("seq", "ints")}
     assert [v.string_value for v in seq.values] == ["a", "b"]
     assert [v.int_value for v in ints.values] == [1, 2]
+
+
+def test_a_refused_export_is_retried_and_an_absent_collector_costs_no_request(
+    collector: Collector,
+    upstream_factory: Callable[..., MockUpstream],
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    a, b = upstream_factory(), upstream_factory()
+    collector.refuse = 1
+    gw = gateway_factory(config(a.url, b.url, collector))
+    assert gw.post("/v1/chat/completions", CHAT).status == 200
+    assert len(collector.wait(2)) == 2 and collector.posts >= 2
+    # Nobody listening: requests are served all the same.
+    dead = Collector()
+    dead.close()
+    gw2 = gateway_factory(config(a.url, b.url, dead, ", timeout: 1"))
+    for _ in range(3):
+        assert gw2.post("/v1/chat/completions", CHAT).status == 200

@@ -77,7 +77,7 @@ class OtlpExporter:
             {"service.name": config.service_name, "service.version": __version__}
         )
         self.scope = InstrumentationScope("truckllm", __version__)
-        exporter = OTLPHTTPExporter(
+        self.exporter = exporter = OTLPHTTPExporter(
             traces_url(config.endpoint),
             {name: secret.reveal() for name, secret in config.headers.items()},
             config.timeout,
@@ -168,6 +168,7 @@ class OtlpExporter:
         return info
 
     def close(self) -> None:
+        self.exporter.retrying = False
         self.processor.shutdown()  # type: ignore[no-untyped-call]  # exports what is queued, then stops the thread
 
 

@@ -179,6 +179,7 @@ class OTLPHTTPExporter(SpanExporter):
         }
         self.timeout = timeout
         self.encoder = Encoder()
+        self.retrying = True  # cleared at shutdown: what is left is tried once
         self._shutdown = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -193,7 +194,7 @@ class OTLPHTTPExporter(SpanExporter):
             if error is None:
                 return SpanExportResult.SUCCESS
             retry, reason = error
-            if not retry or self._shutdown or time.monotonic() + backoff >= deadline:
+            if not (retry and self.retrying) or time.monotonic() + backoff >= deadline:
                 log.warning("spans not exported", extra={"spans": len(spans), "error": reason})
                 return SpanExportResult.FAILURE
             time.sleep(backoff)
