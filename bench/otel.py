@@ -6,7 +6,8 @@ Starts ``truckllm mock``, an OTLP/HTTP collector on loopback (in this process: i
 spans a request exported); on at ``sample_ratio: 0.1``. Each is driven with ``wrk`` at 1
 connection (latency) and 32 (throughput), the target order alternating per round. Reported per
 gateway: requests/s at 32 connections, p50 at 1 connection and the difference to tracing off,
-the gateway's CPU per request (all its threads: the exporter's included), and spans received.
+the gateway's CPU per request (all its threads; the export runs on its event loop), and the
+spans the collector received.
 
     python bench/otel.py [--duration 10] [--rounds 2] [--json out.json]
 """
@@ -121,7 +122,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def thread_cpu(pid: int) -> tuple[float, float]:
     """CPU seconds of the process's main thread (the event loop) and of all its other threads
-    (the span exporter's, and the loop's helpers)."""
+    (the loop's helpers: DNS, the garbage collector's...)."""
     main = other = 0.0
     for tid in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -200,7 +201,7 @@ def _pid(svc: Service) -> int:
 def report(r: dict[str, Any]) -> str:
     lines = [
         "| gateway | 32 conns req/s | vs off | 1 conn p50 ms | added p50 ms | 1 conn p99 ms | "
-        "CPU µs per request: all / event loop / other threads (exporter) | "
+        "CPU µs per request: all / event loop / other threads | "
         "spans received / requests |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -347,15 +347,17 @@ def test_traceparent_parsing(value: str, parsed: tuple[int, int, bool] | None) -
         assert line == f"traceparent: {value}\r\n"
 
 
-def test_tracing_off_loads_no_opentelemetry() -> None:
-    """With no tracing.endpoint the serving path never imports OpenTelemetry."""
+def test_tracing_off_loads_no_exporter() -> None:
+    """With no tracing.endpoint the serving path never imports the exporter (nor OpenTelemetry:
+    the gateway's tracing needs none of its packages)."""
     code = (
         "import sys\n"
         "import truckllm.api, truckllm.runner, truckllm.workers, truckllm.cli\n"
         "from truckllm.config.schema import TracingConfig\n"
         "from truckllm.telemetry.tracing import build_tracer\n"
         "assert build_tracer(TracingConfig()) is None\n"
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+        "names = ('opentelemetry', 'truckllm.telemetry.otel', 'truckllm.telemetry.otlp')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(names)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True
@@ -381,7 +383,7 @@ def test_tracing_config_errors_name_the_key(tracing: str, problem: str) -> None:
 
 
 def test_traces_url_and_provider_names() -> None:
-    from truckllm.telemetry.otel import provider_info, traces_url
+    from truckllm.telemetry.spans import provider_info, traces_url
 
     assert traces_url("http://c:4318") == "http://c:4318/v1/traces"
     assert traces_url("http://c:4318/") == "http://c:4318/v1/traces"
@@ -397,64 +399,48 @@ def test_traces_url_and_provider_names() -> None:
 
 
 def test_the_encoder_writes_what_the_official_protobuf_classes_read() -> None:
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
-    from opentelemetry.trace.span import TraceState
+    from truckllm.telemetry.otlp import CLIENT as KIND_CLIENT
+    from truckllm.telemetry.otlp import SERVER as KIND_SERVER
+    from truckllm.telemetry.otlp import Encoder, request
 
-    from truckllm.telemetry.otlp import Encoder
-
-    flags = TraceFlags(TraceFlags.SAMPLED)
     attrs = {
         "s": "héllo" * 40,  # longer than one length byte
         "t": True,
         "f": False,
         "i": 300,
+        "small": 7,
         "neg": -5,
         "big": 2**62,
         "d": 0.25,
         "seq": ["a", "b"],
         "ints": (1, 2),
     }
-    resource, scope = Resource({"service.name": "x"}), InstrumentationScope("truckllm", "9.9")
-    spans = [
-        ReadableSpan(
-            name,
-            SpanContext(int(TRACE, 16), span_id, False, flags, TraceState([("k", "v")])),
-            SpanContext(int(TRACE, 16), int(PARENT, 16), True, flags) if parent else None,
-            resource,
-            attrs,
-            kind=kind,
-            status=status,
-            start_time=1_700_000_000_000_000_001,
-            end_time=1_700_000_000_000_000_999,
-            instrumentation_scope=scope,
-        )
-        for name, span_id, parent, kind, status in [
-            ("a", 1, True, SpanKind.SERVER, Status(StatusCode.ERROR, "broke")),
-            ("b", 2**64 - 1, False, SpanKind.CLIENT, Status(StatusCode.UNSET)),
+    enc = Encoder()
+    times = (1_700_000_000_000_000_001, 1_700_000_000_000_000_999)
+    for _ in range(2):  # the second time from the cache
+        spans = [
+            enc.span((int(TRACE, 16), 1, int(PARENT, 16)), "a", KIND_SERVER, times, attrs, True),
+            enc.span((int(TRACE, 16), 2**64 - 1, None), "b", KIND_CLIENT, times, {}, False),
         ]
-    ]
-    req = ExportTraceServiceRequest()
-    req.ParseFromString(Encoder().request(spans))
-    (rs,) = req.resource_spans
-    assert _attrs(rs.resource.attributes) == {"service.name": "x"}
-    (ss,) = rs.scope_spans
-    assert (ss.scope.name, ss.scope.version) == ("truckllm", "9.9")
-    a, b = ss.spans
-    assert a.trace_id.hex() == TRACE and a.span_id.hex() == "0000000000000001"
-    assert a.parent_span_id.hex() == PARENT and b.parent_span_id == b""
-    assert b.span_id.hex() == "f" * 16 and a.trace_state == "k=v"
-    assert (a.name, a.kind, b.kind) == ("a", SERVER, CLIENT)
-    assert a.start_time_unix_nano == 1_700_000_000_000_000_001
-    assert a.end_time_unix_nano == 1_700_000_000_000_000_999
-    assert (a.status.code, a.status.message, b.status.code) == (2, "broke", 0)
-    got = _attrs(a.attributes)
-    seq, ints = got.pop("seq"), got.pop("ints")
-    assert got == {k: v for k, v in attrs.items() if k not in ("seq", "ints")}
-    assert [v.string_value for v in seq.values] == ["a", "b"]
-    assert [v.int_value for v in ints.values] == [1, 2]
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(request(enc.resource({"service.name": "x"}, ("tl", "9.9")), spans))
+        (rs,) = req.resource_spans
+        assert _attrs(rs.resource.attributes) == {"service.name": "x"}
+        (ss,) = rs.scope_spans
+        assert (ss.scope.name, ss.scope.version) == ("tl", "9.9")
+        a, b = ss.spans
+        assert a.trace_id.hex() == TRACE and a.span_id.hex() == "0000000000000001"
+        assert a.parent_span_id.hex() == PARENT and b.parent_span_id == b""
+        assert b.span_id.hex() == "f" * 16
+        assert (a.name, a.kind, b.kind) == ("a", SERVER, CLIENT)
+        assert (a.start_time_unix_nano, a.end_time_unix_nano) == times
+        assert (a.status.code, b.status.code) == (2, 0)  # ERROR, UNSET
+        got = _attrs(a.attributes)
+        seq, ints = got.pop("seq"), got.pop("ints")
+        assert got == {k: v for k, v in attrs.items() if k not in ("seq", "ints")}
+        assert [v.string_value for v in seq.values] == ["a", "b"]
+        assert [v.int_value for v in ints.values] == [1, 2]
+        assert list(b.attributes) == []
 
 
 def test_a_refused_export_is_retried_and_an_absent_collector_costs_no_request(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import os
 import re
 import ssl
@@ -461,21 +460,12 @@ def _validate_client_policy(entry: ClientKey, cpath: str, fail: Callable[[str, s
                 fail(f"{cpath}.budget.{name}", "must not be negative")
 
 
-def _otel_installed() -> bool:
-    try:
-        return importlib.util.find_spec("opentelemetry.sdk") is not None
-    except ImportError:  # a parent package is missing
-        return False
-
-
 def _validate_tracing(cfg: Config, fail: Callable[[str, str], None]) -> None:
     t = cfg.tracing
     if t.endpoint is None:
         return
     if not re.match(r"^https?://[^/\s]+", t.endpoint):
         fail("tracing.endpoint", f"{t.endpoint!r} is not an http(s) URL")
-    elif not _otel_installed():
-        fail("tracing.endpoint", "needs the otel extra: pip install 'truckllm[otel]'")
     if not 0.0 <= t.sample_ratio <= 1.0:
         fail("tracing.sample_ratio", "must be between 0 and 1")
     if not t.service_name:

@@ -56,6 +56,8 @@ class Telemetry:
             return
         self._started = True
         self.tracer = build_tracer(self.config.tracing)
+        if self.tracer is not None:
+            await self.tracer.start()
         if self.metrics is not None:
             self.records.subscribe(self.metrics.consume)
             self.metrics.loop_lag.start()
@@ -81,7 +83,7 @@ class Telemetry:
         if self.metrics is not None:
             self.metrics.loop_lag.stop()
         if self.tracer is not None:
-            await asyncio.to_thread(self.tracer.close)  # exports the spans still queued
+            await self.tracer.close(grace_s)  # exports the spans still queued
         sinks = self.sinks
         results = await asyncio.gather(
             *(sink.close(grace_s) for sink in sinks), return_exceptions=True

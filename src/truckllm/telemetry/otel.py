@@ -1,120 +1,170 @@
-"""OpenTelemetry spans of finished requests, exported over OTLP/HTTP (the ``otel`` extra).
+"""OpenTelemetry spans of finished requests, sent to a collector over OTLP/HTTP.
 
-Imported only when ``tracing.endpoint`` is set. The spans are built once the response is
-finished, from the request's record and its attempts (``telemetry/tracing.py``), with the times
-they really started and ended, and handed to the SDK's batch processor: encoding
-(``telemetry/otlp.py``) and sending run on its thread, a full queue drops spans rather than
-blocking the request. Attribute names follow
-the OpenTelemetry GenAI semantic conventions (``gen_ai.*``), plus the gateway's own
-(``truckllm.*``). The client's messages and the answer are exported only with
-``tracing.capture_content``.
+Built only when ``tracing.endpoint`` is set. A finished request's trace is queued as it is (an
+append); one named task on the event loop builds its spans from the record and the attempts, with
+the times they really started and ended, encodes them (``telemetry/otlp.py``) and POSTs them in
+batches on the gateway's own HTTP client. The queue is bounded in spans: when the collector is
+slow or away, spans beyond it are dropped (and logged once per streak), never waited for.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import time
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
-
-import orjson
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from urllib.parse import unquote
 
 from truckllm import __version__
 from truckllm.config.schema import Config, TracingConfig
-from truckllm.providers.base import Usage
-from truckllm.telemetry.otlp import OTLPHTTPExporter
+from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL
+from truckllm.http.exchange import post_whole
+from truckllm.telemetry.otlp import CLIENT, SERVER, Encoder, request
 from truckllm.telemetry.record import RequestRecord
-from truckllm.telemetry.tracing import Attempt, RequestTrace
+from truckllm.telemetry.spans import (
+    ProviderInfo,
+    attempt_attributes,
+    content,
+    operation,
+    provider_info,
+    server_attributes,
+    traces_url,
+)
+from truckllm.telemetry.tracing import RequestTrace
 
-_OPERATIONS = {"completions": "text_completion"}  # else the endpoint's name: chat, embeddings...
-_TYPES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini"}
-_HOSTS = {  # OpenAI-compatible services with a name of their own in the conventions
-    "openai.azure.com": "azure.ai.openai",
-    "aiplatform.googleapis.com": "gcp.vertex_ai",
-    "api.groq.com": "groq",
-    "api.mistral.ai": "mistral_ai",
-    "api.deepseek.com": "deepseek",
-    "api.x.ai": "x_ai",
-    "api.perplexity.ai": "perplexity",
-}
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_ERROR, _UNSET = Status(StatusCode.ERROR), Status(StatusCode.UNSET)
-_MAX_CONTENT = 64 * 1024  # characters of one captured attribute
-ProviderInfo = tuple[str, str | None, int | None]  # gen_ai.provider.name, server address, port
+log = logging.getLogger("truckllm.telemetry")
 
-
-def traces_url(endpoint: str) -> str:
-    """The collector's base URL gets the standard ``/v1/traces`` path; a full URL is kept."""
-    parts = urlsplit(endpoint)
-    return endpoint.rstrip("/") + "/v1/traces" if parts.path in ("", "/") else endpoint
+BATCH_SPANS = 512  # spans per export at most; a full batch leaves without waiting
+_ENCODE_CHUNK = 16  # requests encoded between two yields to the event loop
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_Queued = tuple[RequestTrace, RequestRecord, bytes | None, int]
 
 
-def provider_info(ptype: str, base_url: str) -> ProviderInfo:
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    name = _TYPES.get(ptype, ptype or "unknown")
-    for suffix, known in _HOSTS.items():
-        if host == suffix or host.endswith("." + suffix):
-            name = known
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        port = None
-    return name, host or None, port
+def resource_attributes(config: TracingConfig, environ: Mapping[str, str]) -> dict[str, Any]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (``key=value,...``), then the gateway's own."""
+    attrs: dict[str, Any] = {}
+    for item in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            attrs[key.strip()] = unquote(value.strip())
+    attrs.update(
+        {
+            "service.name": config.service_name,
+            "service.version": __version__,
+            "telemetry.sdk.name": "truckllm",
+            "telemetry.sdk.language": "python",
+        }
+    )
+    return attrs
 
 
 class OtlpExporter:
-    """The SDK's batch processor and OTLP/HTTP exporter, fed ready-made spans."""
+    """Queues traces on the event loop (:meth:`export`), sends them from one task."""
 
-    def __init__(self, config: TracingConfig) -> None:
+    def __init__(self, config: TracingConfig, environ: Mapping[str, str] = os.environ) -> None:
         assert config.endpoint is not None
-        self.capture = config.capture_content
-        self.resource = Resource.create(
-            {"service.name": config.service_name, "service.version": __version__}
+        self.url = ParsedURL.parse(traces_url(config.endpoint))
+        self.headers = {
+            "Content-Type": "application/x-protobuf",
+            "User-Agent": f"truckllm/{__version__}",
+            **{name: secret.reveal() for name, secret in config.headers.items()},
+        }
+        self.config = config
+        self.encoder = Encoder()
+        self.head = self.encoder.resource(
+            resource_attributes(config, environ), ("truckllm", __version__)
         )
-        self.scope = InstrumentationScope("truckllm", __version__)
-        self.exporter = exporter = OTLPHTTPExporter(
-            traces_url(config.endpoint),
-            {name: secret.reveal() for name, secret in config.headers.items()},
-            config.timeout,
-        )
-        self.processor = BatchSpanProcessor(
-            exporter,
-            max_queue_size=config.max_queue,
-            schedule_delay_millis=config.flush_interval * 1000,
-            max_export_batch_size=min(512, config.max_queue),
-        )
+        self.exported = 0  # spans the collector took
+        self.dropped = 0  # spans given up: queue full, collector failing, shutdown
+        self._queue: deque[_Queued] = deque()
+        self._spans = 0  # spans queued or being sent
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._failing: str | None = None
+        self._client: HTTPClient | None = None
+        self._task: asyncio.Task[None] | None = None
         self._config: Config | None = None
         self._providers: dict[str, ProviderInfo] = {}
 
     def export(self, trace: RequestTrace, rec: RequestRecord, output: bytes | None) -> None:
-        end_ns = time.time_ns()
+        n = 1 + len(trace.attempts)
+        if self._spans + n > self.config.max_queue or self._closing:
+            self._drop(n, "shutting down" if self._closing else "queue full")
+            return
+        self._queue.append((trace, rec, output, time.time_ns()))
+        self._spans += n
+        if len(self._queue) == 1 or self._spans >= BATCH_SPANS:
+            self._wake.set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._client = HTTPClient(keepalive=30.0)
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="truckllm-otlp-export"
+            )
+
+    async def close(self, grace_s: float) -> None:
+        """Send what is queued within ``grace_s`` seconds (no retries), then stop."""
+        self._closing = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            _, pending = await asyncio.wait({task}, timeout=grace_s)
+            if pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._spans:
+            self._drop(self._spans, "shutting down")
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _run(self) -> None:
+        queue, wake = self._queue, self._wake
+        while True:
+            if not queue:
+                if self._closing:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            if self._spans < BATCH_SPANS and not self._closing:
+                wake.clear()  # set again by a full batch or by close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.flush_interval):
+                        await wake.wait()
+            spans: list[bytes] = []
+            requests = 0
+            while queue and len(spans) < BATCH_SPANS:
+                trace, rec, output, end_ns = queue.popleft()
+                spans += self.spans(trace, rec, output, end_ns)
+                requests += 1
+                if requests % _ENCODE_CHUNK == 0:
+                    await asyncio.sleep(0)
+            try:
+                await self._send(request(self.head, spans), len(spans))
+            finally:
+                self._spans -= len(spans)
+
+    def spans(
+        self, trace: RequestTrace, rec: RequestRecord, output: bytes | None, end_ns: int
+    ) -> list[bytes]:
+        """The encoded spans of one request: its own, then one per attempt."""
         method, path, endpoint = trace.request
-        op = _OPERATIONS.get(endpoint, endpoint)
+        op = operation(endpoint)
         attrs = server_attributes(rec, op, self._provider(trace.config, rec.provider))
         attrs["http.request.method"], attrs["url.path"] = method, path
-        if self.capture and trace.body is not None:
+        if self.config.capture_content and trace.body is not None:
             attrs.update(content(trace.body, output))
-        parent = (
-            SpanContext(trace.trace_id, trace.parent_id, True, _SAMPLED)
-            if trace.parent_id is not None
-            else None
-        )
-        ctx = SpanContext(trace.trace_id, trace.span_id, False, _SAMPLED)
-        self._emit(
-            f"{op} {rec.model}" if rec.model else op,
-            ctx,
-            parent,
-            attrs,
-            SpanKind.SERVER,
-            rec.status >= 500,
-            trace.start_ns,
-            end_ns,
-        )
+        encode, tid, sid = self.encoder.span, trace.trace_id, trace.span_id
+        name = f"{op} {rec.model}" if rec.model else op
+        times = (trace.start_ns, end_ns)
+        out = [encode((tid, sid, trace.parent_id), name, SERVER, times, attrs, rec.status >= 500)]
         last = len(trace.attempts) - 1
         for i, a in enumerate(trace.attempts):
             if i == last and a.error is None:  # the committed attempt ends with the response
@@ -123,37 +173,10 @@ class OtlpExporter:
                 a.error = rec.error_code
             info = self._provider(trace.config, a.provider_id)
             child = attempt_attributes(a, op, info, rec.usage if i == last else None)
-            ctx = SpanContext(trace.trace_id, a.span_id, False, _SAMPLED)
-            parent = SpanContext(trace.trace_id, trace.span_id, False, _SAMPLED)
-            name = f"{op} {a.model}"
-            self._emit(
-                name, ctx, parent, child, SpanKind.CLIENT, bool(a.error), a.start_ns, a.end_ns
-            )
-
-    def _emit(
-        self,
-        name: str,
-        ctx: SpanContext,
-        parent: SpanContext | None,
-        attrs: dict[str, Any],
-        kind: SpanKind,
-        error: bool,
-        start_ns: int,
-        end_ns: int,
-    ) -> None:
-        span = ReadableSpan(
-            name,
-            ctx,
-            parent,
-            self.resource,
-            attrs,
-            kind=kind,
-            status=_ERROR if error else _UNSET,
-            start_time=start_ns,
-            end_time=end_ns,
-            instrumentation_scope=self.scope,
-        )
-        self.processor.on_end(span)
+            ids = (tid, a.span_id, sid)
+            times = (a.start_ns, a.end_ns)
+            out.append(encode(ids, f"{op} {a.model}", CLIENT, times, child, a.error is not None))
+        return out
 
     def _provider(self, config: Config, provider_id: str | None) -> ProviderInfo | None:
         if provider_id is None:
@@ -167,119 +190,39 @@ class OtlpExporter:
             self._providers[provider_id] = info
         return info
 
-    def close(self) -> None:
-        self.exporter.retrying = False
-        self.processor.shutdown()  # type: ignore[no-untyped-call]  # exports what is queued, then stops the thread
+    async def _send(self, body: bytes, n: int) -> None:
+        """POST one batch; 429, 502, 503, 504 and transport errors are retried with backoff
+        within ``tracing.timeout`` (not when closing), then the batch is dropped."""
+        assert self._client is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout
+        backoff = 0.25
+        while True:
+            left = max(deadline - loop.time(), 0.1)
+            try:
+                status, _, _ = await post_whole(self._client, self.url, self.headers, body, left)
+            except (HTTPClientError, OSError, TimeoutError) as exc:
+                detail, retry = f"{type(exc).__name__}: {exc}", True
+            else:
+                if status < 300:
+                    self.exported += n
+                    if self._failing is not None:
+                        self._failing = None
+                        log.info("span export recovered", extra={"url": self.config.endpoint})
+                    return
+                detail, retry = f"HTTP {status}", status in _RETRY_STATUSES
+            if not retry or self._closing or loop.time() + backoff >= deadline:
+                self._drop(n, detail)
+                return
+            await asyncio.sleep(backoff)
+            backoff *= 2
 
-
-def server_attributes(rec: RequestRecord, op: str, info: ProviderInfo | None) -> dict[str, Any]:
-    """The client request's span: what it asked, where it was served, what it used."""
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": op,
-        "gen_ai.request.stream": rec.stream,
-        "http.response.status_code": rec.status,
-        "truckllm.request_id": rec.request_id,
-        "truckllm.endpoint": rec.endpoint,
-        "truckllm.attempts": rec.attempts,
-        "truckllm.upstream_s": rec.upstream_s,
-        "truckllm.overhead_s": rec.overhead_s,
-    }
-    error = rec.error_code or (str(rec.status) if rec.status >= 400 else None)
-    optional = (
-        ("gen_ai.request.model", rec.model),
-        ("gen_ai.response.model", rec.upstream_model),
-        ("gen_ai.provider.name", info[0] if info else None),
-        ("gen_ai.response.time_to_first_chunk", rec.ttft_s),
-        ("error.type", error),
-        ("client.address", rec.client_ip),
-        ("truckllm.alias", rec.alias),
-        ("truckllm.client_id", rec.client_id),
-        ("truckllm.provider", rec.provider),
-        ("truckllm.key_id", rec.key_id),
-        ("truckllm.cost_usd", rec.cost_usd),
-    )
-    for name, value in optional:
-        if value is not None:
-            attrs[name] = value
-    attrs.update(usage_attributes(rec.usage))
-    return attrs
-
-
-def attempt_attributes(
-    a: Attempt, op: str, info: ProviderInfo | None, usage: Usage | None
-) -> dict[str, Any]:
-    """One upstream attempt's span: the provider, key and model it went to, and how it ended
-    (``error.type`` the outcome kind, and the key's state after the router learnt from it)."""
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": op,
-        "gen_ai.request.model": a.model,
-        "truckllm.provider": a.provider_id,
-        "truckllm.key_id": a.key_id,
-        "truckllm.attempt": a.number,
-    }
-    if info is not None:
-        attrs["gen_ai.provider.name"] = info[0]
-        if info[1] is not None:
-            attrs["server.address"] = info[1]
-        if info[2] is not None:
-            attrs["server.port"] = info[2]
-    optional = (
-        ("http.response.status_code", a.status),
-        ("error.type", a.error),
-        ("truckllm.key.status", a.key_status),
-        ("truckllm.key.cooldown_s", a.cooldown_s),
-    )
-    for name, value in optional:
-        if value is not None:
-            attrs[name] = value
-    if a.error is None:
-        attrs["gen_ai.response.model"] = a.model
-        attrs.update(usage_attributes(usage))
-    return attrs
-
-
-def usage_attributes(usage: Usage | None) -> dict[str, Any]:
-    if usage is None:
-        return {}
-    attrs: dict[str, Any] = {
-        "gen_ai.usage.input_tokens": usage.prompt_tokens,
-        "gen_ai.usage.output_tokens": usage.completion_tokens,
-    }
-    if usage.cached_tokens:
-        attrs["gen_ai.usage.cache_read.input_tokens"] = usage.cached_tokens
-    if usage.cache_creation_tokens:
-        attrs["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_creation_tokens
-    if usage.reasoning_tokens:
-        attrs["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
-    if usage.estimated:
-        attrs["truckllm.usage.estimated"] = True
-    return attrs
-
-
-def content(body: dict[str, Any], output: bytes | None) -> dict[str, Any]:
-    """The client's messages and the whole answer's, as JSON in their own API's shape, each cut
-    at 64 KiB characters (``capture_content`` only; a stream's answer is not captured)."""
-    attrs: dict[str, Any] = {}
-    for field in ("messages", "input", "prompt", "contents"):
-        if field in body:
-            attrs["gen_ai.input.messages"] = _clip(orjson.dumps(body[field]))
-            break
-    for field in ("system", "instructions"):
-        if isinstance(body.get(field), str | list):
-            attrs["gen_ai.system_instructions"] = _clip(orjson.dumps(body[field]))
-    if output:
-        try:
-            answer = orjson.loads(output)
-        except orjson.JSONDecodeError:
-            return attrs
-        if isinstance(answer, dict):
-            for field in ("choices", "content", "output", "candidates"):
-                if field in answer:
-                    attrs["gen_ai.output.messages"] = _clip(orjson.dumps(answer[field]))
-                    break
-    return attrs
-
-
-def _clip(data: bytes) -> str:
-    text = data.decode()
-    return text if len(text) <= _MAX_CONTENT else text[:_MAX_CONTENT] + "…"
+    def _drop(self, n: int, reason: str) -> None:
+        """Count dropped spans; logged when a streak of failures starts, not per batch."""
+        self.dropped += n
+        if self._failing is None:
+            self._failing = reason
+            log.warning(
+                "spans dropped",
+                extra={"url": self.config.endpoint, "reason": reason, "spans": n},
+            )

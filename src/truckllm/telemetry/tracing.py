@@ -56,10 +56,13 @@ def header_lines(trace_id: int, span_id: int, sampled: bool, state: bytes = b"")
 class Exporter(Protocol):
     """Builds and exports the spans of finished requests, off the request's critical path."""
 
-    def export(self, trace: RequestTrace, rec: RequestRecord, output: bytes | None) -> None: ...
+    def export(self, trace: RequestTrace, rec: RequestRecord, output: bytes | None) -> None:
+        """Take a finished request's trace (on the event loop: must not block)."""
 
-    def close(self) -> None:
-        """Export what is queued (blocking: call from a thread) and stop."""
+    async def start(self) -> None: ...
+
+    async def close(self, grace_s: float) -> None:
+        """Export what is queued within ``grace_s`` seconds, then stop."""
 
 
 @dataclass(slots=True)
@@ -123,9 +126,11 @@ class Tracer:
             config,
         )
 
-    def close(self) -> None:
-        """Flush and stop the exporter (blocking)."""
-        self.exporter.close()
+    async def start(self) -> None:
+        await self.exporter.start()
+
+    async def close(self, grace_s: float) -> None:
+        await self.exporter.close(grace_s)
 
 
 class RequestTrace:
@@ -213,7 +218,7 @@ class RequestTrace:
 
 
 def build_tracer(config: TracingConfig) -> Tracer | None:
-    """The app's tracer, or ``None`` when tracing is off (then OpenTelemetry is never imported)."""
+    """The app's tracer, or ``None`` when tracing is off (then the exporter is never imported)."""
     if config.endpoint is None:
         return None
     from truckllm.telemetry.otel import OtlpExporter

@@ -1,0 +1,163 @@
+"""The attributes of a request's spans, from its record and its attempts: the OpenTelemetry
+GenAI semantic conventions' (``gen_ai.*``), HTTP's, and the gateway's own (``truckllm.*``)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from truckllm.providers.base import Usage
+from truckllm.telemetry.record import RequestRecord
+from truckllm.telemetry.tracing import Attempt
+
+_OPERATIONS = {"completions": "text_completion"}  # else the endpoint's name: chat, embeddings...
+_TYPES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini"}
+_HOSTS = {  # OpenAI-compatible services with a name of their own in the conventions
+    "openai.azure.com": "azure.ai.openai",
+    "aiplatform.googleapis.com": "gcp.vertex_ai",
+    "api.groq.com": "groq",
+    "api.mistral.ai": "mistral_ai",
+    "api.deepseek.com": "deepseek",
+    "api.x.ai": "x_ai",
+    "api.perplexity.ai": "perplexity",
+}
+_MAX_CONTENT = 64 * 1024  # characters of one captured attribute
+ProviderInfo = tuple[str, str | None, int | None]  # gen_ai.provider.name, server address, port
+
+
+def operation(endpoint: str) -> str:
+    """``gen_ai.operation.name`` of an endpoint (``chat`` for Messages and Responses too)."""
+    return _OPERATIONS.get(endpoint, endpoint)
+
+
+def traces_url(endpoint: str) -> str:
+    """The collector's base URL gets the standard ``/v1/traces`` path; a full URL is kept."""
+    parts = urlsplit(endpoint)
+    return endpoint.rstrip("/") + "/v1/traces" if parts.path in ("", "/") else endpoint
+
+
+def provider_info(ptype: str, base_url: str) -> ProviderInfo:
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    name = _TYPES.get(ptype, ptype or "unknown")
+    for suffix, known in _HOSTS.items():
+        if host == suffix or host.endswith("." + suffix):
+            name = known
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = None
+    return name, host or None, port
+
+
+def server_attributes(rec: RequestRecord, op: str, info: ProviderInfo | None) -> dict[str, Any]:
+    """The client request's span: what it asked, where it was served, what it used."""
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": op,
+        "gen_ai.request.stream": rec.stream,
+        "http.response.status_code": rec.status,
+        "truckllm.request_id": rec.request_id,
+        "truckllm.attempts": rec.attempts,
+        "truckllm.overhead_s": rec.overhead_s,
+    }
+    error = rec.error_code or (str(rec.status) if rec.status >= 400 else None)
+    optional = (
+        ("gen_ai.request.model", rec.model),
+        ("gen_ai.response.model", rec.upstream_model),
+        ("gen_ai.provider.name", info[0] if info else None),
+        ("gen_ai.response.time_to_first_chunk", rec.ttft_s),
+        ("error.type", error),
+        ("client.address", rec.client_ip),
+        ("truckllm.alias", rec.alias),
+        ("truckllm.client_id", rec.client_id),
+        ("truckllm.provider", rec.provider),
+        ("truckllm.key_id", rec.key_id),
+        ("truckllm.cost_usd", rec.cost_usd),
+    )
+    for name, value in optional:
+        if value is not None:
+            attrs[name] = value
+    attrs.update(usage_attributes(rec.usage))
+    return attrs
+
+
+def attempt_attributes(
+    a: Attempt, op: str, info: ProviderInfo | None, usage: Usage | None
+) -> dict[str, Any]:
+    """One upstream attempt's span: the provider, key and model it went to, and how it ended
+    (``error.type`` the outcome kind, and the key's state after the router learnt from it)."""
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": op,
+        "gen_ai.request.model": a.model,
+        "truckllm.provider": a.provider_id,
+        "truckllm.key_id": a.key_id,
+        "truckllm.attempt": a.number,
+    }
+    if info is not None:
+        attrs["gen_ai.provider.name"] = info[0]
+        if info[1] is not None:
+            attrs["server.address"] = info[1]
+        if info[2] is not None:
+            attrs["server.port"] = info[2]
+    optional = (
+        ("http.response.status_code", a.status),
+        ("error.type", a.error),
+        ("truckllm.key.status", a.key_status),
+        ("truckllm.key.cooldown_s", a.cooldown_s),
+    )
+    for name, value in optional:
+        if value is not None:
+            attrs[name] = value
+    if a.error is None:
+        attrs["gen_ai.response.model"] = a.model
+        attrs.update(usage_attributes(usage))
+    return attrs
+
+
+def usage_attributes(usage: Usage | None) -> dict[str, Any]:
+    if usage is None:
+        return {}
+    attrs: dict[str, Any] = {
+        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": usage.completion_tokens,
+    }
+    if usage.cached_tokens:
+        attrs["gen_ai.usage.cache_read.input_tokens"] = usage.cached_tokens
+    if usage.cache_creation_tokens:
+        attrs["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_creation_tokens
+    if usage.reasoning_tokens:
+        attrs["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+    if usage.estimated:
+        attrs["truckllm.usage.estimated"] = True
+    return attrs
+
+
+def content(body: dict[str, Any], output: bytes | None) -> dict[str, Any]:
+    """The client's messages and the whole answer's, as JSON in their own API's shape, each cut
+    at 64 KiB characters (``capture_content`` only; a stream's answer is not captured)."""
+    attrs: dict[str, Any] = {}
+    for field in ("messages", "input", "prompt", "contents"):
+        if field in body:
+            attrs["gen_ai.input.messages"] = _clip(orjson.dumps(body[field]))
+            break
+    for field in ("system", "instructions"):
+        if isinstance(body.get(field), str | list):
+            attrs["gen_ai.system_instructions"] = _clip(orjson.dumps(body[field]))
+    if output:
+        try:
+            answer = orjson.loads(output)
+        except orjson.JSONDecodeError:
+            return attrs
+        if isinstance(answer, dict):
+            for field in ("choices", "content", "output", "candidates"):
+                if field in answer:
+                    attrs["gen_ai.output.messages"] = _clip(orjson.dumps(answer[field]))
+                    break
+    return attrs
+
+
+def _clip(data: bytes) -> str:
+    text = data.decode()
+    return text if len(text) <= _MAX_CONTENT else text[:_MAX_CONTENT] + "…"
