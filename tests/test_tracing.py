@@ -459,3 +459,51 @@ def test_a_refused_export_is_retried_and_an_absent_collector_costs_no_request(
     gw2 = gateway_factory(config(a.url, b.url, dead, ", timeout: 1"))
     for _ in range(3):
         assert gw2.post("/v1/chat/completions", CHAT).status == 200
+
+
+def test_messages_api_clients_traced_to_anthropic_and_gemini_and_a_refused_client(
+    collector: Collector,
+    serve_fake: Callable[..., Any],
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """Claude Code's API through the official SDK: passthrough to Anthropic and translation to
+    Gemini both carry the attempt's traceparent; a client over its rpm gets a span of its own."""
+    import anthropic
+
+    from truckllm.testing.fake_anthropic import FakeAnthropic
+    from truckllm.testing.fake_gemini import FakeGemini
+
+    claude, gemini = serve_fake(FakeAnthropic), serve_fake(FakeGemini)
+    gw = gateway_factory(f"""
+        providers:
+          - {{id: claude, type: anthropic, base_url: {claude.url}, keys: [{{id: c1, secret: sk-ant}}]}}
+          - {{id: gem, type: gemini, base_url: {gemini.url}, keys: [{{id: g1, secret: g-key}}]}}
+        model_aliases: {{direct: claude:claude-sonnet-4-5, translated: gem:gemini-2.5-flash}}
+        server: {{api_keys: [{{id: cc, key: client-key, rpm: 2}}]}}
+        tracing: {{endpoint: {collector.url}, flush_interval: 0.02}}
+        """)
+    sdk = anthropic.Anthropic(base_url=gw.url, api_key="client-key", max_retries=0)
+    traceparent = f"00-{TRACE}-{PARENT}-01"
+    for i, (model, fake, provider) in enumerate(
+        [("direct", claude, "anthropic"), ("translated", gemini, "gcp.gemini")]
+    ):
+        sdk.messages.create(
+            model=model,
+            max_tokens=50,
+            messages=[{"role": "user", "content": "Hi"}],
+            extra_headers={"traceparent": traceparent},
+        )
+        server, (attempt,) = by_kind(collector.wait(2 * i + 2)[2 * i :])
+        assert server.parent_id == PARENT and attempt.parent_id == server.span_id
+        assert server.name == f"chat {model}" and server.attrs["url.path"] == "/v1/messages"
+        assert attempt.attrs["gen_ai.provider.name"] == provider
+        assert server.attrs["gen_ai.usage.output_tokens"] > 0
+        assert server.attrs["truckllm.client_id"] == "cc"
+        assert header(fake.received[-1], "traceparent") == f"00-{TRACE}-{attempt.span_id}-01"
+    with pytest.raises(anthropic.RateLimitError):
+        sdk.messages.create(
+            model="direct", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    (server,) = collector.wait(5)[4:]
+    assert server.kind == SERVER and server.attrs["http.response.status_code"] == 429
+    assert server.attrs["error.type"] and server.attrs["truckllm.attempts"] == 0
