@@ -80,6 +80,7 @@ class Inbound:
     raw: bytes
     headers: Mapping[str, str]  # the dialect's headers, forwarded on passthrough
     translate: Callable[[dict[str, Any]], dict[str, Any]]  # ValueError: cannot be expressed
+    dropped: tuple[str, ...] = ()  # what the translation leaves out (built-in tools)
     _internal: tuple[dict[str, Any], bytes] | None = None
 
     def internal(self) -> tuple[dict[str, Any], bytes]:

@@ -76,12 +76,14 @@ class ResponsesAPI:
         ]
 
     async def retrieve(self, request: web.Request) -> web.Response:
+        await self.mock.take(request, request.path)
         kept = self.kept.get(request.match_info["id"])
         if kept is None:
             return _not_found(request.match_info["id"])
         return web.Response(body=orjson.dumps(kept), content_type="application/json")
 
     async def delete(self, request: web.Request) -> web.Response:
+        await self.mock.take(request, request.path)
         rid = request.match_info["id"]
         if self.kept.pop(rid, None) is None:
             return _not_found(rid)
