@@ -360,6 +360,7 @@ def _call(
             request_id,
             inbound.dialect,
             inbound.headers,
+            inbound.source,
         )
     if endpoint == "count_tokens":
         raise RequestRejected(

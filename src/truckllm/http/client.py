@@ -71,7 +71,8 @@ class BodySource(Protocol):
     sends it): each :meth:`chunks` call reads it from the start, so a request can be sent again
     on a fresh connection. Yielding other than ``length`` bytes breaks the request."""
 
-    length: int
+    @property
+    def length(self) -> int: ...
 
     def chunks(self) -> AsyncIterator[bytes | bytearray | memoryview]: ...
 
