@@ -241,3 +241,23 @@ def test_an_upload_without_a_model_is_refused_after_reading_it(
     status, answer = post(gw, body)
     assert status == 400 and answer["error"]["param"] == "model"
     assert not oa.received and not backup.received
+
+
+def test_a_client_gone_half_way_sends_nothing_complete_upstream(
+    stack: tuple[Gateway, MockUpstream, MockUpstream],
+) -> None:
+    gw, _, backup = stack
+    body = form("whisper-1", False)
+    url = urlsplit(gw.url)
+    with socket.create_connection((url.hostname or "", url.port or 0)) as sock:
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer client-key\r\n"
+            b"Content-Type: multipart/form-data; boundary=" + BOUNDARY.encode() + b"\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2]
+        )
+    status, answer = post(gw, body)  # the gateway serves on
+    assert status == 200, answer
+    assert [parse_form(r.headers["Content-Type"], r.raw)["model"] for r in backup.received] == [
+        "whisper-1"
+    ]
