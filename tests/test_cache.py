@@ -305,7 +305,11 @@ def test_a_stream_assembles_into_the_completion_it_was_made_from() -> None:
                     "content": "hello there",
                     "refusal": None,
                     "tool_calls": [
-                        {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                        {
+                            "id": "t",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
                     ],
                 },
                 "logprobs": None,
@@ -323,3 +327,38 @@ def test_a_stream_assembles_into_the_completion_it_was_made_from() -> None:
     entry = Entry("application/json", b"{}", back, usage, 7, 1.0, "p", "m")
     assert decode(encode(entry)) == entry
     assert decode(b"not an entry") is None and decode(orjson.dumps({}) + b"\n") is None
+
+
+# -- accounting ------------------------------------------------------------------------------
+
+
+def test_a_hit_is_recorded_as_a_cache_hit_with_what_it_saved_and_counted(
+    gw: Gateway, upstream: MockUpstream
+) -> None:
+    records: list[Any] = []
+    gw.app.records.subscribe(records.append)
+    first = post(gw, CHAT)
+    post(gw, CHAT)
+    gw.settled()
+    miss, hit = records
+    assert (miss.cache, miss.provider, miss.key_id) == ("miss", "p", "k1")
+    assert (hit.cache, hit.provider, hit.key_id, hit.cost_usd) == ("hit", "cache", "", 0.0)
+    assert hit.saved_usd == pytest.approx(float(first.headers["x-truckllm-cost-usd"]))
+    assert hit.saved_usd > 0 and hit.usage is None and hit.status == 200
+    metrics = gw.request("GET", "/metrics").body.decode()
+    assert 'truckllm_cache_requests_total{result="hit"} 1' in metrics
+    assert 'truckllm_cache_requests_total{result="miss"} 1' in metrics
+    assert f"truckllm_cache_saved_usd_total {hit.saved_usd}" in metrics
+    assert "truckllm_cache_entries 1" in metrics
+    served = f'truckllm_cache_bytes_total{{direction="served"}} {len(first.body)}'
+    assert served in metrics
+
+
+def test_client_limits_still_apply_to_hits(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    text = config(upstream.url).replace("{key: client-a, id: a}", "{key: client-a, id: a, rpm: 1}")
+    gw = gateway_factory(text)
+    assert post(gw, CHAT).status == 200
+    limited = post(gw, CHAT)
+    assert limited.status == 429 and "x-truckllm-cache" not in limited.headers

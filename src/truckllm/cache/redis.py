@@ -45,9 +45,7 @@ class RedisBackend:
         if self._down_until and self.clock() < self._down_until:
             return None
         try:
-            result = await asyncio.wait_for(
-                getattr(self._redis, op)(*args), self.timeout_s * 2
-            )
+            result = await asyncio.wait_for(getattr(self._redis, op)(*args), self.timeout_s * 2)
         except Exception as exc:  # any failure: the cache steps aside for a while
             self.errors += 1
             if not self._down_until:
