@@ -82,6 +82,8 @@ class Proxy:
         t0 = time.perf_counter()
         served: Served | None = None
         watch = DisconnectWatch(req.scope, req.receive)
+        held = req.rt.router.affinity  # prompt-cache affinity: the conversation's key
+        affinity = held.ident(p.model, p.body, req.scope["headers"], p.session_id) if held else None
         try:
             served = await execute(
                 req.rt,
@@ -94,6 +96,7 @@ class Proxy:
                 req.id,
                 p.inbound,
                 p.exclude_keys,
+                affinity,
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
             if look is not None:
