@@ -19,6 +19,7 @@ from truckllm.cache.entry import Entry, decode, encode
 from truckllm.cache.key import cache_key, directives
 from truckllm.cache.memory import MemoryBackend
 from truckllm.cache.replay import Assembler, chunks
+from truckllm.config import ConfigError, parse_config
 from truckllm.providers.base import Usage
 from truckllm.testing.mock import MockUpstream, Scripted
 
@@ -362,3 +363,28 @@ def test_client_limits_still_apply_to_hits(
     assert post(gw, CHAT).status == 200
     limited = post(gw, CHAT)
     assert limited.status == 429 and "x-truckllm-cache" not in limited.headers
+
+
+CACHE_BAD = [
+    ("cache: {ttl: 0}", "test.yaml: cache.ttl: must be positive"),
+    ("cache: {type: disk}", "test.yaml: cache.type: "),
+    ("cache: {endpoints: [chat, images]}", "test.yaml: cache.endpoints[1]: "),
+    ("cache: {max_entries: 0}", "test.yaml: cache.max_entries: must be at least 1"),
+    (
+        "cache: {enabled: true, type: redis}",
+        "test.yaml: cache.url: is required for a redis cache unless storage.runtime is redis",
+    ),
+    ("cache: {enabled: true, type: redis, url: 'http://x'}", "test.yaml: cache.url: must start"),
+    ("routing: {affinity: {min_headroom: 2}}", "test.yaml: routing.affinity.min_headroom: "),
+    ("routing: {affinity: {prefix_bytes: 0}}", "test.yaml: routing.affinity.prefix_bytes: "),
+    ("routing: {affinity: {sticky: true}}", "test.yaml: routing.affinity.sticky: unknown key"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CACHE_BAD)
+def test_cache_and_affinity_config_errors_name_the_file_and_key_path(
+    text: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("providers: [{id: openai, keys: [{secret: k}]}]\n" + text, "test.yaml", {})
+    assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
