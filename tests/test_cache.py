@@ -346,6 +346,8 @@ def test_a_hit_is_recorded_as_a_cache_hit_with_what_it_saved_and_counted(
     assert (hit.cache, hit.provider, hit.key_id, hit.cost_usd) == ("hit", "cache", "", 0.0)
     assert hit.saved_usd == pytest.approx(float(first.headers["x-truckllm-cost-usd"]))
     assert hit.saved_usd > 0 and hit.usage is None and hit.status == 200
+    ledger_rows = [row for _, row in gw.app.accounting.ledger.pending]
+    assert ("a", "cache", "", "m", "", "") in ledger_rows  # the ledger counts hits apart
     metrics = gw.request("GET", "/metrics").body.decode()
     assert 'truckllm_cache_requests_total{result="hit"} 1' in metrics
     assert 'truckllm_cache_requests_total{result="miss"} 1' in metrics
