@@ -5,6 +5,7 @@ client's Cache-Control is obeyed, entries expire, identical misses in flight mak
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -390,3 +391,14 @@ def test_cache_and_affinity_config_errors_name_the_file_and_key_path(
     with pytest.raises(ConfigError) as info:
         parse_config("providers: [{id: openai, keys: [{secret: k}]}]\n" + text, "test.yaml", {})
     assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
+
+
+def test_a_reload_turns_the_cache_on_and_off(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gw = gateway_factory(config(upstream.url, "{enabled: false}"))
+    assert "x-truckllm-cache" not in post(gw, CHAT).headers
+    on = parse_config(textwrap.dedent(config(upstream.url)), "<test>", {})
+    gw.server.loop.call_soon_threadsafe(gw.app.swap, on)  # as the reloader does, on the loop
+    wait_until(lambda: post(gw, CHAT).headers.get("x-truckllm-cache") == "hit", 10)
+    assert chat_calls(upstream) >= 2

@@ -86,7 +86,11 @@ class ResponseCache:
             (lambda: b.errors) if isinstance(b, RedisBackend) else (lambda: 0)
         )
         if old is not None:
-            task = asyncio.get_running_loop().create_task(old.close(), name="cache-close")
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # swapped outside the serving loop: nothing is open yet
+                return
+            task = loop.create_task(old.close(), name="cache-close")
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
