@@ -507,3 +507,20 @@ def test_messages_api_clients_traced_to_anthropic_and_gemini_and_a_refused_clien
     (server,) = collector.wait(5)[4:]
     assert server.kind == SERVER and server.attrs["http.response.status_code"] == 429
     assert server.attrs["error.type"] and server.attrs["truckllm.attempts"] == 0
+
+
+def test_a_cache_hit_has_its_request_span_and_no_attempt(
+    collector: Collector,
+    upstream_factory: Callable[..., MockUpstream],
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    a, b = upstream_factory(), upstream_factory()
+    gw = gateway_factory(config(a.url, b.url, collector) + "cache: {enabled: true}\n")
+    for _ in range(2):  # (only deterministic requests are cached by default)
+        assert gw.post("/v1/chat/completions", {**CHAT, "temperature": 0}).status == 200
+    spans = collector.wait(3)
+    miss, (attempt,) = by_kind(spans[:2])
+    (hit,) = spans[2:]
+    assert miss.attrs["truckllm.cache"] == "miss" and attempt.parent_id == miss.span_id
+    assert hit.kind == SERVER and hit.attrs["truckllm.cache"] == "hit"
+    assert hit.attrs["truckllm.attempts"] == 0 and len(a.received) == 1

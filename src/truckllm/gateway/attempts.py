@@ -59,6 +59,7 @@ async def execute(
     request_id: str,
     inbound: Inbound | None = None,
     exclude: frozenset[str] = frozenset(),
+    affinity: str | None = None,
     trace: AttemptTrace | None = None,
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
@@ -66,9 +67,11 @@ async def execute(
 
     With ``inbound`` (a client dialect other than the internal form), ``body`` and ``raw`` are
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
-    speaks the dialect, and its internal form to any other. ``trace`` is told of each attempt."""
+    speaks the dialect, and its internal form to any other. ``affinity`` names the request's
+    conversation for prompt-cache affinity (:mod:`truckllm.routing.affinity`); ``trace`` is told
+    of each attempt."""
     loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
-    loop.trace = trace
+    loop.affinity, loop.trace = affinity, trace
     if exclude:  # keys the request must not use, not even on a same-key retry (pinned elsewhere)
         loop.excluded = exclude
         loop.tried.update(exclude)
@@ -79,6 +82,7 @@ class _AttemptLoop:
     """The state of one request's attempts: keys tried, the last failure, time and retries left."""
 
     __slots__ = (
+        "affinity",
         "attempts",
         "deadline",
         "est",
@@ -135,6 +139,7 @@ class _AttemptLoop:
         self.last_target: Target | None = None
         self.last_pick: Pick | None = None
         self.rejected: RequestRejected | None = None
+        self.affinity: str | None = None
         self.trace: AttemptTrace | None = None
 
     async def run(self) -> Served:
@@ -164,6 +169,7 @@ class _AttemptLoop:
             route.strategy,
             route.balance,
             panic=not self.failover_only,
+            affinity=self.affinity,
         )
         kind = self.last_kind
         if (
@@ -302,7 +308,7 @@ async def _attempt(
     ``served`` when the reply is committed, else the failed reply or transport error."""
     provider = rt.providers[target.provider_id]
     try:
-        call = _call(provider, target, request)
+        call = _call(provider, target, request, rt.refuses_builtin_tools)
     except RequestRejected as rejected:
         pick.done(Outcome(OutcomeKind.NOT_SENT))
         return OutcomeKind.NOT_SENT, rejected, None
@@ -339,7 +345,9 @@ async def _attempt(
     return kind, reply, None
 
 
-def _call(provider: Provider, target: Target, request: _Request) -> Call:
+def _call(
+    provider: Provider, target: Target, request: _Request, refuses_builtin: frozenset[str]
+) -> Call:
     endpoint, body, raw, stream, wants_usage, request_id, inbound = request
     if endpoint in OPENAI_ONLY and endpoint not in getattr(provider, "endpoints", ()):
         raise RequestRejected(
@@ -367,6 +375,7 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             request_id,
             inbound.dialect,
             inbound.headers,
+            inbound.source,
         )
     if endpoint == "count_tokens":
         raise RequestRejected(
@@ -380,6 +389,8 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             ),
             "unsupported_endpoint",
         )
+    if inbound.dropped and target.provider_id in refuses_builtin:
+        raise builtin_tools_refused(target.provider_id, inbound.dropped)
     internal, internal_raw = inbound.internal()
     return Call(endpoint, internal, internal_raw, target.model, stream, True, request_id)
 
@@ -436,3 +447,20 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
             Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)
         )
         await reply.aclose()
+
+
+def builtin_tools_refused(provider_id: str, tools: tuple[str, ...]) -> RequestRejected:
+    """A translated request's built-in tools, on a provider set to refuse them
+    (``builtin_tools: error``): the route's other providers are tried first, then this 400."""
+    return RequestRejected(
+        400,
+        error_body(
+            f"provider {provider_id!r} cannot run the built-in tools {', '.join(tools)}; "
+            "leave them out or route this model to a provider that serves the Responses API.",
+            400,
+            "unsupported_tool",
+            "tools",
+            "invalid_request_error",
+        ),
+        "unsupported_tool",
+    )

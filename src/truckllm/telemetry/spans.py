@@ -75,6 +75,8 @@ def server_attributes(rec: RequestRecord, op: str, info: ProviderInfo | None) ->
         ("truckllm.provider", rec.provider),
         ("truckllm.key_id", rec.key_id),
         ("truckllm.cost_usd", rec.cost_usd),
+        ("truckllm.cache", rec.cache),
+        ("truckllm.cache.saved_usd", rec.saved_usd),
     )
     for name, value in optional:
         if value is not None:
