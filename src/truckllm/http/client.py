@@ -623,8 +623,9 @@ class HTTPClient:
         max_body: int | None = None,
         tls: ssl.SSLContext | None = None,
         proxy: Proxy | None = None,
+        method: bytes = b"POST",
     ) -> Response:
-        """Send ``POST`` with ``head`` (pre-encoded header lines, without Host and
+        """Send ``POST`` (or ``method``) with ``head`` (pre-encoded header lines, without Host and
         Content-Length) and ``body``; return once the status line and headers are in. A body
         given as pieces (a large upload) is written as the socket takes it, never joined or
         copied.
@@ -644,7 +645,8 @@ class HTTPClient:
         length = sum(memoryview(p).nbytes for p in pieces) if pieces else len(body)
         data = b"".join(
             (
-                b"POST ",
+                method,
+                b" ",
                 path,
                 b" HTTP/1.1\r\nHost: ",
                 target.host_header,
