@@ -190,7 +190,7 @@ BAD = [
         "providers: [{id: openai}]\nrouting: {outlier: {min_requests: 0}}",
         "test.yaml: routing.outlier.min_requests: must be at least 1",
     ),
-    ("providers: [{id: openai}]\nproviders: []", "test.yaml: invalid YAML: "),
+    ("providers: [{id: openai}]\nproviders: []", "test.yaml:2:1: invalid YAML: duplicate key 'providers'"),
     ("- just\n- a list", "test.yaml: the top level must be a mapping, got a list"),
     (
         "providers: [{id: openai, keys: {secret: x}}]",

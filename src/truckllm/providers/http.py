@@ -19,6 +19,7 @@ from truckllm.http.client import (
 )
 from truckllm.http.exchange import exchange_whole
 from truckllm.providers.base import ProviderContext, UpstreamTimeout, UpstreamUnavailable
+from truckllm.providers.called import note_call
 
 _TARGET_CACHE_LIMIT = 4096
 _TRANSPORT_ERRORS = (HTTPClientError, OSError)
@@ -121,6 +122,7 @@ class UpstreamHTTP:
         body's when it is not JSON (a form upload), whose ``data`` may come in pieces, written
         as the socket takes them (never joined)."""
         target, proxy = self._target(url)
+        note_call("POST", url)
         head = self._head(key)
         if content_type is not None:
             head = encode_headers({**self.headers(key), "Content-Type": content_type})
