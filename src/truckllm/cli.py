@@ -230,7 +230,7 @@ def _serve(args: list[str]) -> int:
     listen = ns.listen or cfg.server.listen
     log.info("truckllm %s serving on %s (%d providers)", version(), listen, len(cfg.providers))
     for warning in base_url_warnings(cfg):
-        log.warning("%s", warning)
+        log.warning("%s: %s", cfg.source, warning)
     if cfg.server.workers > 1:
         from truckllm.workers import serve_workers
 

@@ -134,7 +134,7 @@ class _AttemptLoop:
         self.last_target: Target | None = None
         self.last_pick: Pick | None = None
         self.rejected: RequestRejected | None = None
-        self.failed: Failed | None = None  # the last failed attempt, logged once the next step is known
+        self.failed: Failed | None = None  # the last failed attempt, logged at the next step
 
     async def run(self) -> Served:
         self.rt.budget.on_request()
