@@ -199,3 +199,31 @@ def test_the_bucket_is_per_provider() -> None:
     assert failures.allow("a") is None and failures.allow("a") is None
     now[0] += 1.0
     assert failures.allow("a") == 2 and failures.allow("b") == 0
+
+
+def test_a_stream_broken_after_its_first_byte_is_logged(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway], upstream_log: Lines
+) -> None:
+    gw = gateway_factory(f"""
+        providers:
+          - id: openai
+            base_url: {upstream.url}
+            keys: [{{id: k1, secret: sk-key-one}}]
+        model_aliases: {{gpt-4: openai:gpt-4}}
+        """)
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "gpt-4",
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+    }
+    upstream.script.append(Scripted(events=[chunk, chunk, chunk, "[DONE]"], cut_after=2))
+    resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
+    assert resp.status == 200
+    assert b'"error"' in resp.body and b"[DONE]" not in resp.body
+    assert b"(POST /v1/chat/completions)" in resp.body  # the error event names the call
+    (line,) = upstream_log.all()
+    assert line["key_id"] == "k1" and line["attempt"] == 1 and line["status"] is None
+    assert line["error"].startswith("ConnectionBroken")
+    assert line["action"].endswith("ended the stream with an error event after 2 events")

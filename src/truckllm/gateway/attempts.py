@@ -209,6 +209,8 @@ class _AttemptLoop:
         self.upstream_s += time.perf_counter() - a0
         if served is not None:
             served.upstream_s, served.estimate = self.upstream_s, self.est
+            if served.reply.events is not None:
+                served.on_broken = self._stream_broken
             return served, False
         if isinstance(failure, RequestRejected):
             # This provider cannot express the request; another target of the route may.
@@ -223,6 +225,13 @@ class _AttemptLoop:
                 self._log_failure("passed to the client")
             return served, go_on
         return None, await self._after_failure(pick, kind, failure)
+
+    def _stream_broken(self, served: Served, exc: UpstreamError, kind: OutcomeKind) -> None:
+        """The committed stream failed (and has reported to its pick): its line."""
+        rt = self.rt
+        now = rt.router.clock()
+        self.failed = rt.failure_log.failure(served.pick, exc, kind, self.attempts, now)
+        self._log_failure(f"ended the stream with an error event after {served.events_out} events")
 
     def _log_failure(self, next_step: str) -> None:
         """The last failed attempt's line, now that the request's next step is known."""
@@ -434,6 +443,7 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
     reply = served.reply
     assert reply.events is not None
     kind = OutcomeKind.CANCELLED
+    broken: UpstreamError | None = None
     try:
         if served.first:
             served.events_out += served.first.count(b"\n\n")
@@ -454,9 +464,12 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
         # mid-stream) still teaches the key, anything else counts as a broken stream.
         named = outcome_kind(exc) if exc.upstream_status is not None else None
         kind = named if named in KEY_SPECIFIC else OutcomeKind.STREAM_BROKEN
+        broken = exc
         raise StreamBroken(client_error(exc)) from exc
     finally:
         served.pick.done(
             Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)
         )
+        if broken is not None and served.on_broken is not None:
+            served.on_broken(served, broken, kind)
         await reply.aclose()
