@@ -190,7 +190,10 @@ BAD = [
         "providers: [{id: openai}]\nrouting: {outlier: {min_requests: 0}}",
         "test.yaml: routing.outlier.min_requests: must be at least 1",
     ),
-    ("providers: [{id: openai}]\nproviders: []", "test.yaml:2:1: invalid YAML: duplicate key 'providers'"),
+    (
+        "providers: [{id: openai}]\nproviders: []",
+        "test.yaml:2:1: invalid YAML: duplicate key 'providers'",
+    ),
     ("- just\n- a list", "test.yaml: the top level must be a mapping, got a list"),
     (
         "providers: [{id: openai, keys: {secret: x}}]",
@@ -402,17 +405,38 @@ def test_secret_fields_never_show_an_expanded_value() -> None:
         ("{id: groq}", None),  # https://api.groq.com/openai/v1
         ("{id: x, base_url: 'https://api.perplexity.ai'}", None),  # documented without /v1
         ("{id: x, base_url: 'https://res.openai.azure.com/openai/deployments/gpt4o'}", None),
-        ("{id: x, type: openai, base_url: 'https://generativelanguage.googleapis.com/v1beta/openai'}", None),
+        (
+            "{id: x, type: openai, base_url: 'https://generativelanguage.googleapis.com/v1beta/openai'}",
+            None,
+        ),
         ("{id: x, base_url: 'http://localhost:8000'}", "has no version in its path"),
-        ("{id: x, base_url: 'https://api.openai.com/v1/chat/completions'}", "ends with the endpoint /chat/completions"),
-        ("{id: x, type: openai, base_url: 'https://generativelanguage.googleapis.com/v1beta'}", "is Gemini's native API"),
+        (
+            "{id: x, base_url: 'https://api.openai.com/v1/chat/completions'}",
+            "ends with the endpoint /chat/completions",
+        ),
+        (
+            "{id: x, type: openai, base_url: 'https://generativelanguage.googleapis.com/v1beta'}",
+            "is Gemini's native API",
+        ),
         ("{id: anthropic}", None),
-        ("{id: a, type: anthropic, base_url: 'https://api.anthropic.com/v1'}", "includes a version"),
+        (
+            "{id: a, type: anthropic, base_url: 'https://api.anthropic.com/v1'}",
+            "includes a version",
+        ),
         ("{id: a, type: anthropic, base_url: 'https://proxy.example/anthropic'}", None),
         ("{id: gemini}", None),
-        ("{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta'}", None),
-        ("{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta/openai'}", "is Gemini's OpenAI-compatible endpoint"),
-        ("{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta/models'}", "has more after its version"),
+        (
+            "{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta'}",
+            None,
+        ),
+        (
+            "{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta/openai'}",
+            "is Gemini's OpenAI-compatible endpoint",
+        ),
+        (
+            "{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta/models'}",
+            "has more after its version",
+        ),
     ],
 )
 def test_base_url_forms_that_cannot_work_are_warned_about(
@@ -420,7 +444,9 @@ def test_base_url_forms_that_cannot_work_are_warned_about(
 ) -> None:
     from truckllm.config.advice import base_url_warnings
 
-    cfg = parse_config(f"providers: [{provider}]", "test.yaml", {}, ["openai", "anthropic", "gemini"])
+    cfg = parse_config(
+        f"providers: [{provider}]", "test.yaml", {}, ["openai", "anthropic", "gemini"]
+    )
     found = base_url_warnings(cfg)
     if warning is None:
         assert found == []

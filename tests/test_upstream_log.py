@@ -100,7 +100,9 @@ def test_a_throttled_key_is_cooled_and_the_request_moves_on(
         Scripted(
             status=429,
             headers={"retry-after": "7"},
-            body={"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}},
+            body={
+                "error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}
+            },
         )
     )
     resp = gw.post("/v1/chat/completions", CHAT)
