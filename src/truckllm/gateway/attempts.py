@@ -60,14 +60,17 @@ async def execute(
     request_id: str,
     inbound: Inbound | None = None,
     exclude: frozenset[str] = frozenset(),
+    affinity: str | None = None,
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
     when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx).
 
     With ``inbound`` (a client dialect other than the internal form), ``body`` and ``raw`` are
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
-    speaks the dialect, and its internal form to any other."""
+    speaks the dialect, and its internal form to any other. ``affinity`` names the request's
+    conversation for prompt-cache affinity (:mod:`truckllm.routing.affinity`)."""
     loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
+    loop.affinity = affinity
     if exclude:  # keys the request must not use, not even on a same-key retry (pinned elsewhere)
         loop.excluded = exclude
         loop.tried.update(exclude)
@@ -78,6 +81,7 @@ class _AttemptLoop:
     """The state of one request's attempts: keys tried, the last failure, time and retries left."""
 
     __slots__ = (
+        "affinity",
         "attempts",
         "deadline",
         "est",
@@ -135,6 +139,7 @@ class _AttemptLoop:
         self.last_pick: Pick | None = None
         self.rejected: RequestRejected | None = None
         self.failed: Failed | None = None  # the last failed attempt, logged at the next step
+        self.affinity: str | None = None
 
     async def run(self) -> Served:
         self.rt.budget.on_request()
@@ -164,6 +169,7 @@ class _AttemptLoop:
             route.strategy,
             route.balance,
             panic=not self.failover_only,
+            affinity=self.affinity,
         )
         kind = self.last_kind
         if (
@@ -334,7 +340,7 @@ async def _attempt(
     ``served`` when the reply is committed, else the failed reply or transport error."""
     provider = rt.providers[target.provider_id]
     try:
-        call = _call(provider, target, request)
+        call = _call(provider, target, request, rt.refuses_builtin_tools)
     except RequestRejected as rejected:
         pick.done(Outcome(OutcomeKind.NOT_SENT))
         return OutcomeKind.NOT_SENT, rejected, None
@@ -372,7 +378,9 @@ async def _attempt(
     return kind, reply, None
 
 
-def _call(provider: Provider, target: Target, request: _Request) -> Call:
+def _call(
+    provider: Provider, target: Target, request: _Request, refuses_builtin: frozenset[str]
+) -> Call:
     endpoint, body, raw, stream, wants_usage, request_id, inbound = request
     if endpoint in OPENAI_ONLY and endpoint not in getattr(provider, "endpoints", ()):
         raise RequestRejected(
@@ -400,6 +408,7 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             request_id,
             inbound.dialect,
             inbound.headers,
+            inbound.source,
         )
     if endpoint == "count_tokens":
         raise RequestRejected(
@@ -413,6 +422,8 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             ),
             "unsupported_endpoint",
         )
+    if inbound.dropped and target.provider_id in refuses_builtin:
+        raise builtin_tools_refused(target.provider_id, inbound.dropped)
     internal, internal_raw = inbound.internal()
     return Call(endpoint, internal, internal_raw, target.model, stream, True, request_id)
 
@@ -473,3 +484,20 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
         if broken is not None and served.on_broken is not None:
             served.on_broken(served, broken, kind)
         await reply.aclose()
+
+
+def builtin_tools_refused(provider_id: str, tools: tuple[str, ...]) -> RequestRejected:
+    """A translated request's built-in tools, on a provider set to refuse them
+    (``builtin_tools: error``): the route's other providers are tried first, then this 400."""
+    return RequestRejected(
+        400,
+        error_body(
+            f"provider {provider_id!r} cannot run the built-in tools {', '.join(tools)}; "
+            "leave them out or route this model to a provider that serves the Responses API.",
+            400,
+            "unsupported_tool",
+            "tools",
+            "invalid_request_error",
+        ),
+        "unsupported_tool",
+    )

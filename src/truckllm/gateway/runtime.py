@@ -14,6 +14,7 @@ from truckllm.http.client import HTTPClient
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
 from truckllm.routing import OutlierSettings, Router, RoutingSettings
+from truckllm.routing.affinity import Affinity
 
 
 class Runtime:
@@ -33,6 +34,10 @@ class Runtime:
         for p in config.providers:
             ctx = ProviderContext(p, client, provider_timeouts(p, config.server.timeouts))
             self.providers[p.id] = registry.get(p.type)(ctx)
+        # Providers whose translated requests refuse built-in tools rather than drop them.
+        self.refuses_builtin_tools = frozenset(
+            p.id for p in config.providers if p.builtin_tools == "error"
+        )
         r = config.routing
         settings = RoutingSettings(
             cooldown_base_s=r.cooldown.base,
@@ -61,6 +66,9 @@ class Runtime:
             strategies={p.id: p.strategy for p in config.providers if p.strategy},
             carry_over=previous.router if previous else None,
         )
+        if r.affinity.enabled:  # prompt-cache affinity: conversations carry over a reload
+            previous_affinity = previous.router.affinity if previous else None
+            self.router.affinity = Affinity(r.affinity).adopt(previous_affinity)
         self.resolver = ModelResolver(config)
         self.client_keys: Mapping[bytes, str] = client_key_digests(config)
         rc = config.retry
