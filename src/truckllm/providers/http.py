@@ -125,7 +125,7 @@ class UpstreamHTTP:
         :class:`BodySource`, written as the socket takes them (never joined). ``method``:
         ``GET`` or ``DELETE`` with an empty ``data`` for the calls that carry no body."""
         target, proxy = self._target(url)
-        note_call("POST", url)
+        note_call("POST" if method == b"POST" else method.decode("ascii"), url)
         head = self._head(key)
         if content_type is not None:
             head = encode_headers({**self.headers(key), "Content-Type": content_type})
