@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from helpers import Gateway, sse_events
+from helpers import Gateway, sse_events, wait_until
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -214,6 +214,14 @@ def test_a_request_continues_the_clients_trace_and_each_attempt_is_a_child_span(
     (received,) = a.received
     assert header(received, "traceparent") == f"00-{TRACE}-{attempt.span_id}-01"
     assert header(received, "tracestate") == "vendor=x"
+    exported = 'truckllm_trace_spans_total{result="exported"} 2'
+
+    def metrics_page() -> str | None:  # counted once the export's POST has returned
+        page = gw.request("GET", "/metrics").body.decode()
+        return page if exported in page else None
+
+    metrics = wait_until(metrics_page)
+    assert 'truckllm_trace_spans_total{result="dropped"} 0' in metrics
 
 
 def test_failover_gives_two_attempt_spans_the_first_with_its_error_and_cooldown(

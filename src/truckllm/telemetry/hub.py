@@ -58,6 +58,8 @@ class Telemetry:
         self.tracer = build_tracer(self.config.tracing)
         if self.tracer is not None:
             await self.tracer.start()
+            if self.metrics is not None:
+                self.metrics.extra.append(self.tracer.exporter.render)
         if self.metrics is not None:
             self.records.subscribe(self.metrics.consume)
             self.metrics.loop_lag.start()

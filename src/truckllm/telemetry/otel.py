@@ -23,6 +23,7 @@ from truckllm import __version__
 from truckllm.config.schema import Config, TracingConfig
 from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL
 from truckllm.http.exchange import post_whole
+from truckllm.telemetry.exposition import Page
 from truckllm.telemetry.otlp import CLIENT, SERVER, Encoder, request
 from truckllm.telemetry.record import RequestRecord
 from truckllm.telemetry.spans import (
@@ -99,6 +100,16 @@ class OtlpExporter:
         self._spans += n
         if len(self._queue) == 1 or self._spans >= BATCH_SPANS:
             self._wake.set()
+
+    def render(self, page: Page) -> None:
+        """The exporter's families on the metrics page."""
+        name = "truckllm_trace_spans_total"
+        page.family(name, "counter", "Spans of traced requests: sent to the collector, or dropped.")
+        page.sample(name, (("result", "exported"),), self.exported)
+        page.sample(name, (("result", "dropped"),), self.dropped)
+        name = "truckllm_trace_queue_spans"
+        page.family(name, "gauge", "Spans waiting to be sent (tracing.max_queue at most).")
+        page.sample(name, (), self._spans)
 
     async def start(self) -> None:
         if self._task is None:

@@ -24,6 +24,7 @@ from truckllm.config.schema import Config, TracingConfig
 from truckllm.providers.base import Reply, RequestRejected, UpstreamError
 from truckllm.providers.http import UPSTREAM_TRACE
 from truckllm.routing import OutcomeKind, Pick
+from truckllm.telemetry.exposition import Page
 from truckllm.telemetry.record import RequestRecord
 
 log = logging.getLogger("truckllm.telemetry")
@@ -63,6 +64,9 @@ class Exporter(Protocol):
 
     async def close(self, grace_s: float) -> None:
         """Export what is queued within ``grace_s`` seconds, then stop."""
+
+    def render(self, page: Page) -> None:
+        """Its counters on the metrics page."""
 
 
 @dataclass(slots=True)
