@@ -9,21 +9,33 @@ gateway: requests/s at 32 connections, p50 at 1 connection and the difference to
 the gateway's CPU per request (all its threads; the export runs on its event loop), and the
 spans the collector received.
 
-    python bench/otel.py [--duration 10] [--rounds 2] [--json out.json]
+On a machine shared with other work those figures move by more than tracing costs, so the same
+three configurations also run in this process (``--app-requests``, as ``bench/app_path.py``: the
+app called as an ASGI app, its provider answering at once), and the event loop thread's CPU is
+measured per request, the export of every span included (each round waits for the queue to
+empty).
+
+    python bench/otel.py [--duration 10] [--rounds 2] [--app-requests 20000] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import orjson
+from app_path import canned_registry
 from common import (
     HOST,
     Service,
@@ -38,7 +50,11 @@ from common import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
-from overhead import CLK_TCK, ROUTE, Cell, run_wrk, write_lua
+from overhead import CLK_TCK, REQUEST_BODY, ROUTE, Cell, run_wrk, write_lua
+
+from truckllm.api import App
+from truckllm.config import parse_config
+from truckllm.telemetry.otel import OtlpExporter
 
 CONNS = (1, 32)
 VARIANTS = {
@@ -83,6 +99,68 @@ class Collector:
         self.server.server_close()
 
 
+CANNED = orjson.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "mock-model",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+    }
+)
+
+
+async def app_cost(args: argparse.Namespace, collector: Collector, tmp: Path) -> dict[str, float]:
+    """µs of the event loop thread's CPU per request, by configuration, in this process."""
+    apps: dict[str, App] = {}
+    for label, tracing in VARIANTS.items():
+        text = gateway_config("http://127.0.0.1:9/v1", tmp, telemetry=False)
+        if tracing:
+            text += f"tracing: {{endpoint: '{collector.url}', max_queue: 1000000, {tracing}}}\n"
+        apps[label] = App(parse_config(text, label), registry=canned_registry(CANNED))
+    payload = REQUEST_BODY.encode()
+    headers = [(b"host", b"x"), (b"content-type", b"application/json")]
+    request = {"type": "http.request", "body": payload, "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return request
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        pass
+
+    async def run(app: App, n: int) -> float:
+        scope = {"type": "http", "method": "POST", "path": ROUTE, "headers": headers}
+        t0 = time.thread_time()
+        for i in range(n):
+            await app({**scope, "query_string": b"", "extensions": {}}, receive, send)
+            if i % 64 == 0:
+                await asyncio.sleep(0)  # the exporter's turn, as between real requests
+        tracer = app.telemetry.tracer
+        for _ in range(1200):  # until the exporter has sent everything (a minute at most)
+            if tracer is None or not cast(OtlpExporter, tracer.exporter).queued:
+                break
+            await asyncio.sleep(0.05)  # (a shorter poll would cost CPU of its own)
+        return (time.thread_time() - t0) / n * 1e6
+
+    cpu: dict[str, list[float]] = {label: [] for label in apps}
+    for app in apps.values():
+        await app.start()
+    try:
+        for app in apps.values():
+            await run(app, min(args.app_requests, 2000))  # warm up
+        labels = list(apps)
+        for rnd in range(args.rounds):
+            for label in labels if rnd % 2 == 0 else reversed(labels):
+                cpu[label].append(await run(apps[label], args.app_requests))
+    finally:
+        for app in apps.values():
+            await app.close()
+    return {label: statistics.median(values) for label, values in cpu.items()}
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     python = args.python
     wrk = shutil.which("wrk") or "wrk"
@@ -112,7 +190,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             svc.wait_ready({"Content-Type": "application/json"})
         script = tmp / "proxy.lua"
         write_lua(script, {"Content-Type": "application/json"})
-        return _drive(args, wrk, script, targets, collector)
+        out = _drive(args, wrk, script, targets, collector)
+        for svc in targets.values():
+            svc.stop()
+        if args.app_requests:
+            print("in-process: the app path's CPU per request", file=sys.stderr)
+            out["app_cpu_us"] = asyncio.run(app_cost(args, collector, tmp))
+        return out
     finally:
         for svc in targets.values():
             svc.stop()
@@ -217,6 +301,18 @@ def report(r: dict[str, Any]) -> str:
         "\nSpans still queued in a gateway when its cell ends are counted in the next one; "
         "every traced request exports two spans (the request and its one attempt)."
     )
+    app = r.get("app_cpu_us")
+    if app:
+        off = next(iter(app.values()))
+        lines += [
+            "",
+            "In this process, the app called back to back (its provider answering at once), the "
+            "event loop thread's CPU per request, spans built, encoded and sent included:",
+            "",
+            "| gateway | CPU µs per request | added by tracing |",
+            "|---|---:|---:|",
+            *(f"| {k} | {v:.1f} | {v - off:+.1f} |" for k, v in app.items()),
+        ]
     errors = {k: t["errors"] for k, t in r["targets"].items() if t["errors"]}
     if errors:
         lines.append(f"\nErrors: {errors}")
@@ -228,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10, help="measured seconds per cell")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--app-requests", type=int, default=20000, help="per round in-process (0: skip)")
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)

@@ -411,24 +411,16 @@ def test_the_encoder_writes_what_the_official_protobuf_classes_read() -> None:
     from truckllm.telemetry.otlp import SERVER as KIND_SERVER
     from truckllm.telemetry.otlp import Encoder, request
 
-    attrs = {
-        "s": "héllo" * 40,  # longer than one length byte
-        "t": True,
-        "f": False,
-        "i": 300,
-        "small": 7,
-        "neg": -5,
-        "big": 2**62,
-        "d": 0.25,
-        "seq": ["a", "b"],
-        "ints": (1, 2),
-    }
+    stable = (("s", "héllo" * 40), ("t", True), ("absent", None), ("i", 300), ("small", 7))
+    varying = {"f": False, "neg": -5, "big": 2**62, "d": 0.25, "seq": ["a", "b"], "ints": (1, 2)}
+    attrs = {k: v for k, v in stable if v is not None} | varying
     enc = Encoder()
     times = (1_700_000_000_000_000_001, 1_700_000_000_000_000_999)
     for _ in range(2):  # the second time from the cache
+        ids = (int(TRACE, 16), 1, int(PARENT, 16))
         spans = [
-            enc.span((int(TRACE, 16), 1, int(PARENT, 16)), "a", KIND_SERVER, times, attrs, True),
-            enc.span((int(TRACE, 16), 2**64 - 1, None), "b", KIND_CLIENT, times, {}, False),
+            enc.span(ids, "a", KIND_SERVER, times, (stable, varying), True),
+            enc.span((int(TRACE, 16), 2**64 - 1, None), "b", KIND_CLIENT, times, ((), {}), False),
         ]
         req = ExportTraceServiceRequest()
         req.ParseFromString(request(enc.resource({"service.name": "x"}, ("tl", "9.9")), spans))

@@ -101,6 +101,11 @@ class OtlpExporter:
         if len(self._queue) == 1 or self._spans >= BATCH_SPANS:
             self._wake.set()
 
+    @property
+    def queued(self) -> int:
+        """Spans queued or being sent."""
+        return self._spans
+
     def render(self, page: Page) -> None:
         """The exporter's families on the metrics page."""
         name = "truckllm_trace_spans_total"
@@ -109,7 +114,7 @@ class OtlpExporter:
         page.sample(name, (("result", "dropped"),), self.dropped)
         name = "truckllm_trace_queue_spans"
         page.family(name, "gauge", "Spans waiting to be sent (tracing.max_queue at most).")
-        page.sample(name, (), self._spans)
+        page.sample(name, (), self.queued)
 
     async def start(self) -> None:
         if self._task is None:
@@ -168,14 +173,15 @@ class OtlpExporter:
         """The encoded spans of one request: its own, then one per attempt."""
         method, path, endpoint = trace.request
         op = operation(endpoint)
-        attrs = server_attributes(rec, op, self._provider(trace.config, rec.provider))
-        attrs["http.request.method"], attrs["url.path"] = method, path
+        info = self._provider(trace.config, rec.provider)
+        stable, varying = server_attributes(rec, op, info, method, path)
         if self.config.capture_content and trace.body is not None:
-            attrs.update(content(trace.body, output))
+            varying.update(content(trace.body, output))
         encode, tid, sid = self.encoder.span, trace.trace_id, trace.span_id
         name = f"{op} {rec.model}" if rec.model else op
         times = (trace.start_ns, end_ns)
-        out = [encode((tid, sid, trace.parent_id), name, SERVER, times, attrs, rec.status >= 500)]
+        error = rec.status >= 500
+        out = [encode((tid, sid, trace.parent_id), name, SERVER, times, (stable, varying), error)]
         last = len(trace.attempts) - 1
         for i, a in enumerate(trace.attempts):
             if i == last and a.error is None:  # the committed attempt ends with the response

@@ -4,8 +4,8 @@ classes). It encodes what the gateway's spans hold: ids, name, kind, times, attr
 booleans, integers, floats, sequences of them), status, resource and scope.
 
 Written by hand because it is on the gateway's CPU budget: the OpenTelemetry SDK's encoder builds
-a protobuf object per attribute, about 60 µs a span; this one takes a few µs, most attributes
-coming from a cache (a gateway's spans repeat their model, provider, key, status...).
+a protobuf object per attribute, about 60 µs a span; this one takes a few µs, the attributes that
+repeat from span to span (model, provider, key, status...) coming from a cache as one block.
 """
 
 from __future__ import annotations
@@ -56,45 +56,32 @@ def any_value(v: Any) -> bytes:
     return _field(0x0A, str(v).encode())
 
 
-VOLATILE = frozenset(
-    {
-        "truckllm.request_id",
-        "client.address",
-        "gen_ai.input.messages",
-        "gen_ai.output.messages",
-        "gen_ai.system_instructions",
-    }
-)
-"""Attributes whose values are (nearly) never repeated: not worth caching."""
+_CACHE_LIMIT = 4096
 
 
 class Encoder:
-    """Encodes spans. Caches each attribute key's bytes, and whole attributes whose value is a
-    string or a small integer. Not thread-safe: one per exporter."""
+    """Encodes spans. Caches each attribute key's bytes, and each set of stable attributes whole
+    (a gateway's spans repeat their model, provider, key, status...). Not thread-safe: one per
+    exporter."""
 
-    def __init__(self, volatile: frozenset[str] = VOLATILE) -> None:
+    def __init__(self) -> None:
         self._keys: dict[str, bytes] = {}
-        self._pairs: dict[int, dict[tuple[str, Any], bytes]] = {0x0A: {}, 0x4A: {}}
-        self._volatile = volatile
+        self._blocks: dict[tuple[tuple[str, Any], ...], bytes] = {}
 
     def attributes(self, tag: int, attrs: Mapping[str, Any]) -> bytes:
         """``KeyValue`` fields numbered ``tag`` (one byte, length-delimited)."""
-        pairs, out = self._pairs[tag], []
-        for item in attrs.items():
-            try:
-                kv = pairs.get(item)
-            except TypeError:  # an unhashable value (a list)
-                kv = None
-            if kv is None:
-                key, value = item
-                kv = _field(tag, self._kv(key, value))
-                t = type(value)  # (not bool: True == 1 would share an entry with the int)
-                if (t is str or (t is int and 0 <= value < 1024)) and key not in self._volatile:
-                    if len(pairs) >= _CACHE_LIMIT:
-                        pairs.clear()
-                    pairs[item] = kv
-            out.append(kv)
-        return b"".join(out)
+        return b"".join(_field(tag, self._kv(key, value)) for key, value in attrs.items())
+
+    def stable(self, attrs: tuple[tuple[str, Any], ...]) -> bytes:
+        """A span's ``KeyValue`` fields for (name, value) pairs (None: absent), from the cache."""
+        block = self._blocks.get(attrs)
+        if block is None:
+            if len(self._blocks) >= _CACHE_LIMIT:
+                self._blocks.clear()
+            block = self._blocks[attrs] = b"".join(
+                _field(0x4A, self._kv(key, value)) for key, value in attrs if value is not None
+            )
+        return block
 
     def _kv(self, key: str, value: Any) -> bytes:
         """A ``KeyValue`` message's payload."""
@@ -109,11 +96,12 @@ class Encoder:
         name: str,
         kind: int,
         times: tuple[int, int],
-        attrs: Mapping[str, Any],
+        attrs: tuple[tuple[tuple[str, Any], ...], Mapping[str, Any]],
         error: bool,
     ) -> bytes:
         """A ``Span`` message's payload: ``ids`` (trace, span, parent or None), ``times`` (start,
-        end) in unix nanoseconds, ``error`` its status (ERROR, else UNSET)."""
+        end) in unix nanoseconds, ``attrs`` the stable attributes (:meth:`stable`) and the
+        others, ``error`` its status (ERROR, else UNSET)."""
         trace_id, span_id, parent_id = ids
         parent = b"" if parent_id is None else b"\x22\x08" + parent_id.to_bytes(8, "big")
         return b"".join(
@@ -125,7 +113,8 @@ class Encoder:
                 b"\x30" + _BYTE[kind],
                 b"\x39" + _pack_fixed64(times[0]),
                 b"\x41" + _pack_fixed64(times[1]),
-                self.attributes(0x4A, attrs),
+                self.stable(attrs[0]),
+                self.attributes(0x4A, attrs[1]),
                 b"\x7a\x02\x18\x02" if error else b"",  # status {code: STATUS_CODE_ERROR}
             )
         )

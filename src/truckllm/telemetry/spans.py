@@ -52,75 +52,81 @@ def provider_info(ptype: str, base_url: str) -> ProviderInfo:
     return name, host or None, port
 
 
-def server_attributes(rec: RequestRecord, op: str, info: ProviderInfo | None) -> dict[str, Any]:
+Stable = tuple[tuple[str, Any], ...]
+"""Attributes that repeat from one request to the next (model, provider, key, status...), as
+(name, value) pairs, a value of None meaning absent: the encoder caches each such set whole."""
+
+
+def server_attributes(
+    rec: RequestRecord, op: str, info: ProviderInfo | None, method: str, path: str
+) -> tuple[Stable, dict[str, Any]]:
     """The client request's span: what it asked, where it was served, what it used."""
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": op,
-        "gen_ai.request.stream": rec.stream,
-        "http.response.status_code": rec.status,
-        "truckllm.request_id": rec.request_id,
-        "truckllm.attempts": rec.attempts,
-        "truckllm.overhead_s": rec.overhead_s,
-    }
     error = rec.error_code or (str(rec.status) if rec.status >= 400 else None)
-    optional = (
+    stable = (
+        ("gen_ai.operation.name", op),
         ("gen_ai.request.model", rec.model),
         ("gen_ai.response.model", rec.upstream_model),
         ("gen_ai.provider.name", info[0] if info else None),
-        ("gen_ai.response.time_to_first_chunk", rec.ttft_s),
+        ("gen_ai.request.stream", rec.stream),
+        ("http.request.method", method),
+        ("url.path", path),
+        ("http.response.status_code", rec.status),
         ("error.type", error),
-        ("client.address", rec.client_ip),
         ("truckllm.alias", rec.alias),
         ("truckllm.client_id", rec.client_id),
         ("truckllm.provider", rec.provider),
         ("truckllm.key_id", rec.key_id),
-        ("truckllm.cost_usd", rec.cost_usd),
+        ("truckllm.attempts", rec.attempts),
         ("truckllm.cache", rec.cache),
+    )
+    varying: dict[str, Any] = {
+        "truckllm.request_id": rec.request_id,
+        "truckllm.overhead_s": rec.overhead_s,
+    }
+    optional = (
+        ("gen_ai.response.time_to_first_chunk", rec.ttft_s),
+        ("client.address", rec.client_ip),
+        ("truckllm.cost_usd", rec.cost_usd),
         ("truckllm.cache.saved_usd", rec.saved_usd),
     )
     for name, value in optional:
         if value is not None:
-            attrs[name] = value
-    attrs.update(usage_attributes(rec.usage))
-    return attrs
+            varying[name] = value
+    if rec.usage is not None:
+        varying.update(usage_attributes(rec.usage))
+    return stable, varying
 
 
 def attempt_attributes(
     a: Attempt, op: str, info: ProviderInfo | None, usage: Usage | None
-) -> dict[str, Any]:
+) -> tuple[Stable, dict[str, Any]]:
     """One upstream attempt's span: the provider, key and model it went to, and how it ended
     (``error.type`` the outcome kind, and the key's state after the router learnt from it)."""
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": op,
-        "gen_ai.request.model": a.model,
-        "truckllm.provider": a.provider_id,
-        "truckllm.key_id": a.key_id,
-        "truckllm.attempt": a.number,
-    }
-    if info is not None:
-        attrs["gen_ai.provider.name"] = info[0]
-        if info[1] is not None:
-            attrs["server.address"] = info[1]
-        if info[2] is not None:
-            attrs["server.port"] = info[2]
-    optional = (
+    name, address, port = info if info is not None else (None, None, None)
+    served = a.error is None
+    stable = (
+        ("gen_ai.operation.name", op),
+        ("gen_ai.provider.name", name),
+        ("gen_ai.request.model", a.model),
+        ("gen_ai.response.model", a.model if served else None),
+        ("server.address", address),
+        ("server.port", port),
         ("http.response.status_code", a.status),
         ("error.type", a.error),
+        ("truckllm.provider", a.provider_id),
+        ("truckllm.key_id", a.key_id),
+        ("truckllm.attempt", a.number),
         ("truckllm.key.status", a.key_status),
-        ("truckllm.key.cooldown_s", a.cooldown_s),
     )
-    for name, value in optional:
-        if value is not None:
-            attrs[name] = value
-    if a.error is None:
-        attrs["gen_ai.response.model"] = a.model
-        attrs.update(usage_attributes(usage))
-    return attrs
+    varying: dict[str, Any] = {}
+    if a.cooldown_s is not None:
+        varying["truckllm.key.cooldown_s"] = a.cooldown_s
+    if served and usage is not None:
+        varying.update(usage_attributes(usage))
+    return stable, varying
 
 
-def usage_attributes(usage: Usage | None) -> dict[str, Any]:
-    if usage is None:
-        return {}
+def usage_attributes(usage: Usage) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "gen_ai.usage.input_tokens": usage.prompt_tokens,
         "gen_ai.usage.output_tokens": usage.completion_tokens,
