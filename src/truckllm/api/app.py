@@ -84,8 +84,15 @@ class App:
         self.records.subscribe(self.accounting.record)
         self.readiness = Readiness(checks={"store": self.coordinator.health})
         admin = AdminAPI(
-            AdminContext(stats, self.reloader, self.coordinator.query, self.registry.names)
+            AdminContext(
+                stats,
+                self.reloader,
+                self.coordinator.query,
+                self.registry.names,
+                accounting=self.accounting,
+            )
         )
+        self.records.subscribe(admin.context.recent)  # the dashboard's overview and tail
         proxy = Proxy(self.accounting, self.records)
         self.services = Services(proxy, admin, self.telemetry, self.readiness, self.coordinator)
         self._exact: dict[tuple[str, str], Route] = {}
