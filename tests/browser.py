@@ -37,7 +37,9 @@ def start_browser(width: int = 1280, height: int = 900) -> Any:
     The profile directory is removed when the driver quits."""
     if not have_browser():
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed (apt-get install chromium chromium-driver)")
+            pytest.fail(
+                f"{CHROMIUM} and {CHROMEDRIVER} are needed (apt-get install chromium chromium-driver)"
+            )
         pytest.skip("no system Chromium (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -121,7 +121,9 @@ def test_a_throttled_key_turns_cooling_on_the_keys_page_and_comes_back(
         Scripted(
             status=429,
             headers={"retry-after": "3"},
-            body={"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}},
+            body={
+                "error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}
+            },
         )
     )
     assert chat(gw) == 200
