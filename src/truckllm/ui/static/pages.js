@@ -144,24 +144,23 @@
       const from = Math.floor((now - span) / step) * step;
       const q = "group_by=" + s.group + "&from=" + from;
       const [{ body: series }, { body: totals }] = await Promise.all([
-        api("usage?" + q + "&bucket=" + bucket), api("usage?" + q)]);
+        api("usage?" + q + "&bucket=" + bucket + "&top=8"), api("usage?" + q)]);
       const [label, value] = METRICS[s.metric];
       totals.data.sort((a, b) => Number(b.cost_usd) - Number(a.cost_usd) || b.requests - a.requests);
-      const top = totals.data.slice(0, 8).map((r) => r[s.group]);
       const xs = [];
       for (let t = from; t <= now; t += step) xs.push(t);
       const index = new Map(xs.map((t, i) => [t, i]));
-      const lines = top.map((g) => ({ label: g || "(none)", data: xs.map(() => 0) }));
-      const other = { label: "other", data: xs.map(() => 0) };
+      const byGroup = new Map();
       for (const r of series.data) {
         const i = index.get(r.bucket_start);
         if (i === undefined) continue;
-        const at = top.indexOf(r[s.group]);
-        (at >= 0 ? lines[at] : other).data[i] += value(r);
+        const name = r.other ? "other" : r[s.group] || "(none)";
+        if (!byGroup.has(name)) byGroup.set(name, { label: name, data: xs.map(() => 0) });
+        byGroup.get(name).data[i] += value(r);
       }
-      if (totals.data.length > top.length) lines.push(other);
+      const lines = [...byGroup.values()];
       chart(s.chartBox, label + " per " + bucket + " by " + s.group, series.data.length ? xs : [], lines,
-        { stacked: true, height: 260 });
+        { fill: true, height: 260 });
       s.table.tBodies[0].replaceChildren(...totals.data.slice(0, 200).map((r) => h("tr", {},
         h("td", { text: r[s.group] || "(none)" }), h("td", { class: "n", text: num(r.requests) }),
         h("td", { class: "n", text: num(r.errors) }), h("td", { class: "n", text: num(r.prompt_tokens) }),
