@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import http.client
+import math
 import random
 import sys
 import tempfile
@@ -28,10 +29,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from browser import go, sign_in, start_browser, wait_text  # type: ignore[import-not-found]
-from ui_load import ledger_batch
 
 from truckllm.api import App
 from truckllm.config import load_config
+from truckllm.stores.base import METRICS, Batch, RowKey
 from truckllm.testing.behaviour import Dist
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import KeyBehaviour, MockUpstream, Scripted
@@ -72,7 +73,7 @@ server:
   admin_api_key: {ADMIN_KEY}
   api_keys:
 {clients}
-routing: {{strategy: least_busy}}
+routing: {{strategy: adaptive}}
 """
 
 
@@ -84,7 +85,8 @@ def traffic(url: str, seconds: float, seed: int) -> int:
     end, n = time.monotonic() + seconds, 0
     while time.monotonic() < end:
         client = rng.choice(["web-app", "web-app", "batch-jobs", "ci"])
-        model = "fast" if client == "ci" else rng.choice(["fast", "smart", "gpt-4o", "smart"])
+        models = ["fast", "smart", "gpt-4o", "llama-3.1-70b"]
+        model = "fast" if client == "ci" else rng.choice(models)
         stream = rng.random() < 0.5
         body = b'{"model": "%s", "stream": %s, "messages": [{"role": "user", "content": "%s"}]}' % (
             model.encode(),
@@ -97,6 +99,32 @@ def traffic(url: str, seconds: float, seed: int) -> int:
         n += 1
     conn.close()
     return n
+
+
+def history(now: float) -> Batch:
+    """Two days of synthetic ledger rows with this configuration's names, busier by day."""
+    rng = random.Random(5)
+    usage: dict[tuple[int, RowKey], list[int]] = {}
+    routes = [
+        ("openai", "openai-main", "gpt-4o", "smart"),
+        ("openai", "openai-second", "gpt-4o-mini", "fast"),
+        ("openai", "openai-spare", "gpt-4o", ""),
+        ("backup", "backup-1", "llama-3.1-70b", "smart"),
+        ("backup", "backup-2", "llama-3.1-70b", ""),
+    ]
+    last = int(now) // 60 * 60
+    for m in range(2 * 1440, 0, -3):
+        minute = last - m * 60
+        busy = 1.5 + math.sin(minute / 86400 * 2 * math.pi)
+        for client in CLIENTS:
+            provider, key, model, alias = rng.choice(routes)
+            n = max(0, round(rng.gauss(4 * busy, 1)))
+            counts = [0] * len(METRICS)
+            counts[0], counts[1] = n, int(rng.random() < 0.05)
+            counts[3], counts[4] = n * 600, n * 150
+            counts[-1] = 0 if provider == "backup" else n * (600 * 2500 + 150 * 10000)
+            usage[(minute, (client, provider, key, model, alias, ""))] = counts
+    return Batch("history", 1, now, usage)
 
 
 def shoot(driver: Any, out: Path, name: str) -> None:
@@ -121,6 +149,9 @@ def main() -> None:
         ttft=Dist.parse({"p50": 0.2, "p99": 0.8}, "ttft"),
         tokens_per_s=400.0,
         reply_tokens=Dist.parse({"min": 20, "max": 200}, "reply"),
+        rpm=5000,
+        tpm=2_000_000,
+        window_s=60.0,
     )
     main_up = MockUpstream(
         keys={"sk-main": behaviour, "sk-second": behaviour, "sk-spare": behaviour}
@@ -137,7 +168,7 @@ def main() -> None:
         server = ServerThread(app).start()
         try:
             assert server.loop is not None and app.coordinator.store is not None
-            fill = ledger_batch(20_000, 1000, time.time())
+            fill = history(time.time())
             asyncio.run_coroutine_threadsafe(app.coordinator.store.sync(fill), server.loop).result(
                 60
             )

@@ -168,3 +168,34 @@ def test_every_static_file_is_package_data_in_the_wheel() -> None:
         assert any(
             fnmatch.fnmatch(name, pat) and name.count("/") == pat.count("/") for pat in patterns
         ), name
+
+
+def test_usage_top_keeps_the_costliest_groups_and_sums_the_rest(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gw = make(gateway_factory, upstream.url)
+    store = gw.app.coordinator.store
+    assert store is not None and gw.server.loop is not None
+    import asyncio
+    import time
+
+    from truckllm.stores.base import METRICS, Batch
+
+    minute = int(time.time()) // 3600 * 3600
+    usage = {}
+    for i, model in enumerate(["a", "b", "c", "d"]):
+        counts = [0] * len(METRICS)
+        counts[0], counts[-1] = 10 - i, (i + 1) * 1000  # d costs most, a least
+        usage[(minute, ("team", "openai", "k1", model, "", ""))] = counts
+    batch = Batch("test", 1, time.time(), usage)
+    asyncio.run_coroutine_threadsafe(store.sync(batch), gw.server.loop).result(5)
+    q = f"/admin/v1/usage?group_by=model&from={minute}&bucket=hour&top=2"
+    rows = gw.request("GET", q, headers=ADMIN).json()["data"]
+    assert [(r["model"], r.get("other", False), r["requests"]) for r in rows] == [
+        ("c", False, 8),
+        ("d", False, 7),
+        (None, True, 19),
+    ]
+    assert gw.request("GET", q.replace("top=2", "top=x"), headers=ADMIN).status == 400
+    total = gw.request("GET", f"/admin/v1/usage?from={minute}&top=2", headers=ADMIN).json()
+    assert [r.get("other") for r in total["data"]] == [None] and total["total"]["requests"] == 34

@@ -90,9 +90,10 @@ async def usage_view(
     total = [0] * len(METRICS)
     data = []
     for group, bucket, counts in rows:
-        row: dict[str, Any] = dict(zip(q.group_by, group, strict=True))
-        if not group:
-            row.update(dict.fromkeys(q.group_by), other=True)
+        if q.group_by and not group:  # the groups beyond ``top``
+            row: dict[str, Any] = {**dict.fromkeys(q.group_by), "other": True}
+        else:
+            row = dict(zip(q.group_by, group, strict=True))
         if q.bucket is not None:
             row["bucket_start"] = bucket
         row.update(metrics_json(counts))

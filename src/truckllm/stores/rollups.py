@@ -9,22 +9,20 @@ additions per row, off the request path), pruned with them, rebuilt when a snaps
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 
 from truckllm.stores.base import (
     DIMENSIONS,
     GRANULARITIES,
-    METRICS,
     Granularity,
     RowKey,
     UsageQuery,
     UsageResult,
-    add_counts,
 )
 
 ROLLED = ("client", "provider", "key", "model", "alias")  # not session: one per conversation
 _INDEX = tuple(DIMENSIONS.index(d) for d in ROLLED)
-_N = len(METRICS)
 
 # granularity -> bucket start -> dimension position in ROLLED -> value -> counts
 Table = dict[int, list[dict[str, list[int]]]]
@@ -43,7 +41,7 @@ class Rollups:
             if acc is None:
                 values[row[i]] = list(counts)
             else:
-                add_counts(acc, counts)
+                acc[:] = map(operator.add, acc, counts)  # the loop in C: 15 of these a row
 
     def prune(self, granularity: str, before: float) -> None:
         table = self.tables[granularity]
@@ -56,8 +54,18 @@ class Rollups:
 
     def query(self, q: UsageQuery, granularity: Granularity) -> UsageResult:
         """``q`` (which :meth:`answers`) from the rollups of ``granularity``."""
-        dim = ROLLED.index(q.group_by[0]) if q.group_by else 0
+        # a total reads the provider rollup: the fewest values to sum
+        dim = ROLLED.index(q.group_by[0]) if q.group_by else ROLLED.index("provider")
         split = GRANULARITIES[q.bucket] if q.bucket is not None else 0
+        rows: list[tuple[tuple[str, ...], int | None, list[int]]]
+        if q.group_by and split == GRANULARITIES[granularity]:
+            # one row per value and bucket, as kept: nothing to add up
+            rows = [
+                ((value,), ts, list(counts))
+                for ts, values in sorted(self._range(granularity, q))
+                for value, counts in sorted(values[dim].items())
+            ]
+            return UsageResult(granularity, rows)
         out: dict[tuple[tuple[str, ...], int | None], list[int]] = {}
         for ts, values in self._range(granularity, q):
             when = ts // split * split if split else None
@@ -65,8 +73,9 @@ class Rollups:
                 k = ((value,) if q.group_by else (), when)
                 acc = out.get(k)
                 if acc is None:
-                    acc = out[k] = [0] * _N
-                add_counts(acc, counts)
+                    out[k] = list(counts)
+                else:
+                    acc[:] = map(operator.add, acc, counts)
         rows = [
             (g, t, c) for (g, t), c in sorted(out.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0]))
         ]

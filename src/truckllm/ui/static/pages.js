@@ -79,6 +79,7 @@
     await api("keys/" + encodeURIComponent(id) + (disabled ? "/enable" : "/disable"), { method: "POST" });
     await window.TL.refresh();
   }
+  const KEY_ROWS = 100;
   pages.keys = {
     mount(s) {
       s.filter = "";
@@ -92,7 +93,8 @@
     },
     async update(s) {
       const { body } = await api("keys");
-      s.keys = body.data;
+      // keys that need a look first (not active), then by provider and id as configured
+      s.keys = body.data.map((k, i) => [k.status === "active" ? 1 : 0, i, k]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).map((x) => x[2]);
       pages.keys.draw(s);
     },
     draw(s) {
@@ -101,7 +103,7 @@
       let shown = 0;
       for (const k of s.keys) {
         if (s.filter && !(k.id + " " + k.provider + " " + k.status).toLowerCase().includes(s.filter)) continue;
-        if (++shown > 500) continue; // a long list is filtered, not scrolled through
+        if (++shown > KEY_ROWS) continue; // a long list is filtered, not scrolled through
         const disabled = k.status === "disabled";
         rows.push(h("tr", { "data-key": k.id, class: "st-" + k.status },
           h("td", { text: k.id }), h("td", { text: k.provider }),
@@ -116,7 +118,7 @@
             onclick: () => toggle(k.id, disabled) }, disabled ? "Enable" : "Disable"))));
       }
       s.table.tBodies[0].replaceChildren(...rows);
-      s.count.textContent = shown > 500 ? "showing 500 of " + num(shown) + " (filter to narrow)" : num(shown) + " keys";
+      s.count.textContent = shown > KEY_ROWS ? "showing " + KEY_ROWS + " of " + num(shown) + " (filter to narrow)" : num(shown) + " keys";
     },
   };
 
