@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import dataclasses
 import http.client
 import math
 import random
@@ -45,8 +46,8 @@ PRICE = "pricing: {input_token_cost: 2.5, output_token_cost: 10, unit: per_1m_to
 def config_yaml(main: str, backup: str) -> str:
     clients = "\n".join(
         f"    - {{id: {cid}, key: {key}"
-        + (", rpm: 3000, budget: {daily: 2, monthly: 20, total: 100}" if cid == "web-app" else "")
-        + (", allowed_models: [fast], tpm: 200000" if cid == "ci" else "")
+        + (", rpm: 3000, budget: {daily: 40, monthly: 600, total: 5000}" if cid == "web-app" else "")
+        + (", allowed_models: [fast], rpm: 3000" if cid == "ci" else "")
         + "}"
         for cid, key in CLIENTS.items()
     )
@@ -156,7 +157,8 @@ def main() -> None:
     main_up = MockUpstream(
         keys={"sk-main": behaviour, "sk-second": behaviour, "sk-spare": behaviour}
     )
-    backup_up = MockUpstream(keys={"sk-b1": behaviour, "sk-b2": KeyBehaviour(faults={"500": 0.05})})
+    flaky = dataclasses.replace(behaviour, faults={"500": 0.05})
+    backup_up = MockUpstream(keys={"sk-b1": behaviour, "sk-b2": flaky})
     for m in (main_up, backup_up):
         loop.run(m.start())
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,11 +54,18 @@
   };
 
   // -- keys -------------------------------------------------------------------------------
+  function short(v) {
+    if (v === null || v === undefined) return "–";
+    const a = Math.abs(v);
+    if (a >= 1e6) return Number((v / 1e6).toFixed(a >= 1e7 ? 0 : 2)) + "M";
+    if (a >= 1e4) return Number((v / 1e3).toFixed(a >= 1e5 ? 0 : 1)) + "k";
+    return num(v);
+  }
   function headroom(k) {
     const out = [];
     for (const [name, limit] of Object.entries(k.limits)) {
       if (typeof limit !== "number" || !(name in k.used)) continue;
-      out.push(name + " " + num(Math.max(0, Math.round(limit - k.used[name]))) + "/" + num(limit));
+      out.push(name + " " + short(Math.max(0, Math.round(limit - k.used[name]))) + "/" + short(limit));
     }
     return out.join(" · ") || "no limits";
   }
@@ -66,8 +73,8 @@
     const r = k.provider_reported;
     if (!r) return "–";
     const parts = [];
-    if (r.remaining_requests !== null) parts.push("req " + num(r.remaining_requests) + (r.limit_requests ? "/" + num(r.limit_requests) : ""));
-    if (r.remaining_tokens !== null) parts.push("tok " + num(r.remaining_tokens) + (r.limit_tokens ? "/" + num(r.limit_tokens) : ""));
+    if (r.remaining_requests !== null) parts.push("req " + short(r.remaining_requests) + (r.limit_requests ? "/" + short(r.limit_requests) : ""));
+    if (r.remaining_tokens !== null) parts.push("tok " + short(r.remaining_tokens) + (r.limit_tokens ? "/" + short(r.limit_tokens) : ""));
     return parts.join(" · ") || "–";
   }
   function statusText(k) {
@@ -108,7 +115,7 @@
         rows.push(h("tr", { "data-key": k.id, class: "st-" + k.status },
           h("td", { text: k.id }), h("td", { text: k.provider }),
           h("td", { class: "status" }, h("span", { class: "badge " + k.status, text: statusText(k) })),
-          h("td", { text: headroom(k) }), h("td", { text: reported(k) }),
+          h("td", { class: "wrap", text: headroom(k) }), h("td", { class: "wrap", text: reported(k) }),
           h("td", { class: "n", text: num(k.requests) }),
           h("td", { class: "n", text: num(k.outcomes.rate_limited || 0) }),
           h("td", { class: "n", text: ms(k.latency_ms) }),
