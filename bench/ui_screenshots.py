@@ -24,6 +24,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,11 @@ PRICE = "pricing: {input_token_cost: 2.5, output_token_cost: 10, unit: per_1m_to
 def config_yaml(main: str, backup: str) -> str:
     clients = "\n".join(
         f"    - {{id: {cid}, key: {key}"
-        + (", rpm: 3000, budget: {daily: 40, monthly: 600, total: 5000}" if cid == "web-app" else "")
+        + (
+            ", rpm: 3000, budget: {daily: 40, monthly: 600, total: 5000}"
+            if cid == "web-app"
+            else ""
+        )
         + (", allowed_models: [fast], rpm: 3000" if cid == "ci" else "")
         + "}"
         for cid, key in CLIENTS.items()
@@ -188,6 +193,16 @@ def main() -> None:
             loop.stop()
 
 
+# page, then what shows its data is drawn: (CSS selector, a check of its text)
+PAGES: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
+    ("keys", "tr.st-cooling .status", bool),
+    ("usage", "#page tbody tr", bool),
+    ("requests", "#page tbody tr", bool),
+    ("budgets", 'tr[data-client="web-app"]', bool),
+    ("config", "#config-json", lambda t: "providers" in t),
+)
+
+
 def capture(url: str, out: Path) -> None:
     driver = start_browser(1280, 1000)
     try:
@@ -196,21 +211,10 @@ def capture(url: str, out: Path) -> None:
         sign_in(driver, url, ADMIN_KEY, refresh_ms=60000)
         wait_text(driver, "#ov-requests", lambda t: t[:1].isdigit() and t != "0")
         shoot(driver, out, "overview")
-        go(driver, "keys")
-        wait_text(driver, "tr.st-cooling .status", bool)
-        shoot(driver, out, "keys")
-        go(driver, "usage")
-        wait_text(driver, "#page tbody tr", bool)
-        shoot(driver, out, "usage")
-        go(driver, "requests")
-        wait_text(driver, "#page tbody tr", bool)
-        shoot(driver, out, "requests")
-        go(driver, "budgets")
-        wait_text(driver, 'tr[data-client="web-app"]', bool)
-        shoot(driver, out, "budgets")
-        go(driver, "config")
-        wait_text(driver, "#config-json", lambda t: "providers" in t)
-        shoot(driver, out, "config")
+        for page, css, check in PAGES:
+            go(driver, page)
+            wait_text(driver, css, check)
+            shoot(driver, out, page)
         driver.set_window_size(390, 844)
         go(driver, "overview")
         wait_text(driver, "#ov-requests", bool)
