@@ -41,6 +41,7 @@ def start_browser(width: int = 1280, height: int = 900) -> Any:
                 f"{CHROMIUM} and {CHROMEDRIVER} are needed (apt-get install chromium chromium-driver)"
             )
         pytest.skip("no system Chromium (apt-get install chromium chromium-driver)")
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never fetch a browser or driver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
