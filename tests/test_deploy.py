@@ -75,14 +75,15 @@ def test_compose_wires_two_replicas_to_one_redis_the_mock_and_prometheus() -> No
     assert "mock" in services and "redis" in services
     # SIGKILL only after the gateway's own drain deadline
     grace = gateways[0]["stop_grace_period"]
-    assert int(grace.rstrip("s")) > cfg.server.shutdown_timeout
+    assert int(grace.rstrip("s")) > cfg.server.drain_delay + cfg.server.shutdown_timeout
     port = parse_listen(cfg.server.listen)[1]
     prometheus = yaml.safe_load((DEPLOY / "compose/prometheus.yml").read_text())
     job = prometheus["scrape_configs"][0]
     assert job["metrics_path"] == cfg.metrics.path
     assert job["static_configs"][0]["targets"] == [f"gateway-1:{port}", f"gateway-2:{port}"]
-    nginx = (DEPLOY / "compose/nginx.conf").read_text()
-    assert f"server gateway-1:{port}" in nginx and f"server gateway-2:{port}" in nginx
+    caddy = (DEPLOY / "compose/Caddyfile").read_text()
+    assert f"reverse_proxy gateway-1:{port} gateway-2:{port}" in caddy
+    assert "health_uri /readyz" in caddy
     provisioned = yaml.safe_load(
         (DEPLOY / "grafana/provisioning/dashboards/truckllm.yaml").read_text()
     )
@@ -207,12 +208,9 @@ def test_the_chart_deploys_the_configuration_it_carries(variant: str) -> None:
     assert container["ports"][0]["containerPort"] == parse_listen(cfg.server.listen)[1]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    sleep = float(
-        re.findall(
-            r"sleep\((\d+)\)", " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
-        )[0]
-    )
-    assert pod["terminationGracePeriodSeconds"] > sleep + cfg.server.shutdown_timeout
+    server = cfg.server
+    assert server.drain_delay > 0  # /readyz 503 while the endpoints controller catches up
+    assert pod["terminationGracePeriodSeconds"] > server.drain_delay + server.shutdown_timeout
     secret_name = container["envFrom"][0]["secretRef"]["name"]
     if variant == "default":
         assert secret_name == by_kind["Secret"]["metadata"]["name"]

@@ -43,3 +43,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "truckllm.shutdownTimeout" -}}
 {{- int (default 30 .Values.config.server.shutdown_timeout) -}}
 {{- end -}}
+
+{{- define "truckllm.drainDelay" -}}
+{{- int (default 0 .Values.config.server.drain_delay) -}}
+{{- end -}}
