@@ -117,8 +117,16 @@ if [ -n "${PROMETHEUS_IMAGE:-}" ] || podman container exists truckllm_prometheus
 fi
 
 echo "== restart gateway-1 (SIGTERM, drain, start) while requests go through Caddy"
+stream='{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}'
+streamed() {  # "200" for a stream that ended with [DONE], else what came
+  out=$(curl -sN localhost:8080/v1/chat/completions -H "Authorization: Bearer $key" \
+    -H 'Content-Type: application/json' -d "$stream")
+  if grep -q '^data: \[DONE\]' <<<"$out"; then echo 200; else echo "cut: ${out: -120}"; fi
+}
 ( while [ ! -f "$work/stop" ]; do chat; done >"$work/rolling.txt" ) &
 loader=$!
+( while [ ! -f "$work/stop" ]; do streamed; done >"$work/rolling-streams.txt" ) &
+streamer=$!
 sleep 1
 podman restart -t 40 truckllm_gateway-1_1 >/dev/null
 for _ in $(seq 100); do curl -sf localhost:8081/readyz >/dev/null 2>&1 && break; sleep 0.1; done
@@ -127,7 +135,9 @@ podman restart -t 40 truckllm_gateway-2_1 >/dev/null
 for _ in $(seq 100); do curl -sf localhost:8082/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 1
 touch "$work/stop"
-wait "$loader"
+wait "$loader" "$streamer"
 echo "   $(wc -l <"$work/rolling.txt") requests during the two restarts: $(sort "$work/rolling.txt" | uniq -c | tr -s ' ' | tr '\n' ';')"
+echo "   $(wc -l <"$work/rolling-streams.txt") streams beside them: $(sort "$work/rolling-streams.txt" | uniq -c | tr -s ' ' | tr '\n' ';')"
 [ "$(grep -vc '^200$' "$work/rolling.txt")" = 0 ] || fail "requests failed during the restarts"
+[ "$(grep -vc '^200$' "$work/rolling-streams.txt")" = 0 ] || fail "streams failed during the restarts"
 echo "OK"
