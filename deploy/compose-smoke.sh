@@ -116,7 +116,7 @@ if [ -n "${PROMETHEUS_IMAGE:-}" ] || podman container exists truckllm_prometheus
   [ "$up" = 2 ] || fail "Prometheus does not scrape both replicas"
 fi
 
-echo "== restart gateway-1 (SIGTERM, drain, start) while requests go through Caddy"
+echo "== restart gateway-1, then gateway-2 (SIGTERM: drain delay, drain; start) under load through Caddy"
 stream='{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}'
 streamed() {  # "200" for a stream that ended with [DONE], else what came
   out=$(curl -sN localhost:8080/v1/chat/completions -H "Authorization: Bearer $key" \
