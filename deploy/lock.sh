@@ -8,6 +8,8 @@
 # requirements.lock        the image: the dependencies + the 'redis' and 'mock' extras
 # requirements-test.lock   CI (.ci/run): the dependencies + the 'test' extra + the build backend
 # requirements-build.lock  the build backend ([build-system] requires), to build the wheel
+# (deploy/check_lock.py's LOCKS lists the same extras per lock: change both together, e.g. to put
+# an 'otel' extra into the image)
 #
 # Each pin lists the sha256 of every file PyPI has for that release, and each lock is resolved
 # for every platform (--universal) on Python 3.11, the oldest supported. uv resolves; it is
