@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import statistics
@@ -115,6 +116,7 @@ CANNED = orjson.dumps(
 
 async def app_cost(args: argparse.Namespace, collector: Collector, tmp: Path) -> dict[str, float]:
     """µs of the event loop thread's CPU per request, by configuration, in this process."""
+    logging.getLogger("truckllm.api").setLevel(logging.ERROR)  # no client keys: it would say so
     apps: dict[str, App] = {}
     for label, tracing in VARIANTS.items():
         text = gateway_config("http://127.0.0.1:9/v1", tmp, telemetry=False)

@@ -1,8 +1,7 @@
 """Tracing of proxied requests, the part on the request path: W3C trace context in from the client
 and out to each upstream attempt, and the times and outcomes the spans are built from.
 
-Nothing here imports OpenTelemetry: a request pays for a few random ids, clock reads and one
-header line per attempt. The spans themselves (``telemetry/otel.py``) are built once the
+A traced request pays here for a few random ids, clock reads and one header line per attempt. The spans themselves (``telemetry/otel.py``) are built once the
 response is finished, from the request's record and its attempts, and exported in the
 background. With ``tracing.endpoint`` unset there is no :class:`Tracer` at all and the request
 path pays an ``is None`` check.
