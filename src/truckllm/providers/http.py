@@ -142,6 +142,32 @@ class UpstreamHTTP:
         with self._reading:
             return await resp.read()
 
+    async def read_start(self, resp: Response, limit: int) -> tuple[bytes, bool]:
+        """``(body, True)`` when the whole body is within about ``limit`` bytes (the connection
+        goes back to the pool), else ``(its beginning, False)``: at least ``limit`` bytes, the
+        rest left on the wire for :meth:`reading` to relay, so a large answer is never held whole."""
+        if resp.complete:  # the usual case: the body came with the head
+            return await self.read(resp), True
+        parts: list[bytes] = []
+        size = 0
+        try:
+            with self._reading:
+                while size < limit:
+                    chunk = await anext(resp)
+                    parts.append(chunk)
+                    size += len(chunk)
+        except StopAsyncIteration:
+            resp.release()
+            return b"".join(parts), True
+        except BaseException:
+            resp.release()
+            raise
+        return b"".join(parts), False
+
+    def reading(self) -> TransportErrors:
+        """Wrap reading the rest of a relayed body (:meth:`read_start`)."""
+        return self._reading
+
     def scrub(self, data: bytes) -> bytes:
         """``data`` with every one of this provider's secrets replaced, should an upstream echo
         one in an error (any of them: the key used, or another it mentions)."""
