@@ -126,6 +126,10 @@ class ProviderConfig:
     # None: the environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": always direct; or an
     # http:// proxy URL for this provider alone.
     proxy: str | None = None
+    # Connections open at once to this provider's upstream (0: no cap); at the cap a request
+    # waits pool_timeout seconds for one, then fails over.
+    max_connections: int = 0
+    pool_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

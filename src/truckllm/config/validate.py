@@ -177,7 +177,11 @@ def _validate_provider(
 def _validate_upstream_route(
     p: ProviderConfig, ppath: str, fail: Callable[[str, str], None]
 ) -> None:
-    """``tls`` files that load, and a ``proxy`` that is "none" or an http:// URL."""
+    """``tls`` files that load, a ``proxy`` that is "none" or an http:// URL, a connection cap."""
+    if p.max_connections < 0:
+        fail(f"{ppath}.max_connections", "must not be negative (0: no cap)")
+    if not 0 < p.pool_timeout < 1e9:
+        fail(f"{ppath}.pool_timeout", "must be positive")
     if p.proxy is not None and p.proxy.strip().lower() != "none":
         try:
             Proxy.parse(p.proxy)

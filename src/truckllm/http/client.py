@@ -15,6 +15,10 @@ Timeouts: ``connect`` bounds opening a connection (and the TLS handshake); ``rea
 silence between two reads once the request is written; ``total``, when set, bounds the whole
 exchange up to the end of the body. One timer per request checks both.
 
+Connections per pool may be capped (``max_connections`` per request): at the cap, a request waits
+for one to come back to the pool or close, at most ``pool_timeout`` seconds, then fails with
+:class:`PoolTimeout`; waiters are served in order.
+
 A connection taken from the pool may have been closed by the server while idle. If it breaks
 before a single byte of the answer arrives, the request is sent again once on a new connection,
 as browsers and urllib3 do.
@@ -42,6 +46,7 @@ __all__ = [
     "HTTPClientError",
     "InvalidResponse",
     "ParsedURL",
+    "PoolTimeout",
     "Proxy",
     "ProxyEnv",
     "Response",
@@ -78,6 +83,10 @@ class InvalidResponse(HTTPClientError):
 
 class ResponseTooLarge(HTTPClientError):
     """The answer's body (decompressed) is over the request's ``max_body``."""
+
+
+class PoolTimeout(HTTPClientError):
+    """Every connection the request may open to its upstream was busy for ``pool_timeout``."""
 
 
 class _Stale(Exception):
@@ -303,6 +312,7 @@ class _Connection(asyncio.Protocol):
         self.connect_s = 0.0  # how long opening it took: a round-trip estimate
         self.head_bytes = 0
         self.drained: asyncio.Future[None] | None = None  # set while the socket is full
+        self.counted = False  # one of its pool's open connections (see _OriginPool.opened)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -542,12 +552,54 @@ class _Connection(asyncio.Protocol):
 
 
 class _OriginPool:
-    """Idle keep-alive connections to one origin, most recently used first."""
+    """Idle keep-alive connections to one origin, most recently used first; the number open or
+    opening, and the requests waiting for one when a cap is reached (a connection put back goes
+    to the first of them; one that closes wakes it to open another)."""
 
     def __init__(self, client: HTTPClient, key: PoolKey) -> None:
         self.client = client
         self.origin, self.tls, self.proxy = key
         self.idle: collections.deque[_Connection] = collections.deque()
+        self.count = 0  # connections open or being opened
+        self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+
+    def opened(self, conn: _Connection) -> None:
+        conn.counted = True
+
+    def closed(self) -> None:
+        """A connection closed, or failed to open: its place goes to the first waiter."""
+        self.count -= 1
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def wait(self, seconds: float, said: float) -> _Connection | None:
+        """A connection put back, or None once one closed (room to open one); waiting at most
+        ``seconds``: :class:`PoolTimeout` then (``said``: the whole wait, for its message)."""
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(seconds):
+                return await waiter
+        except BaseException as exc:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._pass_on(waiter.result())  # given to us as we gave up: to the next one
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(
+                    f"all {self.count} connections to the upstream stayed busy for {said:g} s"
+                ) from None
+            raise
+
+    def _pass_on(self, conn: _Connection | None) -> None:
+        if conn is not None:
+            self.put(conn)
+            return
+        self.count += 1  # the place it was woken for: counted back, then handed on
+        self.closed()
 
     def take(self, now: float) -> _Connection | None:
         idle = self.idle
@@ -561,7 +613,15 @@ class _OriginPool:
         return None
 
     def put(self, conn: _Connection) -> None:
-        if self.client.closed or len(self.idle) >= _IDLE_PER_ORIGIN:
+        if self.client.closed:
+            conn.abort()
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if len(self.idle) >= _IDLE_PER_ORIGIN:
             conn.abort()
             return
         conn.idle_since = conn.loop.time()
@@ -570,6 +630,9 @@ class _OriginPool:
     def forget(self, conn: _Connection) -> None:
         if self.idle and conn in self.idle:
             self.idle.remove(conn)
+        if conn.counted:
+            conn.counted = False
+            self.closed()
 
 
 class HTTPClient:
@@ -623,6 +686,8 @@ class HTTPClient:
         max_body: int | None = None,
         tls: ssl.SSLContext | None = None,
         proxy: Proxy | None = None,
+        max_connections: int | None = None,
+        pool_timeout: float = 10.0,
     ) -> Response:
         """Send ``POST`` with ``head`` (pre-encoded header lines, without Host and
         Content-Length) and ``body``; return once the status line and headers are in. A body
@@ -630,7 +695,8 @@ class HTTPClient:
         copied.
         ``max_body`` caps the answer's body after decompression (:class:`ResponseTooLarge`);
         ``tls``: the context for an https target (None: the default); ``proxy``: the forward
-        proxy to go through (None: direct).
+        proxy to go through (None: direct); ``max_connections`` caps the connections open to
+        the target's pool (None: no cap), a request waiting at most ``pool_timeout`` for one.
         Raises :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
         if self.closed:
             raise HTTPClientError("the client is closed")
@@ -661,17 +727,38 @@ class HTTPClient:
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _OriginPool(self, key)
-        conn = pool.take(loop.time())
-        if conn is not None:
+        cap = (max_connections, pool_timeout)
+        conn = await self._acquire(pool, loop, connect_timeout, cap)
+        if conn.used:  # a pooled one: it may have closed while idle
             try:
                 return await self._exchange(conn, data, read_timeout, total, max_body, pieces)
             except _Stale:
-                pass
-        conn = await self._connect(pool, loop, connect_timeout)
+                conn = await self._acquire(pool, loop, connect_timeout, cap, reuse=False)
         try:
             return await self._exchange(conn, data, read_timeout, total, max_body, pieces)
         except _Stale:  # a fresh connection cannot be stale; say what happened
             raise ConnectionBroken("the upstream closed the connection") from None
+
+    async def _acquire(
+        self,
+        pool: _OriginPool,
+        loop: asyncio.AbstractEventLoop,
+        connect_timeout: float,
+        cap: tuple[int | None, float],
+        reuse: bool = True,
+    ) -> _Connection:
+        """An idle connection (if ``reuse``), else a new one; at the cap, the first to come
+        back or, once one closes, a new one."""
+        limit, wait_s = cap
+        conn = pool.take(loop.time()) if reuse else None
+        deadline = loop.time() + wait_s
+        while conn is None:
+            if not limit or (pool.count < limit and not pool.waiters):
+                return await self._connect(pool, loop, connect_timeout)
+            conn = await pool.wait(max(deadline - loop.time(), 0.0), wait_s)
+            if conn is None and pool.count < limit:
+                return await self._connect(pool, loop, connect_timeout)
+        return conn
 
     async def _exchange(
         self,
@@ -700,18 +787,27 @@ class HTTPClient:
         scheme, host, port = pool.origin
         tls = (pool.tls or self._ssl_context()) if scheme == "https" else None
         started = loop.time()
-        async with asyncio.timeout(limit):
-            if pool.proxy is not None and tls is not None:
-                conn = await self._tunnel(pool, loop, tls)
-            else:
-                via = pool.proxy  # plain http through a proxy: the connection is to the proxy
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(pool, loop),
-                    host if via is None else via.host,
-                    port if via is None else via.port,
-                    ssl=tls,
-                    server_hostname=host if tls is not None else None,
-                )
+        pool.count += 1
+        try:
+            async with asyncio.timeout(limit):
+                if pool.proxy is not None and tls is not None:
+                    conn = await self._tunnel(pool, loop, tls)
+                else:
+                    via = pool.proxy  # plain http through a proxy: the connection is to the proxy
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(pool, loop),
+                        host if via is None else via.host,
+                        port if via is None else via.port,
+                        ssl=tls,
+                        server_hostname=host if tls is not None else None,
+                    )
+        except BaseException:
+            pool.closed()
+            raise
+        if conn.closed:  # lost already: its connection_lost found it uncounted
+            pool.closed()
+            raise ConnectionBroken("the upstream closed the connection")
+        pool.opened(conn)
         conn.connect_s = loop.time() - started
         return conn
 
@@ -739,4 +835,7 @@ class HTTPClient:
         for pool in self._pools.values():
             while pool.idle:
                 pool.idle.pop().abort()
+            for waiter in pool.waiters:
+                if not waiter.done():
+                    waiter.set_exception(HTTPClientError("the client is closed"))
         self._pools.clear()

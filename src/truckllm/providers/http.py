@@ -12,6 +12,7 @@ from truckllm.config.schema import KeyConfig
 from truckllm.http.client import (
     HTTPClientError,
     ParsedURL,
+    PoolTimeout,
     Proxy,
     Response,
     TLSSettings,
@@ -60,6 +61,8 @@ class UpstreamHTTP:
             )
         )
         self._proxy_option = (ctx.config.proxy or "").strip()
+        self._max_connections = ctx.config.max_connections or None
+        self._pool_timeout = ctx.config.pool_timeout
         self._secrets = [
             k.secret.reveal().encode()
             for k in ctx.config.keys
@@ -135,6 +138,8 @@ class UpstreamHTTP:
                 max_body=None if stream else self.client.max_response_bytes,
                 tls=self._tls,
                 proxy=proxy,
+                max_connections=self._max_connections,
+                pool_timeout=self._pool_timeout,
             )
 
     async def read(self, resp: Response) -> bytes:
@@ -186,11 +191,12 @@ class TransportErrors:
     UpstreamUnavailable (raised ``from`` the original), with this provider's words for the stage.
     Built once per stage and provider: no allocation per request."""
 
-    __slots__ = ("_broken", "_late")
+    __slots__ = ("_broken", "_late", "_pool")
 
     def __init__(self, provider_id: str, late: str, broken: str) -> None:
         self._late = f"provider {provider_id!r} {late}"
         self._broken = f"provider {provider_id!r} {broken}"
+        self._pool = f"provider {provider_id!r} is at its max_connections"
 
     def __enter__(self) -> None:
         return None
@@ -200,6 +206,8 @@ class TransportErrors:
     ) -> None:
         if exc is None:
             return
+        if isinstance(exc, PoolTimeout):  # our own cap, not the upstream: say which
+            raise UpstreamUnavailable(f"{self._pool}: {exc}") from exc
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(self._late) from exc
         if isinstance(exc, _TRANSPORT_ERRORS):
