@@ -1,11 +1,14 @@
 """One whole POST exchange on the shared client, for the gateway's own calls out (webhook sinks,
-the ``http`` store): bounded in time as a whole and in the size of the answer."""
+the ``http`` store): bounded in time as a whole and in the size of the answer, through the
+proxy the caller chose (:meth:`ProxyEnv.choose`: the environment's ``HTTPS_PROXY``/``NO_PROXY``,
+or the caller's own ``proxy`` option)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL, encode_headers
+from truckllm.http.proxy import Proxy
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
@@ -21,6 +24,7 @@ async def post_whole(
     body: bytes,
     seconds: float,
     max_answer: int = MAX_ANSWER_BYTES,
+    proxy: Proxy | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """``(status, headers, body)`` of one POST, all within ``seconds``. Raises
     :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
@@ -32,6 +36,7 @@ async def post_whole(
             connect_timeout=seconds,
             read_timeout=seconds,
             total=seconds,
+            proxy=proxy,
         )
         try:
             parts: list[bytes] = []
