@@ -241,3 +241,20 @@ async def _event() -> asyncio.Event:
 
 async def _set(event: asyncio.Event) -> None:
     event.set()
+
+
+def test_a_huge_error_answer_is_read_no_further_than_its_beginning(
+    gateway_factory: object, upstream: ScriptedUpstream
+) -> None:
+    endless = _chunked(b"<html>" + b"x" * 65536)
+    head = b"HTTP/1.1 500 Oops\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n"
+    upstream.script = [head, *([endless] * 200)]  # 13 MB of error page, under the cap
+    gw = gateway_factory(edge_config(upstream.url))  # type: ignore[operator]
+    resp = request(
+        "POST",
+        gw.url + "/v1/chat/completions",
+        {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]},
+        {"Authorization": f"Bearer {CLIENT_KEY}"},
+    )
+    assert resp.status == 500 and len(resp.body) < 2000
+    assert "answered 500: <html>xxx" in resp.json()["error"]["message"]

@@ -35,7 +35,7 @@ from truckllm.providers.errors import (
 )
 from truckllm.providers.http import UpstreamHTTP, bearer, header
 from truckllm.providers.openai.media import image_usage, send_form, send_speech
-from truckllm.providers.openai.relay import RELAY_ABOVE, object_end, relay_rest
+from truckllm.providers.openai.relay import ERROR_BODY_MAX, RELAY_ABOVE, object_end, relay_rest
 from truckllm.providers.openai.responses import send_responses
 from truckllm.providers.sse import SSEFramer, parse_event
 
@@ -103,7 +103,10 @@ class OpenAIProvider:
             reply.events = self._events(resp, reply, strip_usage)
             return reply
         if resp.status >= 400:
-            body = await self._http.read(resp)
+            body, whole = await self._http.read_start(resp, ERROR_BODY_MAX)
+            if not whole:  # an error needs no more than its beginning: the rest is dropped
+                resp.release()
+                body = body[:ERROR_BODY_MAX]
             body, code = normalise_upstream_error(self._http.scrub(body), resp.status, self.id)
             return Reply(
                 resp.status,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 RELAY_ABOVE = 1024 * 1024  # a whole body longer than this is relayed as it arrives
 TAIL_BYTES = 64 * 1024  # kept of a relayed body's end, where its usage is
+ERROR_BODY_MAX = 256 * 1024  # of an error answer; the rest is dropped with its connection
 _IMAGE_KEYS = (b'"b64_json"', b'"url"')  # one of them per generated image
 
 
