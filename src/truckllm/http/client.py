@@ -136,15 +136,18 @@ class Response:
     closed (which is how a stream is abandoned)."""
 
     __slots__ = (
+        "_backlog",
         "_chunks",
         "_conn",
         "_decoder",
         "_done",
+        "_ending",
         "_error",
         "_left",
         "_packed",
         "_size",
         "_waiter",
+        "_whole",
         "headers",
         "status",
     )
@@ -162,6 +165,11 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: Any = None
         self._packed = False  # compressed bytes were fed
+        # Compressed bytes not inflated yet because the reader is behind (a stream read chunk by
+        # chunk): a small bomb must not become a large buffer before anyone reads it.
+        self._backlog = b""
+        self._ending = False  # the message ended with a backlog still to inflate
+        self._whole = False  # read() holds the whole body anyway (capped by max_body)
 
     # -- fed by the connection ----------------------------------------------------------------
 
@@ -170,15 +178,22 @@ class Response:
             return
         if self._decoder is not None:
             self._packed = True
+            if self._backlog:
+                self._backlog += data
+                return
             self._inflate(data)
             return
         self._append(data)
 
     def _inflate(self, data: bytes) -> None:
         """Decompress in bounded steps, so a small bomb never becomes a large buffer: past the
-        cap, the answer fails before the next step is made."""
+        cap, the answer fails before the next step is made; while the reader has more than the
+        high-water mark unread, the rest waits compressed (:meth:`_unpack` goes on)."""
         decoder = self._decoder
         while data:
+            if self._size > _BUFFER_HIGH and not self._whole:
+                self._backlog = data
+                return
             out = decoder.decompress(data, _INFLATE_STEP)
             data = decoder.unconsumed_tail
             if out:
@@ -202,8 +217,23 @@ class Response:
             self._conn.pause()
         self._wake()
 
+    def _unpack(self) -> None:
+        """Inflate what was held back, up to the high-water mark again; the end of the body once
+        all of it is."""
+        data, self._backlog = self._backlog, b""
+        try:
+            self._inflate(data)
+            if not self._backlog and self._ending:
+                self._ending = False
+                self._finish()
+        except zlib.error as exc:
+            self._fail(InvalidResponse(f"the upstream's compressed body is corrupt: {exc}"))
+
     def _finish(self) -> None:
         if self._error is not None:  # failed mid-body (a corrupt block): stays failed
+            return
+        if self._backlog:  # ends once the reader has taken the rest
+            self._ending = True
             return
         if self._decoder is not None:
             tail = self._decoder.flush()
@@ -244,10 +274,14 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body. The connection goes back to the pool."""
+        self._whole = True
         try:
             while not self._done:
                 if self._error is not None:
                     raise self._error
+                if self._backlog:
+                    self._unpack()
+                    continue
                 await self._arm()
         except BaseException:
             self.release()
@@ -268,6 +302,9 @@ class Response:
                 raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
+            if self._backlog:
+                self._unpack()
+                continue
             await self._arm()
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
@@ -345,7 +382,7 @@ class _Connection(asyncio.Protocol):
         self.parser = _CLOSED_PARSER
         self.pool.forget(self)
         response = self.response
-        if response is None or response._done or response._error is not None:
+        if response is None or response._done or response._ending or response._error is not None:
             return
         if self.head is not None and not self.head.done():
             early = self.loop.time() - self.sent_at < max(_STALE_WINDOW, self.connect_s)
