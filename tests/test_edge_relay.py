@@ -258,3 +258,22 @@ def test_a_huge_error_answer_is_read_no_further_than_its_beginning(
     )
     assert resp.status == 500 and len(resp.body) < 2000
     assert "answered 500: <html>xxx" in resp.json()["error"]["message"]
+
+
+def test_a_large_image_answer_is_relayed_and_its_images_counted(
+    gateway_factory: object, upstream: ScriptedUpstream
+) -> None:
+    image = b'{"b64_json":"' + b"A" * 700_000 + b'","revised_prompt":"a cat"}'
+    body = b'{"created":1,"data":[' + image + b"," + image + b"," + image + b"]}"
+    upstream.script = [_head(len(body)), body]
+    gw = gateway_factory(edge_config(upstream.url))  # type: ignore[operator]
+    records = _records(gw)
+    resp = request(
+        "POST",
+        gw.url + "/v1/images/generations",
+        {"model": "gpt-4", "prompt": "a cat", "n": 3},
+        {"Authorization": f"Bearer {CLIENT_KEY}"},
+    )
+    assert resp.status == 200 and resp.body == body
+    wait_until(lambda: records, what="the record")
+    assert records[0].usage is not None and records[0].usage.images == 3
