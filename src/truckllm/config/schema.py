@@ -122,6 +122,9 @@ class ProviderConfig:
     # The upstream serves OpenAI's Responses API (/responses): Responses clients pass through.
     # None: true for the provider id "openai" on api.openai.com, false otherwise (openai type).
     responses_api: bool | None = None
+    # Built-in Responses tools (web_search, ...) this provider cannot run, when the request is
+    # translated for it: left out (named in x-truckllm-dropped-tools) or refused with a 400.
+    builtin_tools: Literal["drop", "error"] = "drop"
     tls: ProviderTLS | None = None
     # None: the environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": always direct; or an
     # http:// proxy URL for this provider alone.

@@ -294,7 +294,7 @@ async def _attempt(
     ``served`` when the reply is committed, else the failed reply or transport error."""
     provider = rt.providers[target.provider_id]
     try:
-        call = _call(provider, target, request)
+        call = _call(provider, target, request, rt.refuses_builtin_tools)
     except RequestRejected as rejected:
         pick.done(Outcome(OutcomeKind.NOT_SENT))
         return OutcomeKind.NOT_SENT, rejected, None
@@ -332,7 +332,9 @@ async def _attempt(
     return kind, reply, None
 
 
-def _call(provider: Provider, target: Target, request: _Request) -> Call:
+def _call(
+    provider: Provider, target: Target, request: _Request, refuses_builtin: frozenset[str]
+) -> Call:
     endpoint, body, raw, stream, wants_usage, request_id, inbound = request
     if endpoint in OPENAI_ONLY and endpoint not in getattr(provider, "endpoints", ()):
         raise RequestRejected(
@@ -360,6 +362,7 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             request_id,
             inbound.dialect,
             inbound.headers,
+            inbound.source,
         )
     if endpoint == "count_tokens":
         raise RequestRejected(
@@ -373,6 +376,8 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             ),
             "unsupported_endpoint",
         )
+    if inbound.dropped and target.provider_id in refuses_builtin:
+        raise builtin_tools_refused(target.provider_id, inbound.dropped)
     internal, internal_raw = inbound.internal()
     return Call(endpoint, internal, internal_raw, target.model, stream, True, request_id)
 
@@ -429,3 +434,20 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
             Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)
         )
         await reply.aclose()
+
+
+def builtin_tools_refused(provider_id: str, tools: tuple[str, ...]) -> RequestRejected:
+    """A translated request's built-in tools, on a provider set to refuse them
+    (``builtin_tools: error``): the route's other providers are tried first, then this 400."""
+    return RequestRejected(
+        400,
+        error_body(
+            f"provider {provider_id!r} cannot run the built-in tools {', '.join(tools)}; "
+            "leave them out or route this model to a provider that serves the Responses API.",
+            400,
+            "unsupported_tool",
+            "tools",
+            "invalid_request_error",
+        ),
+        "unsupported_tool",
+    )

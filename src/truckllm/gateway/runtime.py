@@ -32,6 +32,10 @@ class Runtime:
         for p in config.providers:
             ctx = ProviderContext(p, client, provider_timeouts(p, config.server.timeouts))
             self.providers[p.id] = registry.get(p.type)(ctx)
+        # Providers whose translated requests refuse built-in tools rather than drop them.
+        self.refuses_builtin_tools = frozenset(
+            p.id for p in config.providers if p.builtin_tools == "error"
+        )
         r = config.routing
         settings = RoutingSettings(
             cooldown_base_s=r.cooldown.base,

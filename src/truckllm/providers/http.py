@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
 from truckllm.http.client import (
+    BodySource,
     HTTPClientError,
     ParsedURL,
     PoolTimeout,
@@ -112,16 +113,18 @@ class UpstreamHTTP:
     async def post(
         self,
         url: str,
-        data: bytes | Sequence[bytes | bytearray | memoryview],
+        data: bytes | Sequence[bytes | bytearray | memoryview] | BodySource,
         key: KeyConfig,
         stream: bool,
         extra: bytes = b"",
         content_type: str | None = None,
+        method: bytes = b"POST",
     ) -> Response:
         """Status and headers; the body is read with :meth:`read` or iterated (streams).
         ``extra``: more header lines, encoded, for this request only; ``content_type`` the
-        body's when it is not JSON (a form upload), whose ``data`` may come in pieces, written
-        as the socket takes them (never joined)."""
+        body's when it is not JSON (a form upload), whose ``data`` may come in pieces or from a
+        :class:`BodySource`, written as the socket takes them (never joined). ``method``:
+        ``GET`` or ``DELETE`` with an empty ``data`` for the calls that carry no body."""
         target, proxy = self._target(url)
         head = self._head(key)
         if content_type is not None:
@@ -140,6 +143,7 @@ class UpstreamHTTP:
                 proxy=proxy,
                 max_connections=self._max_connections,
                 pool_timeout=self._pool_timeout,
+                method=method,
             )
 
     async def read(self, resp: Response) -> bytes:
