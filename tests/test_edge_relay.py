@@ -277,3 +277,20 @@ def test_a_large_image_answer_is_relayed_and_its_images_counted(
     assert resp.status == 200 and resp.body == body
     wait_until(lambda: records, what="the record")
     assert records[0].usage is not None and records[0].usage.images == 3
+
+
+def test_a_relayed_answer_too_large_for_the_cache_is_relayed_and_not_kept(
+    gateway_factory: object, upstream: ScriptedUpstream
+) -> None:
+    body = completion(3 * MiB)
+    upstream.script = [_head(len(body)), body]
+    config = edge_config(upstream.url) + "cache: {enabled: true}\n"
+    gw = gateway_factory(config)  # type: ignore[operator]
+    chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    for _ in range(2):
+        resp = request(
+            "POST", gw.url + "/v1/chat/completions", chat, {"Authorization": f"Bearer {CLIENT_KEY}"}
+        )
+        assert resp.status == 200 and resp.body == body
+        assert resp.headers["x-truckllm-cache"] == "miss"
+    assert len(upstream.heads) == 2  # over max_entry_bytes (1 MiB): never kept

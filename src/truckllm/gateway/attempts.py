@@ -59,14 +59,17 @@ async def execute(
     request_id: str,
     inbound: Inbound | None = None,
     exclude: frozenset[str] = frozenset(),
+    affinity: str | None = None,
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
     when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx).
 
     With ``inbound`` (a client dialect other than the internal form), ``body`` and ``raw`` are
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
-    speaks the dialect, and its internal form to any other."""
+    speaks the dialect, and its internal form to any other. ``affinity`` names the request's
+    conversation for prompt-cache affinity (:mod:`truckllm.routing.affinity`)."""
     loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
+    loop.affinity = affinity
     if exclude:  # keys the request must not use, not even on a same-key retry (pinned elsewhere)
         loop.excluded = exclude
         loop.tried.update(exclude)
@@ -77,6 +80,7 @@ class _AttemptLoop:
     """The state of one request's attempts: keys tried, the last failure, time and retries left."""
 
     __slots__ = (
+        "affinity",
         "attempts",
         "deadline",
         "est",
@@ -132,6 +136,7 @@ class _AttemptLoop:
         self.last_target: Target | None = None
         self.last_pick: Pick | None = None
         self.rejected: RequestRejected | None = None
+        self.affinity: str | None = None
 
     async def run(self) -> Served:
         self.rt.budget.on_request()
@@ -160,6 +165,7 @@ class _AttemptLoop:
             route.strategy,
             route.balance,
             panic=not self.failover_only,
+            affinity=self.affinity,
         )
         kind = self.last_kind
         if (

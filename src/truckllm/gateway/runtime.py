@@ -13,6 +13,7 @@ from truckllm.http.client import HTTPClient
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
 from truckllm.routing import OutlierSettings, Router, RoutingSettings
+from truckllm.routing.affinity import Affinity
 
 
 class Runtime:
@@ -64,6 +65,9 @@ class Runtime:
             strategies={p.id: p.strategy for p in config.providers if p.strategy},
             carry_over=previous.router if previous else None,
         )
+        if r.affinity.enabled:  # prompt-cache affinity: conversations carry over a reload
+            previous_affinity = previous.router.affinity if previous else None
+            self.router.affinity = Affinity(r.affinity).adopt(previous_affinity)
         self.resolver = ModelResolver(config)
         self.client_keys: Mapping[bytes, str] = client_key_digests(config)
         rc = config.retry

@@ -31,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from truckllm.testing.behaviour import Conditions, Decision, Quota, Throttle, reported_usage
+from truckllm.testing.prompt_cache import PromptCache
 from truckllm.testing.wire import (
     FakeServer,
     Received,
@@ -198,8 +199,10 @@ class FakeGemini(FakeServer):
         cached_tokens: int = 0,
         event_delay: float = 0.0,
         conditions: Conditions | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.valid_keys = valid_keys
+        self.prompt_cache = prompt_cache  # cachedContentTokenCount when a prefix repeats on a key
         self.reply_words = reply_words
         self.dims = dims
         self.thought_signatures = thought_signatures
@@ -269,7 +272,7 @@ class FakeGemini(FakeServer):
             if problem:
                 return _error(400, "INVALID_ARGUMENT", problem)
             stream = method != "generateContent"
-            chunks = self._generate(body, model, stream, d)
+            chunks = self._generate(body, model, stream, d, key or "")
             if stream and request.query.get("alt") == "sse":
                 return await self._stream(request, chunks, d)
             wait = d.generation_time(len(chunks) if stream else self._words(d))
@@ -315,7 +318,7 @@ class FakeGemini(FakeServer):
     # -- answers ------------------------------------------------------------------------------
 
     def _generate(
-        self, body: dict[str, Any], model: str, stream: bool, d: Decision
+        self, body: dict[str, Any], model: str, stream: bool, d: Decision, key: str = ""
     ) -> list[dict[str, Any]]:
         """The response (first element) or, for streams, every event of it."""
         gen = body.get("generationConfig") or {}
@@ -327,11 +330,14 @@ class FakeGemini(FakeServer):
         call = _function_to_call(body)
         if gen.get("responseMimeType") == "application/json":
             words = [orjson.dumps({"answer": " ".join(words)}).decode()]
+        prompt = max(1, len(orjson.dumps(body.get("contents"))) // 4)
+        cached = self.cached_tokens
+        if self.prompt_cache is not None:
+            parts = [body.get("systemInstruction"), *(body.get("contents") or ())]
+            prompt = max(1, len(orjson.dumps(parts)) // 4)
+            cached = min(self.prompt_cache.cached_tokens(key, parts), prompt)
         prompt, completion, cached = reported_usage(
-            d.usage,
-            max(1, len(orjson.dumps(body.get("contents"))) // 4),
-            (1 if call else len(words)) * n,
-            self.cached_tokens,
+            d.usage, prompt, (1 if call else len(words)) * n, cached
         )
         rid = f"fake-{next(self._ids):06d}"
         base = {"modelVersion": model, "responseId": rid}

@@ -65,7 +65,7 @@ class RecordEncoder:
         u = r.usage
         ttft = r.ttft_s
         own = r.latency_s - r.upstream_s
-        return {
+        out = {
             "time": self.rfc3339(r.time),
             "request_id": r.request_id,
             "client_id": r.client_id,
@@ -95,6 +95,9 @@ class RecordEncoder:
             "cost_usd": r.cost_usd,
             "stream": r.stream,
         }
+        if r.cache is not None:  # the response cache is on for the request's endpoint
+            out["cache"], out["saved_usd"] = r.cache, r.saved_usd
+        return out
 
     async def lines(self, batch: list[RequestRecord]) -> list[bytes]:
         """JSON Lines for a batch, yielding to the event loop between chunks so a large batch
