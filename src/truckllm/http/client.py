@@ -803,7 +803,9 @@ class HTTPClient:
         if pool is None:
             pool = self._pools[key] = _OriginPool(self, key)
         cap = (max_connections, pool_timeout)
-        conn = await self._acquire(pool, loop, connect_timeout, cap)
+        conn = pool.take(loop.time())  # the usual case: no wait, no coroutine
+        if conn is None:
+            conn = await self._acquire(pool, loop, connect_timeout, cap, reuse=False)
         if conn.used:  # a pooled one: it may have closed while idle
             try:
                 return await self._exchange(conn, data, read_timeout, total, max_body, pieces)
@@ -823,7 +825,7 @@ class HTTPClient:
         reuse: bool = True,
     ) -> _Connection:
         """An idle connection (if ``reuse``), else a new one; at the cap, the first to come
-        back or, once one closes, a new one."""
+        back (handed over by the pool) or, once one closes, a new one."""
         limit, wait_s = cap
         conn = pool.take(loop.time()) if reuse else None
         deadline = loop.time() + wait_s

@@ -156,7 +156,8 @@ class UpstreamHTTP:
         goes back to the pool), else ``(its beginning, False)``: at least ``limit`` bytes, the
         rest left on the wire for :meth:`reading` to relay, so a large answer is never held whole."""
         if resp.complete:  # the usual case: the body came with the head
-            return await self.read(resp), True
+            with self._reading:
+                return await resp.read(), True
         parts: list[bytes] = []
         size = 0
         try:
