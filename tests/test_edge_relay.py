@@ -257,7 +257,8 @@ def test_a_huge_error_answer_is_read_no_further_than_its_beginning(
         {"Authorization": f"Bearer {CLIENT_KEY}"},
     )
     assert resp.status == 500 and len(resp.body) < 2000
-    assert "answered 500: <html>xxx" in resp.json()["error"]["message"]
+    message = resp.json()["error"]["message"]
+    assert "answered 500" in message and ": <html>xxx" in message
 
 
 def test_a_large_image_answer_is_relayed_and_its_images_counted(

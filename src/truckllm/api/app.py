@@ -85,8 +85,15 @@ class App:
         self.records.subscribe(self.accounting.record)
         self.readiness = Readiness(checks={"store": self.coordinator.health})
         admin = AdminAPI(
-            AdminContext(stats, self.reloader, self.coordinator.query, self.registry.names)
+            AdminContext(
+                stats,
+                self.reloader,
+                self.coordinator.query,
+                self.registry.names,
+                accounting=self.accounting,
+            )
         )
+        self.records.subscribe(admin.context.recent)  # the dashboard's overview and tail
         self.cache = ResponseCache(config, self.accounting.cost_nanos)  # docs/cache.md
         self.holder.listeners.append(self.cache.attach)
         if self.telemetry.metrics is not None:

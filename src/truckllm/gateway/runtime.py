@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from truckllm.config import Config, client_key_digests, provider_timeouts
 from truckllm.gateway.resolve import ModelResolver
 from truckllm.gateway.retry import RetryBudget, RetryPolicy
+from truckllm.gateway.upstream_log import FailureLog
 from truckllm.http.client import HTTPClient
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
@@ -81,6 +82,7 @@ class Runtime:
         self.max_wait_s = r.max_wait
         self.default_output_tokens = r.default_max_output_tokens
         self.rng = random.Random()
+        self.failure_log: FailureLog = previous.failure_log if previous else FailureLog()
         self.created = int(time.time())
 
 

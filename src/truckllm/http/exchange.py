@@ -1,14 +1,14 @@
-"""One whole POST exchange on the shared client, for the gateway's own calls out (webhook sinks,
-the ``http`` store): bounded in time as a whole and in the size of the answer, through the
-proxy the caller chose (:meth:`ProxyEnv.choose`: the environment's ``HTTPS_PROXY``/``NO_PROXY``,
-or the caller's own ``proxy`` option)."""
+"""One whole exchange on the shared client, for the gateway's own calls out (webhook sinks, the
+``http`` store, ``truckllm check --probe``): bounded in time as a whole and in the size of the
+answer, through the proxy the caller chose (:meth:`ProxyEnv.choose`: the environment's
+``HTTPS_PROXY``/``NO_PROXY``, or the caller's own ``proxy`` option)."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 
-from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL, encode_headers
-from truckllm.http.proxy import Proxy
+from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL, Proxy, encode_headers
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
@@ -26,17 +26,38 @@ async def post_whole(
     max_answer: int = MAX_ANSWER_BYTES,
     proxy: Proxy | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """``(status, headers, body)`` of one POST, all within ``seconds``. Raises
-    :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
+    """``(status, headers, body)`` of one POST, all within ``seconds`` (through ``proxy`` when
+    given). Raises :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
+    return await exchange_whole(
+        client, url, encode_headers(headers), body, seconds, max_answer, proxy=proxy
+    )
+
+
+async def exchange_whole(
+    client: HTTPClient,
+    url: ParsedURL,
+    head: bytes,
+    body: bytes,
+    seconds: float,
+    max_answer: int = MAX_ANSWER_BYTES,
+    *,
+    method: bytes = b"POST",
+    tls: ssl.SSLContext | None = None,
+    proxy: Proxy | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """:func:`post_whole` for any method, with pre-encoded header lines, a TLS context and a
+    forward proxy (as :meth:`HTTPClient.post` takes them)."""
     async with asyncio.timeout(seconds):
         response = await client.post(
             url,
-            encode_headers(headers),
+            head,
             body,
             connect_timeout=seconds,
             read_timeout=seconds,
             total=seconds,
+            tls=tls,
             proxy=proxy,
+            method=method,
         )
         try:
             parts: list[bytes] = []

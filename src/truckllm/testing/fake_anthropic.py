@@ -268,7 +268,28 @@ class FakeAnthropic(FakeServer):
         return [
             web.post("/v1/messages", self._messages),
             web.post("/v1/messages/count_tokens", self._count_tokens),
+            web.get("/v1/models", self._models),
         ]
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/models``: the model list (one page), after the key and version checks."""
+        await self.take(request, request.path)
+        rid = f"req_fake{next(self._ids):06d}"
+        key = request.headers.get("x-api-key", "")
+        if self.valid_keys is not None and key not in self.valid_keys:
+            return _error(401, "authentication_error", "invalid x-api-key", rid)
+        if request.headers.get("anthropic-version") is None:
+            return _error(
+                400, "invalid_request_error", "anthropic-version: header is required", rid
+            )
+        model = {
+            "type": "model",
+            "id": "claude-sonnet-4-5",
+            "display_name": "Claude Sonnet 4.5",
+            "created_at": "2025-09-29T00:00:00Z",
+        }
+        page = {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]}
+        return web.json_response(page, headers={"request-id": rid})
 
     async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
         """``{"input_tokens": N}``: about four bytes of messages, system and tools a token."""

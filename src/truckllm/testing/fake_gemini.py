@@ -213,7 +213,10 @@ class FakeGemini(FakeServer):
         super().__init__(conditions or Conditions())
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1beta/models/{target}", self._handle)]
+        return [
+            web.post("/v1beta/models/{target}", self._handle),
+            web.get("/v1beta/models", self._models),
+        ]
 
     def key_of(self, received: Received) -> str | None:
         """The API key a recorded request carried."""
@@ -223,6 +226,50 @@ class FakeGemini(FakeServer):
         return None
 
     # -- handlers -----------------------------------------------------------------------------
+
+    def _refuse_key(self, key: str | None) -> web.Response | None:
+        """Google's answer to a missing (403) or unknown (400 ``API_KEY_INVALID``) key, when
+        ``valid_keys`` is set."""
+        if self.valid_keys is None:
+            return None
+        if not key:
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to "
+                "call this API.",
+            )
+        if key not in self.valid_keys:
+            return _error(
+                400,
+                "INVALID_ARGUMENT",
+                "API key not valid. Please pass a valid API key.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    }
+                ],
+            )
+        return None
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """``GET /v1beta/models``: the model list (one page), after the key check."""
+        await self.take(request, request.path_qs)
+        refused = self._refuse_key(
+            request.headers.get("x-goog-api-key") or request.query.get("key")
+        )
+        if refused is not None:
+            return refused
+        model = {
+            "name": "models/gemini-2.5-flash",
+            "displayName": "Gemini 2.5 Flash",
+            "supportedGenerationMethods": ["generateContent", "countTokens"],
+        }
+        return web.Response(body=orjson.dumps({"models": [model]}), content_type="application/json")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -238,29 +285,9 @@ class FakeGemini(FakeServer):
                 request, self.script.popleft(), _sse, json_type="application/json; charset=UTF-8"
             )
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        if self.valid_keys is not None:
-            if not key:
-                return _error(
-                    403,
-                    "PERMISSION_DENIED",
-                    "Method doesn't allow unregistered callers (callers without established "
-                    "identity). Please use API Key or other form of API consumer identity to "
-                    "call this API.",
-                )
-            if key not in self.valid_keys:
-                return _error(
-                    400,
-                    "INVALID_ARGUMENT",
-                    "API key not valid. Please pass a valid API key.",
-                    [
-                        {
-                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                            "reason": "API_KEY_INVALID",
-                            "domain": "googleapis.com",
-                            "metadata": {"service": "generativelanguage.googleapis.com"},
-                        }
-                    ],
-                )
+        refused = self._refuse_key(key)
+        if refused is not None:
+            return refused
         d, refusal = await gate(request, self.conditions, GEMINI, key or "", len(raw) // 4)
         if refusal is not None:
             return refusal

@@ -381,6 +381,11 @@ class MockUpstream(FakeServer):
         )
 
     async def _models(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.valid_keys is not None and key not in self.valid_keys:
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
         out = {
             "object": "list",
             "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
