@@ -175,6 +175,7 @@ class ServerConfig:
     timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
     reload_interval: float = 1.0  # seconds between checks of the config file; 0 turns it off
     shutdown_timeout: float = 30.0  # seconds in-flight requests may take to finish on SIGTERM
+    drain_delay: float = 0.0  # seconds still serving (with /readyz 503) after SIGTERM, first
     workers: int = 1  # processes serving the one port; read at start-up only
 
 

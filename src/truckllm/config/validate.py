@@ -299,6 +299,8 @@ def _validate_server(cfg: Config, fail: Callable[[str, str], None]) -> None:
         fail("server.reload_interval", "must not be negative")
     if server.shutdown_timeout < 0:
         fail("server.shutdown_timeout", "must not be negative")
+    if server.drain_delay < 0:
+        fail("server.drain_delay", "must not be negative")
     client_ids: set[str] = set()
     for ci, entry in enumerate(server.api_keys):
         cpath = f"server.api_keys[{ci}]"
