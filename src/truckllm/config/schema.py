@@ -328,6 +328,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces over OTLP/HTTP (the ``otel`` extra); off while ``endpoint`` is unset.
+    Read at start-up: changing it takes a restart."""
+
+    endpoint: str | None = None  # the collector's base URL (/v1/traces is appended) or a full URL
+    service_name: str = "truckllm"
+    sample_ratio: float = 1.0  # of the traces the gateway starts; a client's own flag is followed
+    headers: dict[str, Secret] = field(default_factory=dict)  # sent with every export
+    capture_content: bool = False  # export the prompt and the answer (they may hold personal data)
+    timeout: float = 10.0  # seconds per export
+    max_queue: int = 2048  # spans waiting for export; more are dropped (and counted by the SDK)
+    flush_interval: float = 1.0  # seconds a span may wait for its batch
+
+
+@dataclass(frozen=True)
 class RuntimeStoreConfig:
     """Where usage, cooldowns and shared limits live: ``memory``, ``file``, ``redis``, ``http``
     or a plugin's type. Options that a type does not use are ignored by it."""
@@ -393,6 +408,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = field(default="<memory>", compare=False, metadata={"internal": True})

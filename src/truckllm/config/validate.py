@@ -123,6 +123,7 @@ def _validate(
     _validate_routing(cfg, fail)
     _validate_outlier(cfg, fail)
     _validate_telemetry(cfg, fail, sink_types)
+    _validate_tracing(cfg, fail)
     _validate_storage(cfg, fail)
     validate_cache(cfg, fail)
     return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
@@ -471,6 +472,26 @@ def _validate_client_policy(entry: ClientKey, cpath: str, fail: Callable[[str, s
             v = getattr(entry.budget, name)
             if v is not None and v < 0:
                 fail(f"{cpath}.budget.{name}", "must not be negative")
+
+
+def _validate_tracing(cfg: Config, fail: Callable[[str, str], None]) -> None:
+    t = cfg.tracing
+    if t.endpoint is None:
+        return
+    if not re.match(r"^https?://[^/\s]+", t.endpoint):
+        fail("tracing.endpoint", f"{t.endpoint!r} is not an http(s) URL")
+    if not 0.0 <= t.sample_ratio <= 1.0:
+        fail("tracing.sample_ratio", "must be between 0 and 1")
+    if not t.service_name:
+        fail("tracing.service_name", "must not be empty")
+    for name, value in (("timeout", t.timeout), ("flush_interval", t.flush_interval)):
+        if value <= 0:
+            fail(f"tracing.{name}", "must be positive")
+    if t.max_queue < 1:
+        fail("tracing.max_queue", "must be at least 1")
+    for name in t.headers:
+        if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
+            fail(f"tracing.headers.{name}", "is not a valid header name")
 
 
 _STORE_TYPES = ("memory", "file", "redis", "http")

@@ -6,6 +6,7 @@ adapters knows the client's exceptions."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
@@ -25,6 +26,10 @@ from truckllm.providers.called import note_call
 
 _TARGET_CACHE_LIMIT = 4096
 _TRANSPORT_ERRORS = (HTTPClientError, OSError)
+
+UPSTREAM_TRACE: ContextVar[bytes | None] = ContextVar("truckllm_upstream_trace", default=None)
+"""The current attempt's trace headers (``traceparent``, encoded header lines), added to the
+upstream request when set: by the tracing of the request (see ``telemetry/tracing.py``)."""
 
 AuthHeaders = Callable[[str], dict[str, str]]  # secret -> the headers that carry it
 
@@ -132,6 +137,9 @@ class UpstreamHTTP:
         head = self._head(key)
         if content_type is not None:
             head = encode_headers({**self.headers(key), "Content-Type": content_type})
+        trace = UPSTREAM_TRACE.get()
+        if trace is not None:
+            extra += trace
         with self._sending:
             return await self.client.post(
                 target,
