@@ -129,6 +129,10 @@ class ProviderConfig:
     # None: the environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": always direct; or an
     # http:// proxy URL for this provider alone.
     proxy: str | None = None
+    # Connections open at once to this provider's upstream (0: no cap); at the cap a request
+    # waits pool_timeout seconds for one, then fails over.
+    max_connections: int = 0
+    pool_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,7 @@ class WebhookSinkConfig:
     backoff_max: float = 30.0
     hmac_secret: Secret | None = None  # signs the body: X-TruckLLM-Signature: sha256=<hex>
     headers: dict[str, Secret] = field(default_factory=dict)
+    proxy: str | None = None  # None: HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": direct; or a URL
 
 
 @dataclass(frozen=True)
@@ -353,6 +358,7 @@ class RuntimeStoreConfig:
     lease_slack: float = 1.0  # shared limits: seconds from spending a unit to the upstream
     options: dict[str, Any] = field(default_factory=dict)  # for plugin stores
     kv_max_bytes: int = 64 * 1024 * 1024  # memory and file stores: the key-value table's bound
+    proxy: str | None = None  # http: None, the environment's proxies; "none": direct; or a URL
 
 
 @dataclass(frozen=True)

@@ -177,15 +177,24 @@ def _validate_provider(
     )
 
 
+def _validate_proxy(proxy: str | None, path: str, fail: Callable[[str, str], None]) -> None:
+    """A ``proxy`` option: absent, "none", or an http:// URL."""
+    if proxy is not None and proxy.strip().lower() != "none":
+        try:
+            Proxy.parse(proxy)
+        except ValueError as exc:
+            fail(path, f"{exc} (or 'none' for a direct connection)")
+
+
 def _validate_upstream_route(
     p: ProviderConfig, ppath: str, fail: Callable[[str, str], None]
 ) -> None:
-    """``tls`` files that load, and a ``proxy`` that is "none" or an http:// URL."""
-    if p.proxy is not None and p.proxy.strip().lower() != "none":
-        try:
-            Proxy.parse(p.proxy)
-        except ValueError as exc:
-            fail(f"{ppath}.proxy", f"{exc} (or 'none' for a direct connection)")
+    """``tls`` files that load, a ``proxy`` that is "none" or an http:// URL, a connection cap."""
+    if p.max_connections < 0:
+        fail(f"{ppath}.max_connections", "must not be negative (0: no cap)")
+    if not 0 < p.pool_timeout < 1e9:
+        fail(f"{ppath}.pool_timeout", "must be positive")
+    _validate_proxy(p.proxy, f"{ppath}.proxy", fail)
     tls = p.tls
     if tls is None:
         return
@@ -437,6 +446,7 @@ def _validate_telemetry(
                 fail(f"{spath}.url", f"{sink.url!r} is not an http(s) URL")
             if sink.timeout <= 0:
                 fail(f"{spath}.timeout", "must be positive")
+            _validate_proxy(sink.proxy, f"{spath}.proxy", fail)
             if sink.max_retries is not None and sink.max_retries < 0:
                 fail(f"{spath}.max_retries", "must not be negative")
             if sink.backoff_base < 0:
@@ -510,6 +520,7 @@ def _validate_storage(cfg: Config, fail: Callable[[str, str], None]) -> None:
             fail(f"{path}.url", f"is required for the {rs.type} store")
         elif not url.startswith(schemes):
             fail(f"{path}.url", f"must start with {' or '.join(schemes)}")
+    _validate_proxy(rs.proxy, f"{path}.proxy", fail)
     for name in ("flush_interval", "timeout", "lease_ttl"):
         if getattr(rs, name) <= 0:
             fail(f"{path}.{name}", "must be positive")

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from truckllm.errors import APIError
+from truckllm.gateway.body import pending
 from truckllm.gateway.failures import (
     KEY_SPECIFIC,
     PASSED_ON,
@@ -380,7 +381,8 @@ async def _attempt(
         reply.retry_after,
     )
     if kind is OutcomeKind.SUCCESS:
-        return kind, None, Served(reply, pick, target, attempts, t0, outcome=outcome)
+        served = Served(reply, pick, target, attempts, t0, outcome=outcome)
+        return kind, None, pending(served) if reply.rest is not None else served
     pick.done(outcome)
     if kind.retryable:
         await reply.aclose()
