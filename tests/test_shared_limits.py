@@ -105,10 +105,13 @@ def test_two_gateways_share_a_key_limit_and_one_ledger(
     if backend == "http":
         store_server = StoreServer()
         loop_thread.run(store_server.start())
-        storage = f"{{type: http, url: '{store_server.url}', flush_interval: 0.1}}"
+        storage = f"{{type: http, url: '{store_server.url}', flush_interval: 0.1, timeout: 10}}"
     else:
         redis: RedisServer = request.getfixturevalue("redis_server")
-        storage = f"{{type: redis, url: '{redis.url}', flush_interval: 0.1}}"
+        # A store call slower than `timeout` puts the gateway on local state (by design); on a
+        # loaded machine the default 1 s was reached, and local state admits more than the shared
+        # limit. This test is about the shared path, so it gives the store time.
+        storage = f"{{type: redis, url: '{redis.url}', flush_interval: 0.1, timeout: 10}}"
     gws = gateways(shared_config(upstream.url, storage, rpm=8), 2)
     results = loop_thread.run(hammer([g.url for g in gws], 3.0, 8), timeout=60)
     statuses = Counter(s for s, _ in results)
