@@ -8,6 +8,8 @@ against its resident set just before. The cases:
 
 - ``large``: a valid completion of ``--body-mb`` MB, usage last, with its ``Content-Length``: relayed
   to the client as it arrives (passthrough), never held whole.
+- ``anthropic-large``: the same for a Messages client on an ``anthropic`` provider (passthrough):
+  an Anthropic Message of ``--body-mb`` MB, usage last, relayed as it arrives.
 - ``endless-chunked``: a chunked 200 that never ends: relayed until it passes the cap, then cut.
 - ``length-over-cap``: a ``Content-Length`` of 1 GiB: refused before a byte of body is read (502).
 - ``gzip-bomb``: ``Content-Encoding: gzip`` of 1 GiB of zeros (about 1 MB on the wire), although
@@ -57,6 +59,21 @@ def _completion_parts(size: int) -> tuple[bytes, bytes]:
 
 async def large(w: Writer, size: int) -> None:
     head, tail = _completion_parts(size)
+    fill = size - len(head) - len(tail)
+    await _write(w, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    await _write(w, b"Content-Length: %d\r\n\r\n" % size + head)
+    piece = b"x" * PIECE
+    while fill > 0:
+        await _write(w, piece[: min(fill, PIECE)])
+        fill -= PIECE
+    await _write(w, tail)
+
+
+async def anthropic_large(w: Writer, size: int) -> None:
+    head = b'{"id":"msg","type":"message","role":"assistant","model":"m",'
+    head += b'"content":[{"type":"text","text":"'
+    tail = b'"}],"stop_reason":"end_turn","stop_sequence":null,'
+    tail += b'"usage":{"input_tokens":5,"output_tokens":7}}'
     fill = size - len(head) - len(tail)
     await _write(w, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
     await _write(w, b"Content-Length: %d\r\n\r\n" % size + head)
@@ -128,6 +145,7 @@ async def slow_drip(w: Writer, size: int) -> None:
 
 CASES: dict[str, Callable[[Writer, int], Awaitable[None]]] = {
     "large": large,
+    "anthropic-large": anthropic_large,
     "endless-chunked": endless_chunked,
     "length-over-cap": length_over_cap,
     "gzip-bomb": gzip_bomb,
@@ -197,8 +215,9 @@ def gateway_yaml(upstream_port: int, cap: int) -> str:
     aliases = []
     for i, case in enumerate(CASES):
         timeout = "{read: 5, total: 3}" if case == "slow-drip" else "{read: 10}"
+        kind, path = ("anthropic", "") if case.startswith("anthropic") else ("openai", "/v1")
         lines.append(
-            f"  - {{id: p{i}, type: openai, base_url: 'http://{HOST}:{upstream_port}/{case}/v1',"
+            f"  - {{id: p{i}, type: {kind}, base_url: 'http://{HOST}:{upstream_port}/{case}{path}',"
             f" keys: [{{id: k{i}, secret: sk}}], timeout: {timeout}}}"
         )
         aliases.append(f"'{case}': 'p{i}:m'")
@@ -210,7 +229,11 @@ def one_request(port: int, case: str) -> tuple[int, int]:
     """(status, body bytes received); status 0 when the connection was cut mid-body."""
     conn = http.client.HTTPConnection(HOST, port, timeout=120)
     body = b'{"model":"%s","messages":[{"role":"user","content":"hi"}]}' % case.encode()
-    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    path, headers = "/v1/chat/completions", {"Content-Type": "application/json"}
+    if case.startswith("anthropic"):  # a Messages client
+        body = body[:-1] + b',"max_tokens":5}'
+        path, headers = "/v1/messages", {**headers, "anthropic-version": "2023-06-01"}
+    conn.request("POST", path, body, headers)
     resp = conn.getresponse()
     got = 0
     try:

@@ -295,3 +295,58 @@ def test_a_relayed_answer_too_large_for_the_cache_is_relayed_and_not_kept(
         assert resp.status == 200 and resp.body == body
         assert resp.headers["x-truckllm-cache"] == "miss"
     assert len(upstream.heads) == 2  # over max_entry_bytes (1 MiB): never kept
+
+
+def anthropic_message(size: int) -> bytes:
+    """An Anthropic Message of about ``size`` bytes, in its real field order: ``usage`` last,
+    with the nested ``cache_creation`` object and a string (``service_tier``) inside."""
+    head = b'{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5",'
+    head += b'"content":[{"type":"text","text":"'
+    tail = (
+        b'"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":11,'
+        b'"cache_creation_input_tokens":3,"cache_read_input_tokens":5,"cache_creation":'
+        b'{"ephemeral_5m_input_tokens":3,"ephemeral_1h_input_tokens":0},"output_tokens":22,'
+        b'"service_tier":"standard"}}'
+    )
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+def test_a_large_anthropic_passthrough_answer_is_relayed_as_it_arrives(
+    gateway_factory: object, upstream: ScriptedUpstream, loop_thread: LoopThread
+) -> None:
+    body = anthropic_message(3 * MiB)
+    release = loop_thread.run(_event())
+    upstream.script = [_head(len(body)), body[: 2 * MiB], release, body[2 * MiB :]]
+    config = edge_config(upstream.url).replace(
+        "  - id: openai\n", "  - id: openai\n    type: anthropic\n"
+    ).replace(upstream.url, upstream.url.removesuffix("/v1"))
+    gw = gateway_factory(config)  # type: ignore[operator]
+    records = _records(gw)
+    sock = connect(gw)
+    payload = orjson.dumps(
+        {"model": "gpt-4", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    sock.sendall(
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"x-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\n".encode()
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    got = bytearray()
+    # Two MiB of body reach the Messages client while the upstream still holds the rest back.
+    assert _read_at_least(sock, got, 2 * MiB), bytes(got[:300])
+    head = bytes(got).partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 200 ")
+    loop_thread.run(_set(release))
+    assert _read_at_least(sock, got, len(head) + 4 + len(body))
+    assert bytes(got).partition(b"\r\n\r\n")[2] == body  # byte for byte
+    sock.close()
+    wait_until(lambda: records, what="the record")
+    usage = records[0].usage  # read from the body's end, in Anthropic's terms
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.cached_tokens, usage.cache_creation_tokens) == (19, 5, 3)
+    assert usage.completion_tokens == 22 and records[0].error_code is None
+    assert b"/v1/messages " in upstream.heads[0]  # passed through, not translated
+    assert b"accept-encoding: identity" in upstream.heads[0].lower()
+    key = gw.states()["k1"]
+    assert key.in_flight == 0 and key.success_rate == 1.0

@@ -74,15 +74,18 @@ def test_a_wait_past_pool_timeout_is_a_pool_timeout(run: Runner) -> None:
             busy = asyncio.create_task(post(client, srv.url(), max_connections=1))
             await held.requests.get()
             with pytest.raises(PoolTimeout, match=r"busy for 0\.1 s"):
-                await post(client, srv.url(), max_connections=1, pool_timeout=0.1)
+                await post(client, srv.url(), max_connections=1, pool_timeout=0.1, label="p")
             assert srv.connections == 1
+            stats = client.pool_stats  # counted for /metrics under the caller's label
+            assert (stats.waits, stats.timeouts, stats.waiting) == ({"p": 1}, {"p": 1}, {"p": 0})
             held.release()
             assert await (await busy).read() == b'{"ok":true}'
             # The waiter that gave up left nothing behind: the next request gets the connection.
             held.release()
-            resp = await post(client, srv.url(), max_connections=1, pool_timeout=0.1)
+            resp = await post(client, srv.url(), max_connections=1, pool_timeout=0.1, label="p")
             await resp.read()
             assert srv.connections == 1
+            assert client.pool_stats.waits == {"p": 1}  # the connection was idle: no wait
             await client.close()
 
     run(main())
@@ -103,11 +106,14 @@ def test_a_connection_that_closes_makes_room_for_a_new_one(run: Runner) -> None:
             srv = server
             client = HTTPClient()
             first = await post(client, srv.url(), max_connections=1)
-            waiting = asyncio.create_task(post(client, srv.url(), max_connections=1))
+            waiting = asyncio.create_task(post(client, srv.url(), max_connections=1, label="q"))
             await _waiters(client, 1)
+            assert client.pool_stats.waiting == {"q": 1}  # the gauge: one waits now
             first.release()  # abandoned mid-body: its connection is closed, room for another
             assert await (await waiting).read() == b'{"ok":true}'
             assert srv.connections == 2
+            stats = client.pool_stats
+            assert (stats.waits, stats.timeouts, stats.waiting) == ({"q": 1}, {}, {"q": 0})
             await client.close()
 
     srv: RawServer
@@ -170,4 +176,10 @@ def test_a_provider_at_its_cap_fails_over_once_the_pool_wait_times_out(
     resp = gw.post("/v1/chat/completions", {**chat, "model": "a:m"})
     assert resp.status == 502 and "max_connections" in resp.json()["error"]["message"]
     assert len(a.received) == 1
+    # Three waits for a's connection (the failover, then two attempts at a:m), all timed out.
+    page = gw.request("GET", "/metrics").body.decode()
+    assert 'truckllm_upstream_pool_waits_total{provider="a"} 3' in page
+    assert 'truckllm_upstream_pool_timeouts_total{provider="a"} 3' in page
+    assert 'truckllm_upstream_pool_waiting{provider="a"} 0' in page
+    assert 'provider="b"' not in page.partition("truckllm_upstream_pool_waits_total")[2]
     held.close()

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import openai
+import orjson
 import pytest
-from helpers import Gateway
+from helpers import Gateway, sse_events
 from openai.types import Completion, ImagesResponse, ModerationCreateResponse
 from openai.types.audio import Transcription, Translation
 
@@ -251,6 +252,53 @@ def test_upload_needs_a_model_and_a_form(stack: Stack) -> None:
     headers["Content-Type"] = "application/json"
     r = stack.gw.request("POST", "/v1/audio/transcriptions", raw=b"{}", headers=headers)
     assert r.status == 400 and b"multipart/form-data" in r.body
+
+
+def test_a_streamed_transcription_is_relayed_as_events(stack: Stack, client: openai.OpenAI) -> None:
+    stream = client.audio.transcriptions.create(model="ears", file=_form(), stream=True)
+    events = list(stream)
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "transcript.text.done" and set(kinds[:-1]) == {"transcript.text.delta"}
+    text = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+    assert text == events[-1].text == "mock transcript of 16 bytes"
+    rec = stack.last()  # the usage read from the done event
+    assert rec.usage is not None and (rec.usage.prompt_tokens, rec.usage.completion_tokens) == (
+        14,
+        6,
+    )
+    assert stack.oa.media.forms[-1]["model"] == "gpt-4o-transcribe"
+
+
+def test_a_stream_field_after_the_file_is_the_upstreams_to_answer(stack: Stack) -> None:
+    """The gateway stops reading the form at ``model``; a ``stream`` field after the file is
+    never seen by it, and the upstream's SSE answer still comes back as events."""
+    boundary = "b0undary"
+
+    def part(name: str, value: str, filename: str = "") -> str:
+        extra = f'; filename="{filename}"\r\nContent-Type: audio/wav' if filename else ""
+        return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'
+
+    raw = (
+        part("file", "", "a.wav")
+        + "x" * 100_000
+        + "\r\n"
+        + part("model", "")
+        + "ears\r\n"
+        + part("stream", "")
+        + f"true\r\n--{boundary}--\r\n"
+    ).encode()
+    headers = {
+        "Authorization": "Bearer client-key",
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+    }
+    r = stack.gw.request("POST", "/v1/audio/transcriptions", raw=raw, headers=headers)
+    assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [orjson.loads(e) for e in sse_events(r.body)]
+    assert events[-1]["type"] == "transcript.text.done"
+    assert events[-1]["text"] == "mock transcript of 100000 bytes"
+    assert stack.oa.media.forms[-1]["stream"] == "true"
+    rec = stack.last()
+    assert rec.usage is not None and rec.usage.completion_tokens == 6
 
 
 def test_upload_over_the_body_limit(

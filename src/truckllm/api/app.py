@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import time
+from functools import partial
 
 from truckllm.accounting import Accounting
 from truckllm.admin import AdminAPI, AdminContext, Stats
@@ -28,6 +29,7 @@ from truckllm.plugins import Registry
 from truckllm.providers import ProviderFactory, provider_registry
 from truckllm.reload import Reloader
 from truckllm.telemetry.hub import Telemetry
+from truckllm.telemetry.pool import render_pool
 from truckllm.telemetry.record import RecordBus, RequestRecord
 
 log = logging.getLogger("truckllm.api")
@@ -145,6 +147,8 @@ class App:
             )
         rt = self.holder.build(self.client)
         await self.telemetry.start()
+        if self.telemetry.metrics is not None:  # the upstream pools' waits
+            self.telemetry.metrics.extra.append(partial(render_pool, stats=self.client.pool_stats))
         self.services.proxy.tracer = self.telemetry.tracer
         self.accounting.attach(rt)
         await self.coordinator.start(rt)

@@ -1,11 +1,11 @@
-"""``DELETE /v1/responses/{id}`` of a response an upstream holds (passthrough to a provider
-with ``responses_api``): the call goes to that provider with the key that made the response,
-and the client gets the upstream's answer as it came (status and body). The gateway's copy is
-forgotten when the upstream deleted it or no longer knows it. No pick, limit or accounting: it
-is no model call."""
+"""``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items`` of a
+response an upstream holds (passthrough to a provider with ``responses_api``): the call goes to
+that provider with the key that made the response, and the client gets the upstream's answer as
+it came (status and body). No pick, limit or accounting: it is no model call."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from truckllm.errors import APIError
@@ -14,7 +14,12 @@ from truckllm.providers.base import UpstreamError
 
 
 async def forward(
-    rt: Runtime, method: str, response_id: str, upstream: Any
+    rt: Runtime,
+    method: str,
+    response_id: str,
+    upstream: Any,
+    tail: str = "",
+    params: Sequence[tuple[str, str]] = (),
 ) -> tuple[int, bytes] | None:
     """The upstream's (status, body), or None when the record names no provider in force that
     can take the call (the gateway's copy then answers alone)."""
@@ -27,7 +32,7 @@ async def forward(
     if call is None or key is None:
         return None
     try:
-        status, body = await call(method, response_id, key)
+        status, body = await call(method, response_id, key, tail, params)
     except UpstreamError as exc:
         raise APIError(exc.status, str(exc), type_="server_error", code=exc.code) from None
     return int(status), bytes(body)

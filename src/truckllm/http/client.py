@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from truckllm.http.pool_stats import PoolStats
 from truckllm.http.proxy import Proxy, ProxyEnv, open_tunnel
 from truckllm.http.tls import TLSSettings, build_context
 
@@ -720,6 +721,7 @@ class HTTPClient:
         self.max_response_bytes = max_response_bytes
         self._ssl = ssl_context
         self._pools: dict[PoolKey, _OriginPool] = {}
+        self.pool_stats = PoolStats()  # waits at a connection cap, for /metrics
         self._contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
         self.closed = False
 
@@ -756,6 +758,7 @@ class HTTPClient:
         max_connections: int | None = None,
         pool_timeout: float = 10.0,
         method: bytes = b"POST",
+        label: str = "",
     ) -> Response:
         """Send ``POST`` (or ``method``: ``GET`` and ``DELETE`` with an empty body go without
         Content-Length) with ``head`` (pre-encoded header lines, without Host and
@@ -765,7 +768,8 @@ class HTTPClient:
         ``max_body`` caps the answer's body after decompression (:class:`ResponseTooLarge`);
         ``tls``: the context for an https target (None: the default); ``proxy``: the forward
         proxy to go through (None: direct); ``max_connections`` caps the connections open to
-        the target's pool (None: no cap), a request waiting at most ``pool_timeout`` for one.
+        the target's pool (None: no cap), a request waiting at most ``pool_timeout`` for one,
+        counted in :attr:`pool_stats` under ``label``.
         Raises :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
         if self.closed:
             raise HTTPClientError("the client is closed")
@@ -802,7 +806,7 @@ class HTTPClient:
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _OriginPool(self, key)
-        cap = (max_connections, pool_timeout)
+        cap = (max_connections, pool_timeout, label)
         conn = pool.take(loop.time())  # the usual case: no wait, no coroutine
         if conn is None:
             conn = await self._acquire(pool, loop, connect_timeout, cap, reuse=False)
@@ -821,20 +825,32 @@ class HTTPClient:
         pool: _OriginPool,
         loop: asyncio.AbstractEventLoop,
         connect_timeout: float,
-        cap: tuple[int | None, float],
+        cap: tuple[int | None, float, str],
         reuse: bool = True,
     ) -> _Connection:
         """An idle connection (if ``reuse``), else a new one; at the cap, the first to come
         back (handed over by the pool) or, once one closes, a new one."""
-        limit, wait_s = cap
+        limit, wait_s, label = cap
         conn = pool.take(loop.time()) if reuse else None
+        if conn is not None:
+            return conn
+        if not limit or (pool.count < limit and not pool.waiters):
+            return await self._connect(pool, loop, connect_timeout)
         deadline = loop.time() + wait_s
-        while conn is None:
-            if not limit or (pool.count < limit and not pool.waiters):
-                return await self._connect(pool, loop, connect_timeout)
-            conn = await pool.wait(max(deadline - loop.time(), 0.0), wait_s)
-            if conn is None and pool.count < limit:
-                return await self._connect(pool, loop, connect_timeout)
+        self.pool_stats.began(label)
+        timed_out = False
+        try:
+            while conn is None:
+                if pool.count < limit and not pool.waiters:
+                    return await self._connect(pool, loop, connect_timeout)
+                conn = await pool.wait(max(deadline - loop.time(), 0.0), wait_s)
+                if conn is None and pool.count < limit:
+                    return await self._connect(pool, loop, connect_timeout)
+        except PoolTimeout:
+            timed_out = True
+            raise
+        finally:
+            self.pool_stats.ended(label, timed_out)
         return conn
 
     async def _exchange(

@@ -155,6 +155,7 @@ class UpstreamHTTP:
                 max_connections=self._max_connections,
                 pool_timeout=self._pool_timeout,
                 method=method,
+                label=self.id,
             )
 
     async def read(self, resp: Response) -> bytes:

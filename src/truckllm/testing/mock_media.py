@@ -188,6 +188,24 @@ class MediaAPI:
         size = len(file[1]) if isinstance(file, tuple) else 0
         text = f"mock transcript of {size} bytes"
         fmt = form.get("response_format") or "json"
+        if form.get("stream") == "true":  # OpenAI's transcript events, the usage in the last
+            usage = {"type": "tokens", "input_tokens": 14, "output_tokens": 6, "total_tokens": 20}
+            done: Event = {
+                "type": "transcript.text.done",
+                "text": text,
+                "logprobs": [],
+                "usage": usage,
+            }
+            deltas: list[Event] = [
+                {"type": "transcript.text.delta", "delta": w, "logprobs": []}
+                for w in _pieces(text)
+            ]
+            return await send_stream(
+                request,
+                [*deltas, done],
+                _sse,
+                headers={"Content-Type": "text/event-stream; charset=utf-8"},
+            )
         if fmt == "text":
             return await answer(request, text.encode(), {"Content-Type": "text/plain"}, d.fault)
         out: dict[str, Any] = {"text": text}
@@ -205,6 +223,11 @@ class MediaAPI:
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def _pieces(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
 def _sse(ev: Event) -> bytes:

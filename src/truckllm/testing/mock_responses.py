@@ -3,7 +3,9 @@ SSE event sequence with ``event:`` lines and ``sequence_number``), with the same
 its chat (latency, pacing, limits, faults, scripts). A function tool offered is called (the
 ``tool_choice`` one, else the first, with arguments that fit its parameters) unless the input
 ends with a tool's output; a ``text.format`` JSON schema gets a small JSON value that fits it. Responses are kept in memory,
-so ``previous_response_id``, ``GET`` and ``DELETE /v1/responses/{id}`` work as upstream ones do.
+so ``previous_response_id``, ``GET`` and ``DELETE /v1/responses/{id}`` and ``GET
+/v1/responses/{id}/input_items`` (OpenAI's list: ``order``, ``after``, ``limit``) work as upstream
+ones do.
 """
 
 from __future__ import annotations
@@ -75,13 +77,37 @@ class ResponsesAPI:
     def __init__(self, mock: MockUpstream) -> None:
         self.mock = mock
         self.kept: dict[str, dict[str, Any]] = {}
+        self.inputs: dict[str, list[dict[str, Any]]] = {}  # each kept response's input items
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/v1/responses", self.create),
             web.get("/v1/responses/{id}", self.retrieve),
             web.delete("/v1/responses/{id}", self.delete),
+            web.get("/v1/responses/{id}/input_items", self.input_items),
         ]
+
+    async def input_items(self, request: web.Request) -> web.Response:
+        await self.mock.take(request, request.path_qs)
+        rid = request.match_info["id"]
+        if rid not in self.kept:
+            return _not_found(rid)
+        items = self.inputs.get(rid, [])
+        data = items if request.query.get("order") == "asc" else list(reversed(items))
+        after = request.query.get("after")
+        if after:
+            ids = [item["id"] for item in data]
+            data = data[ids.index(after) + 1 :] if after in ids else []
+        limit = min(max(int(request.query.get("limit", "20")), 1), 100)
+        page = data[:limit]
+        body = {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(data) > limit,
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def retrieve(self, request: web.Request) -> web.Response:
         await self.mock.take(request, request.path)
@@ -93,6 +119,7 @@ class ResponsesAPI:
     async def delete(self, request: web.Request) -> web.Response:
         await self.mock.take(request, request.path)
         rid = request.match_info["id"]
+        self.inputs.pop(rid, None)
         if self.kept.pop(rid, None) is None:
             return _not_found(rid)
         body = {"id": rid, "object": "response", "deleted": True}
@@ -181,6 +208,7 @@ class ResponsesAPI:
         done = {**response, "output": output, "completed_at": int(time.time())}
         if body.get("store", True) is not False:
             self.kept[response["id"]] = done
+            self.inputs[response["id"]] = _input_items(body.get("input"))
         if not body.get("stream"):
             headers = {"Content-Type": "application/json"}
             wait = d.generation_time(len(words))
@@ -198,6 +226,24 @@ class ResponsesAPI:
             cut_after=cut_after,
             stall_after=stall_after,
         )
+
+
+def _input_items(value: Any) -> list[dict[str, Any]]:
+    """A request's input as OpenAI lists it: items with ids, messages with content parts."""
+    given: list[Any] = [{"role": "user", "content": value}] if isinstance(value, str) else value
+    out = []
+    for raw in given or ():
+        if not isinstance(raw, dict):
+            continue
+        item: dict[str, Any] = {"type": "message", **raw}
+        if item["type"] == "message":
+            if isinstance(item.get("content"), str):
+                kind = "output_text" if item.get("role") == "assistant" else "input_text"
+                item["content"] = [{"type": kind, "text": item["content"]}]
+            item.setdefault("status", "completed")
+        item.setdefault("id", _id("msg" if item["type"] == "message" else "item"))
+        out.append(item)
+    return out
 
 
 def _events(

@@ -13,7 +13,7 @@ Errors are OpenAI's shape.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 
@@ -188,11 +188,14 @@ def routes(services: Services) -> list[Route]:
             return
         if record is None or not isinstance(record.get("response"), dict):
             raise not_found(response_id)
-        if tail:
-            query = parse_qs(bytes(req.scope.get("query_string") or b"").decode("latin-1"))
-            answer = _page(record.get("input") or [], query)
-        else:
-            answer = record["response"]
+        qs = bytes(req.scope.get("query_string") or b"").decode("latin-1")
+        if "upstream" in record:  # the upstream's answer; the copy only if it is no longer known
+            params = [(k, v) for k, v in parse_qsl(qs, keep_blank_values=True) if k != "stream"]
+            got = await forward(req.rt, "GET", response_id, record["upstream"], tail, params)
+            if got is not None:
+                await send_json(req.send, got[0], got[1], req.id)
+                return
+        answer = _page(record.get("input") or [], parse_qs(qs)) if tail else record["response"]
         await send_json(req.send, 200, orjson.dumps(answer), req.id)
 
     return [

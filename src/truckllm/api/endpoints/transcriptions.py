@@ -6,8 +6,9 @@ until the form's ``model`` field has gone by (:class:`~truckllm.providers.openai
 clients that put it first, as the Python SDK does, are read a few KiB into their body; clients
 that put the file first are read to the field, into the spool), then the upstream attempt writes
 it on as the client sends the rest, with the ``model`` value replaced when the route names
-another model. A retry or failover sends it again from the spool. Whole answers only: a
-``stream`` field seen before the body goes upstream is refused."""
+another model. A retry or failover sends it again from the spool. The ``stream`` field is not
+looked for (it may come after the file, where the gateway does not read before the body goes
+upstream): the upstream's answer says it, an SSE answer is relayed event by event."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ async def _proxied(
         # Another ASGI server watches for the disconnect with receive(), and a chunked body's
         # length is known at its end: read it all (into the spool) before anything goes on.
         await upload.read_all()
-    scanner = FormScanner(boundary, ("model", "stream"))
+    scanner = FormScanner(boundary, ("model",))
     async with contextlib.aclosing(upload.chunks()) as chunks:
         async for chunk in chunks:
             scanner.feed(chunk)
@@ -53,9 +54,6 @@ async def _proxied(
     model = field.value.decode("utf-8", "replace").strip() if field is not None else ""
     if field is None or not model:
         raise invalid_request("you must provide a model parameter", param="model")
-    stream = scanner.fields.get("stream")
-    if stream is not None and stream.value.strip().lower() == b"true":
-        raise invalid_request("Streamed transcription is not supported by the gateway.")
     body: dict[str, Any] = {"model": model}
     form = Form(upload, field)
     inbound = Inbound(

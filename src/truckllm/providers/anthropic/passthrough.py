@@ -6,7 +6,9 @@ another; the client's ``anthropic-version`` (``2023-06-01`` when it sent none) a
 ``anthropic-beta`` go with it, the betas filtered by the provider's ``options.anthropic_betas``
 allowlist when one is set. The answer, its events and the upstream's errors come back as they
 are. Usage is read on the side from ``message_start`` and ``message_delta`` (the only events
-parsed), so accounting sees input, output, cache read and cache creation tokens.
+parsed), so accounting sees input, output, cache read and cache creation tokens. A whole answer
+over 1 MiB is relayed as it arrives, its usage read from the body's end (``usage`` is the last
+field of Anthropic's Message), as :mod:`truckllm.providers.openai.relay` does for OpenAI's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from truckllm.providers.anthropic.errors import stream_error, translate_error
 from truckllm.providers.base import Call, ProviderContext, Reply, Usage
 from truckllm.providers.errors import parse_retry_after
 from truckllm.providers.http import UpstreamHTTP, header
+from truckllm.providers.openai.relay import ERROR_BODY_MAX, RELAY_ABOVE, relay_rest
 from truckllm.providers.sse import SSEFramer, iter_events
 
 DEFAULT_VERSION = "2023-06-01"
@@ -60,7 +63,8 @@ class Passthrough:
         self._url = url
         path, _, query = url.partition("?")
         self._count_url = path + "/count_tokens" + (f"?{query}" if query else "")
-        self._http = UpstreamHTTP(ctx, header("x-api-key"))
+        # Answers are relayed as they come: compression would only be undone here.
+        self._http = UpstreamHTTP(ctx, header("x-api-key"), {"Accept-Encoding": "identity"})
         allowed = ctx.config.options.get("anthropic_betas")
         self._betas = frozenset(allowed) if isinstance(allowed, list) else None
 
@@ -85,8 +89,18 @@ class Passthrough:
             reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
             reply.events = self._events(resp, reply)
             return reply
-        body = await self._http.read(resp)
+        if resp.status >= 400:
+            body, whole = await self._http.read_start(resp, ERROR_BODY_MAX)
+            if not whole:  # an error needs no more than its beginning: the rest is dropped
+                resp.release()
+                body = body[:ERROR_BODY_MAX]
+        else:
+            body, whole = await self._http.read_start(resp, RELAY_ABOVE)
         reply = Reply(resp.status, ctype, resp.headers, body=body, dialect=call.dialect)
+        if not whole and resp.status < 400:  # large: the rest relayed as it arrives, never held
+            reply._release = resp.release
+            reply.rest = relay_rest(self._http, resp, reply, body, False, usage_of)
+            return reply
         if resp.status >= 400:
             reply.body = self._http.scrub(body)
             reply.error_code = _error_code(body, resp.status, self.id)

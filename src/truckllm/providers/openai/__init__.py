@@ -11,7 +11,7 @@ generations, and audio (:mod:`truckllm.providers.openai.media`).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -90,11 +90,20 @@ class OpenAIProvider:
         return orjson.dumps(body), inject_usage
 
     async def response_by_id(
-        self, method: str, response_id: str, key: KeyConfig
+        self,
+        method: str,
+        response_id: str,
+        key: KeyConfig,
+        tail: str = "",
+        params: Sequence[tuple[str, str]] = (),
     ) -> tuple[int, bytes]:
-        """``GET`` or ``DELETE`` of a response the upstream holds: its status and JSON body."""
+        """``GET`` or ``DELETE`` of a response the upstream holds (``tail`` ``input_items``: its
+        input items), with the client's query ``params``: the status and JSON body."""
         base, query = self._response_url
-        return await by_id(self._http, base + quote(response_id, safe="") + query, method, key)
+        url = base + quote(response_id, safe="") + ("/" + quote(tail, safe="") if tail else "")
+        if params:
+            query += ("&" if query else "?") + urlencode(params)
+        return await by_id(self._http, url + query, method, key)
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         if call.dialect == OPENAI_RESPONSES:

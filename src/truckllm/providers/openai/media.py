@@ -19,6 +19,7 @@ from truckllm.providers.base import Call, Reply, Usage
 from truckllm.providers.errors import normalise_upstream_error
 from truckllm.providers.http import UpstreamHTTP
 from truckllm.providers.openai.multipart import Form
+from truckllm.providers.sse import SSEFramer, iter_events
 
 RetryAfter = Callable[[Mapping[str, str]], float | None]
 
@@ -28,13 +29,19 @@ async def send_form(
 ) -> Reply:
     """A transcription or translation: the form on as the client sends it (read from the
     client while it is written upstream, again from its start on a retry), the answer (JSON or
-    text) back whole."""
+    text) back whole, or an SSE answer (``stream=true``) event by event."""
     content_type = (call.headers or {}).get("content-type", "")
     form = call.source
     data: BodySource | bytes = form.with_model(call.model) if isinstance(form, Form) else call.raw
     resp = await http.post(url, data, key, False, content_type=content_type)
-    body = await http.read(resp)
     ctype = resp.headers.get("content-type", "application/json")
+    if resp.status == 200 and ctype.startswith("text/event-stream"):
+        # The form asked for a stream (its ``stream`` field, wherever it lies in the form: the
+        # gateway does not read that far): relayed event by event, as the upstream sends it.
+        reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
+        reply.events = _transcript_events(http, resp, reply)
+        return reply
+    body = await http.read(resp)
     if resp.status >= 400:
         return _error(http, resp, body, retry_after, call.dialect)
     usage = _usage(body) if ctype.startswith("application/json") else None
@@ -58,6 +65,28 @@ async def send_speech(
         return reply
     body = await http.read(resp)
     return _error(http, resp, body, retry_after, call.dialect)
+
+
+async def _transcript_events(
+    http: UpstreamHTTP, resp: Response, reply: Reply
+) -> AsyncIterator[bytes]:
+    """A streamed transcription's events, batched as they arrive; the usage read from its
+    ``transcript.text.done`` event, the only one parsed."""
+    framer = SSEFramer(http.id)
+    try:
+        with http.mid_stream():
+            async for chunk in resp:
+                batch = framer.feed(chunk)
+                if batch:
+                    if b"transcript.text.done" in batch:
+                        for ev in iter_events(batch):
+                            reply.usage = _usage(ev.data) or reply.usage
+                    yield batch
+            rest = framer.close()
+            if rest:
+                yield rest
+    finally:
+        resp.release()
 
 
 async def _chunks(http: UpstreamHTTP, resp: Response) -> AsyncIterator[bytes]:

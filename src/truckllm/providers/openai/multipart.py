@@ -1,5 +1,5 @@
-"""``multipart/form-data`` as an upload goes by: the text fields the gateway needs (``model``,
-``stream``) found without holding the form, and the form sent on with one field's value
+"""``multipart/form-data`` as an upload goes by: the text fields the gateway needs (``model``)
+found without holding the form, and the form sent on with one field's value
 replaced, as a :class:`~truckllm.http.client.BodySource` over the upload.
 
 :class:`FormScanner` is fed the body in pieces of any size and keeps only an unfinished part's

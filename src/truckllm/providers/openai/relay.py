@@ -6,16 +6,18 @@ upstream sends it and the client takes it (the server's back-pressure pauses the
 socket). The price of that, and why only large bodies pay it: once the first bytes are out no
 other key can take over, and the usage is read from the end of the body, not from a parse of it.
 
-Usage: OpenAI's format puts the ``usage`` object last, so the relay keeps the last
-:data:`TAIL_BYTES` of the body and reads the last ``"usage": {...}`` found there. A body whose
+Usage: OpenAI's format puts the ``usage`` object last, and so does Anthropic's Message (after
+``stop_sequence``), so the relay keeps the last :data:`TAIL_BYTES` of the body and reads the
+last ``"usage": {...}`` found there, with the reader of the provider's format
+(:data:`UsageReader`; the Anthropic passthrough relays with its own). A body whose
 usage is not in its last 64 KiB (a server that writes it first, or pads the end with more than
 that) is relayed with no usage, which the ledger records as it records a body without one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,8 +32,10 @@ TAIL_BYTES = 64 * 1024  # kept of a relayed body's end, where its usage is
 ERROR_BODY_MAX = 256 * 1024  # of an error answer; the rest is dropped with its connection
 _IMAGE_KEYS = (b'"b64_json"', b'"url"')  # one of them per generated image
 
+UsageReader = Callable[[Any], "Usage | None"]  # a provider's ``usage`` object as the gateway's
 
-def usage_in(body: bytes) -> Usage | None:
+
+def usage_in(body: bytes, read: UsageReader = Usage.from_openai) -> Usage | None:
     """The last ``"usage": {...}`` object in ``body`` (a whole body or just its end), read
     without parsing anything else; None when there is none or it is not a usage object."""
     at = body.rfind(b'"usage"')
@@ -44,7 +48,7 @@ def usage_in(body: bytes) -> Usage | None:
     if end < 0:
         return None
     try:
-        return Usage.from_openai(orjson.loads(body[start : end + 1]))
+        return read(orjson.loads(body[start : end + 1]))
     except orjson.JSONDecodeError:
         return None
 
@@ -97,7 +101,12 @@ class _ImageCount:
 
 
 async def relay_rest(
-    http: UpstreamHTTP, resp: Response, reply: Reply, start: bytes, images: bool
+    http: UpstreamHTTP,
+    resp: Response,
+    reply: Reply,
+    start: bytes,
+    images: bool,
+    read: UsageReader = Usage.from_openai,
 ) -> AsyncIterator[bytes]:
     """The body after ``start`` as it arrives; ``reply.usage`` set once it has all come.
     Transport failures and a body over ``server.max_response_bytes`` raise UpstreamError."""
@@ -116,5 +125,5 @@ async def relay_rest(
                 yield chunk
     finally:
         resp.release()
-    usage = usage_in(tail)
+    usage = usage_in(tail, read)
     reply.usage = count.usage(usage) if count is not None else usage
