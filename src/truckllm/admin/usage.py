@@ -22,6 +22,7 @@ from truckllm.stores.base import (
     DIMENSIONS,
     GRANULARITIES,
     METRICS,
+    SAVED,
     UsageQuery,
     UsageResult,
 )
@@ -65,6 +66,7 @@ def metrics_json(counts: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {name: counts[i] for i, name in enumerate(METRICS) if i != COST}
     out["cost_usd"] = format_usd(counts[COST])
     out["cost_nanos"] = counts[COST]
+    out["saved_usd"] = format_usd(counts[SAVED])  # cache hits: what they saved
     return out
 
 
