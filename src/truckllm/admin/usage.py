@@ -25,6 +25,7 @@ from truckllm.stores.base import (
     SAVED,
     UsageQuery,
     UsageResult,
+    pad_counts,
 )
 
 
@@ -83,7 +84,7 @@ async def usage_view(
             code="store_unavailable",
             type_="api_error",
         ) from exc
-    rows = result.rows
+    rows = [(g, b, pad_counts(c)) for g, b, c in result.rows]  # a plugin's may lack saved_nanos
     top = query.get("top")
     if top and q.group_by:
         if not top.isdigit():
