@@ -179,13 +179,13 @@ def test_usage_top_keeps_the_costliest_groups_and_sums_the_rest(
     import asyncio
     import time
 
-    from truckllm.stores.base import METRICS, Batch
+    from truckllm.stores.base import COST, METRICS, Batch
 
     minute = int(time.time()) // 3600 * 3600
     usage = {}
     for i, model in enumerate(["a", "b", "c", "d"]):
         counts = [0] * len(METRICS)
-        counts[0], counts[-1] = 10 - i, (i + 1) * 1000  # d costs most, a least
+        counts[0], counts[COST] = 10 - i, (i + 1) * 1000  # d costs most, a least
         usage[(minute, ("team", "openai", "k1", model, "", ""))] = counts
     batch = Batch("test", 1, time.time(), usage)
     asyncio.run_coroutine_threadsafe(store.sync(batch), gw.server.loop).result(5)

@@ -19,7 +19,7 @@ from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
 from truckllm.api import App
 from truckllm.config import parse_config
-from truckllm.stores.base import UsageQuery
+from truckllm.stores.base import COST, UsageQuery
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import KeyBehaviour, MockUpstream, Scripted
 from truckllm.testing.serve import ServerThread
@@ -134,7 +134,7 @@ def request_usage(gw: Gateway) -> dict[str, Any]:
     assert store is not None and gw.server.loop is not None
     result = asyncio.run_coroutine_threadsafe(store.query(UsageQuery()), gw.server.loop).result(10)
     counts = result.rows[0][2]
-    return {"requests": counts[0], "cost_usd": Decimal(counts[-1]) / 10**9}
+    return {"requests": counts[0], "cost_usd": Decimal(counts[COST]) / 10**9}
 
 
 def test_redis_outage_degrades_to_local_state_and_converges(

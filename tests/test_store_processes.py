@@ -21,7 +21,7 @@ import pytest
 from helpers import request, wait_serving, wait_until
 from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
-from truckllm.stores.base import UsageQuery
+from truckllm.stores.base import COST, UsageQuery
 from truckllm.stores.redis import RedisStore
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import KeyBehaviour, MockUpstream
@@ -174,7 +174,7 @@ def test_three_gateways_sharing_redis_send_at_most_rpm_60_upstream_and_bill_exac
     counts = asyncio.run(totals())
     costs = sum(Decimal(c) for s, c, _ in results if s == 200 and c is not None)
     assert counts[0] == len(results) and counts[1] == statuses[429]
-    assert Decimal(counts[-1]) / 10**9 == costs and costs > 0
+    assert Decimal(counts[COST]) / 10**9 == costs and costs > 0
 
 
 def test_file_store_survives_kill_9_with_everything_acknowledged_before_the_last_flush(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
-from truckllm.stores.base import Adjust, Ask, Batch, Store, UsageQuery
+from truckllm.stores.base import COST, WIRE, Adjust, Ask, Batch, Store, UsageQuery
 from truckllm.stores.file import FileStore
 from truckllm.stores.http import HttpStore
 from truckllm.stores.memory import MemoryStore
@@ -25,7 +25,7 @@ ROW_B = ("team-b", "anthropic", "k2", "claude", "", "s-1")
 
 
 def counts(requests: int, cost: int, prompt: int = 10, completion: int = 5) -> list[int]:
-    return [requests, 0, 0, prompt * requests, completion * requests, 0, 0, cost]
+    return [requests, 0, 0, prompt * requests, completion * requests, 0, 0, cost, 0]
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -101,12 +101,12 @@ def test_a_batch_counts_once_and_queries_group_and_split(
 
             total = await store.query(UsageQuery())
             assert total.granularity == "day"
-            assert [c for _, _, c in total.rows] == [[5, 0, 0, 50, 25, 0, 0, 1_508]]
+            assert [c for _, _, c in total.rows] == [[5, 0, 0, 50, 25, 0, 0, 1_508, 0]]
             # A start on a minute but never on an hour, whatever the time of day: an hour-aligned
             # start would (rightly) be answered from the hour table.
             start = minute - 7200 + (60 if (minute - 7200) % 3600 == 0 else 0)
             by_client = await store.query(UsageQuery(("client",), start=start))
-            assert {g: c[-1] for g, _, c in by_client.rows} == {("team-a",): 1_501, ("team-b",): 7}
+            assert {g: c[COST] for g, _, c in by_client.rows} == {("team-a",): 1_501, ("team-b",): 7}
             assert by_client.granularity == "minute"
             hourly = await store.query(
                 UsageQuery(("provider", "alias"), start=minute // 3600 * 3600 - 3600, bucket="hour")
@@ -192,7 +192,7 @@ def test_file_store_recovers_from_a_torn_journal_tail_and_compacts_safely(tmp_pa
         result.append(await total())
 
     run(check())
-    assert result[-1][0] == 3 and result[-1][-1] == 30
+    assert result[-1][0] == 3 and result[-1][COST] == 30
     assert journal.stat().st_size == size  # the torn tail is cut off
 
     data = bytearray(journal.read_bytes())
@@ -213,7 +213,7 @@ def test_file_store_recovers_from_a_torn_journal_tail_and_compacts_safely(tmp_pa
     run(more())
     assert sizes == [0]
     assert result[-2][0] == 2  # the corrupt third record is dropped
-    assert result[-1][0] == 5 and result[-1][-1] == 2 * 10 + 2 * 10 + 1
+    assert result[-1][0] == 5 and result[-1][COST] == 2 * 10 + 2 * 10 + 1
 
 
 def test_file_store_is_for_one_process_at_a_time(tmp_path: Path) -> None:
@@ -250,13 +250,14 @@ def test_usage_rows_from_before_the_session_dimension_still_read() -> None:
     ``session``) read as session ``""``."""
     from truckllm.stores.tables import Tables, batch_from_json
 
-    counts_old = counts(2, 30)
+    read = counts(2, 30)
+    counts_old = read[:WIRE]  # as written then: without saved_nanos, which reads as 0
     snapshot = {"usage": {"minute": [[600, "team-a", "openai", "k1", "gpt-4o", "smart", *counts_old]]}}
     table = Tables.load(snapshot).usage["minute"]
-    assert table == {600: {("team-a", "openai", "k1", "gpt-4o", "smart", ""): counts_old}}
+    assert table == {600: {("team-a", "openai", "k1", "gpt-4o", "smart", ""): read}}
     old = {"origin": "p", "seq": 1, "now": 0.0, "usage": [[600, *ROW_A[:5], *counts_old]]}
     new = {"origin": "p", "seq": 2, "now": 0.0, "usage": [[600, *ROW_B, *counts_old]]}
-    assert batch_from_json(old).usage == {(600, ROW_A): counts_old}
-    assert batch_from_json(new).usage == {(600, ROW_B): counts_old}
+    assert batch_from_json(old).usage == {(600, ROW_A): read}
+    assert batch_from_json(new).usage == {(600, ROW_B): read}
     with pytest.raises(ValueError):
         batch_from_json({"origin": "p", "seq": 3, "now": 0.0, "usage": [[600, "x", *counts_old]]})

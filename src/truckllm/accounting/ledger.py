@@ -12,7 +12,7 @@ spend not yet confirmed by the store.
 from __future__ import annotations
 
 from truckllm.providers.base import Usage
-from truckllm.stores.base import COST, METRICS, Batch, RowKey, View, day_of, month_of
+from truckllm.stores.base import COST, METRICS, SAVED, Batch, RowKey, View, day_of, month_of
 from truckllm.telemetry.record import RequestRecord
 
 COUNTED_ENDPOINTS = frozenset(
@@ -86,6 +86,8 @@ class Ledger:
             counts[4] += usage.completion_tokens
             counts[5] += usage.cached_tokens
             counts[6] += usage.reasoning_tokens
+        if rec.saved_usd:  # a cache hit: what the upstream call it replaced cost
+            counts[SAVED] += nanos_of(rec.saved_usd)
         cost = nanos_of(rec.cost_usd)
         if cost:
             counts[COST] += cost

@@ -22,8 +22,10 @@ from truckllm.stores.base import (
     DIMENSIONS,
     GRANULARITIES,
     METRICS,
+    SAVED,
     UsageQuery,
     UsageResult,
+    pad_counts,
 )
 
 
@@ -65,6 +67,7 @@ def metrics_json(counts: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {name: counts[i] for i, name in enumerate(METRICS) if i != COST}
     out["cost_usd"] = format_usd(counts[COST])
     out["cost_nanos"] = counts[COST]
+    out["saved_usd"] = format_usd(counts[SAVED])  # cache hits: what they saved
     return out
 
 
@@ -81,7 +84,7 @@ async def usage_view(
             code="store_unavailable",
             type_="api_error",
         ) from exc
-    rows = result.rows
+    rows = [(g, b, pad_counts(c)) for g, b, c in result.rows]  # a plugin's may lack saved_nanos
     top = query.get("top")
     if top and q.group_by:
         if not top.isdigit():

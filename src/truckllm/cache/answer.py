@@ -53,7 +53,10 @@ async def replay(
         (b"x-truckllm-cost-usd", b"0"),
         (b"x-truckllm-cache-saved-usd", format_usd(entry.cost_nanos).encode()),
     ]
-    if look.stream:
+    if look.stream and entry.events is not None:  # a passthrough stream: as it came
+        await _send_events(send, entry.events, headers, rec, t0)
+        size = len(entry.events)
+    elif look.stream:
         assert entry.internal is not None
         events = chunks(entry.internal, entry.usage, wants_usage or egress is not None)
         if egress is not None:
@@ -81,3 +84,12 @@ async def replay(
     rec.status, rec.provider, rec.key_id = 200, "cache", ""
     rec.upstream_model, rec.cost_usd = entry.model, 0.0
     rec.saved_usd = entry.cost_nanos / 1e9
+
+
+async def _send_events(
+    send: ASGISend, events: bytes, headers: list[tuple[bytes, bytes]], rec: Any, t0: float
+) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": SSE + headers})
+    rec.ttft_s = time.perf_counter() - t0
+    await send({"type": "http.response.body", "body": events, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from truckllm.cache.replay import Assembler
 from truckllm.gateway import Served
 from truckllm.providers.anthropic.response import translate_response
 from truckllm.providers.base import ANTHROPIC_MESSAGES, INTERNAL
@@ -47,9 +46,18 @@ def calls_tools(internal: dict[str, Any] | None, body: bytes | None) -> bool:
     return body is not None and any(m in body for m in _TOOL_MARKERS)
 
 
+class Reader(Protocol):
+    """What reads a stream on its way out (:class:`~truckllm.cache.replay.Assembler`,
+    :class:`~truckllm.cache.events.EventKeeper`)."""
+
+    done: bool
+
+    def feed(self, batch: bytes) -> None: ...
+
+
 async def tapped(
     events: AsyncIterator[bytes],
-    assembler: Assembler,
+    assembler: Reader,
     on_complete: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """The stream's events, unchanged, read into ``assembler`` on the way; ``on_complete`` runs

@@ -15,8 +15,10 @@ class Entry:
     """One answer. ``body`` is the whole answer as a client of the endpoint got it (``None``
     when it was streamed); ``internal`` the answer in the internal form (a ``chat.completion``),
     from which a stream is replayed in any dialect (``None`` when the gateway never had it, such
-    as embeddings or a Responses API passthrough). ``cost_nanos`` is what the upstream call cost:
-    what every hit saves."""
+    as embeddings or a Responses API passthrough). ``events`` is a stream the gateway passed
+    through untranslated, as it was (replayed as is to a streaming client of the endpoint;
+    ``body`` then holds the whole answer it spells out). ``cost_nanos`` is what the upstream call
+    cost: what every hit saves."""
 
     content_type: str
     body: bytes | None
@@ -26,6 +28,7 @@ class Entry:
     stored_at: float  # unix seconds
     provider: str
     model: str
+    events: bytes | None = None
 
 
 def encode(e: Entry) -> bytes:
@@ -42,7 +45,9 @@ def encode(e: Entry) -> bytes:
         "m": e.model,
         "b": e.body is not None,
     }
-    return orjson.dumps(meta) + b"\n" + (e.body or b"")
+    if e.events is not None:
+        meta["e"] = len(e.events)  # the tail's last bytes (entries from before read as none)
+    return orjson.dumps(meta) + b"\n" + (e.body or b"") + (e.events or b"")
 
 
 def decode(data: bytes) -> Entry | None:
@@ -54,6 +59,9 @@ def decode(data: bytes) -> Entry | None:
         meta = orjson.loads(head)
         u = meta["u"]
         usage = Usage(int(u[0]), int(u[1]), int(u[2]), int(u[3])) if u else None
+        n = int(meta.get("e") or 0)
+        events = body[len(body) - n :] if "e" in meta else None
+        body = body[: len(body) - n]
         return Entry(
             str(meta["ct"]),
             body if meta["b"] else None,
@@ -63,6 +71,7 @@ def decode(data: bytes) -> Entry | None:
             float(meta["t"]),
             str(meta["p"]),
             str(meta["m"]),
+            events,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
         return None

@@ -18,6 +18,7 @@ import orjson
 
 from truckllm.cache.capture import calls_tools, internal_of, tapped
 from truckllm.cache.entry import Backend, Entry, decode, encode
+from truckllm.cache.events import PASSTHROUGH_DIALECTS, EventKeeper, whole_of
 from truckllm.cache.key import cache_key, directives, namespace_of, sampled
 from truckllm.cache.memory import MemoryBackend
 from truckllm.cache.redis import RedisBackend
@@ -197,6 +198,8 @@ class Lookup:
     def can_replay(self, entry: Entry) -> bool:
         """A stream needs the internal form. A Responses API answer the gateway keeps (``store``)
         is replayed only as it was kept: whole, with the id it was kept under."""
+        if self.stream and entry.events is not None:
+            return True  # the client's own dialect, as the upstream sent it (the same ids)
         if self.stream and entry.internal is None:
             return False
         if self.endpoint == "responses" and self.body.get("store") is not False:
@@ -239,9 +242,14 @@ class Lookup:
         kept before its first batch goes when that batch holds all of it)."""
         self.served = served
         reply = served.reply
-        if self.status != "miss" or reply.events is None or reply.dialect != INTERNAL:
+        if self.status != "miss" or reply.events is None:
             return
         if not reply.content_type.startswith("text/event-stream"):
+            return
+        if reply.dialect in PASSTHROUGH_DIALECTS:
+            self._tap_passthrough(served)
+            return
+        if reply.dialect != INTERNAL:
             return
         assembler = Assembler()
         if served.first:
@@ -256,6 +264,28 @@ class Lookup:
             await complete()
         reply.events = tapped(reply.events, assembler, complete)
 
+    def _tap_passthrough(self, served: Served) -> None:
+        """A stream passed through untranslated: its events kept as they were once it ended
+        well, with the whole answer they spell out."""
+        reply = served.reply
+        assert reply.events is not None
+        keeper = EventKeeper(reply.dialect, self.cache.settings.max_entry_bytes)
+        if served.first:
+            keeper.feed(served.first)
+
+        async def complete() -> None:
+            events = keeper.events
+            if self._done or events is None:
+                return
+            body = whole_of(reply.dialect, events)
+            if body is None:
+                self._done = True
+                self.settle(None)
+                return
+            await self._keep(body, None, reply.usage, "application/json", events)
+
+        reply.events = tapped(reply.events, keeper, complete)
+
     async def _keep_whole(self, body: bytes) -> None:
         served = self.served
         assert served is not None
@@ -265,7 +295,12 @@ class Lookup:
         await self._keep(body, internal, served.reply.usage, served.reply.content_type)
 
     async def _keep(
-        self, body: bytes | None, internal: dict[str, Any] | None, usage: Usage | None, ctype: str
+        self,
+        body: bytes | None,
+        internal: dict[str, Any] | None,
+        usage: Usage | None,
+        ctype: str,
+        events: bytes | None = None,
     ) -> None:
         if self._done:
             return
@@ -278,7 +313,7 @@ class Lookup:
         cost = self.cache.price(served.pick.key.pricing, usage) if usage is not None else 0
         entry = Entry(
             ctype, body, internal, usage, cost, time.time(), served.target.provider_id,
-            served.target.model,
+            served.target.model, events,
         )  # fmt: skip
         await self.cache._put(self, entry)
 

@@ -29,8 +29,15 @@ METRICS = (
     "cached_tokens",
     "reasoning_tokens",
     "cost_nanos",
+    "saved_nanos",
 )
 COST = METRICS.index("cost_nanos")
+SAVED = METRICS.index("saved_nanos")  # what cache hits saved (docs/cache.md#accounting)
+WIRE = SAVED
+"""How many counts a usage row carries in the wire and file formats written before ``saved_nanos``
+existed (``usage`` rows of batches, snapshots, query answers of an HTTP store): those still
+carry these first ones, so older stores and readers keep working; the counts past them travel
+apart (:func:`pad_counts` reads either)."""
 GRANULARITIES: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 Granularity = Literal["minute", "hour", "day"]
 
@@ -178,6 +185,13 @@ def day_of(ts: float) -> str:
 
 def month_of(ts: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+def pad_counts(counts: Sequence[object]) -> list[int]:
+    """A row's counts as stored, ``len(METRICS)`` long: those an older writer did not know
+    (``saved_nanos``) read as 0."""
+    out = [int(c) for c in counts[: len(METRICS)]]  # type: ignore[call-overload]
+    return out + [0] * (len(METRICS) - len(out))
 
 
 def add_counts(into: list[int], counts: Sequence[int]) -> None:

@@ -33,6 +33,7 @@ from truckllm.stores.base import (
     UsageQuery,
     UsageResult,
     View,
+    pad_counts,
 )
 from truckllm.stores.tables import batch_to_json, view_from_json
 
@@ -116,10 +117,7 @@ class HttpStore:
             "/query",
             {"group_by": list(q.group_by), "start": q.start, "end": q.end, "bucket": q.bucket},
         )
-        rows = [
-            (tuple(r["group"]), r.get("bucket"), [int(c) for c in r["counts"]])
-            for r in data["rows"]
-        ]
+        rows = [(tuple(r["group"]), r.get("bucket"), pad_counts(r["counts"])) for r in data["rows"]]
         return UsageResult(data["granularity"], rows)
 
     async def kv_get(self, key: str) -> bytes | None:

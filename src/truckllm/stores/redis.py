@@ -28,9 +28,11 @@ from typing import Any
 import orjson
 
 from truckllm.stores.base import (
+    COST,
     DIMENSIONS,
     GRANULARITIES,
     METRICS,
+    WIRE,
     Adjust,
     Ask,
     Batch,
@@ -214,14 +216,15 @@ class RedisStore:
                 hkey = f"{L}:u:{name}:{start}"
                 h = ki(hkey)
                 for m, c in enumerate(counts):
-                    if c:
-                        incr.append([h, prefix + str(m), str(c)])
+                    if c:  # past WIRE, a field older readers skip (it has one part more)
+                        field = prefix + str(m) if m < WIRE else f"{prefix}x{_SEP}{m}"
+                        incr.append([h, field, str(c)])
                 if hkey not in seen:
                     seen.add(hkey)
                     zadd.append([ki(f"{L}:i:{name}"), start])
                     if _EXPIRE_S[name]:
                         expire.append([h, _EXPIRE_S[name]])
-            cost = counts[-1]
+            cost = counts[COST]
             if cost and row[0]:
                 incr.append([ki(f"{L}:sd:{day_of(minute)}"), row[0], str(cost)])
                 incr.append([ki(f"{L}:sm:{month_of(minute)}"), row[0], str(cost)])
@@ -277,6 +280,8 @@ class RedisStore:
             rows: dict[RowKey, list[int]] = {}
             for field, value in h.items():
                 parts = field.decode().split(_SEP)
+                if len(parts) == len(DIMENSIONS) + 2 and parts[-2] == "x":  # past WIRE
+                    parts = parts[:-2] + parts[-1:]
                 if len(parts) not in (6, len(DIMENSIONS) + 1):  # 6: from before ``session``
                     continue
                 row = row_key(parts[:-1])

@@ -16,6 +16,7 @@ from truckllm.stores.base import (
     DIMENSIONS,
     GRANULARITIES,
     METRICS,
+    WIRE,
     Adjust,
     Ask,
     Batch,
@@ -28,6 +29,7 @@ from truckllm.stores.base import (
     add_counts,
     day_of,
     month_of,
+    pad_counts,
     row_key,
 )
 from truckllm.stores.rollups import Rollups
@@ -209,7 +211,18 @@ class Tables:
         return {
             "usage": {
                 name: [
-                    [ts, *row, *counts] for ts, rows in t.items() for row, counts in rows.items()
+                    [ts, *row, *counts[:WIRE]]
+                    for ts, rows in t.items()
+                    for row, counts in rows.items()
+                ]
+                for name, t in self.usage.items()
+            },
+            "beyond": {  # the counts past WIRE, apart: older gateways read the rest as before
+                name: [
+                    [ts, *row, *counts[WIRE:]]
+                    for ts, rows in t.items()
+                    for row, counts in rows.items()
+                    if any(counts[WIRE:])
                 ]
                 for name, t in self.usage.items()
             },
@@ -224,12 +237,16 @@ class Tables:
         t = cls()
         for name, items in data.get("usage", {}).items():
             table = t.usage[name]
+            beyond = {
+                (int(b[0]), row_key(b[1 : 1 + len(DIMENSIONS)])): b[1 + len(DIMENSIONS) :]
+                for b in data.get("beyond", {}).get(name, ())
+            }
             for item in items:
-                dims = len(item) - 1 - _N  # six, or five in a snapshot from before ``session``
-                ts, counts = item[0], [int(c) for c in item[1 + dims :]]
-                row = row_key(item[1 : 1 + dims])
-                table.setdefault(int(ts), {})[row] = counts
-                t.rollups.add(name, int(ts), row, counts)
+                dims = len(item) - 1 - WIRE  # six, or five in a snapshot from before ``session``
+                ts, row = int(item[0]), row_key(item[1 : 1 + dims])
+                counts = pad_counts([*item[1 + dims :], *beyond.get((ts, row), ())])
+                table.setdefault(ts, {})[row] = counts
+                t.rollups.add(name, ts, row, counts)
         t.spend_day = {d: dict(v) for d, v in data.get("spend_day", {}).items()}
         t.spend_month = {m: dict(v) for m, v in data.get("spend_month", {}).items()}
         t.spend_total = dict(data.get("spend_total", {}))
@@ -242,7 +259,12 @@ def batch_to_json(batch: Batch) -> dict[str, Any]:
         "origin": batch.origin,
         "seq": batch.seq,
         "now": batch.now,
-        "usage": [[minute, *row, *counts] for (minute, row), counts in batch.usage.items()],
+        "usage": [[minute, *row, *counts[:WIRE]] for (minute, row), counts in batch.usage.items()],
+        "beyond": [  # the counts past WIRE, apart: older stores ignore them
+            [minute, *row, *counts[WIRE:]]
+            for (minute, row), counts in batch.usage.items()
+            if any(counts[WIRE:])
+        ],
         "cooldowns": batch.cooldowns,
     }
 
@@ -250,12 +272,16 @@ def batch_to_json(batch: Batch) -> dict[str, Any]:
 def batch_from_json(data: dict[str, Any]) -> Batch:
     usage: dict[tuple[int, RowKey], list[int]] = {}
     for item in data.get("usage", ()):
-        dims = len(item) - 1 - _N
+        dims = len(item) - 1 - WIRE
         if dims not in (5, len(DIMENSIONS)):
             raise ValueError(
-                f"a usage row needs a minute, {len(DIMENSIONS)} dimensions and {_N} counts"
+                f"a usage row needs a minute, {len(DIMENSIONS)} dimensions and {WIRE} counts"
             )
-        usage[(int(item[0]), row_key(item[1 : 1 + dims]))] = [int(c) for c in item[1 + dims :]]
+        usage[(int(item[0]), row_key(item[1 : 1 + dims]))] = pad_counts(item[1 + dims :])
+    for item in data.get("beyond", ()):
+        k = (int(item[0]), row_key(item[1 : 1 + len(DIMENSIONS)]))
+        if k in usage:
+            usage[k] = pad_counts([*usage[k][:WIRE], *item[1 + len(DIMENSIONS) :]])
     return Batch(
         str(data["origin"]),
         int(data["seq"]),
