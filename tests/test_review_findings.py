@@ -1,0 +1,37 @@
+"""Regressions found by the adversarial review of the day's merges: each test failed before
+its fix (a 500 on an odd query, a secret in an error line, a cache entry a client could pin)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from helpers import Gateway
+from test_dashboard_api import ADMIN, make
+
+from truckllm.testing.mock import MockUpstream
+
+
+def test_admin_numbers_past_float_range_are_a_400_not_a_500(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gw = make(gateway_factory, upstream.url)
+    for query in (
+        "overview?window=inf",
+        "overview?window=-inf",
+        "requests?limit=inf",
+        "requests?after=1e400",
+    ):
+        resp = gw.request("GET", f"/admin/v1/{query}", headers=ADMIN)
+        assert resp.status == 400, (query, resp.status)
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+    assert gw.request("GET", "/admin/v1/requests?limit=1e3", headers=ADMIN).status == 200
+
+
+def test_usage_query_oddities_are_a_400_not_a_500(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gw = make(gateway_factory, upstream.url)
+    for query in ("from=inf", "to=-inf", "group_by=model&top=%C2%B2"):  # top=² (a digit to isdigit)
+        resp = gw.request("GET", f"/admin/v1/usage?{query}", headers=ADMIN)
+        assert resp.status == 400, (query, resp.status, resp.body)
+    assert gw.request("GET", "/admin/v1/usage?group_by=model&top=2", headers=ADMIN).status == 200
