@@ -3,11 +3,15 @@ its fix (a 500 on an odd query, a secret in an error line, a cache entry a clien
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+import pytest
 from helpers import Gateway
 from test_dashboard_api import ADMIN, make
+from test_upstream_tls_proxy import config_problems
 
+from truckllm.api.app import proxies_from_environment
 from truckllm.testing.mock import MockUpstream
 
 
@@ -35,3 +39,19 @@ def test_usage_query_oddities_are_a_400_not_a_500(
         resp = gw.request("GET", f"/admin/v1/usage?{query}", headers=ADMIN)
         assert resp.status == 400, (query, resp.status, resp.body)
     assert gw.request("GET", "/admin/v1/usage?group_by=model&top=2", headers=ADMIN).status == 200
+
+
+def test_a_proxy_url_that_is_not_http_keeps_its_password_out_of_errors_and_logs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    problems = config_problems(
+        """
+        storage: {runtime: {type: http, url: "http://s:1", proxy: "socks5://me:hun/ter2@p:1"}}
+        """
+    )
+    assert any("storage.runtime.proxy: not an http:// proxy URL" in p for p in problems)
+    assert not any("hun" in p or "ter2" in p for p in problems), problems
+    monkeypatch.setenv("HTTPS_PROXY", "https://me:hunter2@proxy.internal:3128")
+    with caplog.at_level(logging.INFO):
+        assert proxies_from_environment().https is None  # ignored, and said so
+    assert "proxy.internal" in caplog.text and "hunter2" not in caplog.text
