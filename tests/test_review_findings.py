@@ -12,6 +12,7 @@ from test_dashboard_api import ADMIN, make
 from test_upstream_tls_proxy import config_problems
 
 from truckllm.api.app import proxies_from_environment
+from truckllm.cache.key import directives
 from truckllm.testing.mock import MockUpstream
 
 
@@ -55,3 +56,13 @@ def test_a_proxy_url_that_is_not_http_keeps_its_password_out_of_errors_and_logs(
     with caplog.at_level(logging.INFO):
         assert proxies_from_environment().https is None  # ignored, and said so
     assert "proxy.internal" in caplog.text and "hunter2" not in caplog.text
+
+
+def test_a_cache_ttl_that_is_not_finite_is_the_configured_one() -> None:
+    # nan made an entry that never expired (its deadline compared false), inf as well; for
+    # Redis, int(inf * 1000) raises OverflowError in the middle of sending the answer
+    for value in (b"nan", b"inf", b"1e400", b"-nan"):
+        assert directives([(b"x-truckllm-cache-ttl", value)]).ttl is None, value
+    assert directives([(b"x-truckllm-cache-ttl", b"-inf")]).ttl == 0.0  # not kept
+    assert directives([(b"x-truckllm-cache-ttl", b" 5 ")]).ttl == 5.0
+    assert directives([(b"x-truckllm-cache-ttl", b"-3")]).ttl == 0.0
