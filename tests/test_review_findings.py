@@ -7,8 +7,11 @@ import logging
 from collections.abc import Callable
 
 import pytest
-from helpers import Gateway
+from helpers import Gateway, wait_until
 from test_dashboard_api import ADMIN, make
+from test_tracing import CHAT as TRACED_CHAT
+from test_tracing import Collector
+from test_tracing import config as tracing_config
 from test_upstream_tls_proxy import config_problems
 
 from truckllm.api.app import proxies_from_environment
@@ -66,3 +69,31 @@ def test_a_cache_ttl_that_is_not_finite_is_the_configured_one() -> None:
     assert directives([(b"x-truckllm-cache-ttl", b"-inf")]).ttl == 0.0  # not kept
     assert directives([(b"x-truckllm-cache-ttl", b" 5 ")]).ttl == 5.0
     assert directives([(b"x-truckllm-cache-ttl", b"-3")]).ttl == 0.0
+
+
+def test_a_failing_span_export_logs_the_collector_url_without_its_query_or_password(
+    upstream_factory: Callable[..., MockUpstream],
+    gateway_factory: Callable[..., Gateway],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, b = upstream_factory(), upstream_factory()
+    dead = Collector()
+    dead.close()  # nobody listens there: the export fails, the spans are dropped
+    url = dead.url.replace("http://", "http://me:pw-SECRET@") + "/v1/traces?key=q-SECRET"
+    dead.url = f'"{url}"'  # quoted: a flow mapping in the YAML
+    gw = gateway_factory(tracing_config(a.url, b.url, dead, ", timeout: 0.2"))
+    with caplog.at_level(logging.INFO, logger="truckllm"):
+        assert gw.post("/v1/chat/completions", TRACED_CHAT).status == 200
+        wait_until(
+            lambda: (
+                'truckllm_trace_spans_total{result="dropped"} 0'
+                not in gw.request("GET", "/metrics").body.decode()
+            ),
+            timeout=15,
+        )
+        logged = [r for r in caplog.records if r.getMessage() == "spans dropped"]
+        wait_until(lambda: logged or None)
+    assert logged and all(
+        "SECRET" not in f"{r.getMessage()} {r.__dict__}" for r in caplog.records
+    ), [r.__dict__ for r in caplog.records if "SECRET" in str(r.__dict__)]
+    assert "/v1/traces" in logged[0].__dict__["url"]
