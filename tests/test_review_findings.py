@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from helpers import Gateway, wait_until
@@ -12,11 +13,15 @@ from test_dashboard_api import ADMIN, make
 from test_tracing import CHAT as TRACED_CHAT
 from test_tracing import Collector
 from test_tracing import config as tracing_config
+from test_upload_stream import BOUNDARY
+from test_upload_stream import form as upload_form
+from test_upload_stream import post as upload
 from test_upstream_tls_proxy import config_problems
 
 from truckllm.api.app import proxies_from_environment
 from truckllm.cache.key import directives
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.mock_media import parse_form
 
 
 def test_admin_numbers_past_float_range_are_a_400_not_a_500(
@@ -97,3 +102,30 @@ def test_a_failing_span_export_logs_the_collector_url_without_its_query_or_passw
         "SECRET" not in f"{r.getMessage()} {r.__dict__}" for r in caplog.records
     ), [r.__dict__ for r in caplog.records if "SECRET" in str(r.__dict__)]
     assert "/v1/traces" in logged[0].__dict__["url"]
+
+
+@pytest.mark.parametrize("second", ['name="model"', "name=model", 'name="model"; filename="x"'])
+def test_an_upload_with_a_second_model_field_is_refused_not_sent_on(
+    serve_fake: Callable[..., Any], gateway_factory: Callable[..., Gateway], second: str
+) -> None:
+    # The gateway routed, checked (allowed_models) and priced the first 'model' while the
+    # upstream's form parser took the last: any model, at the price of an allowed one.
+    up = serve_fake(MockUpstream)
+    gw = gateway_factory(f"""
+        providers:
+          - {{id: oa, base_url: "{up.url}", keys: [{{id: o1, secret: sk-o-1}}]}}
+        model_aliases: {{cheap: "oa:whisper-1"}}
+        server: {{api_keys: [{{key: client-key, id: c, allowed_models: [cheap]}}]}}
+        """)
+    body = upload_form("cheap", False, b"abc")
+    extra = f"--{BOUNDARY}\r\nContent-Disposition: form-data; {second}\r\n\r\ngpt-4o-transcribe\r\n"
+    body = body.replace(f"--{BOUNDARY}--".encode(), extra.encode() + f"--{BOUNDARY}--".encode())
+    status, answer = upload(gw, body)
+    assert status == 400 and answer["error"]["param"] == "model", answer
+    assert not [r for r in up.received if r.status == 200]  # no whole form reached it
+    # one model field, however it is written, still goes
+    status, answer = upload(gw, upload_form("cheap", True, b"abc"))
+    assert status == 200, answer
+    assert parse_form(up.received[-1].headers["Content-Type"], up.received[-1].raw)["model"] == (
+        "whisper-1"
+    )

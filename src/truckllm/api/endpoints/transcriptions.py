@@ -57,7 +57,7 @@ async def _proxied(
     if stream is not None and stream.value.strip().lower() == b"true":
         raise invalid_request("Streamed transcription is not supported by the gateway.")
     body: dict[str, Any] = {"model": model}
-    form = Form(upload, field)
+    form = Form(upload, field, boundary)
     inbound = Inbound(
         OPENAI_MULTIPART, body, b"", {"content-type": ctype}, _untranslatable, source=form
     )
