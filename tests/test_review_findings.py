@@ -20,6 +20,8 @@ from test_upstream_tls_proxy import config_problems
 
 from truckllm.api.app import proxies_from_environment
 from truckllm.cache.key import directives
+from truckllm.config import parse_config
+from truckllm.config.advice import base_url_warnings
 from truckllm.testing.mock import MockUpstream
 from truckllm.testing.mock_media import parse_form
 
@@ -129,3 +131,20 @@ def test_an_upload_with_a_second_model_field_is_refused_not_sent_on(
     assert parse_form(up.received[-1].headers["Content-Type"], up.received[-1].raw)["model"] == (
         "whisper-1"
     )
+
+
+def test_base_url_warnings_show_no_password_or_query_token() -> None:
+    cfg = parse_config(
+        """
+        providers:
+          - {id: a, base_url: "https://me:pw-SECRET@llm.corp/chat?token=q-SECRET", keys: [{id: k, secret: s}]}
+          - {id: b, type: anthropic, base_url: "https://me:pw-SECRET@anth.corp/v1", keys: [{id: k2, secret: s}]}
+        """,
+        "test.yaml",
+        {},
+        ["openai", "anthropic", "gemini"],
+    )
+    found = base_url_warnings(cfg)
+    assert len(found) == 2 and not any("SECRET" in line for line in found), found
+    assert found[0].startswith("providers[0].base_url: 'https://llm.corp/chat' has no version")
+    assert "use 'https://anth.corp'" in found[1]
