@@ -22,6 +22,8 @@ from truckllm.api.app import proxies_from_environment
 from truckllm.cache.key import directives
 from truckllm.config import parse_config
 from truckllm.config.advice import base_url_warnings
+from truckllm.config.schema import AffinityConfig
+from truckllm.routing.affinity import Affinity
 from truckllm.testing.mock import MockUpstream
 from truckllm.testing.mock_media import parse_form
 
@@ -148,3 +150,16 @@ def test_base_url_warnings_show_no_password_or_query_token() -> None:
     assert len(found) == 2 and not any("SECRET" in line for line in found), found
     assert found[0].startswith("providers[0].base_url: 'https://llm.corp/chat' has no version")
     assert "use 'https://anth.corp'" in found[1]
+
+
+def test_affinity_remembers_a_digest_of_a_long_session_not_the_header_itself() -> None:
+    # The client's session header went into the table whole: max_entries (100 000) of them at
+    # up to 64 KiB each.
+    table = Affinity(AffinityConfig(enabled=True))
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    one = table.ident("m", body, [], "s" * 60_000 + "1")
+    two = table.ident("m", body, [], "s" * 60_000 + "2")
+    long_model = table.ident("m" * 60_000, body, [], None)
+    assert one is not None and two is not None and long_model is not None
+    assert max(len(one), len(two), len(long_model)) <= 320 and one != two
+    assert table.ident("m", body, [], "short") == "m\x1fs\x1fshort"  # kept as it is
