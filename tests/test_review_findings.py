@@ -20,7 +20,7 @@ from test_upstream_tls_proxy import config_problems
 
 from truckllm.api.app import proxies_from_environment
 from truckllm.cache.key import directives
-from truckllm.config import parse_config
+from truckllm.config import ConfigError, parse_config
 from truckllm.config.advice import base_url_warnings
 from truckllm.config.schema import AffinityConfig
 from truckllm.routing.affinity import Affinity
@@ -163,3 +163,22 @@ def test_affinity_remembers_a_digest_of_a_long_session_not_the_header_itself() -
     assert one is not None and two is not None and long_model is not None
     assert max(len(one), len(two), len(long_model)) <= 320 and one != two
     assert table.ident("m", body, [], "short") == "m\x1fs\x1fshort"  # kept as it is
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        'tracing: {endpoint: "ftp://me:pw-SECRET@h/x?token=q-SECRET"}',
+        'logging: {sinks: [{type: webhook, url: "ftp://me:pw-SECRET@h/x?token=q-SECRET"}]}',
+        'providers: [{id: b, base_url: "ftp://me:pw-SECRET@h/x?token=q-SECRET", keys: []}]',
+    ],
+)
+def test_a_url_that_is_not_http_keeps_its_password_and_token_out_of_the_config_error(
+    section: str,
+) -> None:
+    text = 'providers: [{id: a, base_url: "http://x/v1", keys: [{id: k, secret: s}]}]\n'
+    with pytest.raises(ConfigError) as err:
+        yaml = section if section.startswith("providers") else text + section
+        parse_config(yaml, "t.yaml", {}, ["openai"])
+    (problem,) = [p for p in err.value.problems if "is not an http(s) URL" in p]
+    assert "'ftp://***@h/x' is not an http(s) URL" in problem, problem
