@@ -19,7 +19,7 @@ from test_upload_stream import post as upload
 from test_upstream_tls_proxy import config_problems
 
 from truckllm.api.app import proxies_from_environment
-from truckllm.cache.key import directives
+from truckllm.cache.key import MAX_TTL, directives
 from truckllm.config import ConfigError, parse_config
 from truckllm.config.advice import base_url_warnings
 from truckllm.config.schema import AffinityConfig
@@ -182,3 +182,8 @@ def test_a_url_that_is_not_http_keeps_its_password_and_token_out_of_the_config_e
         parse_config(yaml, "t.yaml", {}, ["openai"])
     (problem,) = [p for p in err.value.problems if "is not an http(s) URL" in p]
     assert "'ftp://***@h/x' is not an http(s) URL" in problem, problem
+
+
+def test_a_client_cache_ttl_is_at_most_a_year() -> None:
+    assert directives([(b"x-truckllm-cache-ttl", b"1e300")]).ttl == MAX_TTL == 365 * 86400
+    assert directives([(b"x-truckllm-cache-ttl", b"86400")]).ttl == 86400

@@ -65,6 +65,7 @@ class Directives:
 
 
 NONE = Directives()
+MAX_TTL = 365 * 86400.0  # seconds: the longest x-truckllm-cache-ttl taken
 
 
 def directives(headers: Iterable[tuple[bytes, bytes]]) -> Directives:
@@ -84,5 +85,7 @@ def directives(headers: Iterable[tuple[bytes, bytes]]) -> Directives:
                 ttl = None
             if ttl is not None and not math.isfinite(ttl):  # nan, inf: kept for ever, or a
                 ttl = None  # Redis expiry that overflows: the configured ttl instead
+            elif ttl is not None:  # past it, Redis refuses the expiry (an "outage" for all)
+                ttl = min(ttl, MAX_TTL)
             seen = True
     return Directives(no_cache, no_store, ttl) if seen else NONE
