@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from helpers import Gateway, wait_until
 from test_dashboard_api import ADMIN, make
@@ -20,6 +21,7 @@ from test_upstream_tls_proxy import config_problems
 
 from truckllm.api.app import proxies_from_environment
 from truckllm.cache.key import MAX_TTL, directives
+from truckllm.cache.replay import Assembler
 from truckllm.config import ConfigError, parse_config
 from truckllm.config.advice import base_url_warnings
 from truckllm.config.schema import AffinityConfig
@@ -187,3 +189,23 @@ def test_a_url_that_is_not_http_keeps_its_password_and_token_out_of_the_config_e
 def test_a_client_cache_ttl_is_at_most_a_year() -> None:
     assert directives([(b"x-truckllm-cache-ttl", b"1e300")]).ttl == MAX_TTL == 365 * 86400
     assert directives([(b"x-truckllm-cache-ttl", b"86400")]).ttl == 86400
+
+
+def test_the_cache_reads_a_stream_in_bounded_memory_and_never_breaks_it() -> None:
+    # The stream's text was kept whole whatever its size (and copied at every delta), and a
+    # chunk of an odd shape raised inside the tap, cutting the client's stream.
+    def event(delta: dict[str, Any], index: Any = 0) -> bytes:
+        chunk = {"id": "c", "choices": [{"index": index, "delta": delta}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    small = Assembler(limit=100)
+    small.feed(event({"content": "x" * 60}) + event({"content": "y" * 60}) + b"data: [DONE]\n\n")
+    assert small.broken and not small.choices  # too large to keep: nothing held
+    odd = Assembler()
+    odd.feed(event({"tool_calls": [{"index": [1], "function": {"arguments": "{}"}}]}))
+    odd.feed(event({"content": "hi"}, index={"a": 1}) + b'data: {"choices": 5}\n\n')
+    assert odd.broken  # not kept, and nothing raised
+    whole = Assembler(limit=100)
+    whole.feed(event({"content": "he"}) + event({"content": "llo"}) + b"data: [DONE]\n\n")
+    assert whole.done and not whole.broken
+    assert whole.completion(None)["choices"][0]["message"]["content"] == "hello"

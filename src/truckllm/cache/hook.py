@@ -243,7 +243,7 @@ class Lookup:
             return
         if not reply.content_type.startswith("text/event-stream"):
             return
-        assembler = Assembler()
+        assembler = Assembler(self.cache.settings.max_entry_bytes)  # larger: not kept anyway
         if served.first:
             assembler.feed(served.first)
 
