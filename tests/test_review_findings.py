@@ -209,3 +209,23 @@ def test_the_cache_reads_a_stream_in_bounded_memory_and_never_breaks_it() -> Non
     whole.feed(event({"content": "he"}) + event({"content": "llo"}) + b"data: [DONE]\n\n")
     assert whole.done and not whole.broken
     assert whole.completion(None)["choices"][0]["message"]["content"] == "hello"
+
+
+def test_admin_views_mask_a_password_in_any_configured_url(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    # The proxy option was masked; tracing.endpoint, base_url and sink URLs were shown whole.
+    host = upstream.url.split("://", 1)[1]
+    gw = gateway_factory(f"""
+        providers:
+          - {{id: p, base_url: "http://me:pw-SECRET@{host}/v1", keys: [{{id: k1, secret: s}}]}}
+        server: {{admin_api_key: adm}}
+        tracing: {{endpoint: "http://me:tr-SECRET@127.0.0.1:9/v1/traces"}}
+        logging: {{sinks: [{{type: webhook, url: "http://me:wh-SECRET@127.0.0.1:9/x"}}]}}
+        """)
+    adm = {"Authorization": "Bearer adm"}
+    for path in ("config", "providers"):
+        resp = gw.request("GET", f"/admin/v1/{path}", headers=adm)
+        assert resp.status == 200 and b"SECRET" not in resp.body, resp.body
+    view = gw.request("GET", "/admin/v1/config", headers=adm).json()
+    assert view["config"]["tracing"]["endpoint"].endswith("@127.0.0.1:9/v1/traces")
