@@ -127,3 +127,25 @@ def test_a_redis_outage_makes_misses_never_errors(
         line for line in metrics.splitlines() if line.startswith("truckllm_cache_backend_errors")
     )
     assert float(errors.split()[-1]) >= 1
+
+
+def test_a_huge_client_ttl_neither_errors_in_redis_nor_turns_the_cache_off(
+    redis_server: RedisServer,  # noqa: F811
+    upstream: MockUpstream,
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    # x-truckllm-cache-ttl: 1e300 made a Redis expiry Redis refuses: counted as an outage, so
+    # one client's header turned the cache off for everyone for a while (the review's finding).
+    cache = f"{{enabled: true, type: redis, url: '{redis_server.url}'}}"
+    gw = gateway_factory(config(upstream.url, "{type: memory}", cache))
+    huge = {**AUTH, "x-truckllm-cache-ttl": "1e300"}
+    first = gw.post("/v1/chat/completions", CHAT, headers=huge)
+    assert first.status == 200 and first.headers["x-truckllm-cache"] == "miss"
+    assert gw.post("/v1/chat/completions", CHAT, headers=AUTH).headers["x-truckllm-cache"] == "hit"
+    other = {**CHAT, "seed": 7}
+    assert (
+        gw.post("/v1/chat/completions", other, headers=AUTH).headers["x-truckllm-cache"] == "miss"
+    )
+    assert gw.post("/v1/chat/completions", other, headers=AUTH).headers["x-truckllm-cache"] == "hit"
+    metrics = gw.request("GET", "/metrics").body.decode()
+    assert "truckllm_cache_backend_errors_total 0" in metrics

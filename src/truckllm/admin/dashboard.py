@@ -34,7 +34,7 @@ def _int(query: dict[str, str], name: str, default: int, lo: int, hi: int) -> in
         return default
     try:
         value = int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number; inf (int() of it overflows)
         raise invalid_request(f"'{name}' must be a number, got {raw!r}.", param=name) from None
     return max(lo, min(hi, value))
 

@@ -32,7 +32,7 @@ from truckllm.stores.base import (
 def _time(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, OverflowError):  # not a number, or inf: a date?
         return int(float(value))
     text = value.strip().replace("Z", "+00:00")
     try:
@@ -87,7 +87,7 @@ async def usage_view(
     rows = [(g, b, pad_counts(c)) for g, b, c in result.rows]  # a plugin's may lack saved_nanos
     top = query.get("top")
     if top and q.group_by:
-        if not top.isdigit():
+        if not (top.isascii() and top.isdigit()):  # int() refuses "²", which isdigit() takes
             raise invalid_request(f"'top' must be a whole number, got {top!r}.", param="top")
         rows = keep_top(rows, int(top))
     total = [0] * len(METRICS)

@@ -71,7 +71,7 @@ def providers_view(rt: Runtime) -> list[dict[str, Any]]:
             {
                 "id": p.id,
                 "type": p.type,
-                "base_url": p.base_url,
+                "base_url": _proxy_shown(p.base_url),
                 "models": list(p.models),
                 "strategy": rt.router.strategy_of(p.id),
                 "keys": [k.id for k in p.keys],
@@ -97,7 +97,7 @@ def redact(value: Any) -> Any:
         }
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: _proxy_shown(v) if f.name == "proxy" and isinstance(v, str) else redact(v)
+            f.name: _proxy_shown(v) if f.name in _URL_FIELDS and isinstance(v, str) else redact(v)
             for f in dataclasses.fields(value)
             if not f.metadata.get("internal")
             for v in (getattr(value, f.name),)
@@ -109,8 +109,13 @@ def redact(value: Any) -> Any:
     return value
 
 
+# Plain-string URLs of the configuration (a Secret one is redacted whole).
+_URL_FIELDS = frozenset({"proxy", "base_url", "endpoint", "url"})
+
+
 def _proxy_shown(url: str) -> str:
-    """A ``proxy`` option without the credentials it may carry (``http://user:pass@host``)."""
+    """A URL (``proxy``, ``base_url``, ``tracing.endpoint``...) without the credentials it may
+    carry (``http://user:pass@host``)."""
     scheme, sep, rest = url.rpartition("://")
     if "@" not in rest:
         return url

@@ -251,7 +251,7 @@ class Lookup:
             return
         if reply.dialect != INTERNAL:
             return
-        assembler = Assembler()
+        assembler = Assembler(self.cache.settings.max_entry_bytes)  # larger: not kept anyway
         if served.first:
             assembler.feed(served.first)
 

@@ -4,6 +4,7 @@ client's per-request directives (``Cache-Control``, ``x-truckllm-cache-ttl``).""
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,7 @@ class Directives:
 
 
 NONE = Directives()
+MAX_TTL = 365 * 86400.0  # seconds: the longest x-truckllm-cache-ttl taken
 
 
 def directives(headers: Iterable[tuple[bytes, bytes]]) -> Directives:
@@ -81,5 +83,9 @@ def directives(headers: Iterable[tuple[bytes, bytes]]) -> Directives:
                 ttl = max(float(value), 0.0)
             except ValueError:
                 ttl = None
+            if ttl is not None and not math.isfinite(ttl):  # nan, inf: kept for ever, or a
+                ttl = None  # Redis expiry that overflows: the configured ttl instead
+            elif ttl is not None:  # past it, Redis refuses the expiry (an "outage" for all)
+                ttl = min(ttl, MAX_TTL)
             seen = True
     return Directives(no_cache, no_store, ttl) if seen else NONE

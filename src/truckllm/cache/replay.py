@@ -69,18 +69,34 @@ def chunks(completion: dict[str, Any], usage: Usage | None, with_usage: bool) ->
     return b"".join(out)
 
 
+_TEXT_FIELDS = ("reasoning_content", "content", "refusal")
+
+
+def _whole_call(got: dict[str, Any]) -> dict[str, Any]:
+    """A tool call gathered by :class:`Assembler`, its arguments joined."""
+    fn = {**got["function"], "arguments": "".join(got["parts"])}
+    return {"id": got["id"], "type": got["type"], "function": fn}
+
+
 class Assembler:
     """Feed it a stream's batches of ``chat.completion.chunk`` events; ``completion()`` is the
-    whole answer once ``done`` (``[DONE]`` seen)."""
+    whole answer once ``done`` (``[DONE]`` seen). Text is gathered in pieces (joined once, not
+    copied at every delta); past ``limit`` characters of it (an answer too large to keep), or at
+    an event it cannot read, it is ``broken`` (nothing is kept) and stops reading: the stream
+    goes on as it came."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.size = 0  # characters of text and tool arguments gathered
         self.base: dict[str, Any] = {}
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: Usage | None = None
         self.done = False
-        self.broken = False  # an event that could not be read: not stored
+        self.broken = False  # too large, or an event that could not be read: not stored
 
     def feed(self, batch: bytes) -> None:
+        if self.broken:
+            return
         for ev in iter_events(batch):
             data = ev.data.strip()
             if data == b"[DONE]":
@@ -88,11 +104,18 @@ class Assembler:
                 continue
             try:
                 chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                self.broken = True
-                continue
-            if isinstance(chunk, dict):
-                self._chunk(chunk)
+                if isinstance(chunk, dict):
+                    self._chunk(chunk)
+            except (ValueError, TypeError, AttributeError):  # not JSON, or not a chunk's shape
+                self._break()
+                return
+            if self.limit is not None and self.size > self.limit:
+                self._break()
+                return
+
+    def _break(self) -> None:
+        self.broken = True
+        self.choices.clear()
 
     def _chunk(self, chunk: dict[str, Any]) -> None:
         if not self.base:
@@ -108,19 +131,22 @@ class Assembler:
             i = c.get("index", 0)
             acc = self.choices.setdefault(i if isinstance(i, int) else 0, {"calls": {}})
             delta = c["delta"]
-            for field in ("reasoning_content", "content", "refusal"):
+            for field in _TEXT_FIELDS:
                 if isinstance(delta.get(field), str):
-                    acc[field] = acc.get(field, "") + delta[field]
+                    acc.setdefault(field, []).append(delta[field])
+                    self.size += len(delta[field])
             for call in delta.get("tool_calls") or ():
                 if isinstance(call, dict):
-                    self._call(acc["calls"], call)
+                    self.size += self._call(acc["calls"], call)
             if c.get("finish_reason") is not None:
                 acc["finish"] = c["finish_reason"]
 
     @staticmethod
-    def _call(calls: dict[Any, dict[str, Any]], call: dict[str, Any]) -> None:
+    def _call(calls: dict[Any, dict[str, Any]], call: dict[str, Any]) -> int:
+        index = call.get("index", 0)
         got = calls.setdefault(
-            call.get("index", 0), {"id": "", "type": "function", "function": {"name": ""}}
+            index if isinstance(index, int) else 0,
+            {"id": "", "type": "function", "function": {"name": ""}, "parts": []},
         )
         if call.get("id"):
             got["id"] = call["id"]
@@ -128,24 +154,25 @@ class Assembler:
         assert isinstance(fn, dict)
         if fn.get("name"):
             got["function"]["name"] = fn["name"]
-        got["function"]["arguments"] = got["function"].get("arguments", "") + str(
-            fn.get("arguments") or ""
-        )
+        part = str(fn.get("arguments") or "")
+        got["parts"].append(part)
+        return len(part)
 
     def completion(self, usage: Usage | None) -> dict[str, Any]:
         """The ``chat.completion`` the stream spelled out; ``usage`` when the stream had none."""
         choices = []
         for i in sorted(self.choices):
             acc = self.choices[i]
+            text = {f: "".join(acc[f]) if f in acc else None for f in _TEXT_FIELDS}
             msg: dict[str, Any] = {
                 "role": "assistant",
-                "content": acc.get("content"),
-                "refusal": acc.get("refusal"),
+                "content": text["content"],
+                "refusal": text["refusal"],
             }
-            if acc.get("reasoning_content"):
-                msg["reasoning_content"] = acc["reasoning_content"]
+            if text["reasoning_content"]:
+                msg["reasoning_content"] = text["reasoning_content"]
             if acc["calls"]:
-                msg["tool_calls"] = [acc["calls"][k] for k in sorted(acc["calls"])]
+                msg["tool_calls"] = [_whole_call(acc["calls"][k]) for k in sorted(acc["calls"])]
             choices.append(
                 {
                     "index": i,

@@ -31,8 +31,20 @@ def base_url_warnings(cfg: Config) -> list[str]:
     for i, p in enumerate(cfg.providers):
         problem = base_url_problem(p)
         if problem:
-            out.append(f"providers[{i}].base_url: {p.base_url!r} {problem}")
+            out.append(f"providers[{i}].base_url: {_shown(p.base_url)!r} {problem}")
     return out
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: no user information (a password) in a warning."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _shown(url: str) -> str:
+    """``url`` as a warning line shows it: without user information, query or fragment (a
+    token there is logged by ``truckllm serve``)."""
+    return _origin(url) + urlsplit(url).path
 
 
 def base_url_problem(p: ProviderConfig) -> str | None:
@@ -40,7 +52,7 @@ def base_url_problem(p: ProviderConfig) -> str | None:
     parts = urlsplit(p.base_url)
     path = parts.path.rstrip("/")
     segments = [s for s in path.split("/") if s]
-    origin = f"{parts.scheme}://{parts.netloc}"
+    origin = _origin(p.base_url)
     if p.type == "anthropic":
         return _anthropic(path, segments, origin)
     if p.type == "gemini":

@@ -22,7 +22,7 @@ from truckllm.config.schema import (
     Timeouts,
     WebhookSinkConfig,
 )
-from truckllm.config.secret import Secret
+from truckllm.config.secret import Secret, masked
 from truckllm.config.validate_cache import validate_cache
 from truckllm.http.forwarded import parse_networks
 from truckllm.http.proxy import Proxy
@@ -153,7 +153,7 @@ def _validate_provider(
     if not base_url:
         fail(f"{ppath}.base_url", "is required for this provider")
     elif not re.match(r"^https?://[^/\s]+", base_url):
-        fail(f"{ppath}.base_url", f"{base_url!r} is not an http(s) URL")
+        fail(f"{ppath}.base_url", f"{masked(base_url)!r} is not an http(s) URL")
     if isinstance(p.timeout, float) and p.timeout <= 0:
         fail(f"{ppath}.timeout", "must be positive")
     keys = [
@@ -443,7 +443,7 @@ def _validate_telemetry(
                 fail(f"{spath}.keep", "must not be negative")
         elif isinstance(sink, WebhookSinkConfig):
             if not re.match(r"^https?://[^/\s]+", sink.url):
-                fail(f"{spath}.url", f"{sink.url!r} is not an http(s) URL")
+                fail(f"{spath}.url", f"{masked(sink.url)!r} is not an http(s) URL")
             if sink.timeout <= 0:
                 fail(f"{spath}.timeout", "must be positive")
             _validate_proxy(sink.proxy, f"{spath}.proxy", fail)
@@ -479,7 +479,7 @@ def _validate_tracing(cfg: Config, fail: Callable[[str, str], None]) -> None:
     if t.endpoint is None:
         return
     if not re.match(r"^https?://[^/\s]+", t.endpoint):
-        fail("tracing.endpoint", f"{t.endpoint!r} is not an http(s) URL")
+        fail("tracing.endpoint", f"{masked(t.endpoint)!r} is not an http(s) URL")
     if not 0.0 <= t.sample_ratio <= 1.0:
         fail("tracing.sample_ratio", "must be between 0 and 1")
     if not t.service_name:

@@ -41,13 +41,23 @@ class Proxy:
             url = "http://" + url  # curl's reading of a bare host:port
         parts = urlsplit(url)
         if parts.scheme.lower() != "http" or not parts.hostname:
-            raise ValueError(f"not an http:// proxy URL: {url!r}")
+            raise ValueError(f"not an http:// proxy URL: {_shown(url)!r}")
         auth = b""
         if parts.username is not None:
             user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             token = base64.b64encode(user_pass.encode()).decode()
             auth = f"Proxy-Authorization: Basic {token}\r\n".encode()
         return cls(parts.hostname, parts.port or 80, auth)
+
+
+def _shown(url: str) -> str:
+    """``url`` without its user information (a proxy password): errors are logged and shown."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:  # a password may hold "/", "?" or "#": all before the last "@" goes
+        rest = "***@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
 
 
 @dataclass(frozen=True, slots=True)

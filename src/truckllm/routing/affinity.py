@@ -27,6 +27,7 @@ from truckllm.routing.keystate import KeyState, ProviderState
 from truckllm.routing.router import Pick, Router
 
 _SYSTEM_ROLES = ("system", "developer")
+_MAX_IDENT = 320  # characters of a conversation's name kept as it is
 
 
 class Affinity:
@@ -54,7 +55,21 @@ class Affinity:
         headers: Iterable[tuple[bytes, bytes]],
         session: str | None,
     ) -> str | None:
-        """The request's conversation, or ``None`` when it names none and has no prompt."""
+        """The request's conversation, or ``None`` when it names none and has no prompt. A long
+        one (a long model name or session header) is a digest: ``max_entries`` of them in the
+        table must not mean that many 64 KiB header values."""
+        ident = self._ident(model, body, headers, session)
+        if ident is None or len(ident) <= _MAX_IDENT:
+            return ident
+        return "#" + hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def _ident(
+        self,
+        model: str,
+        body: dict[str, Any],
+        headers: Iterable[tuple[bytes, bytes]],
+        session: str | None,
+    ) -> str | None:
         if self.header is not None:
             for name, value in headers:
                 if name == self.header and value:

@@ -23,6 +23,7 @@ from truckllm import __version__
 from truckllm.config.schema import Config, TracingConfig
 from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL
 from truckllm.http.exchange import post_whole
+from truckllm.providers.called import shown_url
 from truckllm.telemetry.exposition import Page
 from truckllm.telemetry.otlp import CLIENT, SERVER, Encoder, request
 from truckllm.telemetry.record import RequestRecord
@@ -75,6 +76,7 @@ class OtlpExporter:
             **{name: secret.reveal() for name, secret in config.headers.items()},
         }
         self.config = config
+        self.shown_url = shown_url(traces_url(config.endpoint))  # for logs: no query, password
         self.encoder = Encoder()
         self.head = self.encoder.resource(
             resource_attributes(config, environ), ("truckllm", __version__)
@@ -225,7 +227,7 @@ class OtlpExporter:
                     self.exported += n
                     if self._failing is not None:
                         self._failing = None
-                        log.info("span export recovered", extra={"url": self.config.endpoint})
+                        log.info("span export recovered", extra={"url": self.shown_url})
                     return
                 detail, retry = f"HTTP {status}", status in _RETRY_STATUSES
             if not retry or self._closing or loop.time() + backoff >= deadline:
@@ -241,5 +243,5 @@ class OtlpExporter:
             self._failing = reason
             log.warning(
                 "spans dropped",
-                extra={"url": self.config.endpoint, "reason": reason, "spans": n},
+                extra={"url": self.shown_url, "reason": reason, "spans": n},
             )

@@ -55,7 +55,7 @@ async def _proxied(
     if field is None or not model:
         raise invalid_request("you must provide a model parameter", param="model")
     body: dict[str, Any] = {"model": model}
-    form = Form(upload, field)
+    form = Form(upload, field, boundary)
     inbound = Inbound(
         OPENAI_MULTIPART, body, b"", {"content-type": ctype}, _untranslatable, source=form
     )

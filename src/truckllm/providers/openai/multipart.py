@@ -8,14 +8,19 @@ part, the last bytes that may begin a boundary: never a file."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from truckllm.http.client import BodySource
+from truckllm.providers.base import RequestRejected
+from truckllm.providers.errors import error_body
 
 MAX_HEAD = 1024  # a form part's headers: a Content-Disposition line and a Content-Type
 MAX_VALUE = 4096  # a wanted text field's value
 _SEEK, _AFTER, _HEAD, _END = range(4)
+# A part's ``name`` parameter, quoted or not (form parsers take both), in its lower-cased head.
+_NAME = re.compile(rb'(?:^|[;\s])name\s*=\s*(?:"([^"]*)"|([^;\s]*))')
 
 
 def boundary_of(content_type: str) -> bytes | None:
@@ -45,7 +50,7 @@ class FormScanner:
 
     def __init__(self, boundary: bytes, wanted: tuple[str, ...]) -> None:
         self._delimiter = b"\r\n--" + boundary
-        self._wanted = {f'name="{n}"'.encode(): n for n in wanted}
+        self._wanted = {n.encode(): n for n in wanted}
         # The body as if it began with CRLF, so a first boundary at its very start is found as
         # any other delimiter; ``_base`` is where ``_buf[0]`` lies in the body.
         self._buf = bytearray(b"\r\n")
@@ -53,6 +58,8 @@ class FormScanner:
         self._state = _SEEK
         self._current: str | None = None  # the wanted field whose value is being read
         self.fields: dict[str, Field] = {}
+        self.parts: dict[str, int] = {}  # parts naming each wanted field, file parts included
+        self.malformed = False  # a part's head past MAX_HEAD: nothing after it was read
 
     @property
     def done(self) -> bool:
@@ -98,16 +105,26 @@ class FormScanner:
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > MAX_HEAD:
-                self._state = _END
+                self._state, self.malformed = _END, True
             return False
         head = bytes(buf[:end]).lower()
-        if b"filename=" not in head:
-            for token, name in self._wanted.items():
-                if token in head:
-                    self._current = name
+        name = self._wanted.get(_name_of(head))
+        if name is not None:
+            self.parts[name] = self.parts.get(name, 0) + 1
+            if b"filename=" not in head:
+                self._current = name
         self._drop(end + 4)
         self._state = _SEEK
         return True
+
+
+def _name_of(head: bytes) -> bytes:
+    """The ``name`` of a part from its (lower-cased) head's Content-Disposition line."""
+    for line in head.split(b"\r\n"):
+        if line.startswith(b"content-disposition:"):
+            found = _NAME.search(line, len(b"content-disposition:"))
+            return (found[1] or found[2] or b"") if found else b""
+    return b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,16 +158,49 @@ class Replaced:
 
 
 @dataclass(frozen=True, slots=True)
+class OneModel:
+    """``body`` read through a :class:`FormScanner`: a form with a second ``model`` part (which
+    the upstream may read instead of the one the gateway routed, checked and priced) or one it
+    cannot read to the end is refused (a 400, :class:`RequestRejected`) before its last bytes
+    go upstream."""
+
+    body: BodySource
+    boundary: bytes
+
+    @property
+    def length(self) -> int:
+        return self.body.length
+
+    async def chunks(self) -> AsyncIterator[bytes | bytearray | memoryview]:
+        scanner = FormScanner(self.boundary, ("model",))
+        async for chunk in self.body.chunks():
+            scanner.feed(chunk)
+            if scanner.parts.get("model", 0) > 1:
+                raise _refused("The form has more than one 'model' field.", "model")
+            if scanner.malformed:
+                raise _refused(f"A form part's headers exceed {MAX_HEAD} bytes.", None)
+            yield chunk
+
+
+def _refused(message: str, param: str | None) -> RequestRejected:
+    body = error_body(message, 400, "invalid_form", param, "invalid_request_error")
+    return RequestRejected(400, body, "invalid_form")
+
+
+@dataclass(frozen=True, slots=True)
 class Form:
-    """An upload's body and where its ``model`` field's value lies in it."""
+    """An upload's body and where its ``model`` field's value lies in it; with the form's
+    ``boundary``, the body is checked as it goes (:class:`OneModel`)."""
 
     body: BodySource
     model: Field
+    boundary: bytes | None = None
 
     def with_model(self, model: str) -> BodySource:
         """The body to send when the route names ``model``: as it came, or with the field's
         value replaced (the length follows)."""
+        body = self.body if self.boundary is None else OneModel(self.body, self.boundary)
         value = model.encode()
         if value == self.model.value:
-            return self.body
-        return Replaced(self.body, self.model.start, self.model.end, value)
+            return body
+        return Replaced(body, self.model.start, self.model.end, value)
