@@ -37,7 +37,15 @@ log = logging.getLogger("truckllm.upstream")
 # the fields the message itself tells (the status is in ``error``: "HTTP 429 ..."), left out of
 # the text format's trailing k=v list; ``request_id`` is the one it adds
 _TOLD = (
-    "provider", "key_id", "method", "url", "status", "error", "attempt", "action", "suppressed"
+    "provider",
+    "key_id",
+    "method",
+    "url",
+    "status",
+    "error",
+    "attempt",
+    "action",
+    "suppressed",
 )
 
 

@@ -45,9 +45,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         told = getattr(record, "in_message", ())
-        extra = {
-            k: v for k, v in record.__dict__.items() if k not in _RESERVED and k not in told
-        }
+        extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED and k not in told}
         return base + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
 
