@@ -9,6 +9,8 @@ Every write is one atomic Lua script. Keys carry hash tags so that each script t
     ``client \\x1f provider \\x1f key \\x1f model \\x1f alias \\x1f metric`` -> count
     (nano-dollars for the cost). Minute buckets expire after 2 days, hours after 91.
   - ``i:<g>`` (sorted set): the bucket starts, for range queries.
+  - ``r:<g>:<dimension>:<bucket start>`` (hash) and ``rsince``: the same usage by one dimension,
+    which answers queries grouped by one dimension or none (:mod:`truckllm.stores.redis_rollups`).
   - ``sd:<YYYY-MM-DD>``, ``sm:<YYYY-MM>``, ``st`` (hashes): spend per client id.
   - ``cool`` (hash): key id -> cooling until (unix ms). ``peers`` (sorted set): live processes.
   - ``seq:<origin>``: the last batch applied from one process (expires after a day).
