@@ -5,6 +5,7 @@ admin key, GET/HEAD only, content types, caching, CSP, gzip), and the admin endp
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import re
 from collections.abc import Callable
@@ -92,6 +93,7 @@ def test_overview_tail_and_budgets_report_the_traffic_and_no_secret(
 
     o = gw.request("GET", "/admin/v1/overview?window=300", headers=ADMIN).json()
     assert o["window_s"] == 300 and o["requests"] == 5 and o["errors"] == 1
+    assert o["worker"] == {"index": None, "count": 1, "pid": os.getpid()}  # one process
     assert o["error_rate"] == 0.2 and o["keys"] == {"active": 1}
     assert o["latency_ms"]["p50"] > 0 and o["latency_ms"]["p95"] >= o["latency_ms"]["p50"]
     assert o["ttft_ms"]["p50"] is not None  # the stream's

@@ -233,6 +233,23 @@ def test_the_chart_deploys_the_configuration_it_carries(variant: str) -> None:
     )
     assert by_kind["Service"]["spec"]["selector"].items() <= labels.items()
     assert pod["securityContext"]["runAsNonRoot"] is True
+    if variant == "default":
+        assert cfg.tracing.endpoint is None  # off unless tracing.endpoint is set
+    else:  # --set tracing.endpoint=... --set tracing.sampleRatio=0.25
+        assert cfg.tracing.endpoint == "http://otel-collector.observability:4318"
+        assert cfg.tracing.sample_ratio == 0.25 and cfg.tracing.service_name == "truckllm"
+
+
+def test_compose_tracing_example_parses_and_names_the_commented_service() -> None:
+    text = (DEPLOY / "compose/truckllm.yaml").read_text()
+    assert "\n# tracing:\n#   endpoint: http://jaeger:4318\n" in text
+    uncommented = text.replace("\n# tracing:", "\ntracing:").replace("\n#   ", "\n  ")
+    env = dict(COMPOSE["services"]["gateway-1"]["environment"], REDIS_URL="redis://r:6379/0")
+    cfg = parse_config(uncommented, "compose/truckllm.yaml", env, provider_registry().names())
+    assert cfg.tracing.endpoint == "http://jaeger:4318"
+    compose_text = (DEPLOY / "compose.yaml").read_text()
+    assert "\n  # jaeger:\n" in compose_text and "COLLECTOR_OTLP_ENABLED" in compose_text
+    assert "jaeger" not in COMPOSE["services"]  # an example: compose-smoke.sh pulls nothing more
 
 
 def test_the_image_runs_its_default_configuration_as_a_non_root_user() -> None:

@@ -524,3 +524,59 @@ def test_a_cache_hit_has_its_request_span_and_no_attempt(
     assert miss.attrs["truckllm.cache"] == "miss" and attempt.parent_id == miss.span_id
     assert hit.kind == SERVER and hit.attrs["truckllm.cache"] == "hit"
     assert hit.attrs["truckllm.attempts"] == 0 and len(a.received) == 1
+
+
+def test_the_response_model_is_the_one_the_upstream_answered_with(
+    collector: Collector,  # first: it outlives the gateways, which flush to it when they stop
+    upstream_factory: Callable[..., MockUpstream],
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    a, b = upstream_factory(), upstream_factory()
+    gw = gateway_factory(config(a.url, b.url, collector).replace("[a:m-a, b:m-b]", "[a:m-a]"))
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m-a-2026-01-01",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": usage,
+    }
+    a.script.append(Scripted(body=answer))
+    chunk = {"id": "c2", "object": "chat.completion.chunk", "created": 1, "model": "m-a-v7"}
+    a.script.append(
+        Scripted(
+            events=[
+                {**chunk, "choices": [{"index": 0, "delta": {"content": "ok"}}]},
+                {**chunk, "choices": [], "usage": usage},
+                "[DONE]",
+            ]
+        )
+    )
+    assert gw.post("/v1/chat/completions", CHAT).status == 200
+    server, (attempt,) = by_kind(collector.wait(2))
+    assert server.attrs["gen_ai.request.model"] == "smart"
+    assert server.attrs["gen_ai.response.model"] == "m-a-2026-01-01"
+    assert attempt.attrs["gen_ai.request.model"] == "m-a"
+    assert attempt.attrs["gen_ai.response.model"] == "m-a-2026-01-01"
+    resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
+    assert resp.status == 200 and sse_events(resp.body)[-1] == b"[DONE]"
+    server, (attempt,) = by_kind(collector.wait(4)[2:])
+    assert server.attrs["gen_ai.response.model"] == "m-a-v7"
+    assert attempt.attrs["gen_ai.response.model"] == "m-a-v7"
+
+
+def test_a_large_answer_names_its_model_without_a_whole_parse() -> None:
+    from truckllm.providers.openai import _usage_of_body
+
+    filler = "x" * 40_000  # past the size parsed whole: usage is sliced, model found at the head
+    body = (
+        b'{"id":"c","object":"chat.completion","created":1,"model":"m-big-1",'
+        b'"choices":[{"index":0,"message":{"role":"assistant","content":"'
+        + filler.encode()
+        + b'"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":9}}'
+    )
+    usage, model = _usage_of_body(body)
+    assert model == "m-big-1" and usage is not None and usage.completion_tokens == 9

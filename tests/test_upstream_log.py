@@ -15,7 +15,7 @@ import pytest
 from helpers import Gateway
 
 from truckllm.gateway.upstream_log import FailureLog
-from truckllm.telemetry.log import JSONFormatter
+from truckllm.telemetry.log import JSONFormatter, TextFormatter
 from truckllm.testing.mock import MockUpstream, Scripted
 
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
@@ -229,3 +229,35 @@ def test_a_stream_broken_after_its_first_byte_is_logged(
     assert line["key_id"] == "k1" and line["attempt"] == 1 and line["status"] is None
     assert line["error"].startswith("ConnectionBroken")
     assert line["action"].endswith("ended the stream with an error event after 2 events")
+
+
+def test_the_text_format_tells_each_field_once(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway], upstream_log: Lines
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("truckllm.upstream")
+    logger.addHandler(handler)
+    try:
+        gw = gateway_factory(f"""
+            providers:
+              - id: openai
+                base_url: {upstream.url}
+                keys: [{{id: k1, secret: sk-key-one}}, {{id: k2, secret: sk-key-two}}]
+            model_aliases: {{gpt-4: openai:gpt-4}}
+            """)
+        upstream.script.append(
+            Scripted(status=429, body={"error": {"message": "slow down", "code": "rate_limit"}})
+        )
+        resp = gw.post("/v1/chat/completions", CHAT)
+    finally:
+        logger.removeHandler(handler)
+    assert resp.status == 200
+    (fields,) = upstream_log.all()  # the JSON line still carries every field
+    (text,) = stream.getvalue().splitlines()
+    for name in ("provider", "key_id", "url", "error", "action"):
+        assert text.count(str(fields[name])) == 1, (name, text)
+        assert f" {name}=" not in text
+    assert "in_message" not in text and "in_message" not in fields
+    assert text.endswith(f"  request_id={resp.headers['x-request-id']}")

@@ -35,6 +35,7 @@ model_aliases:
 server:
   workers: {workers}
   reload_interval: 0
+  admin_api_key: adm-workers
 """
 
 
@@ -111,6 +112,22 @@ def test_workers_share_the_port_reload_on_sighup_replace_the_dead_and_stop_toget
         assert len(pids) == 2
         first = {pid: served_alone(port, "gpt-4", pid, pids) for pid in pids}
         assert len(set(first.values())) == 2, first
+        # The dashboard's overview and tail are one worker's records: they say whose.
+        slots = set()
+        for pid in pids:
+            with alone(pid, pids):
+                for page in ("overview", "requests"):
+                    got = request(
+                        "GET",
+                        f"http://127.0.0.1:{port}/admin/v1/{page}",
+                        None,
+                        {"Authorization": "Bearer adm-workers"},
+                    )
+                    assert got.status == 200, got.body
+                    worker = got.json()["worker"]
+                    assert worker["pid"] == pid and worker["count"] == 2, worker
+                    slots.add(worker["index"])
+        assert slots == {0, 1}
 
         # SIGHUP reaches every worker: each of them serves the new alias, and not the old one.
         cfg.write_text(config(upstream, "smart"))

@@ -33,7 +33,7 @@ trap 'rm -rf "$out"' EXIT
 
 variants=(
   "default|"
-  "operator|--set serviceMonitor.enabled=true --set autoscaling.enabled=false --set existingSecret=truckllm-secrets --set restartOnConfigChange=true --set podDisruptionBudget.maxUnavailable=1"
+  "operator|--set serviceMonitor.enabled=true --set autoscaling.enabled=false --set existingSecret=truckllm-secrets --set restartOnConfigChange=true --set podDisruptionBudget.maxUnavailable=1 --set tracing.endpoint=http://otel-collector.observability:4318 --set tracing.sampleRatio=0.25"
 )
 for v in "${variants[@]}"; do
   name=${v%%|*}

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from truckllm.api import App
+from truckllm.process import set_worker
 from truckllm.runner import STARTUP_FAILURE
 
 log = logging.getLogger("truckllm.workers")
@@ -114,6 +115,7 @@ def _spawn(make_app: Callable[[], App], sock: socket.socket, slot: int) -> int:
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        set_worker(slot)
         code = _worker(make_app, sock)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from truckllm.accounting.money import format_usd
 from truckllm.admin.recent import DAY_S, record_view, series, summary
 from truckllm.errors import invalid_request
+from truckllm.process import worker_info
 
 if TYPE_CHECKING:
     from truckllm.admin.api import AdminContext
@@ -60,6 +61,7 @@ async def overview(
         "keys": dict(key_states),
         "in_flight_upstream": in_flight,
         "config": rt.config.source,
+        "worker": worker_info(rt.config.server.workers),  # the records are this process's
     }
 
 
@@ -95,7 +97,13 @@ async def requests(
         if len(out) >= limit:
             break
     last = ctx.recent.tail[-1][0] if ctx.recent.tail else 0
-    return 200, {"object": "list", "data": out, "last_seq": last, "now": round(time.time(), 3)}
+    return 200, {
+        "object": "list",
+        "data": out,
+        "last_seq": last,
+        "now": round(time.time(), 3),
+        "worker": worker_info(rt.config.server.workers),
+    }
 
 
 def _usd(nanos: int | None) -> str | None:

@@ -157,7 +157,7 @@ class Proxy:
         """What only the committed attempt knows: where it went, what it used, what it cost."""
         key = served.pick.key
         rec.provider, rec.key_id = served.target.provider_id, key.id
-        rec.upstream_model = served.target.model
+        rec.upstream_model, rec.response_model = served.target.model, served.reply.model
         rec.attempts, rec.upstream_s = served.attempts, served.upstream_s
         if rec.usage is not None:
             return  # priced when the response started

@@ -6,7 +6,8 @@ exception's class and message), the attempt's number, and what the balancer did 
 key cooled, out of service, its breaker opened; retrying, or given up). Logger
 ``truckllm.upstream``; the fields go into the JSON log as they are (``provider``, ``key_id``,
 ``method``, ``url``, ``status``, ``error``, ``attempt``, ``action``, ``request_id``,
-``suppressed``).
+``suppressed``). The text log shows the message and ``request_id`` only: the message tells the
+rest.
 
 An outage must not flood the log: each provider has a token bucket of ``burst`` lines refilled
 at ``per_second``. Lines over it are counted, not written; the next line written for that
@@ -32,6 +33,20 @@ PER_SECOND = 1.0  # and then this many a second
 MESSAGE_CHARS = 300  # of the upstream's error message, in a line
 
 log = logging.getLogger("truckllm.upstream")
+
+# the fields the message itself tells (the status is in ``error``: "HTTP 429 ..."), left out of
+# the text format's trailing k=v list; ``request_id`` is the one it adds
+_TOLD = (
+    "provider",
+    "key_id",
+    "method",
+    "url",
+    "status",
+    "error",
+    "attempt",
+    "action",
+    "suppressed",
+)
 
 
 class _Bucket:
@@ -127,6 +142,7 @@ class FailureLog:
                 "action": action,
                 "request_id": request_id,
                 "suppressed": held,
+                "in_message": _TOLD,
             },
         )
 

@@ -154,6 +154,7 @@ class Reply:
     events: AsyncIterator[bytes] | None = None
     rest: AsyncIterator[bytes] | None = None
     usage: Usage | None = None
+    model: str | None = None  # the upstream's own name for the model, where usage is read
     error_code: str | None = None
     retry_after: float | None = None  # seconds, when the upstream said when to come back
     dialect: str = INTERNAL

@@ -9,6 +9,8 @@ Every write is one atomic Lua script. Keys carry hash tags so that each script t
     ``client \\x1f provider \\x1f key \\x1f model \\x1f alias \\x1f metric`` -> count
     (nano-dollars for the cost). Minute buckets expire after 2 days, hours after 91.
   - ``i:<g>`` (sorted set): the bucket starts, for range queries.
+  - ``r:<g>:<dimension>:<bucket start>`` (hash) and ``rsince``: the same usage by one dimension,
+    which answers queries grouped by one dimension or none (:mod:`truckllm.stores.redis_rollups`).
   - ``sd:<YYYY-MM-DD>``, ``sm:<YYYY-MM>``, ``st`` (hashes): spend per client id.
   - ``cool`` (hash): key id -> cooling until (unix ms). ``peers`` (sorted set): live processes.
   - ``seq:<origin>``: the last batch applied from one process (expires after a day).
@@ -21,6 +23,7 @@ The scripts use Redis's clock (``TIME``) for the limit windows, so processes' cl
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +49,13 @@ from truckllm.stores.base import (
     month_of,
     row_key,
 )
+from truckllm.stores.redis_rollups import (
+    rollup_dim,
+    rollup_key,
+    rollup_rows,
+    rollup_writes,
+    since_key,
+)
 from truckllm.stores.tables import (
     PEER_TTL_S,
     RETENTION_S,
@@ -65,6 +75,7 @@ if p.seq > last then
   for _, it in ipairs(p.zadd) do redis.call('ZADD', KEYS[it[1]], it[2], it[2]) end
   for _, it in ipairs(p.expire) do redis.call('EXPIRE', KEYS[it[1]], it[2]) end
   for _, it in ipairs(p.trim) do redis.call('ZREMRANGEBYSCORE', KEYS[it[1]], '-inf', it[2]) end
+  for _, it in ipairs(p.setnx) do redis.call('SET', KEYS[it[1]], it[2], 'NX') end
   for _, it in ipairs(p.cool) do
     local cur = tonumber(redis.call('HGET', KEYS[3], it[1]) or '0')
     if tonumber(it[2]) > cur then redis.call('HSET', KEYS[3], it[1], it[2]) end
@@ -233,6 +244,7 @@ class RedisStore:
                     if k not in seen:
                         seen.add(k)
                         expire.append([ki(k), 100 * 86400])
+        setnx = rollup_writes(L, batch, ki, incr, expire, _EXPIRE_S)  # by one dimension
         trim = [
             [ki(f"{L}:i:{name}"), int(batch.now - RETENTION_S[name])]
             for name in ("minute", "hour")
@@ -248,6 +260,7 @@ class RedisStore:
                 "zadd": zadd,
                 "expire": expire,
                 "trim": trim,
+                "setnx": setnx,
                 "cool": [[k, str(int(u * 1000))] for k, u in batch.cooldowns.items()],
             }
         )
@@ -266,17 +279,29 @@ class RedisStore:
         granularity = choose_granularity(q, time.time())
         L = self._ledger
         hi = "+inf" if q.end is None else f"({q.end}"
+        dim = rollup_dim(q)
         try:
-            starts: list[Any] = await self._redis.zrangebyscore(f"{L}:i:{granularity}", q.start, hi)
             pipe = self._redis.pipeline(transaction=False)
-            for s in starts:
-                pipe.hgetall(f"{L}:u:{granularity}:{int(s)}")
+            pipe.zrangebyscore(f"{L}:i:{granularity}", q.start, hi)
+            pipe.get(since_key(L))
+            found, since = await pipe.execute()
+            starts = [int(s) for s in found]
+            # rollups for the buckets that began once they were kept; whole rows before that
+            cut = len(starts)
+            if dim is not None and since is not None:
+                g = GRANULARITIES[granularity]
+                cut = bisect.bisect_left(starts, (int(since) // g + 1) * g)
+            pipe = self._redis.pipeline(transaction=False)
+            for s in starts[:cut]:
+                pipe.hgetall(f"{L}:u:{granularity}:{s}")
+            for s in starts[cut:]:
+                pipe.hgetall(rollup_key(L, granularity, dim or "", s))
             hashes = await pipe.execute()
         except Exception as exc:
             self._error = f"redis unreachable: {type(exc).__name__}: {exc}"[:300]
             raise StoreError(self._error) from exc
-        flat: list[tuple[int, RowKey, list[int]]] = []
-        for s, h in zip(starts, hashes, strict=True):
+        flat = rollup_rows(dim, starts[cut:], hashes[cut:]) if dim is not None else []
+        for s, h in zip(starts[:cut], hashes[:cut], strict=True):
             rows: dict[RowKey, list[int]] = {}
             for field, value in h.items():
                 parts = field.decode().split(_SEP)
@@ -289,7 +314,7 @@ class RedisStore:
                 if counts is None:
                     counts = rows[row] = [0] * len(METRICS)
                 counts[int(parts[-1])] = int(value)
-            flat.extend((int(s), row, counts) for row, counts in rows.items())
+            flat.extend((s, row, counts) for row, counts in rows.items())
         return group_rows(q, flat, granularity)
 
     # -- shared limits ------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line, or readable text when stderr is a terminal."""
+"""Structured logs: one JSON object per line, or readable text when stderr is a terminal.
+
+A line whose message already tells some of its structured fields names them in the extra
+``in_message`` (a tuple of field names): the text format leaves those out of its trailing
+``k=v`` list, so each reads once; the JSON format keeps every field and drops ``in_message``."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
     "asctime",
     "color_message",
+    "in_message",
 }
 
 
@@ -39,7 +44,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+        told = getattr(record, "in_message", ())
+        extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED and k not in told}
         return base + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
 

@@ -191,7 +191,10 @@ class OtlpExporter:
                 a.status = None if rec.status == 499 else rec.status
                 a.error = rec.error_code
             info = self._provider(trace.config, a.provider_id)
-            child = attempt_attributes(a, op, info, rec.usage if i == last else None)
+            served = i == last
+            child = attempt_attributes(
+                a, op, info, rec.usage if served else None, rec.response_model if served else None
+            )
             ids = (tid, a.span_id, sid)
             times = (a.start_ns, a.end_ns)
             out.append(encode(ids, f"{op} {a.model}", CLIENT, times, child, a.error is not None))

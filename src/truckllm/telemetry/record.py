@@ -27,6 +27,7 @@ class RequestRecord:
     provider: str | None = None
     key_id: str | None = None
     upstream_model: str | None = None
+    response_model: str | None = None  # as the upstream answered it, where the gateway read it
     stream: bool = False
     status: int = 0
     error_code: str | None = None

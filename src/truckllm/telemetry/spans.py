@@ -65,7 +65,7 @@ def server_attributes(
     stable = (
         ("gen_ai.operation.name", op),
         ("gen_ai.request.model", rec.model),
-        ("gen_ai.response.model", rec.upstream_model),
+        ("gen_ai.response.model", rec.response_model or rec.upstream_model),
         ("gen_ai.provider.name", info[0] if info else None),
         ("gen_ai.request.stream", rec.stream),
         ("http.request.method", method),
@@ -98,17 +98,18 @@ def server_attributes(
 
 
 def attempt_attributes(
-    a: Attempt, op: str, info: ProviderInfo | None, usage: Usage | None
+    a: Attempt, op: str, info: ProviderInfo | None, usage: Usage | None, model: str | None = None
 ) -> tuple[Stable, dict[str, Any]]:
     """One upstream attempt's span: the provider, key and model it went to, and how it ended
-    (``error.type`` the outcome kind, and the key's state after the router learnt from it)."""
+    (``error.type`` the outcome kind, and the key's state after the router learnt from it).
+    ``model``: the answer's own model name, when the gateway read it (the served attempt)."""
     name, address, port = info if info is not None else (None, None, None)
     served = a.error is None
     stable = (
         ("gen_ai.operation.name", op),
         ("gen_ai.provider.name", name),
         ("gen_ai.request.model", a.model),
-        ("gen_ai.response.model", a.model if served else None),
+        ("gen_ai.response.model", (model or a.model) if served else None),
         ("server.address", address),
         ("server.port", port),
         ("http.response.status_code", a.status),

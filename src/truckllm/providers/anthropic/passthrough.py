@@ -110,6 +110,7 @@ class Passthrough:
             message = orjson.loads(body)
             if isinstance(message, dict):
                 reply.usage = usage_of(message.get("usage"))
+                reply.model = _model(message)
         return reply
 
     async def _events(self, resp: Response, reply: Reply) -> AsyncIterator[bytes]:
@@ -158,6 +159,13 @@ class Passthrough:
                 source = obj.get("message") if ev.event == "message_start" else obj
                 usage = source.get("usage") if isinstance(source, dict) else None
                 reply.usage = usage_of(usage, reply.usage)
+                if ev.event == "message_start" and isinstance(source, dict):
+                    reply.model = _model(source)
+
+
+def _model(message: dict[str, Any]) -> str | None:
+    model = message.get("model")
+    return model if isinstance(model, str) and model else None
 
 
 def _error_code(body: bytes, status: int, provider_id: str) -> str | None:

@@ -51,6 +51,9 @@ _PATHS = {
 }
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _PARSE_WHOLE_BELOW = 16 * 1024
+# a large body's ``model``: OpenAI's answers name it among the first fields
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+_MODEL_WITHIN = 512
 _USAGE_NULLS = (b',"usage":null', b', "usage": null')
 
 
@@ -138,10 +141,10 @@ class OpenAIProvider:
             reply = Reply(resp.status, ctype, resp.headers, body=body, _release=resp.release)
             reply.rest = relay_rest(self._http, resp, reply, body, call.endpoint == "images")
             return reply
-        usage = _usage_of_body(body)
+        usage, model = _usage_of_body(body)
         if call.endpoint == "images":
             usage = image_usage(body, usage)
-        return Reply(resp.status, ctype, resp.headers, body=body, usage=usage)
+        return Reply(resp.status, ctype, resp.headers, body=body, usage=usage, model=model)
 
     async def _events(
         self, resp: Response, reply: Reply, strip_usage: bool
@@ -179,31 +182,44 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
-def _usage_of_body(body: bytes) -> Usage | None:
-    """Usage from a response body without parsing all of it: the ``usage`` object is small and
-    comes last in OpenAI's format, so parse just that slice; parse the whole body otherwise."""
+def _usage_of_body(body: bytes) -> tuple[Usage | None, str | None]:
+    """Usage and the answer's model from a response body without parsing all of it: the
+    ``usage`` object is small and comes last in OpenAI's format, so parse just that slice (and
+    find ``model`` near the start); parse the whole body otherwise."""
     at = body.rfind(b'"usage"')
     if at < 0:
-        return None
+        return None, None
     if len(body) <= _PARSE_WHOLE_BELOW:  # orjson over a small body beats slicing in Python
         try:
             whole: Any = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return None
-        return Usage.from_openai(whole.get("usage")) if isinstance(whole, dict) else None
+            return None, None
+        if not isinstance(whole, dict):
+            return None, None
+        return Usage.from_openai(whole.get("usage")), _model_of(whole)
     start = body.find(b"{", at)
     if start > 0 and body[at + 7 : start].strip() == b":":
         end = object_end(body, start)
         if end > 0:
             try:
-                return Usage.from_openai(orjson.loads(body[start : end + 1]))
+                usage = Usage.from_openai(orjson.loads(body[start : end + 1]))
             except orjson.JSONDecodeError:
                 pass
+            else:
+                head = _MODEL_FIELD.search(body, 0, _MODEL_WITHIN)
+                return usage, head.group(1).decode() if head else None
     try:
         obj: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    return Usage.from_openai(obj.get("usage")) if isinstance(obj, dict) else None
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    return Usage.from_openai(obj.get("usage")), _model_of(obj)
+
+
+def _model_of(obj: dict[str, Any]) -> str | None:
+    model = obj.get("model")
+    return model if isinstance(model, str) and model else None
 
 
 def _take_usage(batch: bytes, reply: Reply, strip: bool) -> bytes:
@@ -222,6 +238,7 @@ def _take_usage(batch: bytes, reply: Reply, strip: bool) -> bytes:
                 usage = Usage.from_openai(obj.get("usage"))
                 if usage is not None:
                     reply.usage = usage
+                    reply.model = _model_of(obj) or reply.model
                 if strip and obj.get("choices") == []:
                     continue
                 if strip:

@@ -51,6 +51,8 @@ async def send_responses(
         obj = orjson.loads(body)
         if isinstance(obj, dict):
             reply.usage = Usage.from_openai(obj.get("usage"))
+            model = obj.get("model")
+            reply.model = model if isinstance(model, str) and model else None
     return reply
 
 
@@ -94,3 +96,5 @@ def _read_usage(batch: bytes, reply: Reply) -> None:
             usage = Usage.from_openai(response.get("usage"))
             if usage is not None:
                 reply.usage = usage
+                model = response.get("model")
+                reply.model = model if isinstance(model, str) and model else reply.model

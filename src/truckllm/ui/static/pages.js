@@ -9,6 +9,12 @@
       h("div", { class: "value", id, text: "–" }));
   }
   function set(id, text) { const el = document.getElementById(id); if (el) el.textContent = text; }
+  // server.workers > 1: the overview and the tail are the answering worker's own requests
+  function whichWorker(w) {
+    if (!w || w.index === null || w.index === undefined) return "";
+    return "Worker " + (w.index + 1) + " of " + w.count + " (pid " + w.pid + "): these are its own requests only;"
+      + " each refresh may reach another worker (server.workers).";
+  }
   function select(id, options, value, onchange) {
     return h("select", { id, onchange },
       options.map(([v, label]) => h("option", { value: v, selected: v === value }, label)));
@@ -32,7 +38,8 @@
           card("Gateway overhead p50 / p95", "ov-overhead"), card("Tokens in / out / cached", "ov-tokens"),
           card("Spend", "ov-spend"), card("Keys", "ov-keys")),
         s.c1 = h("div", { class: "chart", id: "ov-chart-requests" }),
-        s.c2 = h("div", { class: "chart", id: "ov-chart-latency" }));
+        s.c2 = h("div", { class: "chart", id: "ov-chart-latency" }),
+        h("p", { id: "ov-worker", class: "muted" }));
     },
     async update(s) {
       const { body: o } = await api("overview?window=" + s.window);
@@ -44,6 +51,7 @@
       set("ov-tokens", num(o.tokens.prompt) + " / " + num(o.tokens.completion) + " / " + num(o.tokens.cached));
       set("ov-spend", usd(o.cost_usd));
       set("ov-keys", Object.entries(o.keys).map(([k, n]) => n + " " + k).join(", ") || "none");
+      set("ov-worker", whichWorker(o.worker));
       const x = o.series.t;
       chart(s.c1, "Requests and errors per minute", x,
         [{ label: "requests", data: o.series.requests }, { label: "errors", data: o.series.errors }]);
@@ -190,12 +198,14 @@
             onchange: (e) => { s.filters[f] = e.target.value.trim(); window.TL.refresh(); } }))),
         h("div", { class: "scroll" }, s.table = table(["time", "status", "endpoint", "model", "provider / key",
           "client", "attempts", "latency", "ttft", "overhead", "tokens in/out", "cost", "request id"])),
-        h("p", { class: "muted", text: "The latest requests this process served (no bodies). Newest first." }));
+        h("p", { class: "muted", text: "The latest requests this process served (no bodies). Newest first." }),
+        h("p", { id: "tail-worker", class: "muted" }));
     },
     async update(s) {
       const q = Object.entries(s.filters).filter(([, v]) => v)
         .map(([k, v]) => k + "=" + encodeURIComponent(v)).join("&");
       const { body } = await api("requests?limit=100" + (q ? "&" + q : ""));
+      set("tail-worker", whichWorker(body.worker));
       s.table.tBodies[0].replaceChildren(...body.data.map((r) => h("tr",
         { "data-request-id": r.request_id, class: r.status >= 400 || r.status === 0 ? "bad" : "" },
         h("td", { text: clock(r.time) }),
