@@ -402,3 +402,45 @@ def test_a_reload_turns_the_cache_on_and_off(
     gw.server.loop.call_soon_threadsafe(gw.app.swap, on)  # as the reloader does, on the loop
     wait_until(lambda: post(gw, CHAT).headers.get("x-truckllm-cache") == "hit", 10)
     assert chat_calls(upstream) >= 2
+
+
+def test_beta_and_version_headers_are_part_of_the_key(gw: Gateway, upstream: MockUpstream) -> None:
+    ask = {
+        "model": "m",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0,
+    }
+
+    def send(**headers: str) -> str:
+        r = gw.post("/v1/messages", ask, headers={**A, **headers})
+        assert r.status == 200
+        return r.headers["x-truckllm-cache"]
+
+    assert send(**{"anthropic-beta": "a-1,b-2"}) == "miss"
+    assert send(**{"anthropic-beta": "c-3"}) == "miss"  # another beta: another answer
+    assert send(**{"anthropic-beta": " b-2 , a-1"}) == "hit"  # the same set in another order
+    assert send(**{"anthropic-beta": "a-1,b-2", "anthropic-version": "2023-06-01"}) == "miss"
+    assert send() == "miss"
+    assert chat_calls(upstream) == 4
+    chat = [post(gw, CHAT, **{"OpenAI-Beta": v}).headers["x-truckllm-cache"] for v in "xyx"]
+    assert chat == ["miss", "miss", "hit"]
+
+
+def test_kept_responses_answers_stay_with_their_client_when_shared(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    shared = gateway_factory(config(upstream.url, "{enabled: true, namespace: shared}"))
+    ask = {"model": "m", "input": "hi", "temperature": 0}
+    a = shared.post("/v1/responses", ask, headers=A)
+    b = shared.post("/v1/responses", ask, headers=B)
+    assert (a.headers["x-truckllm-cache"], b.headers["x-truckllm-cache"]) == ("miss", "miss")
+    b_id = b.json()["id"]
+    assert b_id != a.json()["id"]
+    again = shared.post("/v1/responses", ask, headers=B)
+    assert again.headers["x-truckllm-cache"] == "hit" and again.json()["id"] == b_id
+    follow = {"model": "m", "input": "more", "temperature": 0, "previous_response_id": b_id}
+    assert shared.post("/v1/responses", follow, headers=B).status == 200
+    unkept = {**ask, "store": False}
+    first = shared.post("/v1/responses", unkept, headers=A)
+    assert shared.post("/v1/responses", unkept, headers=B).body == first.body  # shared still

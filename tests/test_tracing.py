@@ -5,7 +5,9 @@ passed to the upstream; and nothing of OpenTelemetry loaded when tracing is off.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import logging
 import os
 import subprocess
 import sys
@@ -22,7 +24,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from truckllm.config import ConfigError, parse_config
-from truckllm.telemetry.tracing import header_lines, parse_traceparent
+from truckllm.telemetry.exposition import Page
+from truckllm.telemetry.otel import OtlpExporter
+from truckllm.telemetry.record import RequestRecord
+from truckllm.telemetry.tracing import RequestTrace, Tracer, header_lines, parse_traceparent
 from truckllm.testing.mock import MockUpstream, Scripted
 
 SERVER, CLIENT = 2, 3  # Span.SpanKind in the OTLP protobuf
@@ -580,3 +585,42 @@ def test_a_large_answer_names_its_model_without_a_whole_parse() -> None:
     )
     usage, model = _usage_of_body(body)
     assert model == "m-big-1" and usage is not None and usage.completion_tokens == 9
+
+
+def test_a_request_whose_spans_cannot_be_encoded_is_dropped_and_tracing_goes_on(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model name with a lone surrogate cannot be UTF-8 encoded (the JSON parser refuses such
+    strings, so this is built directly): those spans are dropped and counted, logged once with
+    the exception's class, and the export task keeps sending the requests after them."""
+    cfg = parse_config(
+        f"providers: [{{id: a, base_url: 'http://127.0.0.1:9', keys: [{{id: a1, secret: k}}]}}]\n"
+        f"tracing: {{endpoint: {collector.url}, flush_interval: 0.01}}\n",
+        "cfg.yaml",
+    )
+
+    def record(model: str) -> tuple[RequestTrace, RequestRecord]:
+        trace = RequestTrace(
+            tracer, 1, 2, None, True, b"", ("POST", "/v1/chat/completions", "chat"), None, cfg
+        )
+        return trace, RequestRecord(time=0.0, request_id="r", endpoint="chat", model=model)
+
+    async def main() -> None:
+        await exporter.start()
+        for model in ("bad\udcff", "bad\udcfe", "good"):
+            exporter.export(*record(model), None)
+            await asyncio.to_thread(wait_until, lambda: exporter.queued == 0, 10.0)
+        await exporter.close(5.0)
+
+    exporter = OtlpExporter(cfg.tracing)
+    tracer = Tracer(cfg.tracing, exporter)
+    with caplog.at_level(logging.ERROR, "truckllm.telemetry"):
+        asyncio.run(main())
+    [span] = collector.wait(1)
+    assert span.name == "chat good"
+    assert (exporter.dropped, exporter.exported) == (2, 1)
+    logged = [r for r in caplog.records if r.getMessage().startswith("spans could not")]
+    assert [getattr(r, "error", None) for r in logged] == ["UnicodeEncodeError"]  # once
+    page = Page()
+    exporter.render(page)
+    assert 'truckllm_trace_spans_total{result="dropped"} 2' in page.render().decode()

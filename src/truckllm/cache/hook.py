@@ -19,7 +19,14 @@ import orjson
 from truckllm.cache.capture import calls_tools, internal_of, tapped
 from truckllm.cache.entry import Backend, Entry, decode, encode
 from truckllm.cache.events import PASSTHROUGH_DIALECTS, EventKeeper, whole_of
-from truckllm.cache.key import cache_key, directives, namespace_of, sampled
+from truckllm.cache.key import (
+    cache_key,
+    directives,
+    kept_by_gateway,
+    namespace_of,
+    sampled,
+    varying,
+)
 from truckllm.cache.memory import MemoryBackend
 from truckllm.cache.redis import RedisBackend
 from truckllm.cache.replay import Assembler
@@ -129,9 +136,9 @@ class ResponseCache:
             self.stats.results["bypass"] += 1
             rec.cache = "bypass"
             return Lookup(self, "bypass", "", endpoint, body, stream, 0.0)
-        ns = namespace_of(client, c.namespace == "shared")
+        ns = namespace_of(client, c.namespace == "shared" and not kept_by_gateway(endpoint, body))
         targets = [(t.provider_id, t.model) for t in route.targets]
-        key = cache_key(ns, endpoint, targets, body)
+        key = cache_key(ns, endpoint, targets, body, varying(endpoint, headers))
         look = Lookup(self, "miss", key, endpoint, body, stream, c.ttl if d.ttl is None else d.ttl)
         if not d.no_cache:
             entry = await self._get(key)
@@ -202,7 +209,7 @@ class Lookup:
             return True  # the client's own dialect, as the upstream sent it (the same ids)
         if self.stream and entry.internal is None:
             return False
-        if self.endpoint == "responses" and self.body.get("store") is not False:
+        if kept_by_gateway(self.endpoint, self.body):
             return not self.stream and entry.body is not None
         return entry.body is not None or entry.internal is not None
 

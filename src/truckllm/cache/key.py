@@ -26,13 +26,45 @@ IGNORED = frozenset(
 )
 
 
+# Request headers that change the answer, per endpoint: the API version and the beta features
+# asked for (Claude Code's ``anthropic-beta`` values turn behaviour on; ``OpenAI-Beta`` selects
+# beta versions of an API). Lists of values (comma separated) are a set: order does not count.
+VARYING: dict[str, tuple[bytes, ...]] = {
+    "messages": (b"anthropic-version", b"anthropic-beta"),
+    "chat": (b"openai-beta",),
+    "responses": (b"openai-beta",),
+    "embeddings": (b"openai-beta",),
+}
+
+
+def varying(endpoint: str, headers: Iterable[tuple[bytes, bytes]]) -> list[list[str]]:
+    """The :data:`VARYING` headers of ``endpoint`` present in ``headers`` (ASGI: lower-case
+    names), as ``[name, *values]`` with values split on commas, stripped and sorted (a header
+    sent more than once counts as one list)."""
+    names = VARYING.get(endpoint, ())
+    found: dict[bytes, set[str]] = {}
+    for name, value in headers:
+        if name in names:
+            parts = (p.strip() for p in value.decode("latin-1").split(","))
+            found.setdefault(name, set()).update(p for p in parts if p)
+    return [[n.decode(), *sorted(v)] for n, v in sorted(found.items()) if v]
+
+
 def cache_key(
-    namespace: str, endpoint: str, targets: Sequence[tuple[str, str]], body: dict[str, Any]
+    namespace: str,
+    endpoint: str,
+    targets: Sequence[tuple[str, str]],
+    body: dict[str, Any],
+    headers: Sequence[list[str]] = (),
 ) -> str:
-    """``<namespace>:<sha-256>`` of the endpoint, the resolved targets (provider, upstream model)
-    and the body without :data:`IGNORED` fields, serialised with sorted keys at every depth."""
+    """``<namespace>:<sha-256>`` of the endpoint, the resolved targets (provider, upstream model),
+    the body without :data:`IGNORED` fields, serialised with sorted keys at every depth, and the
+    :func:`varying` headers (when there are any: keys without them are as before)."""
     canon = {k: v for k, v in body.items() if k not in IGNORED}
-    blob = orjson.dumps([endpoint, targets, canon], option=orjson.OPT_SORT_KEYS)
+    parts: list[Any] = [endpoint, targets, canon]
+    if headers:
+        parts.append(list(headers))
+    blob = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     return namespace + ":" + hashlib.sha256(blob).hexdigest()
 
 
@@ -41,6 +73,13 @@ def namespace_of(client: str, shared: bool) -> str:
     if shared:
         return "shared"
     return hashlib.sha256(client.encode()).hexdigest()[:20]
+
+
+def kept_by_gateway(endpoint: str, body: dict[str, Any]) -> bool:
+    """A Responses API answer the gateway keeps (``store`` not ``false``): its id belongs to the
+    client that asked, who alone may continue from it (``previous_response_id``). Such answers
+    are cached in the client's own namespace even when ``namespace: shared``."""
+    return endpoint == "responses" and body.get("store") is not False
 
 
 def sampled(endpoint: str, body: dict[str, Any]) -> bool:

@@ -88,6 +88,7 @@ class OtlpExporter:
         self._wake = asyncio.Event()
         self._closing = False
         self._failing: str | None = None
+        self._unbuildable_seen: set[str] = set()  # exception classes logged
         self._client: HTTPClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._config: Config | None = None
@@ -156,18 +157,42 @@ class OtlpExporter:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.flush_interval):
                         await wake.wait()
-            spans: list[bytes] = []
-            requests = 0
-            while queue and len(spans) < BATCH_SPANS:
-                trace, rec, output, end_ns = queue.popleft()
-                spans += self.spans(trace, rec, output, end_ns)
-                requests += 1
-                if requests % _ENCODE_CHUNK == 0:
-                    await asyncio.sleep(0)
+            spans, taken = await self._batch()
             try:
-                await self._send(request(self.head, spans), len(spans))
+                if spans:
+                    await self._send(request(self.head, spans), len(spans))
+            except Exception as exc:  # a bug in encoding must not stop tracing for good
+                self._unbuildable(len(spans), exc)
             finally:
-                self._spans -= len(spans)
+                self._spans -= taken
+
+    async def _batch(self) -> tuple[list[bytes], int]:
+        """The next batch's encoded spans, and how many queued spans it took off the queue (a
+        request whose spans cannot be built is dropped, and counted, alone)."""
+        queue = self._queue
+        spans: list[bytes] = []
+        taken = requests = 0
+        while queue and len(spans) < BATCH_SPANS:
+            trace, rec, output, end_ns = queue.popleft()
+            n = 1 + len(trace.attempts)
+            taken += n
+            try:
+                spans += self.spans(trace, rec, output, end_ns)
+            except Exception as exc:
+                self._unbuildable(n, exc)
+            requests += 1
+            if requests % _ENCODE_CHUNK == 0:
+                await asyncio.sleep(0)
+        return spans, taken
+
+    def _unbuildable(self, n: int, exc: Exception) -> None:
+        """Spans that could not be built or encoded: dropped; logged once per exception class
+        (the class only: its message may hold request content)."""
+        self.dropped += n
+        name = type(exc).__name__
+        if name not in self._unbuildable_seen:
+            self._unbuildable_seen.add(name)
+            log.error("spans could not be encoded, dropped", extra={"error": name, "spans": n})
 
     def spans(
         self, trace: RequestTrace, rec: RequestRecord, output: bytes | None, end_ns: int

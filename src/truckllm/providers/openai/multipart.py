@@ -21,6 +21,10 @@ MAX_VALUE = 4096  # a wanted text field's value
 _SEEK, _AFTER, _HEAD, _END = range(4)
 # A part's ``name`` parameter, quoted or not (form parsers take both), in its lower-cased head.
 _NAME = re.compile(rb'(?:^|[;\s])name\s*=\s*(?:"([^"]*)"|([^;\s]*))')
+# ``name*=`` (RFC 5987/2231 extended notation, ``name*0=`` continuations too): RFC 7578 forbids
+# it in forms, yet a parser upstream may read it as a field's name the scan never saw.
+_EXTENDED_NAME = re.compile(rb"(?:^|[;\s])name\s*\*")
+_QUOTED = re.compile(rb'"[^"]*"')
 
 
 def boundary_of(content_type: str) -> bytes | None:
@@ -60,6 +64,7 @@ class FormScanner:
         self.fields: dict[str, Field] = {}
         self.parts: dict[str, int] = {}  # parts naming each wanted field, file parts included
         self.malformed = False  # a part's head past MAX_HEAD: nothing after it was read
+        self.extended_name = False  # a part named with ``name*=``: its name cannot be vouched for
 
     @property
     def done(self) -> bool:
@@ -108,6 +113,7 @@ class FormScanner:
                 self._state, self.malformed = _END, True
             return False
         head = bytes(buf[:end]).lower()
+        self.extended_name = self.extended_name or _extended(head)
         name = self._wanted.get(_name_of(head))
         if name is not None:
             self.parts[name] = self.parts.get(name, 0) + 1
@@ -125,6 +131,15 @@ def _name_of(head: bytes) -> bytes:
             found = _NAME.search(line, len(b"content-disposition:"))
             return (found[1] or found[2] or b"") if found else b""
     return b""
+
+
+def _extended(head: bytes) -> bool:
+    """Whether a part's (lower-cased) Content-Disposition has a ``name*`` parameter."""
+    for line in head.split(b"\r\n"):
+        if line.startswith(b"content-disposition:"):
+            unquoted = _QUOTED.sub(b'""', line[len(b"content-disposition:") :])  # a filename's
+            return _EXTENDED_NAME.search(unquoted) is not None  # text is not a parameter
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +175,9 @@ class Replaced:
 @dataclass(frozen=True, slots=True)
 class OneModel:
     """``body`` read through a :class:`FormScanner`: a form with a second ``model`` part (which
-    the upstream may read instead of the one the gateway routed, checked and priced) or one it
-    cannot read to the end is refused (a 400, :class:`RequestRejected`) before its last bytes
-    go upstream."""
+    the upstream may read instead of the one the gateway routed, checked and priced), a part
+    named with ``name*=`` (one more way to spell it) or a form it cannot read to the end is
+    refused (a 400, :class:`RequestRejected`) before its last bytes go upstream."""
 
     body: BodySource
     boundary: bytes
@@ -179,6 +194,12 @@ class OneModel:
                 raise _refused("The form has more than one 'model' field.", "model")
             if scanner.malformed:
                 raise _refused(f"A form part's headers exceed {MAX_HEAD} bytes.", None)
+            if scanner.extended_name:
+                raise _refused(
+                    "A form part is named with 'name*=', which multipart/form-data does not "
+                    "allow (RFC 7578): name it with 'name='.",
+                    None,
+                )
             yield chunk
 
 
