@@ -299,14 +299,8 @@ class KeyState:
     def reserve(self, now: float, tokens: float) -> None:
         self.in_flight += 1
         self.requests += 1
-        for window, amount in (
-            (self.rpm, 1.0),
-            (self.rpd, 1.0),
-            (self.tpm, tokens),
-            (self.tpd, tokens),
-        ):
-            if window is not None:
-                window.add(now, amount)
+        for window, is_tokens in self._windows:
+            window.add(now, tokens if is_tokens else 1.0)
         self.quota_requests_used += 1
         self.quota_tokens_used += tokens
         self.breaker.on_pick()

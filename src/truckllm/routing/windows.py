@@ -23,9 +23,10 @@ class SlidingWindow:
         self.total = 0.0
 
     def _advance(self, now: float) -> None:
-        steps = int((now - self._head_start) // self._bucket_s)
-        if steps <= 0:
+        elapsed = now - self._head_start
+        if elapsed < self._bucket_s:  # still in the head bucket: the common case
             return
+        steps = int(elapsed // self._bucket_s)
         n = len(self._buckets)
         if steps >= n:
             self._buckets = [0.0] * n
