@@ -16,9 +16,9 @@ import threading
 
 
 def main() -> int:
-    import tensorzero
+    import tensorzero  # type: ignore[import-not-found]  # in the peers virtualenv only
 
-    gateway = tensorzero._start_http_gateway(  # type: ignore[attr-defined]
+    gateway = tensorzero._start_http_gateway(
         config_file=sys.argv[1],
         clickhouse_url=None,
         postgres_url=None,
