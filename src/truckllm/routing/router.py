@@ -270,7 +270,8 @@ class Router:
             return candidates[0]
         prior = self._prior_latency(candidates)
         a, b = candidates[0], candidates[1]
-        if a.free and b.free:
+        # Free keys, or keys at one price: price plays no part (the ratio would be 1 for both).
+        if (a.free and b.free) or a.key.pricing == b.key.pricing:
             return self._soft_min(
                 a,
                 b,
