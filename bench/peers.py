@@ -245,7 +245,10 @@ def peers(args: argparse.Namespace, tmp: Path, upstream: str) -> tuple[list[Peer
                     f"litellm-{n}",
                     f"LiteLLM {version}, {n} worker{'s' if n > 1 else ''}",
                     [litellm, "--config", str(tmp / "litellm.yaml"), "--host", HOST,
-                     "--port", str(p), "--num_workers", str(n)],
+                     "--port", str(p), "--num_workers", str(n),
+                     # uvicorn's supervisor kills a worker still importing after 5 s (a
+                     # busy machine): give them time
+                     *(["--timeout_worker_healthcheck", "120"] if n > 1 else [])],
                     url=f"http://{HOST}:{p}{ROUTE}",
                     env=LITELLM_ENV,
                 )
@@ -313,8 +316,17 @@ def run_targets(
         for t in targets[1:]:
             print(f"starting {t.label}", file=sys.stderr)
             t.start(tmp)
-        for t in targets[1:]:
-            t.wait_ready()
+        for t in list(targets[1:]):
+            try:
+                t.wait_ready(300 if t.key.startswith("litellm") else 120)
+            except BenchError as exc:
+                if t.key in ("baseline", "off", "on", "on-w2"):
+                    raise
+                print(exc, file=sys.stderr)  # a peer that does not come up is left out
+                skipped.append(f"{t.label}: did not come up ({str(exc).splitlines()[0]})")
+                targets.remove(t)
+                t.stop()
+                continue
             if t.metrics:
                 scrapers.append(Scraper(t.metrics))
         scripts = {t.key: lua(tmp / f"{t.key}.lua", t.body()) for t in targets}
