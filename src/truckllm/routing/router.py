@@ -328,8 +328,9 @@ class Router:
         if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.CLIENT_ERROR:
             s.consecutive_429 = 0
             s.out_of_service = None
-            s.breaker.success()
-            pick.provider.breaker.success()
+            for b in (s.breaker, pick.provider.breaker):
+                if b.failures or b.open_until or b.probing:  # else closed already: nothing to reset
+                    b.success()
             s.learn(latency, True if kind is OutcomeKind.SUCCESS else None)
             self._health(pick, now, True)
             return
