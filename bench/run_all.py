@@ -30,8 +30,6 @@ sys.path.insert(0, str(BENCH))
 from overhead import HALT_POLL, default_python, halt_poll_ns, machine_info  # noqa: E402
 
 QUICK: dict[str, list[str]] = {
-    "peers": ["--duration", "5", "--rounds", "2", "--warmup", "1"],
-    "features": ["--requests", "5000", "--rounds", "5"],
     "overhead": [
         "--duration", "6", "--rounds", "2", "--warmup", "1", "--also-connections", "128",
         "--with-telemetry", "--key-rpm", "100000000",
@@ -49,10 +47,10 @@ QUICK: dict[str, list[str]] = {
     "chaos": ["--requests", "4000"],
     "memory": ["--runs", "5", "--duration", "5"],
     "workers": ["--duration", "6", "--rounds", "2", "--warmup", "1", "--pin-wrk", "1"],
+    "features": ["--requests", "5000", "--rounds", "5"],
+    "peers": ["--duration", "5", "--rounds", "2", "--warmup", "1"],
 }  # fmt: skip
 FULL: dict[str, list[str]] = {
-    "peers": ["--duration", "5", "--rounds", "4", "--warmup", "1"],
-    "features": ["--requests", "10000", "--rounds", "7"],
     "overhead": [
         "--duration", "20", "--rounds", "4", "--warmup", "2", "--also-connections", "128",
         "--with-telemetry", "--key-rpm", "100000000",
@@ -70,6 +68,8 @@ FULL: dict[str, list[str]] = {
     "chaos": ["--requests", "20000"],
     "memory": ["--runs", "10", "--duration", "20"],
     "workers": ["--duration", "20", "--rounds", "4", "--warmup", "2", "--pin-wrk", "1"],
+    "features": ["--requests", "10000", "--rounds", "7"],
+    "peers": ["--duration", "5", "--rounds", "4", "--warmup", "1"],
 }  # fmt: skip
 
 
