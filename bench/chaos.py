@@ -10,6 +10,7 @@ it was cooling down after a 429 (must be zero; the mock compares every arrival w
 windows, as ``tests/test_balancer.py`` does).
 
     python bench/chaos.py [--requests 4000] [--concurrency 16] [--json out.json]
+    python bench/chaos.py --affinity [--conversations 64]   # prompt-cache affinity on
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def behaviours(
     return KeyBehaviour(latency=Dist.lognormal(0.01, 0.06)), keys
 
 
-def gateway_yaml(url: str, read_timeout: float) -> str:
+def gateway_yaml(url: str, read_timeout: float, affinity: bool = False) -> str:
     lines = ["providers:"]
     for p, (kind, _) in FORMATS.items():
         base = f"{url}/v1" if kind == "openai" else url
@@ -67,10 +68,14 @@ def gateway_yaml(url: str, read_timeout: float) -> str:
         lines.append(f"  - {{id: {p}, type: {kind}, base_url: '{base}', keys: [{keys}]}}")
     lines.append(f"server: {{timeouts: {{read: {read_timeout}}}}}")
     lines.append("metrics: {enabled: true}")
+    if affinity:  # prompt-cache affinity: the balancer's rules must still decide
+        lines.append("routing: {affinity: {enabled: true}}")
     return "\n".join(lines) + "\n"
 
 
-async def drive(url: str, n: int, concurrency: int, stream_share: float, seed: int) -> list[Any]:
+async def drive(
+    url: str, n: int, concurrency: int, stream_share: float, seed: int, conversations: int = 0
+) -> list[Any]:
     import aiohttp
 
     rng = random.Random(seed)
@@ -83,14 +88,15 @@ async def drive(url: str, n: int, concurrency: int, stream_share: float, seed: i
     ) as session:
 
         async def worker() -> None:
-            for _ in jobs:
+            for job in jobs:
                 model = next(models)
                 stream = rng.random() < stream_share
+                text = f"conversation {job % conversations}" if conversations else "hi"
                 body = {
                     "model": model,
                     "stream": stream,
                     "max_tokens": 16,
-                    "messages": [{"role": "user", "content": "hi"}],
+                    "messages": [{"role": "user", "content": text}],
                 }
                 t0 = time.perf_counter()
                 try:
@@ -147,7 +153,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     try:
         url = loop.run(mock.start())
         config = tmp / "gateway.yaml"
-        config.write_text(gateway_yaml(url, args.read_timeout))
+        config.write_text(gateway_yaml(url, args.read_timeout, args.affinity))
         gateway = start_gateway(args.python, config, tmp)
         t0 = time.monotonic()
         results = asyncio.run(
@@ -157,6 +163,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 args.concurrency,
                 args.stream_share,
                 args.seed,
+                args.conversations,
             )
         )
         elapsed = time.monotonic() - t0
@@ -208,6 +215,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "flaky": fail,
             "latency": "lognormal p50 10 ms, p99 60 ms (slow key: p50 80 ms, p99 300 ms)",
             "read_timeout": args.read_timeout,
+            "affinity": args.affinity,
+            "conversations": args.conversations,
         },
     }
 
@@ -220,7 +229,9 @@ def report(r: dict[str, Any]) -> str:
         f"{r['stream_share']:.0%} streamed, in {r['seconds']:.1f} s. Per provider: two fast keys "
         f"limited to {s['throttled']} (not configured in the gateway), one flaky "
         f"({flaky}; 529 only on Anthropic, 503 elsewhere), one healthy but slow; upstream "
-        f"latency {s['latency']}; gateway read timeout {s['read_timeout']:g} s (stalls).\n",
+        f"latency {s['latency']}; gateway read timeout {s['read_timeout']:g} s (stalls). "
+        f"Prompt-cache affinity {'on' if s.get('affinity') else 'off'}; "
+        f"distinct prompts: {s.get('conversations') or 1}.\n",
         "| | requests | client-visible success | attempts per request | upstream calls "
         "| upstream 429s | failures seen by clients |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -255,6 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=1.0, help="seconds of their window")
     p.add_argument("--read-timeout", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--affinity", action="store_true", help="routing.affinity on (prompt-cache affinity)"
+    )
+    p.add_argument(
+        "--conversations",
+        type=int,
+        default=0,
+        help="requests spread over this many distinct prompts (0: all the same)",
+    )
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)

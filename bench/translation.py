@@ -13,6 +13,13 @@ usage with cache reads), and a 200-delta text stream delivered one event per rea
 * ``messages-in``: an Anthropic Messages client (Claude Code) served by a non-Anthropic provider:
   its request to the internal form and the internal answer and stream back to Anthropic's; and,
   for an Anthropic provider, what passthrough costs per event (usage read on the side).
+* ``responses-in``: an OpenAI Responses client (Codex, ``client.responses``) served by a provider
+  without the Responses API: the endpoint's own work (input items with ids, tools checked),
+  its request to the internal form, the internal answer and stream back to a Response and its
+  events; and, for a ``responses_api`` provider, the passthrough's work (``model`` rewritten,
+  usage read from the body, per event the adapter's real generator and the keeper's look for
+  the final event). The stream is the same 200 text deltas, one event per read, as Responses
+  events (built by the translation itself).
 
 Parsing the client's body (``orjson.loads``) happens in the API layer for every provider and is
 reported once as a reference. Each provider has one ``bench_<provider>()`` function returning
@@ -33,6 +40,7 @@ from typing import Any, cast
 
 import orjson
 
+from truckllm.api.conversations import ResponsesKeeper, with_ids
 from truckllm.config.schema import ProviderConfig, Timeouts
 from truckllm.dialects.anthropic_messages import (
     ChatToMessagesStream,
@@ -40,6 +48,14 @@ from truckllm.dialects.anthropic_messages import (
     from_chat,
     to_chat,
 )
+from truckllm.dialects.openai_responses import (
+    ChatToResponsesStream,
+    Echo,
+    ResponsesEgress,
+    functions,
+    input_items,
+)
+from truckllm.dialects.openai_responses import to_chat as responses_to_chat
 from truckllm.providers.anthropic import AnthropicProvider
 from truckllm.providers.anthropic.passthrough import Passthrough
 from truckllm.providers.anthropic.request import translate_request
@@ -47,6 +63,7 @@ from truckllm.providers.anthropic.response import translate_response
 from truckllm.providers.anthropic.stream import StreamTranslator
 from truckllm.providers.base import Call, ProviderContext, Reply
 from truckllm.providers.openai import OpenAIProvider, _usage_of_body
+from truckllm.providers.openai.responses import _events as responses_events
 from truckllm.testing.fake_anthropic import message_end, message_start, sse, text_block
 
 Row = tuple[str, str, float]  # provider, operation, microseconds per operation
@@ -362,10 +379,120 @@ def bench_messages_inbound(repeat: int, loop: asyncio.AbstractEventLoop) -> list
     ]
 
 
+RESPONSES_REQUEST: dict[str, Any] = {
+    "model": "smart",
+    "instructions": "You are a helpful assistant. Answer briefly. " * 8,
+    "input": [
+        {"role": "user", "content": "What's the weather like in Paris today, and should I pack?"},
+        {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city":"Paris"}',
+        },
+        {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 21}'},
+        {"role": "user", "content": [{"type": "input_text", "text": "And tomorrow?"}]},
+    ],
+    "tools": [
+        {"type": "function", **cast(dict[str, Any], TOOL["function"])},
+        {"type": "function", **cast(dict[str, Any], LOOKUP["function"])},
+        {"type": "web_search"},
+    ],
+    "tool_choice": "auto",
+    "temperature": 0.3,
+    "max_output_tokens": 512,
+    "store": True,
+}
+RESPONSES_RAW = orjson.dumps(RESPONSES_REQUEST)
+
+
+def _responses_stream_reads() -> list[bytes]:
+    """Responses API events for the same 200-delta answer, one event per read."""
+    out = ChatToResponsesStream(Echo("gpt-4.1-mini", RESPONSES_REQUEST))
+    data = b"".join(out.feed(read) for read in _openai_stream_reads()) + out.finish()
+    return [event + b"\n\n" for event in data.split(b"\n\n") if event]
+
+
+def bench_responses_inbound(repeat: int, loop: asyncio.AbstractEventLoop) -> list[Row]:
+    """Responses clients: to the internal form and back (a target without the Responses API),
+    and the passthrough's own work (a ``responses_api`` target)."""
+    body = orjson.loads(RESPONSES_RAW)
+    echo = Echo("smart", body)
+
+    def endpoint() -> object:
+        functions(body.get("tools"))
+        return with_ids(input_items(body.get("input")))
+
+    def request() -> bytes:
+        return orjson.dumps(responses_to_chat(orjson.loads(RESPONSES_RAW)))
+
+    def response() -> bytes:
+        return ResponsesEgress(echo).whole(200, OPENAI_ANSWER, None)
+
+    openai_reads = _openai_stream_reads()
+
+    def stream() -> None:
+        out = ChatToResponsesStream(echo)
+        for data in openai_reads:
+            out.feed(data)
+        out.finish()
+
+    def passthrough_request() -> bytes:
+        return orjson.dumps({**body, "model": "gpt-4.1-mini"})
+
+    answer = ResponsesEgress(echo).whole(200, OPENAI_ANSWER, None)
+
+    def passthrough_response() -> object:
+        return orjson.loads(answer).get("usage")
+
+    provider = OpenAIProvider(_ctx("openai", "openai"))
+    reads = _responses_stream_reads()
+
+    def events(resp: _Response, reply: Reply) -> AsyncIterator[bytes]:
+        return responses_events(provider._http, cast(Any, resp), reply)
+
+    keeper = ResponsesKeeper(cast(Any, None), ResponsesEgress(echo), "c", [], [], 60.0, 1 << 22)
+
+    def keeper_observes() -> None:
+        for data in reads:
+            keeper.observe(data)
+
+    prep = _per_op(endpoint, repeat)
+    req = _per_op(request, repeat)
+    resp = _per_op(response, repeat)
+    p_req = _per_op(passthrough_request, repeat)
+    p_resp = _per_op(passthrough_response, repeat)
+    return [
+        ("responses-in", "endpoint: input items with ids, tools checked (any target)", prep),
+        ("responses-in", "request: orjson.loads, to internal, orjson.dumps", req),
+        ("responses-in", "response: internal answer to a Response", resp),
+        ("responses-in", "request + response", req + resp),
+        (
+            "responses-in",
+            "stream, per event, internal to Responses events",
+            _per_op(stream, repeat, len(openai_reads)),
+        ),
+        ("responses-in", "passthrough request: rewrite model, orjson.dumps", p_req),
+        ("responses-in", "passthrough response: usage read from the body", p_resp),
+        ("responses-in", "passthrough request + response", p_req + p_resp),
+        (
+            "responses-in",
+            "passthrough stream, per event, adapter generator",
+            _stream_per_event(loop, events, reads, repeat),
+        ),
+        (
+            "responses-in",
+            "passthrough stream, per event, keeper's look for the final event",
+            _per_op(keeper_observes, repeat, len(reads)),
+        ),
+    ]
+
+
 PROVIDERS: dict[str, Callable[[int, asyncio.AbstractEventLoop], list[Row]]] = {
     "openai": bench_openai,
     "anthropic": bench_anthropic,
     "messages-in": bench_messages_inbound,
+    "responses-in": bench_responses_inbound,
 }
 
 

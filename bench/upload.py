@@ -3,11 +3,14 @@
 Spawns ``truckllm mock`` and a gateway (``model_aliases: {ears: <mock>:gpt-4o-transcribe}``, so
 the form's ``model`` field is rewritten on the way), then POSTs one ``multipart/form-data``
 transcription of ``--mb`` MB of random bytes and reads the gateway's resident set before
-(``VmRSS``) and its peak after (``VmHWM``). The gateway holds the upload once (it routes by the
-form's ``model`` field, read from the whole form), so the growth is about the upload's size;
-anything above that would be a second copy.
+(``VmRSS``) and its peak after (``VmHWM``). The gateway relays the upload while it arrives (it
+reads the form only up to its ``model`` field, then writes the rest upstream as the client sends
+it, keeping a copy in a spool file for retries), so the growth is a few windows of the body,
+whatever the upload's size. ``--file-first`` puts the ``model`` field after the file (as the
+Node SDK does): the gateway then reads the file into the spool (on disk past 1 MiB) before it
+knows where to send it, with the same memory bound.
 
-    python bench/upload.py [--mb 50] [--json out.json]
+    python bench/upload.py [--mb 50] [--file-first] [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ from common import (
 BOUNDARY = "truckllm-bench-boundary"
 
 
-def form(size: int) -> bytes:
+def form(size: int, file_first: bool = False) -> bytes:
+    model = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nears\r\n'
     head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nears\r\n'
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
         "Content-Type: audio/wav\r\n\r\n"
-    ).encode()
-    return head + os.urandom(size) + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    file = head.encode() + os.urandom(size) + b"\r\n"
+    parts = file + model.encode() if file_first else model.encode() + file
+    return parts + f"--{BOUNDARY}--\r\n".encode()
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -64,7 +69,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         gw = start_gateway(args.python, config, tmp)
         try:
             assert gw.proc is not None
-            body = form(size)
+            body = form(size, args.file_first)
             before = proc_status_kb(gw.proc.pid, "VmRSS")
             conn = http.client.HTTPConnection(HOST, gw.port, timeout=120)
             headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
@@ -79,14 +84,19 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             gw.stop()
     finally:
         mock.stop()
-    return {"upload_mb": args.mb, "rss_before_kb": before, "peak_kb": peak}
+    return {
+        "upload_mb": args.mb,
+        "model_field": "after the file" if args.file_first else "first",
+        "rss_before_kb": before,
+        "peak_kb": peak,
+    }
 
 
 def report(r: dict[str, Any]) -> str:
     growth = (r["peak_kb"] - r["rss_before_kb"]) / 1024
     return (
-        "| upload | RSS before | peak RSS | growth |\n|---|---|---|---|\n"
-        f"| {r['upload_mb']} MB | {r['rss_before_kb'] / 1024:.0f} MB "
+        "| upload | model field | RSS before | peak RSS | growth |\n|---|---|---|---|---|\n"
+        f"| {r['upload_mb']} MB | {r['model_field']} | {r['rss_before_kb'] / 1024:.0f} MB "
         f"| {r['peak_kb'] / 1024:.0f} MB | {growth:.0f} MB |"
     )
 
@@ -94,6 +104,7 @@ def report(r: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--file-first", action="store_true", help="the model field last")
     parser.add_argument("--python", default=default_python())
     parser.add_argument("--json", type=Path)
     return run_and_report(bench, report, parser.parse_args())

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import request, wait_serving
 
+from truckllm.testing.fake_anthropic import FakeAnthropic
+from truckllm.testing.fake_gemini import FakeGemini
 from truckllm.testing.mock import MockUpstream
 from truckllm.testing.serve import free_port
 
@@ -171,3 +176,161 @@ def test_the_demos_printed_commands_run_as_printed() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TRUCKLLM, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_help_lists_every_command_with_one_line() -> None:
+    for flag in ("--help", "-h"):
+        result = run(flag)
+        assert result.returncode == 0
+        out = result.stdout
+        assert "-config FILE" in out and "-listen ADDR" in out and "--version" in out
+        listed = [line.split()[0] for line in out.split("commands:\n")[1].split("\n\n")[0].splitlines()]
+        assert listed == ["serve", "check", "demo", "mock", "version"]
+    assert "--probe" in run("check", "--help").stdout
+
+
+def test_version_comes_from_the_installed_package() -> None:
+    expected = f"truckllm {importlib.metadata.version('truckllm')}\n"
+    assert run("--version").stdout == expected
+    assert run("version").stdout == expected
+
+
+@pytest.mark.parametrize(
+    ("word", "hint"),
+    [
+        ("bogus", None),
+        ("chek", "did you mean 'truckllm check'?"),
+        ("dmeo", "did you mean 'truckllm demo'?"),
+        ("config.yaml", "to serve a configuration file: truckllm -config config.yaml"),
+    ],
+)
+def test_an_unknown_command_names_the_commands(word: str, hint: str | None) -> None:
+    result = run(word)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        f"truckllm: unknown command '{word}'; commands: serve, check, demo, mock, version"
+    )
+    if hint:
+        assert lines[1] == hint
+    else:
+        assert "did you mean" not in result.stderr
+
+
+def test_check_probe_says_which_keys_work(
+    serve_fake: Callable[..., Any], tmp_path: Path
+) -> None:
+    openai = serve_fake(MockUpstream, valid_keys={"sk-openai-good"})
+    anthropic = serve_fake(FakeAnthropic, valid_keys={"sk-ant-good"})
+    gemini = serve_fake(FakeGemini, valid_keys={"gemini-good"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"""
+providers:
+  - id: openai
+    base_url: {openai.url}
+    keys: [{{id: o-good, secret: sk-openai-good}}, {{id: o-bad, secret: sk-openai-bad}}]
+  - id: anthropic
+    base_url: {anthropic.url}
+    keys: [{{id: a-good, secret: sk-ant-good}}, {{id: a-bad, secret: sk-ant-bad}}]
+  - id: gemini
+    base_url: {gemini.url}
+    query_params: {{key-in-query: sk-query-secret}}
+    keys: [{{id: g-good, secret: gemini-good}}, {{id: g-bad, secret: gemini-bad}}]
+  - id: gone
+    base_url: http://127.0.0.1:{dead}/v1
+    keys: [{{id: d, secret: sk-gone}}]
+""")
+    result = run("check", "--probe", "--timeout", "5", str(cfg))
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{cfg}: OK (4 providers, 7 keys, 0 aliases)"
+    assert lines[1:7] == [
+        f"  openai/o-good: valid: GET {openai.url}/models: 200",
+        f"  openai/o-bad: rejected: GET {openai.url}/models: 401",
+        f"  anthropic/a-good: valid: GET {anthropic.url}/v1/models: 200",
+        f"  anthropic/a-bad: rejected: GET {anthropic.url}/v1/models: 401",
+        f"  gemini/g-good: valid: GET {gemini.url}/v1beta/models: 200",
+        f"  gemini/g-bad: rejected: GET {gemini.url}/v1beta/models: 400 API_KEY_INVALID",
+    ]
+    assert lines[7].startswith(
+        f"  gone/d: unreachable: GET http://127.0.0.1:{dead}/v1/models: ConnectionRefusedError: "
+    )
+    assert len(lines) == 8
+    secrets = ("sk-openai-good", "sk-openai-bad", "sk-ant-good", "sk-ant-bad", "gemini-good")
+    for secret in (*secrets, "gemini-bad", "sk-gone", "sk-query-secret"):
+        assert secret not in result.stdout + result.stderr
+    # Each fake saw the key the way its API takes it.
+    assert anthropic.received[-1].headers.get("anthropic-version")
+    assert {gemini.key_of(r) for r in gemini.received} == {"gemini-good", "gemini-bad"}
+    assert all("key-in-query=sk-query-secret" in r.path for r in gemini.received)
+    all_valid = tmp_path / "valid.yaml"
+    all_valid.write_text(
+        f"providers: [{{id: openai, base_url: '{openai.url}', keys: [{{secret: sk-openai-good}}]}}]\n"
+    )
+    assert run("check", "--probe", str(all_valid)).returncode == 0
+
+
+def test_check_warns_about_base_urls_that_cannot_work(tmp_path: Path) -> None:
+    cfg = tmp_path / "urls.yaml"
+    cfg.write_text("""
+providers:
+  - {id: anthropic, base_url: "https://api.anthropic.com/v1", keys: [{secret: a}]}
+  - {id: openai, base_url: "https://api.openai.com", keys: [{secret: b}]}
+  - {id: gemini, base_url: "https://generativelanguage.googleapis.com", keys: [{secret: c}]}
+""")
+    result = run("check", str(cfg))
+    assert result.returncode == 0  # warnings, not errors
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2
+    assert warnings[0].startswith(
+        f"{cfg}: warning: providers[0].base_url: 'https://api.anthropic.com/v1' includes a version"
+    )
+    assert "use 'https://api.anthropic.com'" in warnings[0]
+    assert warnings[1].startswith(
+        f"{cfg}: warning: providers[1].base_url: 'https://api.openai.com' has no version"
+    )
+
+
+def test_check_shows_a_yaml_error_where_it_is(tmp_path: Path) -> None:
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("providers:\n  - id: openai\n    keys: [{secret: x, weight: 2]\n")
+    result = run("check", str(cfg))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{cfg}:3:33: invalid YAML: expected ',' or '}}', but got ']' "
+        "(while parsing a flow mapping at line 3, column 12)",
+        "        keys: [{secret: x, weight: 2]",
+        " " * (4 + 32) + "^",  # under column 33
+    ]
+
+
+def test_the_demo_checks_its_port_before_printing_anything() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        result = subprocess.run(
+            [TRUCKLLM, "demo", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert result.returncode == 1
+    assert result.stdout == ""  # no banner for a demo that cannot start
+    assert result.stderr.startswith(f"truckllm demo: cannot listen on 127.0.0.1:{port}: ")
+    assert "--listen" in result.stderr

@@ -190,7 +190,10 @@ BAD = [
         "providers: [{id: openai}]\nrouting: {outlier: {min_requests: 0}}",
         "test.yaml: routing.outlier.min_requests: must be at least 1",
     ),
-    ("providers: [{id: openai}]\nproviders: []", "test.yaml: invalid YAML: "),
+    (
+        "providers: [{id: openai}]\nproviders: []",
+        "test.yaml:2:1: invalid YAML: duplicate key 'providers'",
+    ),
     ("- just\n- a list", "test.yaml: the top level must be a mapping, got a list"),
     (
         "providers: [{id: openai, keys: {secret: x}}]",
@@ -295,3 +298,158 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
         timeout=60,
     )
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # a flow mapping never closed: file, line, column, the line, a caret under the column
+            "providers:\n  - id: openai\n    keys: [{secret: x, weight: 2]\n",
+            [
+                "test.yaml:3:33: invalid YAML: expected ',' or '}', but got ']' "
+                "(while parsing a flow mapping at line 3, column 12)",
+                "        keys: [{secret: x, weight: 2]",
+                " " * (4 + 32) + "^",
+            ],
+        ),
+        (  # a key at the wrong indentation
+            "providers:\n  - id: a\n  id: b\n",
+            [
+                "test.yaml:3:3: invalid YAML: expected <block end>, but found '?' "
+                "(while parsing a block collection at line 2, column 3)",
+                "      id: b",
+                "      ^",
+            ],
+        ),
+        (  # a tab where indentation must be spaces: the caret keeps the tab
+            "providers:\n\t- id: a\n",
+            [
+                "test.yaml:2:1: invalid YAML: found character '\\t' that cannot start any token",
+                "    \t- id: a",
+                "    ^",
+            ],
+        ),
+    ],
+    ids=["flow", "indentation", "tab"],
+)
+def test_yaml_syntax_errors_show_file_line_column_and_the_line(
+    text: str, expected: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.yaml", {}, TYPES)
+    (problem,) = info.value.problems
+    assert problem.splitlines() == expected
+    assert "<unicode string>" not in problem
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "expected"),
+    [
+        ('"${RPM:-abc}"', {}, "expected an integer or null, got 'abc' (from ${RPM})"),
+        ('"${RPM}"', {"RPM": "12x"}, "expected an integer or null, got '12x' (from ${RPM})"),
+        (
+            '"${A}${B}"',
+            {"A": "1", "B": "x"},
+            "expected an integer or null, got '1x' (from ${A}, ${B})",
+        ),
+        (  # a variable named like a credential: its value is never shown
+            '"${OPENAI_API_KEY}"',
+            {"OPENAI_API_KEY": "sk-live-secret"},
+            "expected an integer or null, got a string (from ${OPENAI_API_KEY}; not shown: "
+            "it may be a secret)",
+        ),
+    ],
+)
+def test_expanded_values_that_fail_name_the_variable_and_value(
+    value: str, env: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(
+            f"""
+            providers:
+              - id: openai
+                keys: [{{secret: s, limits: {{rpm: {value}}}}}]
+            """,
+            env,
+        )
+    assert info.value.problems == [f"test.yaml: providers[0].keys[0].limits.rpm: {expected}"]
+    assert "sk-live-secret" not in str(info.value)
+
+
+def test_an_expanded_choice_names_its_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(
+            "providers: [{id: openai}]\nrouting: {strategy: '${STRATEGY:-fastest}'}",
+        )
+    (problem,) = info.value.problems
+    assert problem.startswith("test.yaml: routing.strategy: expected one of 'round_robin'")
+    assert problem.endswith("got 'fastest' (from ${STRATEGY})")
+
+
+def test_secret_fields_never_show_an_expanded_value() -> None:
+    """A value bound for a Secret field is never printed, whatever its variable is called."""
+    from truckllm.config.decode import Decoder, Expanded
+
+    decoder = Decoder()
+    decoder.wrong("server.api_keys[0]", Secret | ClientKey, Expanded("hunter2", ("CLIENT",)))
+    assert decoder.problems == [
+        "server.api_keys[0]: expected a string or a mapping, got a string "
+        "(from ${CLIENT}; not shown: it may be a secret)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("provider", "warning"),
+    [
+        ("{id: openai}", None),  # the default: https://api.openai.com/v1
+        ("{id: groq}", None),  # https://api.groq.com/openai/v1
+        ("{id: x, base_url: 'https://api.perplexity.ai'}", None),  # documented without /v1
+        ("{id: x, base_url: 'https://res.openai.azure.com/openai/deployments/gpt4o'}", None),
+        (
+            "{id: x, type: openai, base_url: 'https://generativelanguage.googleapis.com/v1beta/openai'}",
+            None,
+        ),
+        ("{id: x, base_url: 'http://localhost:8000'}", "has no version in its path"),
+        (
+            "{id: x, base_url: 'https://api.openai.com/v1/chat/completions'}",
+            "ends with the endpoint /chat/completions",
+        ),
+        (
+            "{id: x, type: openai, base_url: 'https://generativelanguage.googleapis.com/v1beta'}",
+            "is Gemini's native API",
+        ),
+        ("{id: anthropic}", None),
+        (
+            "{id: a, type: anthropic, base_url: 'https://api.anthropic.com/v1'}",
+            "includes a version",
+        ),
+        ("{id: a, type: anthropic, base_url: 'https://proxy.example/anthropic'}", None),
+        ("{id: gemini}", None),
+        (
+            "{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta'}",
+            None,
+        ),
+        (
+            "{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta/openai'}",
+            "is Gemini's OpenAI-compatible endpoint",
+        ),
+        (
+            "{id: g, type: gemini, base_url: 'https://generativelanguage.googleapis.com/v1beta/models'}",
+            "has more after its version",
+        ),
+    ],
+)
+def test_base_url_forms_that_cannot_work_are_warned_about(
+    provider: str, warning: str | None
+) -> None:
+    from truckllm.config.advice import base_url_warnings
+
+    cfg = parse_config(
+        f"providers: [{provider}]", "test.yaml", {}, ["openai", "anthropic", "gemini"]
+    )
+    found = base_url_warnings(cfg)
+    if warning is None:
+        assert found == []
+    else:
+        (line,) = found
+        assert line.startswith(f"providers[0].base_url: {cfg.providers[0].base_url!r} {warning}")

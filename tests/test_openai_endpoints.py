@@ -6,10 +6,11 @@ on), records and metrics under the endpoint's label, cost from reported token us
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import openai
@@ -20,7 +21,7 @@ from openai.types.audio import Transcription, Translation
 
 from truckllm.accounting.money import cost_nanos, rates_of
 from truckllm.config.schema import Pricing
-from truckllm.providers.openai.media import boundary_of, form_field, with_model
+from truckllm.providers.openai.multipart import Field, Form, FormScanner, boundary_of
 from truckllm.telemetry.record import RequestRecord
 from truckllm.testing.behaviour import KeyBehaviour
 from truckllm.testing.fake_anthropic import FakeAnthropic
@@ -275,7 +276,40 @@ def test_units_that_are_not_tokens_are_priced_exactly() -> None:
     assert cost_nanos(rates, 10, 10) == 0  # no token prices set
 
 
-def test_the_model_field_is_found_wherever_it_is_in_the_form() -> None:
+class _Chunked:
+    """A body source over bytes, in chunks of ``size``."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.data, self.size, self.length = data, size, len(data)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for at in range(0, len(self.data), self.size):
+            yield self.data[at : at + self.size]
+
+
+def _scan(body: bytes, boundary: bytes, size: int) -> dict[str, Field]:
+    scanner = FormScanner(boundary, ("model", "stream"))
+    for at in range(0, len(body), size):
+        scanner.feed(body[at : at + size])
+    return scanner.fields
+
+
+def _replaced(form: Form, model: str, size: int) -> bytes:
+    async def collect() -> bytes:
+        source = Form(_Chunked(body_of(form), size), form.model).with_model(model)
+        data = b"".join([bytes(c) async for c in source.chunks()])
+        assert len(data) == source.length
+        return data
+
+    return asyncio.run(collect())
+
+
+def body_of(form: Form) -> bytes:
+    assert isinstance(form.body, _Chunked)
+    return form.body.data
+
+
+def test_the_model_field_is_found_wherever_it_is_in_the_form_however_it_is_split() -> None:
     b = b"XyZ"
 
     def part(name: str, value: bytes, filename: str | None = None) -> bytes:
@@ -288,21 +322,26 @@ def test_the_model_field_is_found_wherever_it_is_in_the_form() -> None:
 
     tail = b"--" + b + b"--\r\n"
     after_file = (
-        part("file", b"--XyZ-not-a-boundary model", "model")
+        part("file", b"--XyZ-not-a-boundary model\r\n-XyZ" * 50, "model")
         + part("models", b"wrong")
         + part("model", b"whisper-1")
         + tail
     )
-    span = form_field(after_file, b, "model")
-    assert span is not None and after_file[span[0] : span[1]] == b"whisper-1"
-    rewritten = b"".join(with_model(after_file, b, "gpt-4o-transcribe"))
-    parsed = parse_form("multipart/form-data; boundary=XyZ", rewritten)
-    assert parsed["model"] == "gpt-4o-transcribe" and parsed["models"] == "wrong"
-    assert parsed["file"] == ("model", b"--XyZ-not-a-boundary model")
-    assert with_model(after_file, b, "whisper-1")[0] is after_file  # as it came
-    preamble = b"ignored preamble\r\n" + part("model", b"m") + tail
-    span = form_field(preamble, b, "model")
-    assert span is not None and preamble[span[0] : span[1]] == b"m"
-    assert form_field(part("file", b"x", "a.wav") + tail, b, "model") is None
+    for size in (1, 2, 3, 7, 64, 1000, len(after_file)):  # any split finds the same field
+        field = _scan(after_file, b, size)["model"]
+        assert after_file[field.start : field.end] == field.value == b"whisper-1"
+        rewritten = _replaced(Form(_Chunked(after_file, size), field), "gpt-4o-transcribe", size)
+        parsed = parse_form("multipart/form-data; boundary=XyZ", rewritten)
+        assert parsed["model"] == "gpt-4o-transcribe" and parsed["models"] == "wrong"
+        assert parsed["file"] == ("model", b"--XyZ-not-a-boundary model\r\n-XyZ" * 50)
+    source = _Chunked(after_file, 5)
+    assert Form(source, field).with_model("whisper-1") is source  # as it came
+    preamble = b"ignored preamble\r\n" + part("model", b"m") + part("stream", b"true") + tail
+    for size in (1, 5, len(preamble)):
+        fields = _scan(preamble, b, size)
+        assert (fields["model"].value, fields["stream"].value) == (b"m", b"true")
+        assert preamble[fields["model"].start : fields["model"].end] == b"m"
+    assert _scan(part("file", b"x", "a.wav") + tail, b, 3) == {}
+    assert _scan(part("model", b"x" * 10_000) + tail, b, 100) == {}  # too long for a model name
     assert boundary_of('multipart/form-data; boundary="XyZ"') == b"XyZ"
     assert boundary_of("application/json") is None

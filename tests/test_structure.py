@@ -30,6 +30,7 @@ FORBIDDEN = {
     "accounting": {"api", "admin", "coordination"},
     "telemetry": {"api", "admin", "accounting", "gateway"},
     "http": {"api", "gateway", "providers", "routing"},
+    "cache": {"api", "admin", "coordination", "reload"},
 }
 HTTP_LAYERS = {"truckllm/http/server.py", "truckllm/http/client.py"}
 MAX_FUNCTION_LINES = 80

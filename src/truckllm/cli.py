@@ -1,9 +1,10 @@
 """The ``truckllm`` command.
 
 truckllm -config config.yaml [-listen :8080]     serve (also --config/--listen, or "serve")
-truckllm check --config config.yaml              validate; exit 0, or print every problem, exit 2
+truckllm check --config config.yaml [--probe]    validate (and try every key); exit 0, or 2
 truckllm demo [--listen :8080]                   gateway + simulated upstreams, no keys needed
 truckllm mock [--listen 127.0.0.1:9000]          simulated OpenAI, Anthropic and Gemini upstreams
+truckllm --version                               the installed version
 truckllm                                         keys from the environment, else the demo
 """
 
@@ -11,21 +12,55 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
+import importlib.metadata
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
 from truckllm import __version__
 from truckllm.config import Config, ConfigError, load_config, parse_config, parse_listen
+from truckllm.config.advice import base_url_warnings
 from truckllm.providers import provider_registry
 from truckllm.telemetry.log import setup_logging
 
 log = logging.getLogger("truckllm")
 
+# Every subcommand with its one line of help, in the order ``--help`` lists them.
+COMMANDS = {
+    "serve": "run the gateway (the default): truckllm -config config.yaml",
+    "check": "validate configuration files; --probe also tries every provider key",
+    "demo": "the gateway in front of simulated upstreams: no keys, no network",
+    "mock": "simulated OpenAI, Anthropic and Gemini upstreams to point a config at",
+    "version": "print the installed version (also --version)",
+}
+USAGE_ERROR = 2
 
-def _parser(prog: str, with_config: bool, default_listen: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
+
+def version() -> str:
+    """The installed distribution's version; the source's own when run from a bare checkout."""
+    try:
+        return importlib.metadata.version("truckllm")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
+def _commands_text() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return (
+        "commands:\n"
+        + "\n".join(lines)
+        + "\n\n'truckllm COMMAND --help' shows a command's options."
+    )
+
+
+def _parser(
+    prog: str, with_config: bool, default_listen: str | None, description: str | None = None
+) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, allow_abbrev=False, description=description)
     if with_config:
         p.add_argument(
             "-config",
@@ -50,15 +85,29 @@ def _load(path: str) -> Config:
     return load_config(path, provider_types=provider_registry().names())
 
 
+def _serve_parser() -> argparse.ArgumentParser:
+    """The top-level parser: serving options, and every command listed in its help."""
+    p = _parser(
+        "truckllm",
+        True,
+        None,
+        "An OpenAI-compatible gateway and load balancer for many LLM providers and API keys.\n\n"
+        + _commands_text(),
+    )
+    p.usage = "truckllm [-config FILE] [-listen ADDR]\n       truckllm COMMAND [options]"
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--version", action="version", version=f"truckllm {version()}")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    command = (
-        args.pop(0)
-        if args and args[0] in ("serve", "check", "demo", "mock", "version")
-        else "serve"
-    )
+    command = args[0] if args and not args[0].startswith("-") else None
+    if command is None or command == "serve":
+        return _serve(args[1:] if command else args)
+    args.pop(0)
     if command == "version":
-        print(f"truckllm {__version__}")
+        print(f"truckllm {version()}")
         return 0
     if command == "check":
         return _check(args)
@@ -66,12 +115,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if command == "mock":
         return _mock(args)
-    return _serve(args)
+    return _unknown(command)
+
+
+def _unknown(command: str) -> int:
+    """An unknown subcommand: say which exist, and the likely one meant."""
+    message = f"truckllm: unknown command {command!r}; commands: {', '.join(COMMANDS)}"
+    close = difflib.get_close_matches(command, COMMANDS, n=1, cutoff=0.5)
+    if close:
+        message += f"\ndid you mean 'truckllm {close[0]}'?"
+    elif command.endswith((".yaml", ".yml", ".json")):
+        message += f"\nto serve a configuration file: truckllm -config {command}"
+    print(message + "\n(truckllm --help lists every command)", file=sys.stderr)
+    return USAGE_ERROR
 
 
 def _check(args: list[str]) -> int:
-    p = _parser("truckllm check", True, None)
+    p = _parser(
+        "truckllm check",
+        True,
+        None,
+        "Validate configuration files: every problem with its file and key path (exit 2), and "
+        "warnings about base_url forms that cannot work for the provider's type.",
+    )
     p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also make one cheap authenticated call per provider key (list models) and say "
+        "whether each key is valid, rejected or unreachable (exit 1 when any is not valid)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long each probe may take (default 10)",
+    )
     ns = p.parse_args(args)
     files = ([ns.config] if ns.config else []) + ns.files
     if not files:
@@ -83,20 +163,47 @@ def _check(args: list[str]) -> int:
         except ConfigError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
-            status = 2
+            status = USAGE_ERROR
             continue
+        for warning in base_url_warnings(cfg):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         keys = sum(len(pr.keys) for pr in cfg.providers)
         print(
             f"{path}: OK ({len(cfg.providers)} providers, {keys} keys, {len(cfg.model_aliases)} aliases)"
         )
+        if ns.probe and not _probe(cfg, ns.timeout) and status == 0:
+            status = 1
     return status
+
+
+def _probe(cfg: Config, timeout: float) -> bool:
+    """Print one line per key: valid, rejected or unreachable, with the URL called. Whether
+    every probed key was valid."""
+    from truckllm.api.app import proxies_from_environment
+    from truckllm.http.client import HTTPClient
+    from truckllm.providers.probe import Verdict, probe_keys
+    from truckllm.runner import run_async
+
+    results: list[Verdict] = []
+
+    async def run() -> None:
+        client = HTTPClient(proxies=proxies_from_environment())
+        try:
+            results.extend(await probe_keys(cfg, timeout, client))
+        finally:
+            await client.close()
+
+    run_async(run())
+    for r in results:
+        print(f"  {r.provider}/{r.key_id}: {r.verdict}: {r.detail}")
+    return all(r.verdict in ("valid", "skipped") for r in results)
 
 
 def _serve(args: list[str]) -> int:
     from truckllm.api import App
     from truckllm.runner import serve
 
-    ns = _parser("truckllm", True, None).parse_args(args)
+    ns = _serve_parser().parse_args(args)
     if ns.config:
         try:
             cfg = _load(ns.config)
@@ -121,7 +228,9 @@ def _serve(args: list[str]) -> int:
             print(f"--listen: {exc}", file=sys.stderr)
             return 2
     listen = ns.listen or cfg.server.listen
-    log.info("truckllm %s serving on %s (%d providers)", __version__, listen, len(cfg.providers))
+    log.info("truckllm %s serving on %s (%d providers)", version(), listen, len(cfg.providers))
+    for warning in base_url_warnings(cfg):
+        log.warning("%s: %s", cfg.source, warning)
     if cfg.server.workers > 1:
         from truckllm.workers import serve_workers
 
@@ -190,18 +299,29 @@ def _demo(args: list[str]) -> int:
         host, port = parse_listen(ns.listen)
     except ValueError as exc:
         print(f"--listen: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     if not _simulation_installed("demo"):
-        return 2
+        return USAGE_ERROR
+    try:  # the port first: nothing is printed for a demo that cannot start
+        sock = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+        )
+    except OSError as exc:
+        print(
+            f"truckllm demo: cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            f"choose another address with --listen (e.g. --listen 127.0.0.1:{port + 1})",
+            file=sys.stderr,
+        )
+        return 1
     setup_logging("info", "auto")
     from truckllm.runner import run_async
 
     with contextlib.suppress(KeyboardInterrupt):
-        run_async(_run_demo(host, port))
+        run_async(_run_demo(host, sock))
     return 0
 
 
-async def _run_demo(host: str, port: int) -> None:
+async def _run_demo(host: str, sock: socket.socket) -> None:
     from truckllm.api import App
     from truckllm.runner import GatewayServer
     from truckllm.testing.behaviour import KeyBehaviour
@@ -211,6 +331,7 @@ async def _run_demo(host: str, port: int) -> None:
     # a first token after about 50 ms, then 50 tokens a second.
     mock = MockServer(KeyBehaviour(ttft=0.05, tokens_per_s=50))
     url_a = url_b = await mock.start() + "/v1"
+    port = sock.getsockname()[1]
     shown = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     cfg = parse_config(
         DEMO_CONFIG.format(url_a=url_a, url_b=url_b, listen=f"{host}:{port}"),
@@ -219,7 +340,7 @@ async def _run_demo(host: str, port: int) -> None:
         provider_registry().names(),
     )
     app = App(cfg)
-    server = GatewayServer(app, host, port)
+    server = GatewayServer(app, host, port, sock=sock)
     print(_demo_banner(shown), flush=True)
     try:
         await server.serve()
@@ -265,7 +386,7 @@ def _simulation_installed(command: str) -> bool:
 
 def _mock(args: list[str]) -> int:
     if not _simulation_installed("mock"):
-        return 2
+        return USAGE_ERROR
     from truckllm.testing.mock_server import main as mock_main
 
     return mock_main(args)

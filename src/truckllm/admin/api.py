@@ -5,19 +5,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import orjson
 
-from truckllm.admin import handlers
+from truckllm.admin import dashboard, handlers
 from truckllm.admin.handlers import Handler
+from truckllm.admin.recent import Recent
 from truckllm.admin.stats import Stats
 from truckllm.errors import APIError
 from truckllm.stores.base import UsageQuery, UsageResult
 
 if TYPE_CHECKING:
+    from truckllm.accounting import Accounting
     from truckllm.gateway import Runtime
     from truckllm.reload import Reloader
 
@@ -32,6 +34,8 @@ class AdminContext:
     reloader: Reloader | None  # None: not started from a configuration file
     usage: Callable[[UsageQuery], Awaitable[UsageResult]] | None  # None: no ledger
     provider_types: Callable[[], Iterable[str]]
+    recent: Recent = field(default_factory=Recent)  # the dashboard's tail and overview
+    accounting: Accounting | None = None  # the clients' budgets and spend
 
 
 class AdminAPI:
@@ -40,7 +44,7 @@ class AdminAPI:
     def __init__(self, context: AdminContext) -> None:
         self.context = context
         self._routes: dict[tuple[str, str], Handler] = {}
-        for method, pattern, handler in handlers.ROUTES:
+        for method, pattern, handler in handlers.ROUTES + dashboard.ROUTES:
             self.add(method, pattern, handler)
 
     @property

@@ -3,7 +3,9 @@
 Query parameters: ``group_by`` (comma-separated: ``client``, ``provider``, ``key``, ``model``,
 ``alias``; none: one total), ``from`` and ``to`` (unix seconds, or ISO 8601 such as ``2025-06-01``
 or ``2025-06-01T12:00:00Z``; ``to`` is exclusive; default: all time), ``bucket`` (``minute``,
-``hour`` or ``day``: one row per group and period). Costs are exact decimal strings in USD.
+``hour`` or ``day``: one row per group and period), ``top`` (a number: the groups that cost
+most, by requests when equal; the rest summed per period into one row with ``"other": true``).
+Costs are exact decimal strings in USD.
 """
 
 from __future__ import annotations
@@ -79,10 +81,19 @@ async def usage_view(
             code="store_unavailable",
             type_="api_error",
         ) from exc
+    rows = result.rows
+    top = query.get("top")
+    if top and q.group_by:
+        if not top.isdigit():
+            raise invalid_request(f"'top' must be a whole number, got {top!r}.", param="top")
+        rows = keep_top(rows, int(top))
     total = [0] * len(METRICS)
     data = []
-    for group, bucket, counts in result.rows:
-        row: dict[str, Any] = dict(zip(q.group_by, group, strict=True))
+    for group, bucket, counts in rows:
+        if q.group_by and not group:  # the groups beyond ``top``
+            row: dict[str, Any] = {**dict.fromkeys(q.group_by), "other": True}
+        else:
+            row = dict(zip(q.group_by, group, strict=True))
         if q.bucket is not None:
             row["bucket_start"] = bucket
         row.update(metrics_json(counts))
@@ -99,3 +110,30 @@ async def usage_view(
         "data": data,
         "total": metrics_json(total),
     }
+
+
+Rows = list[tuple[tuple[str, ...], int | None, list[int]]]
+
+
+def keep_top(rows: Rows, n: int) -> Rows:
+    """The rows of the ``n`` groups that cost most (then by requests); the other groups' rows
+    summed per period under the empty group."""
+    totals: dict[tuple[str, ...], list[int]] = {}
+    for group, _, counts in rows:
+        acc = totals.setdefault(group, [0, 0])
+        acc[0] += counts[COST]
+        acc[1] += counts[0]
+    kept = set(sorted(totals, key=lambda g: (-totals[g][0], -totals[g][1], g))[:n])
+    out: Rows = []
+    other: dict[int | None, list[int]] = {}
+    for group, bucket, counts in rows:
+        if group in kept:
+            out.append((group, bucket, counts))
+            continue
+        summed = other.get(bucket)
+        if summed is None:
+            summed = other[bucket] = [0] * len(METRICS)
+        for i, c in enumerate(counts):
+            summed[i] += c
+    out.extend(((), bucket, counts) for bucket, counts in other.items())
+    return out

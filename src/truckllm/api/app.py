@@ -17,6 +17,7 @@ from truckllm.api.endpoints import all_routes
 from truckllm.api.proxy import Proxy
 from truckllm.api.routes import Readiness, Request, Route
 from truckllm.api.services import Services
+from truckllm.cache import ResponseCache
 from truckllm.config import Config
 from truckllm.coordination import Coordinator
 from truckllm.errors import APIError
@@ -84,9 +85,20 @@ class App:
         self.records.subscribe(self.accounting.record)
         self.readiness = Readiness(checks={"store": self.coordinator.health})
         admin = AdminAPI(
-            AdminContext(stats, self.reloader, self.coordinator.query, self.registry.names)
+            AdminContext(
+                stats,
+                self.reloader,
+                self.coordinator.query,
+                self.registry.names,
+                accounting=self.accounting,
+            )
         )
-        proxy = Proxy(self.accounting, self.records)
+        self.records.subscribe(admin.context.recent)  # the dashboard's overview and tail
+        self.cache = ResponseCache(config, self.accounting.cost_nanos)  # docs/cache.md
+        self.holder.listeners.append(self.cache.attach)
+        if self.telemetry.metrics is not None:
+            self.telemetry.metrics.extra.append(self.cache.stats.render)
+        proxy = Proxy(self.accounting, self.records, self.cache)
         self.services = Services(proxy, admin, self.telemetry, self.readiness, self.coordinator)
         self._exact: dict[tuple[str, str], Route] = {}
         self._prefixes: list[Route] = []
@@ -153,6 +165,7 @@ class App:
             await self.reloader.stop()
         await self.telemetry.close()  # flushes the request-log sinks
         await self.coordinator.close()  # flushes the usage ledger, gives back leased limits
+        await self.cache.close()
         if self.client is not None:
             await self.client.close()
             self.client = None

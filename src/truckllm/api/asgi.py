@@ -79,23 +79,6 @@ class DisconnectWatch:
             self._fut.cancel()
 
 
-async def read_upload(scope: Scope, receive: Receive, limit: int) -> bytearray:
-    """A large request body (a file upload) in one buffer that grows as it arrives: never a
-    second copy of it, as joining its pieces would make; 413 past ``limit`` bytes."""
-    check_length(scope, limit)
-    buf = bytearray()
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        buf += message.get("body", b"")
-        if len(buf) > limit:
-            raise too_large(limit)
-        more = message.get("more_body", False)
-    return buf
-
-
 def check_length(scope: Scope, limit: int) -> None:
     """413 when the request's ``Content-Length`` says it exceeds ``limit`` bytes."""
     for name, value in scope["headers"]:

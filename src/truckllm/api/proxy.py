@@ -12,6 +12,7 @@ from truckllm.api.asgi import ClientGone, DisconnectWatch, client_ip
 from truckllm.api.respond import Streams, send_stream, send_whole, served_headers
 from truckllm.api.routes import Request
 from truckllm.api.steps import Proxied
+from truckllm.cache import Lookup, ResponseCache, replay, with_send
 from truckllm.errors import APIError, model_not_found
 from truckllm.gateway import Route, Served, execute
 from truckllm.telemetry.record import RecordBus, RequestRecord
@@ -22,9 +23,12 @@ log = logging.getLogger("truckllm.api")
 class Proxy:
     """Runs proxied requests; publishes exactly one record for each, whatever happens."""
 
-    def __init__(self, accounting: Accounting, records: RecordBus) -> None:
+    def __init__(
+        self, accounting: Accounting, records: RecordBus, cache: ResponseCache | None = None
+    ) -> None:
         self.accounting = accounting
         self.records = records
+        self.cache = cache
         self.streams = Streams()  # cut with an error event at a shutdown's drain deadline
 
     async def run(self, req: Request, p: Proxied) -> None:
@@ -50,12 +54,36 @@ class Proxy:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True
             self.records.publish(rec)
             raise
-        await self._serve(req, p, route, rec)
+        look = None
+        if self.cache is not None:  # the response cache: a hit is answered here
+            label, headers = p.label or p.endpoint, req.scope["headers"]
+            look = await self.cache.lookup(headers, p.client, label, p.body, p.stream, route, rec)
+            if look is not None and look.entry is not None:
+                await self._hit(req, p, rec, look)
+                return
+            if look is not None:
+                req = with_send(req, look.wrap(req.send, rec))
+        await self._serve(req, p, route, rec, look)
 
-    async def _serve(self, req: Request, p: Proxied, route: Route, rec: RequestRecord) -> None:
+    async def _hit(self, req: Request, p: Proxied, rec: RequestRecord, look: Lookup) -> None:
+        t0 = time.perf_counter()
+        try:
+            await replay(req.send, req.id, look, p.egress, p.wants_usage, rec)
+        except OSError:  # the server's send() after the client left
+            rec.status, rec.error_code = 499, "client_closed_request"
+            raise ClientGone from None
+        finally:
+            rec.latency_s = time.perf_counter() - t0
+            self.records.publish(rec)
+
+    async def _serve(
+        self, req: Request, p: Proxied, route: Route, rec: RequestRecord, look: Lookup | None
+    ) -> None:
         t0 = time.perf_counter()
         served: Served | None = None
         watch = DisconnectWatch(req.scope, req.receive)
+        held = req.rt.router.affinity  # prompt-cache affinity: the conversation's key
+        affinity = held.ident(p.model, p.body, req.scope["headers"], p.session_id) if held else None
         try:
             served = await execute(
                 req.rt,
@@ -68,8 +96,11 @@ class Proxy:
                 req.id,
                 p.inbound,
                 p.exclude_keys,
+                affinity,
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
+            if look is not None:
+                await look.tap(served)
             headers = served_headers(req.id, served)
             translate = p.egress is not None and served.reply.dialect != p.egress.dialect
             if translate:
@@ -95,6 +126,8 @@ class Proxy:
             raise ClientGone from None
         finally:
             watch.stop()
+            if look is not None:
+                look.close()
             rec.latency_s = time.perf_counter() - t0
             if served is not None:
                 served.settle()

@@ -7,6 +7,7 @@ Strings produced by ${VAR} expansion (:class:`Expanded`) may be coerced to numbe
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -16,9 +17,34 @@ T = TypeVar("T")
 
 
 class Expanded(str):
-    """A string produced by ${VAR} expansion: may be coerced to a number or a boolean."""
+    """A string produced by ${VAR} expansion: may be coerced to a number or a boolean.
+    ``names`` are the variables it came from, for error messages."""
 
-    __slots__ = ()
+    names: tuple[str, ...]
+
+    def __new__(cls, value: str, names: tuple[str, ...] = ()) -> Expanded:
+        self = super().__new__(cls, value)
+        self.names = names
+        return self
+
+
+# A variable whose name says it holds a credential: its value is never shown in an error.
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASS|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def got(value: Any, secret: bool = False) -> str:
+    """The value an error says it got: what it is, and for a value from ${VAR} expansion the
+    value itself and the variables, unless it is (or may be) a secret."""
+    if not isinstance(value, Expanded) or not value.names:
+        return repr(str(value)) if isinstance(value, str) and not secret else describe(value)
+    names = ", ".join(f"${{{n}}}" for n in value.names)
+    if secret or any(_SECRET_NAME.search(n) for n in value.names):
+        return f"a string (from {names}; not shown: it may be a secret)"
+    return f"{str(value)!r} (from {names})"
+
+
+def _holds_secret(tp: Any) -> bool:
+    return tp is Secret or any(_holds_secret(a) for a in get_args(tp))
 
 
 # Strict typed decode
@@ -81,7 +107,8 @@ class Decoder:
         self.problems.append(f"{path or '<top level>'}: {message}")
 
     def wrong(self, path: str, tp: Any, value: Any) -> None:
-        self.fail(path, f"expected {_type_name(tp)}, got {describe(value)}")
+        shown = got(value, _holds_secret(tp)) if isinstance(value, Expanded) else describe(value)
+        self.fail(path, f"expected {_type_name(tp)}, got {shown}")
 
     def decode(self, value: Any, tp: Any, path: str) -> Any:
         origin = get_origin(tp)
@@ -94,7 +121,7 @@ class Decoder:
         if origin is Literal:
             if value not in get_args(tp):
                 self.wrong(path, tp, value) if not isinstance(value, str) else self.fail(
-                    path, f"expected {_type_name(tp)}, got {value!r}"
+                    path, f"expected {_type_name(tp)}, got {got(value)}"
                 )
             return value
         if origin is tuple or origin is list:

@@ -73,10 +73,13 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: list[str]) 
         if "$" not in value:
             return value
 
+        names: list[str] = []
+
         def sub(m: re.Match[str]) -> str:
             if m.group(0) == "$$":
                 return "$"
             name, default = m.group(1), m.group(2)
+            names.append(name)
             if name in env:
                 return env[name]
             if default is not None:
@@ -84,7 +87,8 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: list[str]) 
             problems.append(f"{path}: environment variable {name} is not set and has no default")
             return ""
 
-        return Expanded(_VAR.sub(sub, value))
+        expanded = _VAR.sub(sub, value)
+        return Expanded(expanded, tuple(dict.fromkeys(names)))
     if isinstance(value, dict):
         return {k: _expand(v, join_path(path, k), env, problems) for k, v in value.items()}
     if isinstance(value, list):
@@ -92,7 +96,24 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: list[str]) 
     return value
 
 
-# ---------------------------------------------------------------------------------------------
+def yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> str:
+    """A YAML syntax error as ``file:line:column: invalid YAML: what``, then the offending line
+    with a caret under the column (PyYAML's own text names ``<unicode string>``, not the file)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is None or not isinstance(what, str):
+        flat = " ".join(str(exc).replace('"<unicode string>"', repr(source)).split())
+        return f"{source}: invalid YAML: {flat}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context is not what and context_mark is not None:
+        what += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    lines = text.splitlines()
+    out = f"{source}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {what}"
+    if mark.line < len(lines):
+        line = lines[mark.line]
+        pad = "".join(c if c == "\t" else " " for c in line[: mark.column])
+        out += f"\n    {line}\n    {pad}^"
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +135,7 @@ def parse_config(
     try:
         raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: invalid YAML: {exc}".replace("\n", " ")]) from exc
+        raise ConfigError([yaml_problem(exc, text, source)]) from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

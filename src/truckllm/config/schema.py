@@ -122,6 +122,9 @@ class ProviderConfig:
     # The upstream serves OpenAI's Responses API (/responses): Responses clients pass through.
     # None: true for the provider id "openai" on api.openai.com, false otherwise (openai type).
     responses_api: bool | None = None
+    # Built-in Responses tools (web_search, ...) this provider cannot run, when the request is
+    # translated for it: left out (named in x-truckllm-dropped-tools) or refused with a 400.
+    builtin_tools: Literal["drop", "error"] = "drop"
     tls: ProviderTLS | None = None
     # None: the environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": always direct; or an
     # http:// proxy URL for this provider alone.
@@ -225,6 +228,20 @@ class OutlierConfig:
 
 
 @dataclass(frozen=True)
+class AffinityConfig:
+    """Prompt-cache affinity: requests of one session, or sharing a prompt prefix, go to the key
+    that served the last of them while it stays eligible and has ``min_headroom`` left, so the
+    provider's prompt cache on that key stays warm (see docs/cache.md)."""
+
+    enabled: bool = False
+    header: str | None = None  # a request header naming the session, besides the built-in ones
+    prefix_bytes: int = 4096  # of the system prompt and the early messages, hashed
+    prefix_messages: int = 1  # how many of the first messages (after the system prompt) count
+    min_headroom: float = 0.1  # share of the key's limits left, below which the request moves
+    max_entries: int = 100_000  # sessions and prefixes remembered (least recently used go)
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     strategy: Strategy = "adaptive"
     max_wait: float = 2.0  # seconds to wait for a key to have room before answering 429
@@ -233,6 +250,7 @@ class RoutingConfig:
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     out_of_service_probe: float = 300.0
     default_max_output_tokens: int = 512  # reserved when a request names no max_tokens
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
 
 @dataclass(frozen=True)
@@ -336,6 +354,29 @@ class StorageConfig:
     responses: ResponsesStateConfig = field(default_factory=ResponsesStateConfig)
 
 
+CacheEndpoint = Literal["chat", "embeddings", "messages", "responses"]
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The response cache (exact match; off by default). ``redis`` shares it between processes:
+    its ``url`` defaults to the state store's when that is a Redis store (docs/cache.md)."""
+
+    enabled: bool = False
+    type: Literal["memory", "redis"] = "memory"
+    ttl: float = 300.0  # seconds an answer is served from the cache
+    max_entries: int = 10_000  # memory: answers kept (least recently used go first)
+    max_bytes: int = 64 * 1024 * 1024  # memory: their total size
+    max_entry_bytes: int = 1024 * 1024  # a larger answer is not kept
+    endpoints: tuple[CacheEndpoint, ...] = ("chat", "embeddings", "messages", "responses")
+    namespace: Literal["client", "shared"] = "client"  # client: tenants never share answers
+    sampled: bool = False  # also cache requests sampled with temperature > 0 (or unset)
+    tool_calls: bool = False  # also cache answers that call tools
+    url: Secret | None = None  # redis: redis://...; default: storage.runtime.url
+    prefix: str | None = None  # redis: key prefix; default: storage.runtime.prefix + ":cache"
+    timeout: float = 0.1  # redis: seconds per call; past it the request is a miss
+
+
 @dataclass(frozen=True)
 class Config:
     providers: tuple[ProviderConfig, ...] = ()
@@ -346,4 +387,5 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = field(default="<memory>", compare=False, metadata={"internal": True})

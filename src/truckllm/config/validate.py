@@ -23,6 +23,7 @@ from truckllm.config.schema import (
     WebhookSinkConfig,
 )
 from truckllm.config.secret import Secret
+from truckllm.config.validate_cache import validate_cache
 from truckllm.http.forwarded import parse_networks
 from truckllm.http.proxy import Proxy
 from truckllm.http.tls import TLSSettings, build_context
@@ -123,6 +124,7 @@ def _validate(
     _validate_outlier(cfg, fail)
     _validate_telemetry(cfg, fail, sink_types)
     _validate_storage(cfg, fail)
+    validate_cache(cfg, fail)
     return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
 
 

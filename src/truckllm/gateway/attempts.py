@@ -28,6 +28,7 @@ from truckllm.gateway.resolve import Route, Target
 from truckllm.gateway.retry import RetryPolicy
 from truckllm.gateway.runtime import Runtime
 from truckllm.gateway.served import Served, StreamBroken
+from truckllm.gateway.upstream_log import Failed
 from truckllm.providers import Provider
 from truckllm.providers.base import (
     OPENAI_ONLY,
@@ -38,6 +39,7 @@ from truckllm.providers.base import (
     RequestRejected,
     UpstreamError,
 )
+from truckllm.providers.called import forget_call
 from truckllm.providers.errors import error_body
 from truckllm.routing import Outcome, OutcomeKind, Pick, classify_status, estimate, parse_quota
 
@@ -58,14 +60,17 @@ async def execute(
     request_id: str,
     inbound: Inbound | None = None,
     exclude: frozenset[str] = frozenset(),
+    affinity: str | None = None,
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
     when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx).
 
     With ``inbound`` (a client dialect other than the internal form), ``body`` and ``raw`` are
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
-    speaks the dialect, and its internal form to any other."""
+    speaks the dialect, and its internal form to any other. ``affinity`` names the request's
+    conversation for prompt-cache affinity (:mod:`truckllm.routing.affinity`)."""
     loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
+    loop.affinity = affinity
     if exclude:  # keys the request must not use, not even on a same-key retry (pinned elsewhere)
         loop.excluded = exclude
         loop.tried.update(exclude)
@@ -76,10 +81,12 @@ class _AttemptLoop:
     """The state of one request's attempts: keys tried, the last failure, time and retries left."""
 
     __slots__ = (
+        "affinity",
         "attempts",
         "deadline",
         "est",
         "excluded",
+        "failed",
         "failed_providers",
         "failover_only",
         "grace_left",
@@ -131,6 +138,8 @@ class _AttemptLoop:
         self.last_target: Target | None = None
         self.last_pick: Pick | None = None
         self.rejected: RequestRejected | None = None
+        self.failed: Failed | None = None  # the last failed attempt, logged at the next step
+        self.affinity: str | None = None
 
     async def run(self) -> Served:
         self.rt.budget.on_request()
@@ -145,6 +154,7 @@ class _AttemptLoop:
                 return served
             if not go_on:
                 break
+        self._log_failure(self._gave_up())
         return self._give_up()
 
     def _choose(self) -> Pick | float:
@@ -159,6 +169,7 @@ class _AttemptLoop:
             route.strategy,
             route.balance,
             panic=not self.failover_only,
+            affinity=self.affinity,
         )
         kind = self.last_kind
         if (
@@ -193,6 +204,9 @@ class _AttemptLoop:
 
     async def _try(self, pick: Pick) -> tuple[Served | None, bool]:
         """One attempt: (served, _) when the client gets this reply, else (None, go on?)."""
+        if self.failed is not None:
+            same = self.failed.key_id == pick.key.id
+            self._log_failure("retrying the same key" if same else f"moved to key {pick.key.id!r}")
         target = self.route.target_for(pick.provider.id)
         self.attempts += 1
         self.last_target, self.last_pick = target, pick
@@ -201,15 +215,35 @@ class _AttemptLoop:
         self.upstream_s += time.perf_counter() - a0
         if served is not None:
             served.upstream_s, served.estimate = self.upstream_s, self.est
+            if served.reply.events is not None:
+                served.on_broken = self._stream_broken
             return served, False
         if isinstance(failure, RequestRejected):
             # This provider cannot express the request; another target of the route may.
             self.rejected, self.attempts = failure, self.attempts - 1
             self.providers = tuple(p for p in self.providers if p != pick.provider.id)
             return None, bool(self.providers)
+        log = self.rt.failure_log
+        self.failed = log.failure(pick, failure, kind, self.attempts, self.rt.router.clock())
         if kind is OutcomeKind.CLIENT_ERROR and isinstance(failure, Reply):
-            return await self._client_error(failure, pick, target)
+            served, go_on = await self._client_error(failure, pick, target)
+            if served is not None:
+                self._log_failure("passed to the client")
+            return served, go_on
         return None, await self._after_failure(pick, kind, failure)
+
+    def _stream_broken(self, served: Served, exc: UpstreamError, kind: OutcomeKind) -> None:
+        """The committed stream failed (and has reported to its pick): its line."""
+        rt = self.rt
+        now = rt.router.clock()
+        self.failed = rt.failure_log.failure(served.pick, exc, kind, self.attempts, now)
+        self._log_failure(f"ended the stream with an error event after {served.events_out} events")
+
+    def _log_failure(self, next_step: str) -> None:
+        """The last failed attempt's line, now that the request's next step is known."""
+        if self.failed is not None:
+            self.rt.failure_log.log(self.failed, next_step, self.request[5])
+            self.failed = None
 
     async def _client_error(
         self, reply: Reply, pick: Pick, target: Target
@@ -234,6 +268,16 @@ class _AttemptLoop:
         self, pick: Pick, kind: OutcomeKind, failure: Reply | UpstreamError | None
     ) -> bool:
         """Learn from a failed attempt; whether another may follow (after its backoff)."""
+        go_on, backoff = self._decide(pick, kind, failure)
+        if backoff:
+            assert self.policy is not None
+            await asyncio.sleep(self.policy.backoff(self.rt.rng))
+        return go_on
+
+    def _decide(
+        self, pick: Pick, kind: OutcomeKind, failure: Reply | UpstreamError | None
+    ) -> tuple[bool, bool]:
+        """Whether another attempt may follow, and whether after a backoff."""
         assert self.policy is not None
         self.last, self.last_kind = failure, kind
         if kind.needs_backoff:
@@ -244,12 +288,15 @@ class _AttemptLoop:
         self.policy = policy = self.policy.next(same_key=False)
         rt = self.rt
         if policy is None or rt.router.clock() >= self.deadline:
-            return False
+            return False, False
         if not rt.budget.try_spend():
-            return self._failover_only(pick.provider.id)
-        if kind.needs_backoff:
-            await asyncio.sleep(policy.backoff(rt.rng))
-        return True
+            return self._failover_only(pick.provider.id), False
+        return True, kind.needs_backoff
+
+    def _gave_up(self) -> str:
+        passed = isinstance(self.last, Reply) and self.last_kind in PASSED_ON
+        what = "gave up and passed the last answer on" if passed else "gave up"
+        return f"{what} after {self.attempts} attempt{'s' if self.attempts > 1 else ''}"
 
     def _failover_only(self, failed: str) -> bool:
         """The retry budget is spent. It guards a struggling upstream against a storm of retries;
@@ -293,11 +340,12 @@ async def _attempt(
     ``served`` when the reply is committed, else the failed reply or transport error."""
     provider = rt.providers[target.provider_id]
     try:
-        call = _call(provider, target, request)
+        call = _call(provider, target, request, rt.refuses_builtin_tools)
     except RequestRejected as rejected:
         pick.done(Outcome(OutcomeKind.NOT_SENT))
         return OutcomeKind.NOT_SENT, rejected, None
     t0 = time.perf_counter()
+    forget_call()
     try:
         reply = await provider.send(call, pick.key)
     except UpstreamError as exc:
@@ -330,7 +378,9 @@ async def _attempt(
     return kind, reply, None
 
 
-def _call(provider: Provider, target: Target, request: _Request) -> Call:
+def _call(
+    provider: Provider, target: Target, request: _Request, refuses_builtin: frozenset[str]
+) -> Call:
     endpoint, body, raw, stream, wants_usage, request_id, inbound = request
     if endpoint in OPENAI_ONLY and endpoint not in getattr(provider, "endpoints", ()):
         raise RequestRejected(
@@ -358,6 +408,7 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             request_id,
             inbound.dialect,
             inbound.headers,
+            inbound.source,
         )
     if endpoint == "count_tokens":
         raise RequestRejected(
@@ -371,6 +422,8 @@ def _call(provider: Provider, target: Target, request: _Request) -> Call:
             ),
             "unsupported_endpoint",
         )
+    if inbound.dropped and target.provider_id in refuses_builtin:
+        raise builtin_tools_refused(target.provider_id, inbound.dropped)
     internal, internal_raw = inbound.internal()
     return Call(endpoint, internal, internal_raw, target.model, stream, True, request_id)
 
@@ -401,6 +454,7 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
     reply = served.reply
     assert reply.events is not None
     kind = OutcomeKind.CANCELLED
+    broken: UpstreamError | None = None
     try:
         if served.first:
             served.events_out += served.first.count(b"\n\n")
@@ -421,9 +475,29 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
         # mid-stream) still teaches the key, anything else counts as a broken stream.
         named = outcome_kind(exc) if exc.upstream_status is not None else None
         kind = named if named in KEY_SPECIFIC else OutcomeKind.STREAM_BROKEN
+        broken = exc
         raise StreamBroken(client_error(exc)) from exc
     finally:
         served.pick.done(
             Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)
         )
+        if broken is not None and served.on_broken is not None:
+            served.on_broken(served, broken, kind)
         await reply.aclose()
+
+
+def builtin_tools_refused(provider_id: str, tools: tuple[str, ...]) -> RequestRejected:
+    """A translated request's built-in tools, on a provider set to refuse them
+    (``builtin_tools: error``): the route's other providers are tried first, then this 400."""
+    return RequestRejected(
+        400,
+        error_body(
+            f"provider {provider_id!r} cannot run the built-in tools {', '.join(tools)}; "
+            "leave them out or route this model to a provider that serves the Responses API.",
+            400,
+            "unsupported_tool",
+            "tools",
+            "invalid_request_error",
+        ),
+        "unsupported_tool",
+    )

@@ -7,6 +7,7 @@ import math
 from truckllm.errors import APIError
 from truckllm.gateway.resolve import Target
 from truckllm.providers.base import Reply, UpstreamError, UpstreamTimeout
+from truckllm.providers.called import call_text
 from truckllm.routing import Outcome, OutcomeKind, classify_status
 
 KEY_SPECIFIC = frozenset(
@@ -28,7 +29,11 @@ def error_outcome(exc: UpstreamError, seconds: float) -> Outcome:
 
 
 def client_error(exc: UpstreamError) -> APIError:
-    return APIError(exc.status, str(exc), code=exc.code, type_=exc.error_type)
+    """The error a client sees for a transport failure: the provider's words and the upstream
+    call that failed (method and path; never the host's query)."""
+    where = call_text()
+    message = f"{exc} ({where})" if where else str(exc)
+    return APIError(exc.status, message, code=exc.code, type_=exc.error_type)
 
 
 def no_room(wait_s: float) -> APIError:
@@ -63,17 +68,19 @@ def final_error(
     if isinstance(last, UpstreamError):
         return client_error(last)
     where = f"provider {target.provider_id!r}" if target else "the provider"
+    call = call_text()
+    call = f" for {call}" if call else ""
     if kind is OutcomeKind.AUTH_ERROR:
         return APIError(
             502,
-            f"{where} rejected the gateway's credentials",
+            f"{where} rejected the gateway's credentials{call}",
             code="upstream_auth_failed",
             type_="api_error",
         )
     if kind is OutcomeKind.QUOTA_EXHAUSTED:
         return APIError(
             502,
-            f"{where} reports the gateway's quota exhausted",
+            f"{where} reports the gateway's quota exhausted{call}",
             code="upstream_quota_exhausted",
             type_="api_error",
         )

@@ -9,10 +9,12 @@ from collections.abc import Callable, Mapping
 from truckllm.config import Config, client_key_digests, provider_timeouts
 from truckllm.gateway.resolve import ModelResolver
 from truckllm.gateway.retry import RetryBudget, RetryPolicy
+from truckllm.gateway.upstream_log import FailureLog
 from truckllm.http.client import HTTPClient
 from truckllm.plugins import Registry
 from truckllm.providers import Provider, ProviderContext, ProviderFactory
 from truckllm.routing import OutlierSettings, Router, RoutingSettings
+from truckllm.routing.affinity import Affinity
 
 
 class Runtime:
@@ -32,6 +34,10 @@ class Runtime:
         for p in config.providers:
             ctx = ProviderContext(p, client, provider_timeouts(p, config.server.timeouts))
             self.providers[p.id] = registry.get(p.type)(ctx)
+        # Providers whose translated requests refuse built-in tools rather than drop them.
+        self.refuses_builtin_tools = frozenset(
+            p.id for p in config.providers if p.builtin_tools == "error"
+        )
         r = config.routing
         settings = RoutingSettings(
             cooldown_base_s=r.cooldown.base,
@@ -60,6 +66,9 @@ class Runtime:
             strategies={p.id: p.strategy for p in config.providers if p.strategy},
             carry_over=previous.router if previous else None,
         )
+        if r.affinity.enabled:  # prompt-cache affinity: conversations carry over a reload
+            previous_affinity = previous.router.affinity if previous else None
+            self.router.affinity = Affinity(r.affinity).adopt(previous_affinity)
         self.resolver = ModelResolver(config)
         self.client_keys: Mapping[bytes, str] = client_key_digests(config)
         rc = config.retry
@@ -73,6 +82,7 @@ class Runtime:
         self.max_wait_s = r.max_wait
         self.default_output_tokens = r.default_max_output_tokens
         self.rng = random.Random()
+        self.failure_log: FailureLog = previous.failure_log if previous else FailureLog()
         self.created = int(time.time())
 
 

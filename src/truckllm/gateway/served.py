@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from truckllm.errors import APIError
 from truckllm.gateway.resolve import Target
-from truckllm.providers.base import Reply
-from truckllm.routing import Estimate, Outcome, Pick
+from truckllm.providers.base import Reply, UpstreamError
+from truckllm.routing import Estimate, Outcome, OutcomeKind, Pick
 
 
 @dataclass(slots=True)
@@ -25,6 +26,8 @@ class Served:
     estimate: Estimate | None = None  # what the request was guessed to use (billing fallback)
     events_out: int = 0  # stream events relayed to the client
     outcome: Outcome | None = None  # a success not yet reported to the router: see settle()
+    # Told when a committed stream fails (after its report to the pick): the failure log line.
+    on_broken: Callable[[Served, UpstreamError, OutcomeKind], None] | None = None
 
     def settle(self) -> None:
         """Report a deferred outcome (once). A whole success is reported after its answer is on

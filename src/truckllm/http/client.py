@@ -5,7 +5,8 @@ Why not aiohttp's ``ClientSession``: in py-spy profiles of the gateway at 32 con
 about a third of all samples (request building, header multidicts, timers, stream readers), and a
 passthrough on this client served several times the requests/s of the same passthrough on aiohttp
 (``bench/overhead.py``). What it does not do, on purpose: cookies, redirects, HTTP/2 and request
-bodies other than bytes. An upstream call is one POST with a known body.
+bodies of unknown length. An upstream call is one POST with a known body (bytes, pieces of a
+buffer, or a :class:`BodySource` read as it is written); ``GET`` and ``DELETE`` go without one.
 
 Routes: a request may name its TLS context (a provider's CA bundle or client certificate, see
 :mod:`truckllm.http.tls`) and a forward proxy (:mod:`truckllm.http.proxy`: a CONNECT tunnel for
@@ -26,9 +27,9 @@ import asyncio
 import collections
 import ssl
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -37,6 +38,7 @@ from truckllm.http.proxy import Proxy, ProxyEnv, open_tunnel
 from truckllm.http.tls import TLSSettings, build_context
 
 __all__ = [
+    "BodySource",
     "ConnectionBroken",
     "HTTPClient",
     "HTTPClientError",
@@ -62,6 +64,20 @@ _WRITE_WINDOW = 256 * 1024  # a large request body is written this much at a tim
 _MAX_HEAD = 256 * 1024  # status line and headers of one answer
 _INFLATE_STEP = 256 * 1024  # decompressed bytes per step: a bomb is stopped at the cap, not after
 _CLOSED_PARSER = httptools.HttpResponseParser(object())  # what a closed connection holds
+
+
+class BodySource(Protocol):
+    """A request body of known ``length`` that is not in memory (an upload relayed as the client
+    sends it): each :meth:`chunks` call reads it from the start, so a request can be sent again
+    on a fresh connection. Yielding other than ``length`` bytes breaks the request."""
+
+    @property
+    def length(self) -> int: ...
+
+    def chunks(self) -> AsyncIterator[bytes | bytearray | memoryview]: ...
+
+
+Pieces = Sequence[bytes | bytearray | memoryview] | BodySource
 
 
 class HTTPClientError(Exception):
@@ -360,21 +376,35 @@ class _Connection(asyncio.Protocol):
         if drained is not None and not drained.done():
             drained.set_result(None)
 
-    async def write_body(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+    async def write_body(self, pieces: Pieces) -> None:
         """Write a large body in windows, each once the socket has taken the last: never a
         copy of it in the transport's buffer. Stops early if the connection is lost (the
         answer's future then says why)."""
-        assert self.transport is not None
-        for piece in pieces:
-            view = memoryview(piece)
-            for at in range(0, len(view), _WRITE_WINDOW):
-                if self.closed:
+        if isinstance(pieces, Sequence):
+            for piece in pieces:
+                if not await self._write_piece(piece):
                     return
-                self.transport.write(view[at : at + _WRITE_WINDOW])
-                self.last_read = self.loop.time()  # the upstream takes it: not silent
-                drained = self.drained
-                if drained is not None:
-                    await asyncio.shield(drained)
+            return
+        written = 0
+        async for piece in pieces.chunks():
+            written += memoryview(piece).nbytes
+            if written > pieces.length or not await self._write_piece(piece):
+                break
+        if written != pieces.length and not self.closed:
+            self._broken(ConnectionBroken("the request body did not match its length"))
+
+    async def _write_piece(self, piece: bytes | bytearray | memoryview) -> bool:
+        assert self.transport is not None
+        view = memoryview(piece)
+        for at in range(0, len(view), _WRITE_WINDOW):
+            if self.closed:
+                return False
+            self.transport.write(view[at : at + _WRITE_WINDOW])
+            self.last_read = self.loop.time()  # the upstream takes it: not silent
+            drained = self.drained
+            if drained is not None:
+                await asyncio.shield(drained)
+        return not self.closed
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -615,7 +645,7 @@ class HTTPClient:
         self,
         target: ParsedURL,
         head: bytes,
-        body: bytes | Sequence[bytes | bytearray | memoryview],
+        body: bytes | Pieces,
         *,
         connect_timeout: float,
         read_timeout: float,
@@ -623,11 +653,13 @@ class HTTPClient:
         max_body: int | None = None,
         tls: ssl.SSLContext | None = None,
         proxy: Proxy | None = None,
+        method: bytes = b"POST",
     ) -> Response:
-        """Send ``POST`` with ``head`` (pre-encoded header lines, without Host and
+        """Send ``POST`` (or ``method``: ``GET`` and ``DELETE`` with an empty body go without
+        Content-Length) with ``head`` (pre-encoded header lines, without Host and
         Content-Length) and ``body``; return once the status line and headers are in. A body
-        given as pieces (a large upload) is written as the socket takes it, never joined or
-        copied.
+        given as pieces (a large upload) or a :class:`BodySource` is written as the socket
+        takes it, never joined or copied.
         ``max_body`` caps the answer's body after decompression (:class:`ResponseTooLarge`);
         ``tls``: the context for an https target (None: the default); ``proxy``: the forward
         proxy to go through (None: direct).
@@ -638,21 +670,27 @@ class HTTPClient:
         if proxy is not None and target.origin[0] == "http":  # absolute form, to the proxy
             path = b"http://" + target.host_header + path
             head = proxy.auth + head
-        pieces: Sequence[bytes | bytearray | memoryview] = ()
+        pieces: Pieces = ()
         if not isinstance(body, bytes):
             pieces, body = body, b""
-        length = sum(memoryview(p).nbytes for p in pieces) if pieces else len(body)
+        if isinstance(pieces, Sequence):
+            length = sum(memoryview(p).nbytes for p in pieces) if pieces else len(body)
+        else:
+            length = pieces.length
+        framing = b"Content-Length: %d\r\n" % length
+        if not length and method != b"POST":
+            framing = b""
         data = b"".join(
             (
-                b"POST ",
+                method,
+                b" ",
                 path,
                 b" HTTP/1.1\r\nHost: ",
                 target.host_header,
                 b"\r\n",
                 head,
-                b"Content-Length: ",
-                str(length).encode(),
-                b"\r\n\r\n",
+                framing,
+                b"\r\n",
                 body,
             )
         )
@@ -680,7 +718,7 @@ class HTTPClient:
         read_timeout: float,
         total: float | None,
         max_body: int | None,
-        pieces: Sequence[bytes | bytearray | memoryview] = (),
+        pieces: Pieces = (),
     ) -> Response:
         response = conn.send(data, read_timeout, total, max_body)
         head = conn.head

@@ -1,11 +1,13 @@
-"""One whole POST exchange on the shared client, for the gateway's own calls out (webhook sinks,
-the ``http`` store): bounded in time as a whole and in the size of the answer."""
+"""One whole exchange on the shared client, for the gateway's own calls out (webhook sinks, the
+``http`` store, ``truckllm check --probe``): bounded in time as a whole and in the size of the
+answer."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 
-from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL, encode_headers
+from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL, Proxy, encode_headers
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
@@ -24,14 +26,34 @@ async def post_whole(
 ) -> tuple[int, dict[str, str], bytes]:
     """``(status, headers, body)`` of one POST, all within ``seconds``. Raises
     :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
+    return await exchange_whole(client, url, encode_headers(headers), body, seconds, max_answer)
+
+
+async def exchange_whole(
+    client: HTTPClient,
+    url: ParsedURL,
+    head: bytes,
+    body: bytes,
+    seconds: float,
+    max_answer: int = MAX_ANSWER_BYTES,
+    *,
+    method: bytes = b"POST",
+    tls: ssl.SSLContext | None = None,
+    proxy: Proxy | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """:func:`post_whole` for any method, with pre-encoded header lines, a TLS context and a
+    forward proxy (as :meth:`HTTPClient.post` takes them)."""
     async with asyncio.timeout(seconds):
         response = await client.post(
             url,
-            encode_headers(headers),
+            head,
             body,
             connect_timeout=seconds,
             read_timeout=seconds,
             total=seconds,
+            tls=tls,
+            proxy=proxy,
+            method=method,
         )
         try:
             parts: list[bytes] = []

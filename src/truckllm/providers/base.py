@@ -47,8 +47,9 @@ ANTHROPIC_MESSAGES = "anthropic-messages"
 OPENAI_RESPONSES = "openai-responses"
 """OpenAI's Responses API, as Codex CLI and OpenAI's newer SDK helpers speak it."""
 OPENAI_MULTIPART = "openai-multipart"
-"""OpenAI's ``multipart/form-data`` uploads (audio transcriptions and translations): ``raw``
-is the form as the client sent it, ``headers`` its ``content-type`` (with the boundary)."""
+"""OpenAI's ``multipart/form-data`` uploads (audio transcriptions and translations): ``source``
+is the form as the client sends it, read while it arrives
+(:class:`truckllm.providers.openai.multipart.Form`), ``headers`` its ``content-type``."""
 
 
 @dataclass(slots=True)
@@ -68,6 +69,7 @@ class Call:
     request_id: str
     dialect: str = INTERNAL
     headers: Mapping[str, str] | None = None
+    source: Any = None  # a body not in memory (an upload), in a form the dialect's sender knows
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +82,8 @@ class Inbound:
     raw: bytes
     headers: Mapping[str, str]  # the dialect's headers, forwarded on passthrough
     translate: Callable[[dict[str, Any]], dict[str, Any]]  # ValueError: cannot be expressed
+    dropped: tuple[str, ...] = ()  # what the translation leaves out (built-in tools)
+    source: Any = None  # the body when it is not in ``raw`` (an upload read as it arrives)
     _internal: tuple[dict[str, Any], bytes] | None = None
 
     def internal(self) -> tuple[dict[str, Any], bytes]:

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from truckllm.providers.called import call_text
+
 
 def error_type_for(status: int) -> str:
     if status == 401:
@@ -65,7 +67,9 @@ def normalise_upstream_error(
             if isinstance(text, str) and text:
                 return error_body(text, status), None
     text = data.decode("utf-8", "replace").strip()[:500] or "(empty body)"
-    return error_body(f"provider {provider_id!r} answered {status}: {text}", status), None
+    where = call_text()
+    answered = f"answered {status} for {where}" if where else f"answered {status}"
+    return error_body(f"provider {provider_id!r} {answered}: {text}", status), None
 
 
 MAX_ADVICE_S = 7 * 86400.0  # a wait an upstream advises beyond this is not believed

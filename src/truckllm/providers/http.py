@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
 from truckllm.http.client import (
+    BodySource,
     HTTPClientError,
     ParsedURL,
     Proxy,
@@ -17,7 +18,9 @@ from truckllm.http.client import (
     TLSSettings,
     encode_headers,
 )
+from truckllm.http.exchange import exchange_whole
 from truckllm.providers.base import ProviderContext, UpstreamTimeout, UpstreamUnavailable
+from truckllm.providers.called import note_call
 
 _TARGET_CACHE_LIMIT = 4096
 _TRANSPORT_ERRORS = (HTTPClientError, OSError)
@@ -109,17 +112,20 @@ class UpstreamHTTP:
     async def post(
         self,
         url: str,
-        data: bytes | Sequence[bytes | bytearray | memoryview],
+        data: bytes | Sequence[bytes | bytearray | memoryview] | BodySource,
         key: KeyConfig,
         stream: bool,
         extra: bytes = b"",
         content_type: str | None = None,
+        method: bytes = b"POST",
     ) -> Response:
         """Status and headers; the body is read with :meth:`read` or iterated (streams).
         ``extra``: more header lines, encoded, for this request only; ``content_type`` the
-        body's when it is not JSON (a form upload), whose ``data`` may come in pieces, written
-        as the socket takes them (never joined)."""
+        body's when it is not JSON (a form upload), whose ``data`` may come in pieces or from a
+        :class:`BodySource`, written as the socket takes them (never joined). ``method``:
+        ``GET`` or ``DELETE`` with an empty ``data`` for the calls that carry no body."""
         target, proxy = self._target(url)
+        note_call("POST" if method == b"POST" else method.decode("ascii"), url)
         head = self._head(key)
         if content_type is not None:
             head = encode_headers({**self.headers(key), "Content-Type": content_type})
@@ -135,6 +141,7 @@ class UpstreamHTTP:
                 max_body=None if stream else self.client.max_response_bytes,
                 tls=self._tls,
                 proxy=proxy,
+                method=method,
             )
 
     async def read(self, resp: Response) -> bytes:
@@ -153,6 +160,24 @@ class UpstreamHTTP:
     def mid_stream(self) -> TransportErrors:
         """Wrap reading a stream: a stall or a broken connection becomes an UpstreamError."""
         return self._streaming
+
+    async def get_whole(self, url: str, key: KeyConfig, seconds: float) -> tuple[int, bytes]:
+        """``(status, body)`` of one GET with the key's headers, TLS and proxy, all within
+        ``seconds`` (``truckllm check --probe``). Raises the client's errors as they are:
+        :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
+        target, proxy = self._target(url)
+        status, _, body = await exchange_whole(
+            self.client,
+            target,
+            self._head(key),
+            b"",
+            seconds,
+            64 * 1024 * 1024,
+            method=b"GET",
+            tls=self._tls,
+            proxy=proxy,
+        )
+        return status, body
 
 
 class TransportErrors:

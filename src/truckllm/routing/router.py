@@ -11,7 +11,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from truckllm.config.schema import KeyConfig, ProviderConfig
 from truckllm.routing.estimate import Estimate
@@ -24,6 +24,9 @@ from truckllm.routing.strategies import (
     choose_exact,
     request_cost,
 )
+
+if TYPE_CHECKING:
+    from truckllm.routing.affinity import Affinity
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -85,6 +88,7 @@ class Router:
         self._cursor: dict[str, int] = {}
         self._outliers = self.settings.outlier.enabled
         self._panic = False  # set by a pick that skipped an ejected key or provider
+        self.affinity: Affinity | None = None  # prompt-cache affinity (routing.affinity)
         pool = OutlierPool(self.settings.outlier)  # the providers' pool
         previous = carry_over.states() if carry_over is not None else {}
         for p in providers:
@@ -124,13 +128,19 @@ class Router:
         strategy: str | None = None,
         balance: bool = False,
         panic: bool = True,
+        affinity: str | None = None,
     ) -> Pick | float:
         """Pick and reserve a key among the providers, in order (first with an eligible key), or
         by score across all of them when ``balance``. Returns the seconds until one could be
         eligible (``inf`` if none ever will without an operator) when none is eligible now.
 
         Ejected keys and providers are passed over while another can serve; when none can, a
-        second pass takes them too (unless ``panic`` is False)."""
+        second pass takes them too (unless ``panic`` is False). ``affinity`` names the request's
+        conversation: its key, when it may serve, is kept (:mod:`truckllm.routing.affinity`)."""
+        if affinity is not None and self.affinity is not None:
+            held = self.affinity.pick(self, affinity, provider_ids, est, exclude, balance)
+            if held is not None:
+                return held
         now = self.clock()
         self._panic = False
         found, wait = self._scan(provider_ids, est, exclude, strategy, balance, now, False)
@@ -155,6 +165,8 @@ class Router:
         state.reserve(now, est.total)
         if ps.outlier.ejected_until:
             ps.outlier.on_pick(now)
+        if affinity is not None and self.affinity is not None:
+            self.affinity.remember(affinity, state.key.id)
         return Pick(self, state, ps, now, est.total)
 
     def _scan(

@@ -30,6 +30,7 @@ from truckllm.stores.base import (
     month_of,
     row_key,
 )
+from truckllm.stores.rollups import Rollups
 
 RETENTION_S: dict[str, float] = {"minute": 2 * 86400, "hour": 90 * 86400, "day": math.inf}
 PEER_TTL_S = 15.0
@@ -82,6 +83,7 @@ def group_rows(
 class Tables:
     def __init__(self) -> None:
         self.usage: dict[str, dict[int, dict[RowKey, list[int]]]] = {g: {} for g in GRANULARITIES}
+        self.rollups = Rollups()  # the same usage by one dimension: what dashboards ask for
         self.spend_day: dict[str, dict[str, int]] = {}  # day -> client -> nanos
         self.spend_month: dict[str, dict[str, int]] = {}
         self.spend_total: dict[str, int] = {}
@@ -107,6 +109,7 @@ class Tables:
                     rows[row] = list(counts)
                 else:
                     add_counts(acc, counts)
+                self.rollups.add(name, minute // g * g, row, counts)
             cost = counts[COST]
             if cost and row[0]:
                 client = row[0]
@@ -136,9 +139,12 @@ class Tables:
 
     def query(self, q: UsageQuery, now: float) -> UsageResult:
         granularity = choose_granularity(q, now)
+        if self.rollups.answers(q):
+            return self.rollups.query(q, granularity)
         flat = [
             (ts, row, counts)
             for ts, rows in self.usage[granularity].items()
+            if ts >= q.start and (q.end is None or ts < q.end)
             for row, counts in rows.items()
         ]
         return group_rows(q, flat, granularity)
@@ -151,6 +157,7 @@ class Tables:
             table = self.usage[name]
             for ts in [ts for ts in table if ts < now - keep]:
                 del table[ts]
+            self.rollups.prune(name, now - keep)
         for day in [d for d in self.spend_day if d < day_of(now - 2 * 86400)]:
             del self.spend_day[day]
         for key_id in [k for k, u in self.cooldowns.items() if u < now]:
@@ -220,7 +227,9 @@ class Tables:
             for item in items:
                 dims = len(item) - 1 - _N  # six, or five in a snapshot from before ``session``
                 ts, counts = item[0], [int(c) for c in item[1 + dims :]]
-                table.setdefault(int(ts), {})[row_key(item[1 : 1 + dims])] = counts
+                row = row_key(item[1 : 1 + dims])
+                table.setdefault(int(ts), {})[row] = counts
+                t.rollups.add(name, int(ts), row, counts)
         t.spend_day = {d: dict(v) for d, v in data.get("spend_day", {}).items()}
         t.spend_month = {m: dict(v) for m, v in data.get("spend_month", {}).items()}
         t.spend_total = dict(data.get("spend_total", {}))

@@ -138,6 +138,7 @@ class Metrics:
         self._reload_success_at = clock()
         self._reloads = {"success": 0, "failure": 0}
         self.loop_lag = LoopLag()
+        self.extra: list[Callable[[Page], None]] = []  # more families, rendered with the page
 
     # -- per request (hot path) ---------------------------------------------------------------
 
@@ -198,6 +199,8 @@ class Metrics:
             self._render_keys(page, router)
         self._render_reloads(page)
         self._render_sinks(page, sinks)
+        for render in self.extra:  # families other parts own (the response cache)
+            render(page)
         if edge is not None:
             _render_edge(page, edge)
         self.loop_lag.render(page)

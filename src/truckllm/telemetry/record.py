@@ -40,6 +40,8 @@ class RequestRecord:
     session_id: str | None = None  # the client's session (Claude Code's X-Claude-Code-Session-Id)
     # The client's address: the peer's, or X-Forwarded-For's from a server.trusted_proxies peer
     client_ip: str | None = None
+    cache: str | None = None  # the response cache: "hit", "miss" or "bypass"; None when off
+    saved_usd: float | None = None  # a cache hit: what the upstream call it replaced cost
 
     @property
     def overhead_s(self) -> float:

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from truckllm.testing.anthropic_rules import REQUEST_FIELDS, validate
 from truckllm.testing.behaviour import Conditions, Decision, Quota, Throttle, reported_usage
+from truckllm.testing.prompt_cache import PromptCache
 from truckllm.testing.wire import (
     FakeServer,
     Scripted,
@@ -253,11 +254,13 @@ class FakeAnthropic(FakeServer):
         cache_read_tokens: int = 0,
         cache_creation_tokens: int = 0,
         conditions: Conditions | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.valid_keys = valid_keys
         self.reply_words = reply_words
         self.event_delay = event_delay
         self.cache_read_tokens = cache_read_tokens
+        self.prompt_cache = prompt_cache  # cache reads when a prompt prefix repeats on a key
         self.cache_creation_tokens = cache_creation_tokens
         super().__init__(conditions or Conditions())
 
@@ -265,7 +268,28 @@ class FakeAnthropic(FakeServer):
         return [
             web.post("/v1/messages", self._messages),
             web.post("/v1/messages/count_tokens", self._count_tokens),
+            web.get("/v1/models", self._models),
         ]
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/models``: the model list (one page), after the key and version checks."""
+        await self.take(request, request.path)
+        rid = f"req_fake{next(self._ids):06d}"
+        key = request.headers.get("x-api-key", "")
+        if self.valid_keys is not None and key not in self.valid_keys:
+            return _error(401, "authentication_error", "invalid x-api-key", rid)
+        if request.headers.get("anthropic-version") is None:
+            return _error(
+                400, "invalid_request_error", "anthropic-version: header is required", rid
+            )
+        model = {
+            "type": "model",
+            "id": "claude-sonnet-4-5",
+            "display_name": "Claude Sonnet 4.5",
+            "created_at": "2025-09-29T00:00:00Z",
+        }
+        page = {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]}
+        return web.json_response(page, headers={"request-id": rid})
 
     async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
         """``{"input_tokens": N}``: about four bytes of messages, system and tools a token."""
@@ -316,11 +340,14 @@ class FakeAnthropic(FakeServer):
         words = d.reply_tokens if d.reply_tokens is not None else self.reply_words
         content, stop_reason, stop_sequence, output_tokens = self._answer(body, words)
         msg_id = f"msg_fake{next(self._ids):06d}"
+        prompt, cache_read = max(1, len(orjson.dumps(body.get("messages"))) // 4), 0
+        if self.prompt_cache is not None:  # input_tokens: only what was not read from the cache
+            parts = [body.get("system"), *body["messages"]]
+            prompt = max(1, len(orjson.dumps(parts)) // 4)
+            cache_read = min(self.prompt_cache.cached_tokens(key, parts), prompt)
+            prompt -= cache_read
         input_tokens, output_tokens, cache_read = reported_usage(
-            d.usage,
-            max(1, len(orjson.dumps(body.get("messages"))) // 4),
-            output_tokens,
-            self.cache_read_tokens,
+            d.usage, prompt, output_tokens, cache_read or self.cache_read_tokens
         )
         usage = {
             "input_tokens": input_tokens,

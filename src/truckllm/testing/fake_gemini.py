@@ -31,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from truckllm.testing.behaviour import Conditions, Decision, Quota, Throttle, reported_usage
+from truckllm.testing.prompt_cache import PromptCache
 from truckllm.testing.wire import (
     FakeServer,
     Received,
@@ -198,8 +199,10 @@ class FakeGemini(FakeServer):
         cached_tokens: int = 0,
         event_delay: float = 0.0,
         conditions: Conditions | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.valid_keys = valid_keys
+        self.prompt_cache = prompt_cache  # cachedContentTokenCount when a prefix repeats on a key
         self.reply_words = reply_words
         self.dims = dims
         self.thought_signatures = thought_signatures
@@ -210,7 +213,10 @@ class FakeGemini(FakeServer):
         super().__init__(conditions or Conditions())
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1beta/models/{target}", self._handle)]
+        return [
+            web.post("/v1beta/models/{target}", self._handle),
+            web.get("/v1beta/models", self._models),
+        ]
 
     def key_of(self, received: Received) -> str | None:
         """The API key a recorded request carried."""
@@ -220,6 +226,50 @@ class FakeGemini(FakeServer):
         return None
 
     # -- handlers -----------------------------------------------------------------------------
+
+    def _refuse_key(self, key: str | None) -> web.Response | None:
+        """Google's answer to a missing (403) or unknown (400 ``API_KEY_INVALID``) key, when
+        ``valid_keys`` is set."""
+        if self.valid_keys is None:
+            return None
+        if not key:
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to "
+                "call this API.",
+            )
+        if key not in self.valid_keys:
+            return _error(
+                400,
+                "INVALID_ARGUMENT",
+                "API key not valid. Please pass a valid API key.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    }
+                ],
+            )
+        return None
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """``GET /v1beta/models``: the model list (one page), after the key check."""
+        await self.take(request, request.path_qs)
+        refused = self._refuse_key(
+            request.headers.get("x-goog-api-key") or request.query.get("key")
+        )
+        if refused is not None:
+            return refused
+        model = {
+            "name": "models/gemini-2.5-flash",
+            "displayName": "Gemini 2.5 Flash",
+            "supportedGenerationMethods": ["generateContent", "countTokens"],
+        }
+        return web.Response(body=orjson.dumps({"models": [model]}), content_type="application/json")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -235,29 +285,9 @@ class FakeGemini(FakeServer):
                 request, self.script.popleft(), _sse, json_type="application/json; charset=UTF-8"
             )
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        if self.valid_keys is not None:
-            if not key:
-                return _error(
-                    403,
-                    "PERMISSION_DENIED",
-                    "Method doesn't allow unregistered callers (callers without established "
-                    "identity). Please use API Key or other form of API consumer identity to "
-                    "call this API.",
-                )
-            if key not in self.valid_keys:
-                return _error(
-                    400,
-                    "INVALID_ARGUMENT",
-                    "API key not valid. Please pass a valid API key.",
-                    [
-                        {
-                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                            "reason": "API_KEY_INVALID",
-                            "domain": "googleapis.com",
-                            "metadata": {"service": "generativelanguage.googleapis.com"},
-                        }
-                    ],
-                )
+        refused = self._refuse_key(key)
+        if refused is not None:
+            return refused
         d, refusal = await gate(request, self.conditions, GEMINI, key or "", len(raw) // 4)
         if refusal is not None:
             return refusal
@@ -269,7 +299,7 @@ class FakeGemini(FakeServer):
             if problem:
                 return _error(400, "INVALID_ARGUMENT", problem)
             stream = method != "generateContent"
-            chunks = self._generate(body, model, stream, d)
+            chunks = self._generate(body, model, stream, d, key or "")
             if stream and request.query.get("alt") == "sse":
                 return await self._stream(request, chunks, d)
             wait = d.generation_time(len(chunks) if stream else self._words(d))
@@ -315,7 +345,7 @@ class FakeGemini(FakeServer):
     # -- answers ------------------------------------------------------------------------------
 
     def _generate(
-        self, body: dict[str, Any], model: str, stream: bool, d: Decision
+        self, body: dict[str, Any], model: str, stream: bool, d: Decision, key: str = ""
     ) -> list[dict[str, Any]]:
         """The response (first element) or, for streams, every event of it."""
         gen = body.get("generationConfig") or {}
@@ -327,11 +357,14 @@ class FakeGemini(FakeServer):
         call = _function_to_call(body)
         if gen.get("responseMimeType") == "application/json":
             words = [orjson.dumps({"answer": " ".join(words)}).decode()]
+        prompt = max(1, len(orjson.dumps(body.get("contents"))) // 4)
+        cached = self.cached_tokens
+        if self.prompt_cache is not None:
+            parts = [body.get("systemInstruction"), *(body.get("contents") or ())]
+            prompt = max(1, len(orjson.dumps(parts)) // 4)
+            cached = min(self.prompt_cache.cached_tokens(key, parts), prompt)
         prompt, completion, cached = reported_usage(
-            d.usage,
-            max(1, len(orjson.dumps(body.get("contents"))) // 4),
-            (1 if call else len(words)) * n,
-            self.cached_tokens,
+            d.usage, prompt, (1 if call else len(words)) * n, cached
         )
         rid = f"fake-{next(self._ids):06d}"
         base = {"modelVersion": model, "responseId": rid}

@@ -36,6 +36,7 @@ from truckllm.testing.behaviour import (
 )
 from truckllm.testing.mock_media import MediaAPI, parse_form
 from truckllm.testing.mock_responses import ResponsesAPI
+from truckllm.testing.prompt_cache import PromptCache
 from truckllm.testing.wire import (
     Event,
     FakeServer,
@@ -129,8 +130,10 @@ class MockUpstream(FakeServer):
         seed: int = 0,
         conditions: Conditions | None = None,
         stamp: bool = False,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.valid_keys = valid_keys
+        self.prompt_cache = prompt_cache  # cached_tokens when a prompt prefix repeats on a key
         self.stamp = stamp  # stream chunks carry "mock_sent": time.monotonic() when sent
         self.reply_words = reply_words
         self.event_delay = event_delay  # added between stream events, whatever the key
@@ -223,7 +226,13 @@ class MockUpstream(FakeServer):
         n = d.reply_tokens if d.reply_tokens is not None else self.reply_words
         words = _reply_words(body, n)
         prompt_tokens = max(1, len(orjson.dumps(body.get("messages", []))) // 4)
-        usage = _usage(*reported_usage(d.usage, prompt_tokens, len(words)))
+        cached = 0
+        if self.prompt_cache is not None:
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            cached = self.prompt_cache.cached_tokens(key, body.get("messages") or ())
+        usage = _usage(
+            *reported_usage(d.usage, prompt_tokens, len(words), min(cached, prompt_tokens))
+        )
         base = {
             "id": f"chatcmpl-mock{next(self._ids):08d}",
             "created": int(time.time()),
@@ -372,6 +381,11 @@ class MockUpstream(FakeServer):
         )
 
     async def _models(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.valid_keys is not None and key not in self.valid_keys:
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
         out = {
             "object": "list",
             "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],

@@ -1,8 +1,8 @@
 """The OpenAI mock's Responses API: ``POST /v1/responses`` as OpenAI answers it (JSON, or the
 SSE event sequence with ``event:`` lines and ``sequence_number``), with the same behaviours as
 its chat (latency, pacing, limits, faults, scripts). A function tool offered is called (the
-``tool_choice`` one, else the first) unless the input ends with a tool's output; a
-``text.format`` JSON schema gets a small JSON value that fits it. Responses are kept in memory,
+``tool_choice`` one, else the first, with arguments that fit its parameters) unless the input
+ends with a tool's output; a ``text.format`` JSON schema gets a small JSON value that fits it. Responses are kept in memory,
 so ``previous_response_id``, ``GET`` and ``DELETE /v1/responses/{id}`` work as upstream ones do.
 """
 
@@ -61,6 +61,14 @@ def _function_to_call(body: dict[str, Any]) -> str | None:
     return str(tools[0].get("name"))
 
 
+def _arguments(body: dict[str, Any], name: str) -> str:
+    """A call's arguments: a small value that fits the tool's parameters (``{}`` without)."""
+    for t in body.get("tools") or ():
+        if isinstance(t, dict) and t.get("name") == name and isinstance(t.get("parameters"), dict):
+            return orjson.dumps(sample(t["parameters"])).decode()
+    return "{}"
+
+
 class ResponsesAPI:
     """The handlers, over one :class:`MockUpstream`'s behaviours."""
 
@@ -76,12 +84,14 @@ class ResponsesAPI:
         ]
 
     async def retrieve(self, request: web.Request) -> web.Response:
+        await self.mock.take(request, request.path)
         kept = self.kept.get(request.match_info["id"])
         if kept is None:
             return _not_found(request.match_info["id"])
         return web.Response(body=orjson.dumps(kept), content_type="application/json")
 
     async def delete(self, request: web.Request) -> web.Response:
+        await self.mock.take(request, request.path)
         rid = request.match_info["id"]
         if self.kept.pop(rid, None) is None:
             return _not_found(rid)
@@ -96,7 +106,7 @@ class ResponsesAPI:
                     "id": _id("fc"),
                     "type": "function_call",
                     "status": "completed",
-                    "arguments": "{}",
+                    "arguments": _arguments(body, fn),
                     "call_id": _id("call"),
                     "name": fn,
                 }

@@ -43,6 +43,7 @@ from truckllm.testing.behaviour import Conditions, KeyBehaviour, parse_behaviour
 from truckllm.testing.fake_anthropic import FakeAnthropic
 from truckllm.testing.fake_gemini import FakeGemini
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.prompt_cache import PromptCache
 from truckllm.testing.wire import start_app
 
 DEFAULT_LISTEN = "127.0.0.1:9000"
@@ -122,20 +123,30 @@ class MockServer:
         reply_words: int = 8,
         event_delay: float = 0.0,
         stamp: bool = False,
+        prompt_cache: bool = False,
     ) -> None:
         self.conditions = Conditions(defaults, keys, seed=seed)
+        # One simulated prompt cache per key, whichever fake the key is used at.
+        cache = PromptCache() if prompt_cache else None
         self.conditions.record = record
         self.openai = MockUpstream(
             conditions=self.conditions,
             reply_words=reply_words,
             event_delay=event_delay,
             stamp=stamp,
+            prompt_cache=cache,
         )
         self.anthropic = FakeAnthropic(
-            conditions=self.conditions, reply_words=reply_words, event_delay=event_delay
+            conditions=self.conditions,
+            reply_words=reply_words,
+            event_delay=event_delay,
+            prompt_cache=cache,
         )
         self.gemini = FakeGemini(
-            conditions=self.conditions, reply_words=reply_words, event_delay=event_delay
+            conditions=self.conditions,
+            reply_words=reply_words,
+            event_delay=event_delay,
+            prompt_cache=cache,
         )
         for fake in (self.openai, self.anthropic, self.gemini):
             fake.record = record
@@ -252,6 +263,11 @@ def main(args: Sequence[str]) -> int:
         action="store_true",
         help='OpenAI stream chunks carry "mock_sent": the monotonic time they were sent',
     )
+    p.add_argument(
+        "--prompt-cache",
+        action="store_true",
+        help="report cached prompt tokens, as each provider does, when a prefix repeats on a key",
+    )
     ns = p.parse_args(list(args))
     try:
         settings = settings_from_args(ns)
@@ -262,7 +278,9 @@ def main(args: Sequence[str]) -> int:
     setup_logging("info", "auto")
 
     async def run() -> None:
-        mock = MockServer.from_settings(settings, event_delay=ns.event_delay, stamp=ns.stamp)
+        mock = MockServer.from_settings(
+            settings, event_delay=ns.event_delay, stamp=ns.stamp, prompt_cache=ns.prompt_cache
+        )
         url = await mock.start(host, port)
         print(
             f"truckllm mock on {url}: OpenAI base_url {url}/v1, Anthropic and Gemini base_url "

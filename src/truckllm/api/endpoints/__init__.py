@@ -20,6 +20,7 @@ from truckllm.api.endpoints import (
     responses,
     speech,
     transcriptions,
+    ui,
 )
 from truckllm.api.routes import Route
 from truckllm.api.services import Services
@@ -38,6 +39,7 @@ MODULES: tuple[ModuleType, ...] = (
     health,
     metrics,
     admin,
+    ui,
 )
 
 

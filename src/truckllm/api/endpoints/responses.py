@@ -19,6 +19,7 @@ import orjson
 
 from truckllm.api.asgi import json_type, send_json
 from truckllm.api.conversations import Conversations, ResponsesKeeper, expand, with_ids
+from truckllm.api.responses_upstream import forward
 from truckllm.api.routes import Request, Route
 from truckllm.api.services import Services
 from truckllm.api.steps import Proxied, authenticate, read_json
@@ -134,7 +135,7 @@ async def _proxied(
             conversations, egress, client, inputs, history, settings.ttl, settings.max_bytes
         )
     headers = ((b"x-truckllm-dropped-tools", ",".join(dropped).encode()),) if dropped else ()
-    inbound = Inbound(DIALECT, body, raw, {}, to_chat)
+    inbound = Inbound(DIALECT, body, raw, {}, to_chat, tuple(dropped))
     return Proxied(
         client,
         "chat",
@@ -181,13 +182,10 @@ def routes(services: Services) -> list[Route]:
         response_id, _, tail = rest.partition("/")
         if tail not in ("", "input_items") or (tail and req.scope["method"] != "GET"):
             raise APIError(404, f"Unknown request URL: {req.scope['method']} {req.scope['path']}.")
-        if req.scope["method"] == "DELETE":
-            if not await conversations.delete(response_id, client):
-                raise not_found(response_id)
-            answer = {"id": response_id, "object": "response", "deleted": True}
-            await send_json(req.send, 200, orjson.dumps(answer), req.id)
-            return
         record = await conversations.load(response_id, client)
+        if req.scope["method"] == "DELETE":
+            await _delete(req, conversations, client, response_id, record)
+            return
         if record is None or not isinstance(record.get("response"), dict):
             raise not_found(response_id)
         if tail:
@@ -203,6 +201,32 @@ def routes(services: Services) -> list[Route]:
         Route("GET", PREFIX, by_id, name="responses", prefix=True),
         Route("DELETE", PREFIX, by_id, name="responses", prefix=True),
     ]
+
+
+async def _delete(
+    req: Request,
+    conversations: Conversations,
+    client: str,
+    response_id: str,
+    record: dict[str, Any] | None,
+) -> None:
+    """Forget a response: an upstream's own is deleted there too, and its answer relayed."""
+    if record is None:
+        raise not_found(response_id)
+    upstream = None
+    if "upstream" in record:
+        upstream = await forward(req.rt, "DELETE", response_id, record["upstream"])
+    if upstream is not None and upstream[0] not in (200, 204, 404):
+        await send_json(req.send, upstream[0], upstream[1], req.id)  # kept: it is still there
+        return
+    deleted = await conversations.delete(response_id, client)
+    if upstream is not None:
+        await send_json(req.send, upstream[0], upstream[1], req.id)
+        return
+    if not deleted:
+        raise not_found(response_id)
+    answer = {"id": response_id, "object": "response", "deleted": True}
+    await send_json(req.send, 200, orjson.dumps(answer), req.id)
 
 
 def _page(items: list[Any], query: dict[str, list[str]]) -> dict[str, Any]:

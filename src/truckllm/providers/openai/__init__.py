@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import orjson
 
@@ -34,7 +34,7 @@ from truckllm.providers.errors import (
 )
 from truckllm.providers.http import UpstreamHTTP, bearer, header
 from truckllm.providers.openai.media import image_usage, send_form, send_speech
-from truckllm.providers.openai.responses import send_responses
+from truckllm.providers.openai.responses import by_id, send_responses
 from truckllm.providers.sse import SSEFramer, parse_event
 
 _PATHS = {
@@ -61,6 +61,7 @@ class OpenAIProvider:
         query = ("?" + urlencode(cfg.query_params)) if cfg.query_params else ""
         self._urls = {ep: cfg.base_url + path + query for ep, path in _PATHS.items()}
         self._responses_url = cfg.base_url + "/responses" + query
+        self._response_url = (cfg.base_url + "/responses/", query)
         # Responses API clients pass through when the upstream serves that API.
         dialects = {OPENAI_MULTIPART, OPENAI_RESPONSES} if cfg.responses_api else {OPENAI_MULTIPART}
         self.dialects = frozenset(dialects)
@@ -84,6 +85,13 @@ class OpenAIProvider:
                 else {"include_usage": True}
             )
         return orjson.dumps(body), inject_usage
+
+    async def response_by_id(
+        self, method: str, response_id: str, key: KeyConfig
+    ) -> tuple[int, bytes]:
+        """``GET`` or ``DELETE`` of a response the upstream holds: its status and JSON body."""
+        base, query = self._response_url
+        return await by_id(self._http, base + quote(response_id, safe="") + query, method, key)
 
     async def send(self, call: Call, key: KeyConfig) -> Reply:
         if call.dialect == OPENAI_RESPONSES:

@@ -54,6 +54,16 @@ async def send_responses(
     return reply
 
 
+async def by_id(http: UpstreamHTTP, url: str, method: str, key: KeyConfig) -> tuple[int, bytes]:
+    """``GET`` or ``DELETE /responses/{id}`` upstream: the status and the body (an error body in
+    OpenAI's shape, scrubbed of the provider's secrets)."""
+    resp = await http.post(url, b"", key, False, method=method.encode())
+    body = await http.read(resp)
+    if resp.status >= 400:
+        body, _ = normalise_upstream_error(http.scrub(body), resp.status, http.id)
+    return resp.status, body
+
+
 async def _events(http: UpstreamHTTP, resp: Response, reply: Reply) -> AsyncIterator[bytes]:
     framer = SSEFramer(http.id)
     try:

@@ -87,7 +87,7 @@ class RecordEncoder:
             else self.rfc3339(t)
         )
         session, model, error = r.session_id, r.model, r.error_code
-        return {
+        out = {
             "time": stamp,
             "request_id": r.request_id,
             "client_id": r.client_id,
@@ -119,6 +119,9 @@ class RecordEncoder:
             "cost_usd": r.cost_usd,
             "stream": r.stream,
         }
+        if r.cache is not None:  # the response cache is on for the request's endpoint
+            out["cache"], out["saved_usd"] = r.cache, r.saved_usd
+        return out
 
     async def lines(self, batch: list[RequestRecord]) -> list[bytes]:
         """JSON Lines for a batch, yielding to the event loop between chunks so a large batch
