@@ -47,6 +47,7 @@ QUICK: dict[str, list[str]] = {
     "chaos": ["--requests", "4000"],
     "memory": ["--runs", "5", "--duration", "5"],
     "workers": ["--duration", "6", "--rounds", "2", "--warmup", "1", "--pin-wrk", "1"],
+    "otel": ["--duration", "6", "--rounds", "2", "--warmup", "1"],
     "features": ["--requests", "5000", "--rounds", "5"],
     "peers": ["--duration", "5", "--rounds", "2", "--warmup", "1"],
 }  # fmt: skip
@@ -68,6 +69,7 @@ FULL: dict[str, list[str]] = {
     "chaos": ["--requests", "20000"],
     "memory": ["--runs", "10", "--duration", "20"],
     "workers": ["--duration", "20", "--rounds", "4", "--warmup", "2", "--pin-wrk", "1"],
+    "otel": ["--duration", "24", "--rounds", "4", "--warmup", "2"],
     "features": ["--requests", "10000", "--rounds", "7"],
     "peers": ["--duration", "5", "--rounds", "4", "--warmup", "1"],
 }  # fmt: skip
@@ -104,6 +106,7 @@ TITLES = {
     "chaos": "Chaos: throttling and failing keys",
     "memory": "Memory and start-up",
     "workers": "Multi-process: `server.workers`",
+    "otel": "Tracing",
 }
 
 

@@ -131,7 +131,10 @@ def flood_until_logged(
 
     def count() -> int:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            (resp,) = exchange(sock, get("/"))
+            try:
+                (resp,) = exchange(sock, get("/"))
+            except AssertionError as closed:  # still at the limit: libuv shut it at once
+                raise ConnectionResetError(str(closed)) from closed
             return int(resp.body)
 
     assert wait_until(count, 20, "the server to accept again", ignore=(OSError,)) >= 1

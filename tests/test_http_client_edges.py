@@ -244,3 +244,36 @@ def test_guard_no_body_answers_with_a_content_encoding_are_fine(run: Runner) -> 
             await client.close()
 
     run(main())
+
+
+def test_a_compressed_stream_is_inflated_only_as_fast_as_it_is_read(run: Runner) -> None:
+    # 64 MiB of zeros are about 64 KiB gzipped: one read of the socket. Read chunk by chunk (as
+    # a relay does), no chunk may be more than the high-water mark and one inflate step: the
+    # rest waits compressed. Read to the end, every byte is there and the body ends properly.
+    inflated = 64 * 1024 * 1024
+    packed = gzip.compress(bytes(inflated), 9)
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.reply(ok(packed, b"Content-Encoding: gzip\r\n"))
+        await conn.request()  # kept alive: the connection went back to the pool
+        await conn.reply(ok(b"{}"))
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            client = HTTPClient()
+            resp = await post(client, srv.url())
+            total = 0
+            biggest = 0
+            async for chunk in resp:
+                assert chunk.count(0) == len(chunk)
+                total += len(chunk)
+                biggest = max(biggest, len(chunk))
+            resp.release()
+            assert total == inflated
+            assert biggest <= (1 << 20) + 256 * 1024
+            again = await post(client, srv.url())
+            assert await again.read() == b"{}" and srv.connections == 1
+            await client.close()
+
+    run(main())

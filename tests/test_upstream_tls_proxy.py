@@ -18,14 +18,25 @@ import trustme
 from helpers import Gateway
 from test_http_client import Conn, RawServer, Runner, ok, run
 
+from truckllm.admin.views import config_view
 from truckllm.config import ConfigError, parse_config
-from truckllm.config.schema import KeyConfig, ProviderConfig, ProviderTLS, Timeouts
+from truckllm.config.schema import (
+    KeyConfig,
+    ProviderConfig,
+    ProviderTLS,
+    Timeouts,
+    WebhookSinkConfig,
+)
 from truckllm.http.client import HTTPClient, ParsedURL
 from truckllm.http.proxy import Proxy, ProxyEnv, ProxyError
 from truckllm.http.tls import TLSSettings
 from truckllm.providers import provider_registry
 from truckllm.providers.base import ProviderContext, UpstreamUnavailable
 from truckllm.providers.http import UpstreamHTTP, bearer
+from truckllm.stores.base import StoreError
+from truckllm.stores.http import HttpStore
+from truckllm.telemetry.record import RequestRecord
+from truckllm.telemetry.sinks.webhook import WebhookSink
 
 __all__ = ["run"]  # the fixture, imported for its use by name
 
@@ -439,3 +450,95 @@ def test_gateway_reaches_a_private_ca_upstream_through_https_proxy(
     finally:
         loop_thread.run(proxy.__aexit__())
         loop_thread.run(srv.__aexit__())
+
+
+# -- the gateway's own calls out: webhook sinks and the http store ------------------------------
+
+
+def test_a_webhook_sink_posts_through_https_proxy(
+    run: Runner, pki: dict[str, Any], proxy_env: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY as for upstreams: a CONNECT tunnel, TLS to the receiver inside it (trusted
+    here through SSL_CERT_FILE, as an operator's system store would)."""
+    received: list[Any] = []
+
+    async def receiver(conn: Conn) -> None:
+        while True:
+            body = (await conn.request())[2]
+            received.append(orjson.loads(body))
+            await conn.reply(ok(b"{}"))
+
+    async def main() -> None:
+        async with (
+            RawServer(receiver, tls=server_context(pki)) as srv,
+            ConnectProxy() as proxy,
+        ):
+            proxy_env.setenv("HTTPS_PROXY", proxy.url)
+            proxy_env.setenv("SSL_CERT_FILE", str(pki["ca_file"]))
+            port = srv.url().origin[2]
+            cfg = WebhookSinkConfig(type="webhook", url=f"https://upstream.test:{port}/hook")
+            sink = WebhookSink("webhook-0", cfg)
+            await sink.start()
+            sink.submit(RequestRecord(1.0, "r1", "chat"))
+            await asyncio.wait_for(sink.close(5.0), 10)
+            assert sink.delivered == 1
+            assert [r["request_id"] for batch in received for r in batch] == ["r1"]
+            assert proxy.lines == [f"CONNECT upstream.test:{port} HTTP/1.1".encode()]
+
+    run(main())
+
+
+def test_the_http_store_posts_through_its_proxy_option_and_no_proxy_is_honoured(
+    run: Runner, proxy_env: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with ConnectProxy() as proxy:
+            # storage.runtime.proxy: the store's own proxy, whatever the environment says.
+            store = HttpStore("http://store.invalid:9000/", proxy=proxy.url)
+            answer = await store._post("/kv/get", {"key": "k"})
+            assert answer == {"via": "proxy", "got": '{"key":"k"}'}
+            assert proxy.lines == [b"POST http://store.invalid:9000/kv/get HTTP/1.1"]
+            await store.close()
+            # The environment's HTTP_PROXY, and NO_PROXY naming the store: direct (and so
+            # unreachable here, which is the point: the proxy saw nothing more).
+            proxy_env.setenv("HTTP_PROXY", proxy.url)
+            proxy_env.setenv("NO_PROXY", ".invalid")
+            direct = HttpStore("http://store.invalid:9000/", timeout_s=2.0)
+            with pytest.raises(StoreError):
+                await direct._post("/kv/get", {"key": "k"})
+            assert len(proxy.lines) == 1
+            await direct.close()
+            proxy_env.delenv("NO_PROXY")
+            via_env = HttpStore("http://store.invalid:9000/")
+            assert (await via_env._post("/kv/get", {"key": "j"}))["via"] == "proxy"
+            assert len(proxy.lines) == 2
+            await via_env.close()
+
+    run(main())
+
+
+def test_store_and_sink_proxy_options_are_checked() -> None:
+    problems = config_problems(
+        """
+        storage: {runtime: {type: http, url: "http://s:1", proxy: "socks5://p:1"}}
+        logging:
+          sinks: [{type: webhook, url: "http://r:1/x", proxy: "ftp://p"}]
+        """
+    )
+    assert any("storage.runtime.proxy: not an http:// proxy URL" in p for p in problems)
+    assert any("logging.sinks[0].proxy: not an http:// proxy URL" in p for p in problems)
+
+
+def test_proxy_credentials_stay_out_of_the_admin_config_view() -> None:
+    cfg = parse_config(
+        provider_yaml("""
+            proxy: "http://me:hunter2@proxy.internal:3128"
+        storage: {runtime: {type: http, url: "http://s:1", proxy: "http://u:s3cret@p:1"}}
+        """),
+        "<test>",
+        {},
+        provider_registry().names(),
+    )
+    shown = orjson.dumps(config_view(cfg)).decode()
+    assert "hunter2" not in shown and "s3cret" not in shown
+    assert "proxy.internal:3128" in shown  # where it goes is no secret

@@ -246,7 +246,11 @@ def _serve(args: list[str]) -> int:
 
         host, port = parse_listen(listen)
         return serve_workers(
-            worker_app, host, port, cfg.server.workers, cfg.server.shutdown_timeout
+            worker_app,
+            host,
+            port,
+            cfg.server.workers,
+            cfg.server.drain_delay + cfg.server.shutdown_timeout,
         )
     serve(App(cfg, config_path=ns.config), listen)
     return 0

@@ -26,6 +26,7 @@ log = logging.getLogger("truckllm.reload")
 _RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("server.listen", lambda c: c.server.listen),
     ("server.shutdown_timeout", lambda c: c.server.shutdown_timeout),
+    ("server.drain_delay", lambda c: c.server.drain_delay),
     ("logging", lambda c: c.logging),
     ("metrics", lambda c: c.metrics),
     ("storage", lambda c: c.storage),

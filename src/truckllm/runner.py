@@ -127,14 +127,18 @@ class GatewayServer:
         self.http: HTTPServer | None = None
         self._exit: asyncio.Event | None = None
         self._exit_requested = False
+        self._hurry: asyncio.Event | None = None  # a second signal during the drain delay
+        self._delaying = False
 
     async def serve(self) -> None:
         self._exit = asyncio.Event()
+        self._hurry = asyncio.Event()
         if self._exit_requested:
             self._exit.set()
         self.http = http = HTTPServer(
             self.app, limits=edge_limits(self.app.config, self.keep_alive_timeout)
         )
+        delay = self.app.config.server.drain_delay  # read at start, as shutdown_timeout
         with self._signals():
             if not await http.startup():
                 log.error("application start-up failed: exiting")
@@ -158,6 +162,7 @@ class GatewayServer:
             finally:
                 if self.collections is not None:
                     self.collections.stop()
+            await self._drain_delay(http, delay)
             timeout = self.shutdown_timeout
             if timeout is None:
                 timeout = self.app.config.server.shutdown_timeout
@@ -178,8 +183,31 @@ class GatewayServer:
             self._exit_requested = True
         elif not self._exit.is_set():
             self._exit.set()
+        elif self._hurry is not None and self._delaying:
+            self._hurry.set()  # during server.drain_delay: end it, then drain as usual
         elif self.http is not None:
             self.http.force_exit()
+
+    async def _drain_delay(self, http: HTTPServer, delay: float) -> None:
+        """``server.drain_delay``: /readyz answers 503 already; go on accepting and serving for
+        that long, every answer closing its connection, so that load balancers that poll /readyz
+        (or the Kubernetes endpoints controller) stop sending here while the listener is still
+        open: no client is refused and no request meets a keep-alive connection being closed.
+        A second signal ends the wait (the drain goes on as usual; a third forces the exit)."""
+        if delay <= 0 or self._hurry is None:
+            return
+        http.keep_alive_off = True
+        log.info(
+            "draining: /readyz answers 503; serving %.3g s more (server.drain_delay) before "
+            "the listener closes",
+            delay,
+        )
+        self._delaying = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), delay)
+        finally:
+            self._delaying = False
 
     def handle_exit(self, sig: int, frame: object = None) -> None:
         self.exit()

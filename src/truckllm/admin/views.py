@@ -97,15 +97,24 @@ def redact(value: Any) -> Any:
         }
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: redact(getattr(value, f.name))
+            f.name: _proxy_shown(v) if f.name == "proxy" and isinstance(v, str) else redact(v)
             for f in dataclasses.fields(value)
             if not f.metadata.get("internal")
+            for v in (getattr(value, f.name),)
         }
     if isinstance(value, dict):
         return {k: (REDACTED if _secret_name(k) else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     return value
+
+
+def _proxy_shown(url: str) -> str:
+    """A ``proxy`` option without the credentials it may carry (``http://user:pass@host``)."""
+    scheme, sep, rest = url.rpartition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}{REDACTED}@{rest.rpartition('@')[2]}"
 
 
 def _secret_name(name: str) -> bool:

@@ -145,6 +145,7 @@ class App:
             )
         rt = self.holder.build(self.client)
         await self.telemetry.start()
+        self.services.proxy.tracer = self.telemetry.tracer
         self.accounting.attach(rt)
         await self.coordinator.start(rt)
         if self.reloader is not None:

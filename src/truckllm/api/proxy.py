@@ -16,6 +16,7 @@ from truckllm.cache import Lookup, ResponseCache, replay, with_send
 from truckllm.errors import APIError, model_not_found
 from truckllm.gateway import Route, Served, execute
 from truckllm.telemetry.record import RecordBus, RequestRecord
+from truckllm.telemetry.tracing import RequestTrace, Tracer
 
 log = logging.getLogger("truckllm.api")
 
@@ -29,6 +30,7 @@ class Proxy:
         self.accounting = accounting
         self.records = records
         self.cache = cache
+        self.tracer: Tracer | None = None  # set at start when tracing.endpoint is
         self.streams = Streams()  # cut with an error event at a shutdown's drain deadline
 
     async def run(self, req: Request, p: Proxied) -> None:
@@ -48,24 +50,30 @@ class Proxy:
             session_id=p.session_id,
             client_ip=client_ip(req.scope),
         )
+        tracer = self.tracer
+        trace = None if tracer is None else tracer.begin(req.scope, p.endpoint, p.body, rt.config)
         try:
             await self.accounting.admit(rec, p.body, len(p.raw))  # models, limits, budgets
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True
             self.records.publish(rec)
+            if trace is not None:
+                trace.end(rec)
             raise
         look = None
         if self.cache is not None:  # the response cache: a hit is answered here
             label, headers = p.label or p.endpoint, req.scope["headers"]
             look = await self.cache.lookup(headers, p.client, label, p.body, p.stream, route, rec)
             if look is not None and look.entry is not None:
-                await self._hit(req, p, rec, look)
+                await self._hit(req, p, rec, look, trace)
                 return
             if look is not None:
                 req = with_send(req, look.wrap(req.send, rec))
-        await self._serve(req, p, route, rec, look)
+        await self._serve(req, p, route, rec, look, trace)
 
-    async def _hit(self, req: Request, p: Proxied, rec: RequestRecord, look: Lookup) -> None:
+    async def _hit(
+        self, req: Request, p: Proxied, rec: RequestRecord, look: Lookup, trace: RequestTrace | None
+    ) -> None:
         t0 = time.perf_counter()
         try:
             await replay(req.send, req.id, look, p.egress, p.wants_usage, rec)
@@ -75,9 +83,17 @@ class Proxy:
         finally:
             rec.latency_s = time.perf_counter() - t0
             self.records.publish(rec)
+            if trace is not None:
+                trace.end(rec)
 
     async def _serve(
-        self, req: Request, p: Proxied, route: Route, rec: RequestRecord, look: Lookup | None
+        self,
+        req: Request,
+        p: Proxied,
+        route: Route,
+        rec: RequestRecord,
+        look: Lookup | None,
+        trace: RequestTrace | None,
     ) -> None:
         t0 = time.perf_counter()
         served: Served | None = None
@@ -97,6 +113,7 @@ class Proxy:
                 p.inbound,
                 p.exclude_keys,
                 affinity,
+                trace,
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
             if look is not None:
@@ -133,6 +150,8 @@ class Proxy:
                 served.settle()
                 self._fill(rec, served)
             self.records.publish(rec)
+            if trace is not None:
+                trace.end(rec, served.reply.body if served is not None else None)
 
     def _fill(self, rec: RequestRecord, served: Served) -> None:
         """What only the committed attempt knows: where it went, what it used, what it cost."""

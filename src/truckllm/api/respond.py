@@ -10,9 +10,10 @@ import time
 
 from truckllm.accounting import Accounting, format_usd
 from truckllm.api.asgi import SSE_HEADERS, Send
+from truckllm.api.relayed import send_relayed
 from truckllm.api.steps import Egress, Keeper
 from truckllm.errors import APIError
-from truckllm.gateway import Served, StreamBroken, relay
+from truckllm.gateway import Served, StreamBroken, relay, whole_body
 from truckllm.telemetry.record import RequestRecord
 
 log = logging.getLogger("truckllm.api")
@@ -41,6 +42,14 @@ async def send_whole(
     """The whole answer; through ``egress`` when it came in the internal form to a client of
     another dialect."""
     reply = served.reply
+    if reply.rest is not None:  # a large body, still arriving
+        if egress is None and keeper is None:
+            await send_relayed(send, served, rec, headers)
+            return
+        try:
+            await whole_body(served)  # translated or stored: needed whole
+        except StreamBroken as broken:
+            raise broken.error from broken
     assert reply.body is not None
     body, content_type = reply.body, reply.content_type
     if egress is not None:

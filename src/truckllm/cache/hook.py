@@ -191,6 +191,7 @@ class Lookup:
         self._send: ASGISend | None = None
         self._status = 0
         self._parts: list[bytes] = []
+        self._size = 0
         self._done = False
 
     def can_replay(self, entry: Entry) -> bool:
@@ -216,9 +217,20 @@ class Lookup:
             self._status = message["status"]
             headers = [*message.get("headers", ()), (b"x-truckllm-cache", self.status.encode())]
             message = {**message, "headers": headers}
-        elif self.status == "miss" and self.served is not None and self.served.reply.body:
-            self._parts.append(message.get("body", b""))
-            if not message.get("more_body"):
+        elif (
+            self.status == "miss"
+            and not self._done
+            and self.served is not None
+            and self.served.reply.body
+        ):
+            part = message.get("body", b"")
+            self._parts.append(part)
+            self._size += len(part)
+            if self._size > self.cache.settings.max_entry_bytes:
+                # Too large to keep (a large answer relayed as it arrives): not held either.
+                self._parts, self._done = [], True
+                self.settle(None)
+            elif not message.get("more_body"):
                 await self._keep_whole(b"".join(self._parts))
         await self._send(message)
 

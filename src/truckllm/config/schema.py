@@ -129,6 +129,10 @@ class ProviderConfig:
     # None: the environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": always direct; or an
     # http:// proxy URL for this provider alone.
     proxy: str | None = None
+    # Connections open at once to this provider's upstream (0: no cap); at the cap a request
+    # waits pool_timeout seconds for one, then fails over.
+    max_connections: int = 0
+    pool_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,7 @@ class ServerConfig:
     timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
     reload_interval: float = 1.0  # seconds between checks of the config file; 0 turns it off
     shutdown_timeout: float = 30.0  # seconds in-flight requests may take to finish on SIGTERM
+    drain_delay: float = 0.0  # seconds still serving (with /readyz 503) after SIGTERM, first
     workers: int = 1  # processes serving the one port; read at start-up only
 
 
@@ -282,6 +287,7 @@ class WebhookSinkConfig:
     backoff_max: float = 30.0
     hmac_secret: Secret | None = None  # signs the body: X-TruckLLM-Signature: sha256=<hex>
     headers: dict[str, Secret] = field(default_factory=dict)
+    proxy: str | None = None  # None: HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": direct; or a URL
 
 
 @dataclass(frozen=True)
@@ -322,6 +328,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces over OTLP/HTTP (the ``otel`` extra); off while ``endpoint`` is unset.
+    Read at start-up: changing it takes a restart."""
+
+    endpoint: str | None = None  # the collector's base URL (/v1/traces is appended) or a full URL
+    service_name: str = "truckllm"
+    sample_ratio: float = 1.0  # of the traces the gateway starts; a client's own flag is followed
+    headers: dict[str, Secret] = field(default_factory=dict)  # sent with every export
+    capture_content: bool = False  # export the prompt and the answer (they may hold personal data)
+    timeout: float = 10.0  # seconds per export
+    max_queue: int = 2048  # spans waiting for export; more are dropped (and counted by the SDK)
+    flush_interval: float = 1.0  # seconds a span may wait for its batch
+
+
+@dataclass(frozen=True)
 class RuntimeStoreConfig:
     """Where usage, cooldowns and shared limits live: ``memory``, ``file``, ``redis``, ``http``
     or a plugin's type. Options that a type does not use are ignored by it."""
@@ -337,6 +358,7 @@ class RuntimeStoreConfig:
     lease_slack: float = 1.0  # shared limits: seconds from spending a unit to the upstream
     options: dict[str, Any] = field(default_factory=dict)  # for plugin stores
     kv_max_bytes: int = 64 * 1024 * 1024  # memory and file stores: the key-value table's bound
+    proxy: str | None = None  # http: None, the environment's proxies; "none": direct; or a URL
 
 
 @dataclass(frozen=True)
@@ -386,6 +408,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = field(default="<memory>", compare=False, metadata={"internal": True})

@@ -123,6 +123,7 @@ def _validate(
     _validate_routing(cfg, fail)
     _validate_outlier(cfg, fail)
     _validate_telemetry(cfg, fail, sink_types)
+    _validate_tracing(cfg, fail)
     _validate_storage(cfg, fail)
     validate_cache(cfg, fail)
     return dataclasses.replace(cfg, providers=tuple(providers), model_aliases=aliases)
@@ -176,15 +177,24 @@ def _validate_provider(
     )
 
 
+def _validate_proxy(proxy: str | None, path: str, fail: Callable[[str, str], None]) -> None:
+    """A ``proxy`` option: absent, "none", or an http:// URL."""
+    if proxy is not None and proxy.strip().lower() != "none":
+        try:
+            Proxy.parse(proxy)
+        except ValueError as exc:
+            fail(path, f"{exc} (or 'none' for a direct connection)")
+
+
 def _validate_upstream_route(
     p: ProviderConfig, ppath: str, fail: Callable[[str, str], None]
 ) -> None:
-    """``tls`` files that load, and a ``proxy`` that is "none" or an http:// URL."""
-    if p.proxy is not None and p.proxy.strip().lower() != "none":
-        try:
-            Proxy.parse(p.proxy)
-        except ValueError as exc:
-            fail(f"{ppath}.proxy", f"{exc} (or 'none' for a direct connection)")
+    """``tls`` files that load, a ``proxy`` that is "none" or an http:// URL, a connection cap."""
+    if p.max_connections < 0:
+        fail(f"{ppath}.max_connections", "must not be negative (0: no cap)")
+    if not 0 < p.pool_timeout < 1e9:
+        fail(f"{ppath}.pool_timeout", "must be positive")
+    _validate_proxy(p.proxy, f"{ppath}.proxy", fail)
     tls = p.tls
     if tls is None:
         return
@@ -290,6 +300,8 @@ def _validate_server(cfg: Config, fail: Callable[[str, str], None]) -> None:
         fail("server.reload_interval", "must not be negative")
     if server.shutdown_timeout < 0:
         fail("server.shutdown_timeout", "must not be negative")
+    if server.drain_delay < 0:
+        fail("server.drain_delay", "must not be negative")
     client_ids: set[str] = set()
     for ci, entry in enumerate(server.api_keys):
         cpath = f"server.api_keys[{ci}]"
@@ -434,6 +446,7 @@ def _validate_telemetry(
                 fail(f"{spath}.url", f"{sink.url!r} is not an http(s) URL")
             if sink.timeout <= 0:
                 fail(f"{spath}.timeout", "must be positive")
+            _validate_proxy(sink.proxy, f"{spath}.proxy", fail)
             if sink.max_retries is not None and sink.max_retries < 0:
                 fail(f"{spath}.max_retries", "must not be negative")
             if sink.backoff_base < 0:
@@ -459,6 +472,26 @@ def _validate_client_policy(entry: ClientKey, cpath: str, fail: Callable[[str, s
             v = getattr(entry.budget, name)
             if v is not None and v < 0:
                 fail(f"{cpath}.budget.{name}", "must not be negative")
+
+
+def _validate_tracing(cfg: Config, fail: Callable[[str, str], None]) -> None:
+    t = cfg.tracing
+    if t.endpoint is None:
+        return
+    if not re.match(r"^https?://[^/\s]+", t.endpoint):
+        fail("tracing.endpoint", f"{t.endpoint!r} is not an http(s) URL")
+    if not 0.0 <= t.sample_ratio <= 1.0:
+        fail("tracing.sample_ratio", "must be between 0 and 1")
+    if not t.service_name:
+        fail("tracing.service_name", "must not be empty")
+    for name, value in (("timeout", t.timeout), ("flush_interval", t.flush_interval)):
+        if value <= 0:
+            fail(f"tracing.{name}", "must be positive")
+    if t.max_queue < 1:
+        fail("tracing.max_queue", "must be at least 1")
+    for name in t.headers:
+        if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
+            fail(f"tracing.headers.{name}", "is not a valid header name")
 
 
 _STORE_TYPES = ("memory", "file", "redis", "http")
@@ -487,6 +520,7 @@ def _validate_storage(cfg: Config, fail: Callable[[str, str], None]) -> None:
             fail(f"{path}.url", f"is required for the {rs.type} store")
         elif not url.startswith(schemes):
             fail(f"{path}.url", f"must start with {' or '.join(schemes)}")
+    _validate_proxy(rs.proxy, f"{path}.proxy", fail)
     for name in ("flush_interval", "timeout", "lease_ttl"):
         if getattr(rs, name) <= 0:
             fail(f"{path}.{name}", "must be positive")

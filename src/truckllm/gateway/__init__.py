@@ -5,6 +5,7 @@ The only package that knows both the providers and the routing layer.
 """
 
 from truckllm.gateway.attempts import execute, relay
+from truckllm.gateway.body import relay_body, whole_body
 from truckllm.gateway.resolve import ModelResolver, Route, Target
 from truckllm.gateway.retry import RetryBudget, RetryPolicy
 from truckllm.gateway.runtime import Runtime, RuntimeHolder
@@ -22,4 +23,6 @@ __all__ = [
     "Target",
     "execute",
     "relay",
+    "relay_body",
+    "whole_body",
 ]

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from truckllm.errors import APIError
+from truckllm.gateway.body import pending
 from truckllm.gateway.failures import (
     KEY_SPECIFIC,
     PASSED_ON,
@@ -28,6 +29,7 @@ from truckllm.gateway.resolve import Route, Target
 from truckllm.gateway.retry import RetryPolicy
 from truckllm.gateway.runtime import Runtime
 from truckllm.gateway.served import Served, StreamBroken
+from truckllm.gateway.trace import AttemptTrace
 from truckllm.gateway.upstream_log import Failed
 from truckllm.providers import Provider
 from truckllm.providers.base import (
@@ -61,6 +63,7 @@ async def execute(
     inbound: Inbound | None = None,
     exclude: frozenset[str] = frozenset(),
     affinity: str | None = None,
+    trace: AttemptTrace | None = None,
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
     when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx).
@@ -68,9 +71,10 @@ async def execute(
     With ``inbound`` (a client dialect other than the internal form), ``body`` and ``raw`` are
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
     speaks the dialect, and its internal form to any other. ``affinity`` names the request's
-    conversation for prompt-cache affinity (:mod:`truckllm.routing.affinity`)."""
+    conversation for prompt-cache affinity (:mod:`truckllm.routing.affinity`); ``trace`` is told
+    of each attempt."""
     loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
-    loop.affinity = affinity
+    loop.affinity, loop.trace = affinity, trace
     if exclude:  # keys the request must not use, not even on a same-key retry (pinned elsewhere)
         loop.excluded = exclude
         loop.tried.update(exclude)
@@ -101,6 +105,7 @@ class _AttemptLoop:
         "request",
         "route",
         "rt",
+        "trace",
         "tried",
         "upstream_s",
         "wait_left",
@@ -140,6 +145,7 @@ class _AttemptLoop:
         self.rejected: RequestRejected | None = None
         self.failed: Failed | None = None  # the last failed attempt, logged at the next step
         self.affinity: str | None = None
+        self.trace: AttemptTrace | None = None
 
     async def run(self) -> Served:
         self.rt.budget.on_request()
@@ -210,9 +216,13 @@ class _AttemptLoop:
         target = self.route.target_for(pick.provider.id)
         self.attempts += 1
         self.last_target, self.last_pick = target, pick
+        if self.trace is not None:
+            self.trace.attempt(pick, target.model, self.attempts)
         a0 = time.perf_counter()
         kind, failure, served = await _attempt(self.rt, pick, target, self.attempts, self.request)
         self.upstream_s += time.perf_counter() - a0
+        if self.trace is not None and served is None:
+            self.trace.failed(pick, kind, failure, self.rt.router.clock())
         if served is not None:
             served.upstream_s, served.estimate = self.upstream_s, self.est
             if served.reply.events is not None:
@@ -371,7 +381,8 @@ async def _attempt(
         reply.retry_after,
     )
     if kind is OutcomeKind.SUCCESS:
-        return kind, None, Served(reply, pick, target, attempts, t0, outcome=outcome)
+        served = Served(reply, pick, target, attempts, t0, outcome=outcome)
+        return kind, None, pending(served) if reply.rest is not None else served
     pick.done(outcome)
     if kind.retryable:
         await reply.aclose()

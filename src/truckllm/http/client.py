@@ -16,6 +16,10 @@ Timeouts: ``connect`` bounds opening a connection (and the TLS handshake); ``rea
 silence between two reads once the request is written; ``total``, when set, bounds the whole
 exchange up to the end of the body. One timer per request checks both.
 
+Connections per pool may be capped (``max_connections`` per request): at the cap, a request waits
+for one to come back to the pool or close, at most ``pool_timeout`` seconds, then fails with
+:class:`PoolTimeout`; waiters are served in order.
+
 A connection taken from the pool may have been closed by the server while idle. If it breaks
 before a single byte of the answer arrives, the request is sent again once on a new connection,
 as browsers and urllib3 do.
@@ -44,6 +48,7 @@ __all__ = [
     "HTTPClientError",
     "InvalidResponse",
     "ParsedURL",
+    "PoolTimeout",
     "Proxy",
     "ProxyEnv",
     "Response",
@@ -96,6 +101,10 @@ class ResponseTooLarge(HTTPClientError):
     """The answer's body (decompressed) is over the request's ``max_body``."""
 
 
+class PoolTimeout(HTTPClientError):
+    """Every connection the request may open to its upstream was busy for ``pool_timeout``."""
+
+
 class _Stale(Exception):
     """A reused connection broke before any byte of the answer: safe to send again."""
 
@@ -143,15 +152,18 @@ class Response:
     closed (which is how a stream is abandoned)."""
 
     __slots__ = (
+        "_backlog",
         "_chunks",
         "_conn",
         "_decoder",
         "_done",
+        "_ending",
         "_error",
         "_left",
         "_packed",
         "_size",
         "_waiter",
+        "_whole",
         "headers",
         "status",
     )
@@ -169,6 +181,11 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: Any = None
         self._packed = False  # compressed bytes were fed
+        # Compressed bytes not inflated yet because the reader is behind (a stream read chunk by
+        # chunk): a small bomb must not become a large buffer before anyone reads it.
+        self._backlog = b""
+        self._ending = False  # the message ended with a backlog still to inflate
+        self._whole = False  # read() holds the whole body anyway (capped by max_body)
 
     # -- fed by the connection ----------------------------------------------------------------
 
@@ -177,15 +194,22 @@ class Response:
             return
         if self._decoder is not None:
             self._packed = True
+            if self._backlog:
+                self._backlog += data
+                return
             self._inflate(data)
             return
         self._append(data)
 
     def _inflate(self, data: bytes) -> None:
         """Decompress in bounded steps, so a small bomb never becomes a large buffer: past the
-        cap, the answer fails before the next step is made."""
+        cap, the answer fails before the next step is made; while the reader has more than the
+        high-water mark unread, the rest waits compressed (:meth:`_unpack` goes on)."""
         decoder = self._decoder
         while data:
+            if self._size > _BUFFER_HIGH and not self._whole:
+                self._backlog = data
+                return
             out = decoder.decompress(data, _INFLATE_STEP)
             data = decoder.unconsumed_tail
             if out:
@@ -209,8 +233,23 @@ class Response:
             self._conn.pause()
         self._wake()
 
+    def _unpack(self) -> None:
+        """Inflate what was held back, up to the high-water mark again; the end of the body once
+        all of it is."""
+        data, self._backlog = self._backlog, b""
+        try:
+            self._inflate(data)
+            if not self._backlog and self._ending:
+                self._ending = False
+                self._finish()
+        except zlib.error as exc:
+            self._fail(InvalidResponse(f"the upstream's compressed body is corrupt: {exc}"))
+
     def _finish(self) -> None:
         if self._error is not None:  # failed mid-body (a corrupt block): stays failed
+            return
+        if self._backlog:  # ends once the reader has taken the rest
+            self._ending = True
             return
         if self._decoder is not None:
             tail = self._decoder.flush()
@@ -251,10 +290,14 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body. The connection goes back to the pool."""
+        self._whole = True
         try:
             while not self._done:
                 if self._error is not None:
                     raise self._error
+                if self._backlog:
+                    self._unpack()
+                    continue
                 await self._arm()
         except BaseException:
             self.release()
@@ -275,6 +318,9 @@ class Response:
                 raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
+            if self._backlog:
+                self._unpack()
+                continue
             await self._arm()
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
@@ -319,6 +365,7 @@ class _Connection(asyncio.Protocol):
         self.connect_s = 0.0  # how long opening it took: a round-trip estimate
         self.head_bytes = 0
         self.drained: asyncio.Future[None] | None = None  # set while the socket is full
+        self.counted = False  # one of its pool's open connections (see _OriginPool.opened)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -351,7 +398,7 @@ class _Connection(asyncio.Protocol):
         self.parser = _CLOSED_PARSER
         self.pool.forget(self)
         response = self.response
-        if response is None or response._done or response._error is not None:
+        if response is None or response._done or response._ending or response._error is not None:
             return
         if self.head is not None and not self.head.done():
             early = self.loop.time() - self.sent_at < max(_STALE_WINDOW, self.connect_s)
@@ -572,12 +619,54 @@ class _Connection(asyncio.Protocol):
 
 
 class _OriginPool:
-    """Idle keep-alive connections to one origin, most recently used first."""
+    """Idle keep-alive connections to one origin, most recently used first; the number open or
+    opening, and the requests waiting for one when a cap is reached (a connection put back goes
+    to the first of them; one that closes wakes it to open another)."""
 
     def __init__(self, client: HTTPClient, key: PoolKey) -> None:
         self.client = client
         self.origin, self.tls, self.proxy = key
         self.idle: collections.deque[_Connection] = collections.deque()
+        self.count = 0  # connections open or being opened
+        self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+
+    def opened(self, conn: _Connection) -> None:
+        conn.counted = True
+
+    def closed(self) -> None:
+        """A connection closed, or failed to open: its place goes to the first waiter."""
+        self.count -= 1
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def wait(self, seconds: float, said: float) -> _Connection | None:
+        """A connection put back, or None once one closed (room to open one); waiting at most
+        ``seconds``: :class:`PoolTimeout` then (``said``: the whole wait, for its message)."""
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(seconds):
+                return await waiter
+        except BaseException as exc:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._pass_on(waiter.result())  # given to us as we gave up: to the next one
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(
+                    f"all {self.count} connections to the upstream stayed busy for {said:g} s"
+                ) from None
+            raise
+
+    def _pass_on(self, conn: _Connection | None) -> None:
+        if conn is not None:
+            self.put(conn)
+            return
+        self.count += 1  # the place it was woken for: counted back, then handed on
+        self.closed()
 
     def take(self, now: float) -> _Connection | None:
         idle = self.idle
@@ -591,7 +680,15 @@ class _OriginPool:
         return None
 
     def put(self, conn: _Connection) -> None:
-        if self.client.closed or len(self.idle) >= _IDLE_PER_ORIGIN:
+        if self.client.closed:
+            conn.abort()
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if len(self.idle) >= _IDLE_PER_ORIGIN:
             conn.abort()
             return
         conn.idle_since = conn.loop.time()
@@ -600,6 +697,9 @@ class _OriginPool:
     def forget(self, conn: _Connection) -> None:
         if self.idle and conn in self.idle:
             self.idle.remove(conn)
+        if conn.counted:
+            conn.counted = False
+            self.closed()
 
 
 class HTTPClient:
@@ -653,6 +753,8 @@ class HTTPClient:
         max_body: int | None = None,
         tls: ssl.SSLContext | None = None,
         proxy: Proxy | None = None,
+        max_connections: int | None = None,
+        pool_timeout: float = 10.0,
         method: bytes = b"POST",
     ) -> Response:
         """Send ``POST`` (or ``method``: ``GET`` and ``DELETE`` with an empty body go without
@@ -662,7 +764,8 @@ class HTTPClient:
         takes it, never joined or copied.
         ``max_body`` caps the answer's body after decompression (:class:`ResponseTooLarge`);
         ``tls``: the context for an https target (None: the default); ``proxy``: the forward
-        proxy to go through (None: direct).
+        proxy to go through (None: direct); ``max_connections`` caps the connections open to
+        the target's pool (None: no cap), a request waiting at most ``pool_timeout`` for one.
         Raises :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
         if self.closed:
             raise HTTPClientError("the client is closed")
@@ -699,17 +802,40 @@ class HTTPClient:
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _OriginPool(self, key)
-        conn = pool.take(loop.time())
-        if conn is not None:
+        cap = (max_connections, pool_timeout)
+        conn = pool.take(loop.time())  # the usual case: no wait, no coroutine
+        if conn is None:
+            conn = await self._acquire(pool, loop, connect_timeout, cap, reuse=False)
+        if conn.used:  # a pooled one: it may have closed while idle
             try:
                 return await self._exchange(conn, data, read_timeout, total, max_body, pieces)
             except _Stale:
-                pass
-        conn = await self._connect(pool, loop, connect_timeout)
+                conn = await self._acquire(pool, loop, connect_timeout, cap, reuse=False)
         try:
             return await self._exchange(conn, data, read_timeout, total, max_body, pieces)
         except _Stale:  # a fresh connection cannot be stale; say what happened
             raise ConnectionBroken("the upstream closed the connection") from None
+
+    async def _acquire(
+        self,
+        pool: _OriginPool,
+        loop: asyncio.AbstractEventLoop,
+        connect_timeout: float,
+        cap: tuple[int | None, float],
+        reuse: bool = True,
+    ) -> _Connection:
+        """An idle connection (if ``reuse``), else a new one; at the cap, the first to come
+        back (handed over by the pool) or, once one closes, a new one."""
+        limit, wait_s = cap
+        conn = pool.take(loop.time()) if reuse else None
+        deadline = loop.time() + wait_s
+        while conn is None:
+            if not limit or (pool.count < limit and not pool.waiters):
+                return await self._connect(pool, loop, connect_timeout)
+            conn = await pool.wait(max(deadline - loop.time(), 0.0), wait_s)
+            if conn is None and pool.count < limit:
+                return await self._connect(pool, loop, connect_timeout)
+        return conn
 
     async def _exchange(
         self,
@@ -738,18 +864,27 @@ class HTTPClient:
         scheme, host, port = pool.origin
         tls = (pool.tls or self._ssl_context()) if scheme == "https" else None
         started = loop.time()
-        async with asyncio.timeout(limit):
-            if pool.proxy is not None and tls is not None:
-                conn = await self._tunnel(pool, loop, tls)
-            else:
-                via = pool.proxy  # plain http through a proxy: the connection is to the proxy
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(pool, loop),
-                    host if via is None else via.host,
-                    port if via is None else via.port,
-                    ssl=tls,
-                    server_hostname=host if tls is not None else None,
-                )
+        pool.count += 1
+        try:
+            async with asyncio.timeout(limit):
+                if pool.proxy is not None and tls is not None:
+                    conn = await self._tunnel(pool, loop, tls)
+                else:
+                    via = pool.proxy  # plain http through a proxy: the connection is to the proxy
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(pool, loop),
+                        host if via is None else via.host,
+                        port if via is None else via.port,
+                        ssl=tls,
+                        server_hostname=host if tls is not None else None,
+                    )
+        except BaseException:
+            pool.closed()
+            raise
+        if conn.closed:  # lost already: its connection_lost found it uncounted
+            pool.closed()
+            raise ConnectionBroken("the upstream closed the connection")
+        pool.opened(conn)
         conn.connect_s = loop.time() - started
         return conn
 
@@ -777,4 +912,7 @@ class HTTPClient:
         for pool in self._pools.values():
             while pool.idle:
                 pool.idle.pop().abort()
+            for waiter in pool.waiters:
+                if not waiter.done():
+                    waiter.set_exception(HTTPClientError("the client is closed"))
         self._pools.clear()

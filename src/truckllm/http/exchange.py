@@ -1,6 +1,7 @@
 """One whole exchange on the shared client, for the gateway's own calls out (webhook sinks, the
 ``http`` store, ``truckllm check --probe``): bounded in time as a whole and in the size of the
-answer."""
+answer, through the proxy the caller chose (:meth:`ProxyEnv.choose`: the environment's
+``HTTPS_PROXY``/``NO_PROXY``, or the caller's own ``proxy`` option)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ async def post_whole(
     body: bytes,
     seconds: float,
     max_answer: int = MAX_ANSWER_BYTES,
+    proxy: Proxy | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """``(status, headers, body)`` of one POST, all within ``seconds``. Raises
-    :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
-    return await exchange_whole(client, url, encode_headers(headers), body, seconds, max_answer)
+    """``(status, headers, body)`` of one POST, all within ``seconds`` (through ``proxy`` when
+    given). Raises :class:`HTTPClientError`, :class:`OSError` or :class:`TimeoutError`."""
+    return await exchange_whole(
+        client, url, encode_headers(headers), body, seconds, max_answer, proxy=proxy
+    )
 
 
 async def exchange_whole(

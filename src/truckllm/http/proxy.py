@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -70,6 +71,25 @@ class ProxyEnv:
         return cls(
             Proxy.parse(http) if http else None, Proxy.parse(https) if https else None, no_proxy
         )
+
+    @classmethod
+    def from_process(cls) -> ProxyEnv:
+        """This process's environment; none at all where it names a proxy the client cannot use
+        (the gateway logs that at start)."""
+        try:
+            return cls.from_environ(os.environ)
+        except ValueError:
+            return cls()
+
+    def choose(self, option: str | None, scheme: str, host: str, port: int) -> Proxy | None:
+        """A caller's ``proxy`` option for ``scheme://host:port``: absent, the environment's
+        choice; "none", direct; else that proxy's URL (:class:`ValueError` if it is not one)."""
+        option = (option or "").strip()
+        if not option:
+            return self.select(scheme, host, port)
+        if option.lower() == "none":
+            return None
+        return Proxy.parse(option)
 
     def select(self, scheme: str, host: str, port: int) -> Proxy | None:
         """The proxy for ``scheme://host:port``, or None to connect directly."""

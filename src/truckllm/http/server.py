@@ -336,7 +336,8 @@ class _Cycle:
         lines = 2
         content_length = -1
         transfer_encoding = False
-        keep_alive = self.keep_alive and not self.conn.server.draining
+        server = self.conn.server
+        keep_alive = self.keep_alive and not (server.draining or server.keep_alive_off)
         for name, value in self.headers:
             lname = name.lower()
             if lname == b"content-length":
@@ -649,7 +650,10 @@ class _Connection(asyncio.Protocol):
         if server.state:
             scope["state"] = server.state.copy()
         cycle = _Cycle(
-            self, scope, parser.should_keep_alive() and not server.draining, version == "1.0"
+            self,
+            scope,
+            parser.should_keep_alive() and not (server.draining or server.keep_alive_off),
+            version == "1.0",
         )
         scope["extensions"] = {DISCONNECT_EXTENSION: cycle.watch_disconnect}
         self.parsing = cycle
@@ -928,6 +932,7 @@ class HTTPServer:
         self.conns: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
+        self.keep_alive_off = False  # serving, but every answer closes its connection
         self.servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._forced = asyncio.Event()

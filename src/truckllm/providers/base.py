@@ -138,6 +138,9 @@ class Reply:
     Exactly one of ``body`` (a complete JSON body: a result or an OpenAI-shaped error) and
     ``events`` (complete SSE events, each ending in a blank line, forwarded as they arrive) is set.
     ``usage`` is known for bodies at once and for streams once ``events`` is exhausted.
+    A large body relayed as it came (passthrough) may come in two parts: ``body`` its beginning
+    and ``rest`` the remainder, read from the upstream as the client takes it (so it is never
+    held whole); its ``usage`` is known once ``rest`` is exhausted.
     ``headers`` are the upstream's own (rate-limit headers are read from them by the routing
     layer); ``error_code`` is the upstream error's code and ``retry_after`` its advice in seconds
     (``Retry-After``, or a body field such as Gemini's ``RetryInfo``), both ``None`` on success.
@@ -149,6 +152,7 @@ class Reply:
     headers: Mapping[str, str]
     body: bytes | None = None
     events: AsyncIterator[bytes] | None = None
+    rest: AsyncIterator[bytes] | None = None
     usage: Usage | None = None
     error_code: str | None = None
     retry_after: float | None = None  # seconds, when the upstream said when to come back
@@ -156,8 +160,8 @@ class Reply:
     _release: Any = field(default=None, repr=False)
 
     async def aclose(self) -> None:
-        if self.events is not None:
-            aclose = getattr(self.events, "aclose", None)
+        for parts in (self.events, self.rest):
+            aclose = getattr(parts, "aclose", None)
             if aclose is not None:
                 await aclose()
         if self._release is not None:

@@ -6,6 +6,7 @@ adapters knows the client's exceptions."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 
 from truckllm import __version__
 from truckllm.config.schema import KeyConfig
@@ -13,6 +14,7 @@ from truckllm.http.client import (
     BodySource,
     HTTPClientError,
     ParsedURL,
+    PoolTimeout,
     Proxy,
     Response,
     TLSSettings,
@@ -24,6 +26,10 @@ from truckllm.providers.called import note_call
 
 _TARGET_CACHE_LIMIT = 4096
 _TRANSPORT_ERRORS = (HTTPClientError, OSError)
+
+UPSTREAM_TRACE: ContextVar[bytes | None] = ContextVar("truckllm_upstream_trace", default=None)
+"""The current attempt's trace headers (``traceparent``, encoded header lines), added to the
+upstream request when set: by the tracing of the request (see ``telemetry/tracing.py``)."""
 
 AuthHeaders = Callable[[str], dict[str, str]]  # secret -> the headers that carry it
 
@@ -63,6 +69,8 @@ class UpstreamHTTP:
             )
         )
         self._proxy_option = (ctx.config.proxy or "").strip()
+        self._max_connections = ctx.config.max_connections or None
+        self._pool_timeout = ctx.config.pool_timeout
         self._secrets = [
             k.secret.reveal().encode()
             for k in ctx.config.keys
@@ -129,6 +137,9 @@ class UpstreamHTTP:
         head = self._head(key)
         if content_type is not None:
             head = encode_headers({**self.headers(key), "Content-Type": content_type})
+        trace = UPSTREAM_TRACE.get()
+        if trace is not None:
+            extra += trace
         with self._sending:
             return await self.client.post(
                 target,
@@ -141,6 +152,8 @@ class UpstreamHTTP:
                 max_body=None if stream else self.client.max_response_bytes,
                 tls=self._tls,
                 proxy=proxy,
+                max_connections=self._max_connections,
+                pool_timeout=self._pool_timeout,
                 method=method,
             )
 
@@ -148,6 +161,33 @@ class UpstreamHTTP:
         """The whole body; the connection goes back to the pool."""
         with self._reading:
             return await resp.read()
+
+    async def read_start(self, resp: Response, limit: int) -> tuple[bytes, bool]:
+        """``(body, True)`` when the whole body is within about ``limit`` bytes (the connection
+        goes back to the pool), else ``(its beginning, False)``: at least ``limit`` bytes, the
+        rest left on the wire for :meth:`reading` to relay, so a large answer is never held whole."""
+        if resp.complete:  # the usual case: the body came with the head
+            with self._reading:
+                return await resp.read(), True
+        parts: list[bytes] = []
+        size = 0
+        try:
+            with self._reading:
+                while size < limit:
+                    chunk = await anext(resp)
+                    parts.append(chunk)
+                    size += len(chunk)
+        except StopAsyncIteration:
+            resp.release()
+            return b"".join(parts), True
+        except BaseException:
+            resp.release()
+            raise
+        return b"".join(parts), False
+
+    def reading(self) -> TransportErrors:
+        """Wrap reading the rest of a relayed body (:meth:`read_start`)."""
+        return self._reading
 
     def scrub(self, data: bytes) -> bytes:
         """``data`` with every one of this provider's secrets replaced, should an upstream echo
@@ -185,11 +225,12 @@ class TransportErrors:
     UpstreamUnavailable (raised ``from`` the original), with this provider's words for the stage.
     Built once per stage and provider: no allocation per request."""
 
-    __slots__ = ("_broken", "_late")
+    __slots__ = ("_broken", "_late", "_pool")
 
     def __init__(self, provider_id: str, late: str, broken: str) -> None:
         self._late = f"provider {provider_id!r} {late}"
         self._broken = f"provider {provider_id!r} {broken}"
+        self._pool = f"provider {provider_id!r} is at its max_connections"
 
     def __enter__(self) -> None:
         return None
@@ -199,6 +240,8 @@ class TransportErrors:
     ) -> None:
         if exc is None:
             return
+        if isinstance(exc, PoolTimeout):  # our own cap, not the upstream: say which
+            raise UpstreamUnavailable(f"{self._pool}: {exc}") from exc
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(self._late) from exc
         if isinstance(exc, _TRANSPORT_ERRORS):

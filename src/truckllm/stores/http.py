@@ -23,6 +23,7 @@ import orjson
 
 from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL
 from truckllm.http.exchange import post_whole
+from truckllm.http.proxy import Proxy, ProxyEnv
 from truckllm.stores.base import (
     Adjust,
     Ask,
@@ -39,14 +40,17 @@ from truckllm.stores.tables import batch_to_json, view_from_json
 class HttpStore:
     shared = True
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, timeout_s: float = 1.0, proxy: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        self._proxy_option = proxy  # None: the environment's proxies; "none": direct
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout_s
         self._client: HTTPClient | None = None
-        self._urls: dict[str, ParsedURL] = {}
+        self._urls: dict[str, tuple[ParsedURL, Proxy | None]] = {}
         self._error: str | None = None
 
     @classmethod
@@ -54,17 +58,24 @@ class HttpStore:
         if config.url is None:
             raise StoreError("storage.runtime.url is required for the http store")
         token = config.token.reveal() if config.token is not None else None
-        return cls(config.url.reveal(), token, config.timeout)
+        return cls(config.url.reveal(), token, config.timeout, getattr(config, "proxy", None))
 
     async def _post(self, path: str, body: Any) -> Any:
         if self._client is None:
-            self._client = HTTPClient(keepalive=30.0)
+            self._client = HTTPClient(keepalive=30.0, proxies=ProxyEnv.from_process())
         try:
-            url = self._urls.get(path)
-            if url is None:
-                url = self._urls[path] = ParsedURL.parse(self.url + path)
+            route = self._urls.get(path)
+            if route is None:
+                url = ParsedURL.parse(self.url + path)
+                proxy = self._client.proxies.choose(self._proxy_option, *url.origin)
+                route = self._urls[path] = (url, proxy)
             status, _, data = await post_whole(
-                self._client, url, self._headers, orjson.dumps(body), self._timeout
+                self._client,
+                route[0],
+                self._headers,
+                orjson.dumps(body),
+                self._timeout,
+                proxy=route[1],
             )
             if status != 200:
                 raise StoreError(f"{path}: HTTP {status}: {data[:200]!r}")

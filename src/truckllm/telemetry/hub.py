@@ -18,6 +18,7 @@ from truckllm.telemetry.exposition import CONTENT_TYPE
 from truckllm.telemetry.metrics import EdgeCounters, Metrics
 from truckllm.telemetry.record import RecordBus
 from truckllm.telemetry.sinks import Sink, SinkContext, SinkFactory, sink_registry
+from truckllm.telemetry.tracing import Tracer, build_tracer
 
 if TYPE_CHECKING:
     from truckllm.routing import Router
@@ -44,6 +45,7 @@ class Telemetry:
         self.metrics_path: str | None = config.metrics.path if self.metrics is not None else None
         self.sinks: list[Sink] = []
         self.edge: EdgeCounters | None = None  # the HTTP server's counters, when it gives them
+        self.tracer: Tracer | None = None  # built at start when tracing.endpoint is set
         self._started = False
         self._closed = False
 
@@ -53,6 +55,11 @@ class Telemetry:
         if self._started:
             return
         self._started = True
+        self.tracer = build_tracer(self.config.tracing)
+        if self.tracer is not None:
+            await self.tracer.start()
+            if self.metrics is not None:
+                self.metrics.extra.append(self.tracer.exporter.render)
         if self.metrics is not None:
             self.records.subscribe(self.metrics.consume)
             self.metrics.loop_lag.start()
@@ -77,6 +84,8 @@ class Telemetry:
         self._closed = True
         if self.metrics is not None:
             self.metrics.loop_lag.stop()
+        if self.tracer is not None:
+            await self.tracer.close(grace_s)  # exports the spans still queued
         sinks = self.sinks
         results = await asyncio.gather(
             *(sink.close(grace_s) for sink in sinks), return_exceptions=True

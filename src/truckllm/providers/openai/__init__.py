@@ -2,9 +2,10 @@
 
 A passthrough: the client's body goes upstream with only ``model`` (and, for streams,
 ``stream_options``) rewritten, and the response bytes come back as they came. Usage is read from
-the response without re-serialising it. Besides chat and embeddings: legacy completions (JSON
-and SSE, usage handled as chat's), moderations, image generations, and audio
-(:mod:`truckllm.providers.openai.media`).
+the response without re-serialising it; a large non-streamed answer is relayed as it arrives
+(:mod:`truckllm.providers.openai.relay`), and answers are asked for uncompressed. Besides chat
+and embeddings: legacy completions (JSON and SSE, usage handled as chat's), moderations, image
+generations, and audio (:mod:`truckllm.providers.openai.media`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from truckllm.providers.errors import (
 )
 from truckllm.providers.http import UpstreamHTTP, bearer, header
 from truckllm.providers.openai.media import image_usage, send_form, send_speech
+from truckllm.providers.openai.relay import ERROR_BODY_MAX, RELAY_ABOVE, object_end, relay_rest
 from truckllm.providers.openai.responses import by_id, send_responses
 from truckllm.providers.sse import SSEFramer, parse_event
 
@@ -68,7 +70,8 @@ class OpenAIProvider:
         self.endpoints = OPENAI_ONLY  # completions, moderations, images, audio: passed through
         self._stream_usage = cfg.stream_usage
         auth = bearer if cfg.auth_header.lower() == "authorization" else header(cfg.auth_header)
-        self._http = UpstreamHTTP(ctx, auth)
+        # Answers are relayed as they come: compression would only be undone here.
+        self._http = UpstreamHTTP(ctx, auth, {"Accept-Encoding": "identity"})
 
     def _request_body(self, call: Call) -> tuple[bytes, bool]:
         """The upstream body, and whether the usage chunk must be stripped from the stream."""
@@ -107,8 +110,11 @@ class OpenAIProvider:
             reply = Reply(200, ctype, resp.headers, _release=resp.release)
             reply.events = self._events(resp, reply, strip_usage)
             return reply
-        body = await self._http.read(resp)
         if resp.status >= 400:
+            body, whole = await self._http.read_start(resp, ERROR_BODY_MAX)
+            if not whole:  # an error needs no more than its beginning: the rest is dropped
+                resp.release()
+                body = body[:ERROR_BODY_MAX]
             body, code = normalise_upstream_error(self._http.scrub(body), resp.status, self.id)
             return Reply(
                 resp.status,
@@ -118,6 +124,11 @@ class OpenAIProvider:
                 error_code=code,
                 retry_after=_retry_after(resp.headers),
             )
+        body, whole = await self._http.read_start(resp, RELAY_ABOVE)
+        if not whole:  # large: the rest is relayed as it arrives, never held
+            reply = Reply(resp.status, ctype, resp.headers, body=body, _release=resp.release)
+            reply.rest = relay_rest(self._http, resp, reply, body, call.endpoint == "images")
+            return reply
         usage = _usage_of_body(body)
         if call.endpoint == "images":
             usage = image_usage(body, usage)
@@ -173,7 +184,7 @@ def _usage_of_body(body: bytes) -> Usage | None:
         return Usage.from_openai(whole.get("usage")) if isinstance(whole, dict) else None
     start = body.find(b"{", at)
     if start > 0 and body[at + 7 : start].strip() == b":":
-        end = _object_end(body, start)
+        end = object_end(body, start)
         if end > 0:
             try:
                 return Usage.from_openai(orjson.loads(body[start : end + 1]))
@@ -184,26 +195,6 @@ def _usage_of_body(body: bytes) -> Usage | None:
     except orjson.JSONDecodeError:
         return None
     return Usage.from_openai(obj.get("usage")) if isinstance(obj, dict) else None
-
-
-def _object_end(body: bytes, start: int) -> int:
-    """Index of the brace that closes the object opening at ``start``, or -1. Braces inside
-    strings are not expected in a usage object; if there are any, the parse of the slice fails."""
-    depth = 0
-    i = start
-    while True:
-        close = body.find(b"}", i)
-        if close < 0:
-            return -1
-        opening = body.find(b"{", i, close)
-        if opening >= 0:
-            depth += 1
-            i = opening + 1
-            continue
-        depth -= 1
-        i = close + 1
-        if depth == 0:
-            return close
 
 
 def _take_usage(batch: bytes, reply: Reply, strip: bool) -> bytes:

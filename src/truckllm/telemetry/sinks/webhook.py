@@ -17,6 +17,7 @@ from truckllm import __version__
 from truckllm.config.schema import WebhookSinkConfig
 from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL
 from truckllm.http.exchange import post_whole
+from truckllm.http.proxy import Proxy, ProxyEnv
 from truckllm.providers.errors import parse_retry_after
 from truckllm.telemetry.record import RequestRecord
 from truckllm.telemetry.sinks.base import DeliveryFailed, QueueSink
@@ -50,12 +51,15 @@ class WebhookSink(QueueSink):
         }
         self._client: HTTPClient | None = None
         self._url = ParsedURL.parse(config.url)  # validated: an http(s) URL
+        self._proxy: Proxy | None = None
         self._rng = random.Random()
         self._batch_prefix = os.urandom(6).hex()
         self._batches = 0
 
     async def open(self) -> None:
-        self._client = HTTPClient(keepalive=30.0)
+        self._client = HTTPClient(keepalive=30.0, proxies=ProxyEnv.from_process())
+        # Validated with the configuration: "none" or an http:// URL when set.
+        self._proxy = self._client.proxies.choose(self.config.proxy, *self._url.origin)
 
     async def release(self) -> None:
         if self._client is not None:
@@ -83,7 +87,7 @@ class WebhookSink(QueueSink):
             retry_after: float | None = None
             try:
                 status, answer_headers, _ = await post_whole(
-                    self._client, self._url, headers, body, self.config.timeout
+                    self._client, self._url, headers, body, self.config.timeout, proxy=self._proxy
                 )
                 if status < 300:
                     return
