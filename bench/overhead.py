@@ -177,9 +177,12 @@ def _lua_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) -> WrkResult:
+def run_wrk(
+    wrk: str | Sequence[str], url: str, script: Path, connections: int, seconds: int
+) -> WrkResult:
+    """One wrk run; ``wrk`` is its path, or a command that ends with it (``taskset -c 1 wrk``)."""
     cmd = [
-        wrk,
+        *([wrk] if isinstance(wrk, str) else wrk),
         "-t1",
         f"-c{connections}",
         f"-d{seconds}s",

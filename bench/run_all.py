@@ -46,8 +46,10 @@ QUICK: dict[str, list[str]] = {
     "app_path": ["--requests", "10000", "--rounds", "3"],
     "chaos": ["--requests", "4000"],
     "memory": ["--runs", "5", "--duration", "5"],
-    "workers": ["--duration", "6", "--rounds", "2", "--warmup", "1"],
+    "workers": ["--duration", "6", "--rounds", "2", "--warmup", "1", "--pin-wrk", "1"],
     "otel": ["--duration", "6", "--rounds", "2", "--warmup", "1"],
+    "features": ["--requests", "5000", "--rounds", "5"],
+    "peers": ["--duration", "5", "--rounds", "2", "--warmup", "1"],
 }  # fmt: skip
 FULL: dict[str, list[str]] = {
     "overhead": [
@@ -66,8 +68,10 @@ FULL: dict[str, list[str]] = {
     "app_path": ["--requests", "20000", "--rounds", "5"],
     "chaos": ["--requests", "20000"],
     "memory": ["--runs", "10", "--duration", "20"],
-    "workers": ["--duration", "20", "--rounds", "4", "--warmup", "2"],
+    "workers": ["--duration", "20", "--rounds", "4", "--warmup", "2", "--pin-wrk", "1"],
     "otel": ["--duration", "24", "--rounds", "4", "--warmup", "2"],
+    "features": ["--requests", "10000", "--rounds", "7"],
+    "peers": ["--duration", "5", "--rounds", "4", "--warmup", "1"],
 }  # fmt: skip
 
 
@@ -89,6 +93,8 @@ def _with_halt_polling(plan: dict[str, list[str]]) -> dict[str, list[str]]:
 QUICK = _with_halt_polling(QUICK)
 FULL = _with_halt_polling(FULL)
 TITLES = {
+    "peers": "Peers: TruckLLM beside TensorZero and LiteLLM, nginx upstream",
+    "features": "What each feature costs per request (in-process)",
     "overhead": "Overhead: direct, bare passthrough, gateway",
     "overhead-haltpoll": "Overhead: the same, idle vCPUs polling 200 µs before they halt "
     "(`--halt-poll-ns`)",
@@ -166,7 +172,7 @@ def informational(what: str, measured: str, limit: str = "-") -> Row:
 
 def targets(res: dict[str, dict[str, Any]]) -> list[Row]:
     """(target, measured, limit, met) for every target whose benchmark ran."""
-    out: list[Row] = []
+    out: list[Row] = peer_targets(res)
     o = res.get("overhead", {}).get("data")
     if o:
         added = o["gateway"]["1"]["p50"] - o["direct"]["1"]["p50"]
@@ -266,6 +272,57 @@ def targets(res: dict[str, dict[str, Any]]) -> list[Row]:
         out.append(("idle RSS", f"{m['idle_rss_mb']:.1f} MB", "<= 60 MB", m["idle_rss_mb"] <= 60))
         st = m["startup_median_ms"]
         out.append(("start-up to the first 200 (median)", f"{st:.0f} ms", "< 1,000 ms", st < 1000))
+    return out
+
+
+def peer_targets(res: dict[str, dict[str, Any]]) -> list[Row]:
+    """Issue 21's targets: ratios against TensorZero and against everything off."""
+    out: list[Row] = []
+    p = res.get("peers", {}).get("data")
+    if p:
+        t = p["targets"]
+        hi = str(p["conns"][-1])
+        best = max(("on", "on-w2"), key=lambda k: t[k][hi]["rps"] if k in t else 0.0)
+        tz = t.get("tensorzero")
+        direct = t["direct"]["1"]["p50"]
+        if tz:
+            ratio = t[best][hi]["rps"] / tz[hi]["rps"]
+            out.append(
+                (
+                    f"{hi} connections, everything on: TruckLLM ({p['labels'][best]}) "
+                    "requests/s over TensorZero's",
+                    f"{ratio:.2f} ({t[best][hi]['rps']:,.0f} / {tz[hi]['rps']:,.0f})",
+                    ">= 1.00",
+                    ratio >= 1.0,
+                )
+            )
+            ours, theirs = t["on"]["1"]["p50"] - direct, tz["1"]["p50"] - direct
+            out.append(
+                (
+                    "1 connection, everything on: added p50, TruckLLM / TensorZero",
+                    f"{ours:.3f} / {theirs:.3f} ms",  # the results hold ms
+                    "<= TensorZero's",
+                    ours <= theirs,
+                )
+            )
+        share = t["on"][hi]["rps"] / t["off"][hi]["rps"]
+        out.append(
+            (
+                f"{hi} connections, 1 process: everything on over everything off, requests/s",
+                f"{share:.2f}",
+                ">= 0.90",
+                share >= 0.9,
+            )
+        )
+    f = res.get("features", {}).get("data")
+    if f and f.get("on_over_off"):
+        out.append(
+            informational(
+                "the app path in-process: everything on over everything off, CPU per request "
+                "(not a target of its own)",
+                f"{f['on_over_off']:.2f} ({f['best_us']['on']:.1f} / {f['best_us']['off']:.1f} µs)",
+            )
+        )
     return out
 
 

@@ -50,7 +50,9 @@ def target_config(upstream: str, tmp: Path, workers: int, redis_port: int | None
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     python = args.python
-    wrk = shutil.which("wrk") or "wrk"
+    wrk: list[str] = [shutil.which("wrk") or "wrk"]
+    if args.pin_wrk:
+        wrk = ["taskset", "-c", args.pin_wrk, *wrk]
     tmp = Path(tempfile.mkdtemp(prefix="truckllm-workers-"))
     mock_port = free_port()
     mock = start(
@@ -99,7 +101,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"  c={n:<3} {res.rps:>9,.0f} req/s errors={res.errors}", file=sys.stderr)
                 used = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
                 cpu[label] = [a + b for a, b in zip(cpu[label], used, strict=False)]
-        out: dict[str, Any] = {"duration": args.duration, "rounds": args.rounds, "targets": {}}
+        out: dict[str, Any] = {
+            "duration": args.duration,
+            "rounds": args.rounds,
+            "pin_wrk": args.pin_wrk,
+            "targets": {},
+        }
         one = labels[0]
         for label, svc in targets.items():
             pids = tree_pids(_pid(svc))
@@ -153,7 +160,8 @@ def report(r: dict[str, Any]) -> str:
         )
     lines.append(
         "\nLimits, cooldowns and usage are shared between the workers only in the Redis row "
-        "(`storage.runtime.type: redis`); in the others each worker counts on its own."
+        "(`storage.runtime.type: redis`); in the others each worker counts on its own. wrk: "
+        + (f"pinned to CPU {r['pin_wrk']} (`taskset`)." if r.get("pin_wrk") else "not pinned.")
     )
     errors = {k: (t["32"]["errors"], t["128"]["errors"]) for k, t in r["targets"].items()}
     if any(sum(e) for e in errors.values()):
@@ -171,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="also 2 workers sharing limits through Redis (default: if redis-server exists)",
+    )
+    p.add_argument(
+        "--pin-wrk",
+        metavar="CPUS",
+        help="run the load generator under taskset -c CPUS (its own core; the gateways and the "
+        "mock are not pinned)",
     )
     p.add_argument("--python", default=default_python())
     p.add_argument("--json", type=Path)

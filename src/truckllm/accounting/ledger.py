@@ -57,6 +57,7 @@ class Ledger:
         self._day_ends = 0.0
         self._month = ""
         self._unconfirmed: dict[str, _Spend] = {}  # spend not yet in ``view``
+        self._period = ("", "", 0.0, 0.0)  # (day, month, start, end) of the last spent() call
         self._inflight_spend: dict[str, _Spend] = {}
 
     def add(self, rec: RequestRecord) -> None:
@@ -105,7 +106,11 @@ class Ledger:
 
     def spent(self, client: str, now: float) -> tuple[int, int, int]:
         """(today, this month, in total) in nano-dollars, UTC."""
-        day, month = day_of(now), month_of(now)
+        day, month, start, end = self._period
+        if not start <= now < end:  # UTC days are 86,400 s of Unix time; months end with one
+            start = now // 86400 * 86400
+            day, month = day_of(now), month_of(now)
+            self._period = (day, month, start, start + 86400)
         v = self.view
         d = v.spend_day.get(client, 0) if v.day == day else 0
         m = v.spend_month.get(client, 0) if v.month == month else 0

@@ -20,7 +20,18 @@ from truckllm.stores.limits import SharedLimiter, WindowSpec
 
 
 class ClientPolicy:
-    __slots__ = ("allowed", "budgets", "id", "pattern", "rpm", "shared", "specs", "tpm")
+    __slots__ = (
+        "_checks",
+        "allowed",
+        "budgets",
+        "has_budget",
+        "id",
+        "pattern",
+        "rpm",
+        "shared",
+        "specs",
+        "tpm",
+    )
 
     def __init__(self, client_id: str, entry: ClientKey, old: ClientPolicy | None) -> None:
         self.id = client_id
@@ -41,16 +52,21 @@ class ClientPolicy:
                 None if v is None else usd_to_nanos(v) for v in (b.daily, b.monthly, b.total)
             )
         )
+        # (index into the ledger's (day, month, total), limit, period) of each budget set
+        self._checks = tuple(
+            (i, limit, period)
+            for i, (limit, period) in enumerate(
+                zip(self.budgets, ("daily", "monthly", "total"), strict=True)
+            )
+            if limit is not None
+        )
+        self.has_budget = bool(self._checks)
         self.specs = [
             WindowSpec(name, 60.0, limit, name == "tpm")
             for name, limit in (("rpm", entry.rpm), ("tpm", entry.tpm))
             if limit is not None
         ]
         self.shared: SharedLimiter | None = old.shared if old else None
-
-    @property
-    def has_budget(self) -> bool:
-        return self.budgets != (None, None, None)
 
     def allows(self, model: str) -> bool:
         if self.allowed is None or model in self.allowed:
@@ -91,10 +107,8 @@ class ClientPolicy:
                 window.limit = max(spec.limit // max(peers, 1), 1)
 
     def check_budget(self, spent: tuple[int, int, int], wall: float) -> None:
-        for (limit, used), period in zip(
-            zip(self.budgets, spent, strict=True), ("daily", "monthly", "total"), strict=True
-        ):
-            if limit is not None and used >= limit:
+        for i, limit, period in self._checks:
+            if spent[i] >= limit:
                 raise _over_budget(period, limit, wall)
 
 

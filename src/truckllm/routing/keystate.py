@@ -220,9 +220,8 @@ class KeyState:
             if b > at:
                 at = b
         for window, is_tokens in self._windows:
-            amount = (
-                min(tokens, window.limit) if is_tokens else 1.0
-            )  # a request over the limit waits for an empty window
+            # a request over the limit waits for an empty window
+            amount = (tokens if tokens < window.limit else window.limit) if is_tokens else 1.0
             wait = window.wait_for(now, amount)
             if wait and now + wait > at:
                 at = now + wait
@@ -252,7 +251,9 @@ class KeyState:
         share = 1.0
         for window, is_tokens in self._windows:
             amount = tokens if is_tokens else 1.0
-            share = min(share, (window.limit - window.used(now) - amount) / window.limit)
+            left = (window.limit - window.used(now) - amount) / window.limit
+            if left < share:
+                share = left
         q = self.quota
         if not (q.limit_requests or q.limit_tokens):
             return max(share, 0.0)
@@ -299,14 +300,8 @@ class KeyState:
     def reserve(self, now: float, tokens: float) -> None:
         self.in_flight += 1
         self.requests += 1
-        for window, amount in (
-            (self.rpm, 1.0),
-            (self.rpd, 1.0),
-            (self.tpm, tokens),
-            (self.tpd, tokens),
-        ):
-            if window is not None:
-                window.add(now, amount)
+        for window, is_tokens in self._windows:
+            window.add(now, tokens if is_tokens else 1.0)
         self.quota_requests_used += 1
         self.quota_tokens_used += tokens
         self.breaker.on_pick()

@@ -22,6 +22,11 @@ class OutcomeKind(Enum):
     STREAM_BROKEN = "stream_broken"  # the upstream failed after the first byte went out
     NOT_SENT = "not_sent"  # the adapter refused the request before sending it: nothing learnt
 
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's own
+    # __hash__ is Python code, and kinds are hashed several times per request: the sets
+    # below, the keys' outcome counts).
+    __hash__ = object.__hash__
+
     @property
     def retryable(self) -> bool:
         """Whether another key may serve the request (before any byte reached the client)."""

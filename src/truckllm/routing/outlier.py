@@ -54,9 +54,10 @@ class SuccessWindow:
         self.total = 0
 
     def _advance(self, now: float) -> None:
-        steps = int((now - self._head_start) // self._bucket_s)
-        if steps <= 0:
+        elapsed = now - self._head_start
+        if elapsed < self._bucket_s:  # still in the head bucket: the common case
             return
+        steps = int(elapsed // self._bucket_s)
         if steps >= _BUCKETS:
             self.clear()
         else:
@@ -74,7 +75,8 @@ class SuccessWindow:
         self.ok = self.total = 0
 
     def record(self, now: float, success: bool) -> None:
-        self._advance(now)
+        if now - self._head_start >= self._bucket_s:
+            self._advance(now)
         h = self._head
         self._total[h] += 1
         self.total += 1

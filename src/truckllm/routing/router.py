@@ -282,7 +282,8 @@ class Router:
             return candidates[0]
         prior = self._prior_latency(candidates)
         a, b = candidates[0], candidates[1]
-        if a.free and b.free:
+        # Free keys, or keys at one price: price plays no part (the ratio would be 1 for both).
+        if (a.free and b.free) or a.key.pricing == b.key.pricing:
             return self._soft_min(
                 a,
                 b,
@@ -339,8 +340,9 @@ class Router:
         if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.CLIENT_ERROR:
             s.consecutive_429 = 0
             s.out_of_service = None
-            s.breaker.success()
-            pick.provider.breaker.success()
+            for b in (s.breaker, pick.provider.breaker):
+                if b.failures or b.open_until or b.probing:  # else closed already: nothing to reset
+                    b.success()
             s.learn(latency, True if kind is OutcomeKind.SUCCESS else None)
             self._health(pick, now, True)
             return

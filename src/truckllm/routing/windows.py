@@ -23,9 +23,10 @@ class SlidingWindow:
         self.total = 0.0
 
     def _advance(self, now: float) -> None:
-        steps = int((now - self._head_start) // self._bucket_s)
-        if steps <= 0:
+        elapsed = now - self._head_start
+        if elapsed < self._bucket_s:  # still in the head bucket: the common case
             return
+        steps = int(elapsed // self._bucket_s)
         n = len(self._buckets)
         if steps >= n:
             self._buckets = [0.0] * n
@@ -42,14 +43,16 @@ class SlidingWindow:
 
     def add(self, now: float, amount: float) -> None:
         """Count ``amount`` at ``now`` (negative to give back part of a reservation)."""
-        self._advance(now)
+        if now - self._head_start >= self._bucket_s:  # else still in the head bucket
+            self._advance(now)
         self._buckets[self._head] += amount
         self.total += amount
         if self.total < 0:
             self.total = 0.0
 
     def used(self, now: float) -> float:
-        self._advance(now)
+        if now - self._head_start >= self._bucket_s:
+            self._advance(now)
         return self.total
 
     def room(self, now: float) -> float:
@@ -57,7 +60,8 @@ class SlidingWindow:
 
     def wait_for(self, now: float, amount: float) -> float:
         """Seconds until ``amount`` more fits (0 if it fits now; ``inf`` if it never can)."""
-        self._advance(now)
+        if now - self._head_start >= self._bucket_s:
+            self._advance(now)
         if amount > self.limit:
             return math.inf
         excess = self.total + amount - self.limit

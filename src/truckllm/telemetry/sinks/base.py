@@ -34,6 +34,17 @@ class DeliveryFailed(Exception):
         self.detail = detail
 
 
+# ".000Z" to ".999Z": the millisecond part of a timestamp, looked up rather than formatted
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
+def _ms(seconds: float) -> float:
+    """Seconds as milliseconds to the microsecond (``round(seconds * 1000, 3)`` costs a
+    decimal conversion; this is integer arithmetic). For the non-negative durations of a
+    record."""
+    return int(seconds * 1e6 + 0.5) / 1e3
+
+
 def _cut(text: str | None) -> str | None:
     if text is None or len(text) <= _MAX_TEXT:
         return text
@@ -59,30 +70,43 @@ class RecordEncoder:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((t - second) * 1000):03d}Z"
+        return self._prefix + _MILLIS[int((t - second) * 1000)]
 
     def obj(self, r: RequestRecord) -> dict[str, Any]:
+        # Once per request on the event loop: the helpers are inlined where it is cheap
+        # (``_cut`` for short texts, ``_ms``, the current second's time prefix).
         u = r.usage
         ttft = r.ttft_s
-        own = r.latency_s - r.upstream_s
+        latency = r.latency_s
+        own = latency - r.upstream_s
+        t = r.time
+        second = int(t)
+        stamp = (
+            self._prefix + _MILLIS[int((t - second) * 1000)]
+            if second == self._second
+            else self.rfc3339(t)
+        )
+        session, model, error = r.session_id, r.model, r.error_code
         out = {
-            "time": self.rfc3339(r.time),
+            "time": stamp,
             "request_id": r.request_id,
             "client_id": r.client_id,
-            "session_id": _cut(r.session_id),
+            "session_id": session
+            if session is None or len(session) <= _MAX_TEXT
+            else _cut(session),
             "client_ip": r.client_ip,
             "endpoint": r.endpoint if len(r.endpoint) <= _MAX_TEXT else r.endpoint[:_MAX_TEXT],
-            "model": _cut(r.model),
+            "model": model if model is None or len(model) <= _MAX_TEXT else _cut(model),
             "alias": r.alias,
             "provider": r.provider,
             "key_id": r.key_id,
             "upstream_model": r.upstream_model,
             "status": r.status,
-            "error_code": _cut(r.error_code),
+            "error_code": error if error is None or len(error) <= _MAX_TEXT else _cut(error),
             "attempts": r.attempts,
-            "latency_ms": round(r.latency_s * 1000.0, 3),
-            "ttft_ms": None if ttft is None else round(ttft * 1000.0, 3),
-            "overhead_ms": round(own * 1000.0, 3) if own > 0.0 else 0.0,
+            "latency_ms": int(latency * 1e6 + 0.5) / 1e3,  # _ms, inlined
+            "ttft_ms": None if ttft is None else int(ttft * 1e6 + 0.5) / 1e3,
+            "overhead_ms": int(own * 1e6 + 0.5) / 1e3 if own > 0.0 else 0.0,
             "tokens": None
             if u is None
             else {
