@@ -100,7 +100,8 @@ def canned_registry(body: bytes) -> Registry[ProviderFactory]:
             self.id = ctx.config.id
 
         async def send(self, call: Call, key: KeyConfig) -> Reply:
-            return Reply(200, "application/json", headers, body=body, usage=_usage_of_body(body))
+            usage, model = _usage_of_body(body)
+            return Reply(200, "application/json", headers, body=body, usage=usage, model=model)
 
     registry: Registry[ProviderFactory] = Registry("provider", "truckllm.providers")
     registry.register("openai", CannedProvider)
