@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import signal
 import socket
@@ -130,11 +131,32 @@ def test_demo_serves_with_no_keys_and_no_network() -> None:
             },
         )
         assert stream.body.rstrip().endswith(b"data: [DONE]")
+        banner = read_banner(proc)
+        (admin_key,) = re.findall(r"sign in with the admin key (\S+)\)", banner)
+        page = request("GET", f"http://127.0.0.1:{port}/ui/")
+        assert page.status == 200 and b"<html" in page.body.lower()  # 404 without an admin key
+        keys = f"http://127.0.0.1:{port}/admin/v1/keys"
+        assert request("GET", keys, headers={"Authorization": "Bearer wrong"}).status == 401
+        signed_in = request("GET", keys, headers={"Authorization": f"Bearer {admin_key}"})
+        assert signed_in.status == 200 and b"demo-a-1" in signed_in.body
+        assert b"sk-demo" not in signed_in.body
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=10)
-    assert f"curl -s http://127.0.0.1:{port}/v1/chat/completions" in out
-    assert 'OpenAI(base_url="http://127.0.0.1:' in out
+        proc.communicate(timeout=10)
+    assert f"curl -s http://127.0.0.1:{port}/v1/chat/completions" in banner
+    assert 'OpenAI(base_url="http://127.0.0.1:' in banner
+    assert f"The dashboard: http://127.0.0.1:{port}/ui/" in banner
+
+
+def read_banner(proc: subprocess.Popen[str]) -> str:
+    """The demo's banner: its output up to the line that ends it (printed before it serves)."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Press Ctrl-C"):
+            break
+    return "".join(lines)
 
 
 def test_no_config_serves_openai_from_the_environment(upstream: MockUpstream) -> None:

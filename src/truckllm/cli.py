@@ -16,6 +16,7 @@ import difflib
 import importlib.metadata
 import logging
 import os
+import secrets
 import socket
 import sys
 from collections.abc import Sequence
@@ -294,6 +295,7 @@ model_aliases:
   fast: demo-b:gpt-4o-mini
 server:
   listen: "{listen}"
+  admin_api_key: "{admin_key}"
 """
 
 
@@ -337,22 +339,23 @@ async def _run_demo(host: str, sock: socket.socket) -> None:
     url_a = url_b = await mock.start() + "/v1"
     port = sock.getsockname()[1]
     shown = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    admin_key = "demo-" + secrets.token_urlsafe(12)  # the dashboard's; new at every start
     cfg = parse_config(
-        DEMO_CONFIG.format(url_a=url_a, url_b=url_b, listen=f"{host}:{port}"),
+        DEMO_CONFIG.format(url_a=url_a, url_b=url_b, listen=f"{host}:{port}", admin_key=admin_key),
         "<demo>",
         {},
         provider_registry().names(),
     )
     app = App(cfg)
     server = GatewayServer(app, host, port, sock=sock)
-    print(_demo_banner(shown), flush=True)
+    print(_demo_banner(shown, admin_key), flush=True)
     try:
         await server.serve()
     finally:
         await mock.stop()
 
 
-def _demo_banner(addr: str) -> str:
+def _demo_banner(addr: str, admin_key: str) -> str:
     return f"""
 TruckLLM demo: the gateway is on http://{addr}, in front of two simulated OpenAI-compatible
 providers (demo-a with two keys, demo-b with one). No keys and no network needed. Try:
@@ -369,6 +372,8 @@ client = OpenAI(base_url="http://{addr}/v1", api_key="unused-in-demo")
 reply = client.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "Hello!"}}])
 print(reply.choices[0].message.content, reply.usage)
 PY
+
+The dashboard: http://{addr}/ui/ (sign in with the admin key {admin_key}).
 
 Press Ctrl-C to stop.
 """
