@@ -36,6 +36,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             rounds=args.rounds,
             pin=args.pin,
             python=args.python,
+            accept_queue=args.accept_queue,
         )
         print(f"sweep: {rate:g} tokens/s per stream", file=sys.stderr)
         r = stream_bench(one)

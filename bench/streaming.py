@@ -35,9 +35,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
+from accept_queue import AcceptQueue
 from common import (
     HOST,
     BenchError,
@@ -396,6 +398,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(1)
         runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
         cpu = {f"{t}/{p}": 0.0 for t in targets for p in (*pids, "machine")}
+        accept_q: dict[str, list[int]] = {}  # --accept-queue: samples per target
         for rnd in range(args.rounds):
             order = ["direct", "gateway"] if rnd % 2 == 0 else ["gateway", "direct"]
             for name in order:
@@ -403,7 +406,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 before = {p: cpu_seconds(pid) for p, pid in pids.items()}
                 machine = machine_cpu_seconds()
                 out = tmp / f"{name}.json"
-                result = run_client(args, rest_prefix, targets[name], out, timeout, total, ramp)
+                port = {"direct": mock_port, "gateway": gw_port}[name]
+                with AcceptQueue({name: port}) if args.accept_queue else nullcontext() as aq:
+                    result = run_client(args, rest_prefix, targets[name], out, timeout, total, ramp)
+                if aq is not None:
+                    accept_q.setdefault(name, []).extend(aq.samples[name])
                 cpu[f"{name}/machine"] += machine_cpu_seconds() - machine
                 for p, pid in pids.items():
                     cpu[f"{name}/{p}"] += cpu_seconds(pid) - before[p]
@@ -463,6 +470,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "added_gap_p99": through["gap_p99"] - direct["gap_p99"],
             "added_transit_p50": through["transit_p50"] - direct["transit_p50"],
             "added_transit_p99": through["transit_p99"] - direct["transit_p99"],
+            "accept_queue": {n: AcceptQueue.summarise(v) for n, v in accept_q.items()},
             "gateway_cpu_s": gateway_cpu,
             "gateway_cpu_per_1k_chunks_ms": 1e6 * gateway_cpu / max(through["chunks"], 1),
             "gateway_peak_rss_mb": proc_status_kb(pids["gateway"], "VmHWM") / 1024,
@@ -541,6 +549,14 @@ def report(r: dict[str, Any]) -> str:
         f"(other processes, kernel threads, interrupt work) kept {r['other_cores']['direct']:.2f} "
         f"busy during the direct run and {r['other_cores']['gateway']:.2f} during the gateway run."
     )
+    if r.get("accept_queue"):
+        lines.append(
+            "\nAccept queue (connections handshaken, not yet accepted; `--accept-queue`): "
+            + "; ".join(
+                f"{n} p50 {q['p50']}, p90 {q['p90']}, max {q['max']} ({q['samples']} samples)"
+                for n, q in r["accept_queue"].items()
+            )
+        )
     for label, s in (("direct", d), ("gateway", g)):
         if s["error_samples"]:
             lines.append(f"\n{label} errors, first ones: {s['error_samples']}")
@@ -551,6 +567,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options this benchmark shares with ``stream_sweep.py``: how each run is made."""
     p.add_argument("--client", choices=("aiohttp", "raw"), default="raw")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--accept-queue",
+        action="store_true",
+        help="sample the listening sockets' accept queues with ss (bench/accept_queue.py)",
+    )
     p.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
