@@ -63,6 +63,9 @@ class Accounting:
         self.ledger = Ledger(os.urandom(8).hex())
         self.policies: dict[str, ClientPolicy] = {}
         self._rates: dict[Pricing, Rates] = {}
+        # by the Pricing object's id, holding the object (so the id stays its own): a frozen
+        # dataclass hashes all its fields on every lookup by value; emptied on each reload
+        self._rates_by_id: dict[int, tuple[Pricing, Rates]] = {}
         self._default_output = config.routing.default_max_output_tokens
 
     def attach(self, rt: Runtime) -> None:
@@ -70,6 +73,7 @@ class Accounting:
         self.config = rt.config
         self._default_output = rt.default_output_tokens
         self.policies = build_policies(rt.config, self.policies)
+        self._rates_by_id = {}
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -120,9 +124,15 @@ class Accounting:
         return est
 
     def cost_nanos(self, pricing: Pricing, usage: Usage) -> int:
-        rates = self._rates.get(pricing)
-        if rates is None:
-            rates = self._rates[pricing] = rates_of(pricing)
+        known = self._rates_by_id.get(id(pricing))
+        if known is not None and known[0] is pricing:
+            rates = known[1]
+        else:
+            found = self._rates.get(pricing)
+            rates = self._rates[pricing] = rates_of(pricing) if found is None else found
+            if len(self._rates_by_id) >= 4096:  # the configured keys' prices: never this many
+                self._rates_by_id = {}
+            self._rates_by_id[id(pricing)] = (pricing, rates)
         return cost_nanos(
             rates,
             usage.prompt_tokens,
