@@ -200,6 +200,20 @@ def test_reload_by_admin_call_keeps_key_state_and_refuses_bad_files(
     assert stats["last_ok"] is False and stats["failed"] == 1
 
 
+def test_a_client_key_removed_by_a_reload_is_refused_though_it_was_used_before(
+    gw: Gateway, upstream: MockUpstream, config_file: Path
+) -> None:
+    assert chat(gw).status == 200 and chat(gw).status == 200  # the key is remembered
+    config_file.write_text(
+        config_text(upstream.url).replace("key: client-TOPSECRET", "key: client-OTHER")
+    )
+    assert admin(gw, "POST", "reload").json()["reloaded"] is True
+    resp = chat(gw)
+    assert resp.status == 401 and resp.json()["error"]["code"] == "invalid_api_key"
+    other = gw.post("/v1/chat/completions", CHAT, headers={"Authorization": "Bearer client-OTHER"})
+    assert other.status == 200
+
+
 def test_a_changed_file_is_reloaded_by_itself(
     gw: Gateway, upstream: MockUpstream, config_file: Path
 ) -> None:

@@ -21,7 +21,7 @@ from truckllm.accounting.policy import (
 )
 from truckllm.config import Config, Pricing
 from truckllm.providers.base import Usage
-from truckllm.routing import estimate
+from truckllm.routing import Estimate, estimate
 from truckllm.telemetry.record import RequestRecord
 
 if TYPE_CHECKING:
@@ -63,6 +63,9 @@ class Accounting:
         self.ledger = Ledger(os.urandom(8).hex())
         self.policies: dict[str, ClientPolicy] = {}
         self._rates: dict[Pricing, Rates] = {}
+        # by the Pricing object's id, holding the object (so the id stays its own): a frozen
+        # dataclass hashes all its fields on every lookup by value; emptied on each reload
+        self._rates_by_id: dict[int, tuple[Pricing, Rates]] = {}
         self._default_output = config.routing.default_max_output_tokens
 
     def attach(self, rt: Runtime) -> None:
@@ -70,16 +73,26 @@ class Accounting:
         self.config = rt.config
         self._default_output = rt.default_output_tokens
         self.policies = build_policies(rt.config, self.policies)
+        self._rates_by_id = {}
 
     # -- the request path ---------------------------------------------------------------------
 
-    async def admit(self, rec: RequestRecord, body: dict[str, Any], raw_len: int) -> None:
+    async def admit(
+        self,
+        rec: RequestRecord,
+        body: dict[str, Any],
+        raw_len: int,
+        endpoint: str = "",
+        default_output: int = -1,
+    ) -> Estimate | None:
         """Refuse the request (an :class:`~truckllm.errors.APIError`) when the client may not
         make it: model not allowed (403), budget spent (429 ``insufficient_quota``), over its
-        rpm/tpm (429 ``rate_limit_exceeded`` with ``Retry-After``)."""
+        rpm/tpm (429 ``rate_limit_exceeded`` with ``Retry-After``). Returns the token estimate
+        made for a tpm limit when it is the one the gateway would make for ``endpoint`` with
+        ``default_output`` (so the gateway need not make it again), else None."""
         policy = self.policies.get(rec.client_id or "")
         if policy is None:
-            return
+            return None
         model = rec.model or ""
         if not policy.allows(model):
             raise model_not_allowed(model)
@@ -87,11 +100,15 @@ class Accounting:
             wall = time.time()
             policy.check_budget(self.ledger.spent(policy.id, wall), wall)
         if policy.rpm is None and policy.tpm is None:
-            return
+            return None
         tokens = 0
+        est = None
         if policy.tpm is not None:
-            endpoint = rec.endpoint if rec.endpoint in _OWN_ESTIMATE else "chat"
-            tokens = estimate(endpoint, body, raw_len, self._default_output).total
+            as_endpoint = rec.endpoint if rec.endpoint in _OWN_ESTIMATE else "chat"
+            est = estimate(as_endpoint, body, raw_len, self._default_output)
+            tokens = est.total
+            if as_endpoint != endpoint or default_output != self._default_output:
+                est = None
         now = time.monotonic()
         wait = policy.wait_s(now, tokens)
         shared = policy.shared
@@ -104,11 +121,18 @@ class Accounting:
             raise rate_limited(wait, "requests per minute" if rpm_wait else "tokens per minute")
         policy.reserve(now, tokens)
         rec.client_tokens = tokens
+        return est
 
     def cost_nanos(self, pricing: Pricing, usage: Usage) -> int:
-        rates = self._rates.get(pricing)
-        if rates is None:
-            rates = self._rates[pricing] = rates_of(pricing)
+        known = self._rates_by_id.get(id(pricing))
+        if known is not None and known[0] is pricing:
+            rates = known[1]
+        else:
+            found = self._rates.get(pricing)
+            rates = self._rates[pricing] = rates_of(pricing) if found is None else found
+            if len(self._rates_by_id) >= 4096:  # the configured keys' prices: never this many
+                self._rates_by_id = {}
+            self._rates_by_id[id(pricing)] = (pricing, rates)
         return cost_nanos(
             rates,
             usage.prompt_tokens,

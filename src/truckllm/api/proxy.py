@@ -15,6 +15,7 @@ from truckllm.api.steps import Proxied
 from truckllm.cache import Lookup, ResponseCache, replay, with_send
 from truckllm.errors import APIError, model_not_found
 from truckllm.gateway import Route, Served, execute
+from truckllm.routing import Estimate
 from truckllm.telemetry.record import RecordBus, RequestRecord
 from truckllm.telemetry.tracing import RequestTrace, Tracer
 
@@ -53,7 +54,10 @@ class Proxy:
         tracer = self.tracer
         trace = None if tracer is None else tracer.begin(req.scope, p.endpoint, p.body, rt.config)
         try:
-            await self.accounting.admit(rec, p.body, len(p.raw))  # models, limits, budgets
+            # models, limits, budgets; a token estimate made for a tpm limit is reused below
+            est = await self.accounting.admit(
+                rec, p.body, len(p.raw), p.endpoint, rt.default_output_tokens
+            )
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True
             self.records.publish(rec)
@@ -69,7 +73,7 @@ class Proxy:
                 return
             if look is not None:
                 req = with_send(req, look.wrap(req.send, rec))
-        await self._serve(req, p, route, rec, look, trace)
+        await self._serve(req, p, route, rec, look, trace, est)
 
     async def _hit(
         self, req: Request, p: Proxied, rec: RequestRecord, look: Lookup, trace: RequestTrace | None
@@ -94,6 +98,7 @@ class Proxy:
         rec: RequestRecord,
         look: Lookup | None,
         trace: RequestTrace | None,
+        est: Estimate | None = None,
     ) -> None:
         t0 = time.perf_counter()
         served: Served | None = None
@@ -114,6 +119,7 @@ class Proxy:
                 p.exclude_keys,
                 affinity,
                 trace,
+                est,
             )
             rec.status, rec.error_code = served.reply.status, served.reply.error_code
             if look is not None:

@@ -15,11 +15,17 @@ from truckllm.errors import APIError, invalid_request
 from truckllm.gateway import Route, Served
 from truckllm.providers.base import Endpoint, Inbound, Usage
 
+# keys that matched, remembered per runtime so a known key is not hashed on every request; only
+# keys that matched go in, so unknown keys cannot evict them; past this many it starts over
+_KEY_CACHE_SIZE = 1024
+
 
 def authenticate(req: Request) -> str:
     """The client id for the request's key: ``Authorization: Bearer <key>``, or ``x-api-key:
     <key>`` as Anthropic's clients send it. Keys are looked up by their SHA-256 digest, never
-    compared as text, so the time taken reveals nothing about any configured key."""
+    compared as text, so the time taken reveals nothing about any configured key. A key that
+    matched is remembered (in memory, per runtime) and found again by a dict lookup, which
+    compares only keys whose randomized hashes collide: no timing on the configured keys."""
     client_keys = req.rt.client_keys
     if not client_keys:
         return "anonymous"
@@ -39,7 +45,12 @@ def authenticate(req: Request) -> str:
             code="missing_api_key",
             type_="invalid_request_error",
         )
-    client = client_keys.get(hashlib.sha256(token.strip()).digest())
+    token = token.strip()
+    cache = req.rt.client_key_cache
+    client = cache.get(token)
+    if client is not None:
+        return client
+    client = client_keys.get(hashlib.sha256(token).digest())
     if client is None:
         raise APIError(
             401,
@@ -47,6 +58,9 @@ def authenticate(req: Request) -> str:
             code="invalid_api_key",
             type_="invalid_request_error",
         )
+    if len(cache) >= _KEY_CACHE_SIZE:
+        cache.clear()
+    cache[token] = client
     return client
 
 

@@ -43,7 +43,15 @@ from truckllm.providers.base import (
 )
 from truckllm.providers.called import forget_call
 from truckllm.providers.errors import error_body
-from truckllm.routing import Outcome, OutcomeKind, Pick, classify_status, estimate, parse_quota
+from truckllm.routing import (
+    Estimate,
+    Outcome,
+    OutcomeKind,
+    Pick,
+    classify_status,
+    estimate,
+    parse_quota,
+)
 
 _GRACE_S = 0.1  # short waits (a shared limit's lease on its way) allowed beyond max_wait
 
@@ -64,6 +72,7 @@ async def execute(
     exclude: frozenset[str] = frozenset(),
     affinity: str | None = None,
     trace: AttemptTrace | None = None,
+    est: Estimate | None = None,
 ) -> Served:
     """Serve one request from the route's targets: the committed reply, or an :class:`APIError`
     when no attempt succeeded (the last upstream answer itself when it was a 429 or 5xx).
@@ -72,8 +81,11 @@ async def execute(
     that dialect's request, used to estimate; each attempt sends it as it is to a provider that
     speaks the dialect, and its internal form to any other. ``affinity`` names the request's
     conversation for prompt-cache affinity (:mod:`truckllm.routing.affinity`); ``trace`` is told
-    of each attempt."""
-    loop = _AttemptLoop(rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound)
+    of each attempt; ``est``, when given, is the request's token estimate already made (by the
+    client's tpm limit) for this endpoint, body and ``rt.default_output_tokens``."""
+    loop = _AttemptLoop(
+        rt, route, endpoint, body, raw, stream, wants_usage, request_id, inbound, est
+    )
     loop.affinity, loop.trace = affinity, trace
     if exclude:  # keys the request must not use, not even on a same-key retry (pinned elsewhere)
         loop.excluded = exclude
@@ -122,10 +134,13 @@ class _AttemptLoop:
         wants_usage: bool,
         request_id: str,
         inbound: Inbound | None,
+        est: Estimate | None = None,
     ) -> None:
         self.rt, self.route = rt, route
         self.request = (endpoint, body, raw, stream, wants_usage, request_id, inbound)
-        self.est = estimate(endpoint, body, len(raw), rt.default_output_tokens)
+        if est is None:
+            est = estimate(endpoint, body, len(raw), rt.default_output_tokens)
+        self.est = est
         self.policy: RetryPolicy | None = rt.first_attempt
         self.deadline = rt.router.clock() + rt.retry.deadline_s
         self.wait_left = rt.max_wait_s

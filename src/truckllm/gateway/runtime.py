@@ -71,6 +71,9 @@ class Runtime:
             self.router.affinity = Affinity(r.affinity).adopt(previous_affinity)
         self.resolver = ModelResolver(config)
         self.client_keys: Mapping[bytes, str] = client_key_digests(config)
+        # presented key -> client id, for keys that matched: saves a SHA-256 per request;
+        # bounded (see api.steps.authenticate), and a reload builds a new, empty one
+        self.client_key_cache: dict[bytes, str] = {}
         rc = config.retry
         self.retry = RetryPolicy(
             rc.max_attempts, rc.max_same_key_retries, rc.deadline, rc.backoff_base, rc.backoff_max

@@ -222,6 +222,9 @@ class KeyState:
         for window, is_tokens in self._windows:
             # a request over the limit waits for an empty window
             amount = (tokens if tokens < window.limit else window.limit) if is_tokens else 1.0
+            # fits even before the window moves on (moving on only lowers total): no wait
+            if window.total + amount <= window.limit:
+                continue
             wait = window.wait_for(now, amount)
             if wait and now + wait > at:
                 at = now + wait
