@@ -62,8 +62,9 @@ from truckllm.providers.anthropic.request import translate_request
 from truckllm.providers.anthropic.response import translate_response
 from truckllm.providers.anthropic.stream import StreamTranslator
 from truckllm.providers.base import Call, ProviderContext, Reply
+from truckllm.providers.http import relay_events
 from truckllm.providers.openai import OpenAIProvider, _usage_of_body
-from truckllm.providers.openai.responses import _events as responses_events
+from truckllm.providers.openai.responses import _FINAL, _read_usage
 from truckllm.testing.fake_anthropic import message_end, message_start, sse, text_block
 
 Row = tuple[str, str, float]  # provider, operation, microseconds per operation
@@ -449,7 +450,8 @@ def bench_responses_inbound(repeat: int, loop: asyncio.AbstractEventLoop) -> lis
     reads = _responses_stream_reads()
 
     def events(resp: _Response, reply: Reply) -> AsyncIterator[bytes]:
-        return responses_events(provider._http, cast(Any, resp), reply)
+        read = lambda batch: _read_usage(batch, reply)  # noqa: E731
+        return relay_events(provider._http, cast(Any, resp), _FINAL, read)
 
     keeper = ResponsesKeeper(cast(Any, None), ResponsesEgress(echo), "c", [], [], 60.0, 1 << 22)
 

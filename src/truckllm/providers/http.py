@@ -5,7 +5,7 @@ adapters knows the client's exceptions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 
 from truckllm import __version__
@@ -23,6 +23,7 @@ from truckllm.http.client import (
 from truckllm.http.exchange import exchange_whole
 from truckllm.providers.base import ProviderContext, UpstreamTimeout, UpstreamUnavailable
 from truckllm.providers.called import note_call
+from truckllm.providers.sse import SSEFramer
 
 _TARGET_CACHE_LIMIT = 4096
 _TRANSPORT_ERRORS = (HTTPClientError, OSError)
@@ -247,3 +248,28 @@ class TransportErrors:
             raise UpstreamTimeout(self._late) from exc
         if isinstance(exc, _TRANSPORT_ERRORS):
             raise UpstreamUnavailable(f"{self._broken}: {type(exc).__name__}") from exc
+
+
+async def relay_events(
+    http: UpstreamHTTP,
+    resp: Response,
+    markers: tuple[bytes, ...],
+    read: Callable[[bytes], None],
+) -> AsyncIterator[bytes]:
+    """A passthrough stream's events, batched as they arrive and framed on event boundaries;
+    ``read`` sees a batch holding any of ``markers`` (the events usage is read from) before it
+    goes on. The response is released at the end, however the stream ends."""
+    framer = SSEFramer(http.id)
+    try:
+        with http.mid_stream():
+            async for chunk in resp:
+                batch = framer.feed(chunk)
+                if batch:
+                    if any(marker in batch for marker in markers):
+                        read(batch)
+                    yield batch
+            rest = framer.close()
+            if rest:
+                yield rest
+    finally:
+        resp.release()

@@ -17,9 +17,9 @@ from truckllm.config.schema import KeyConfig
 from truckllm.http.client import BodySource, Response
 from truckllm.providers.base import Call, Reply, Usage
 from truckllm.providers.errors import normalise_upstream_error
-from truckllm.providers.http import UpstreamHTTP
+from truckllm.providers.http import UpstreamHTTP, relay_events
 from truckllm.providers.openai.multipart import Form
-from truckllm.providers.sse import SSEFramer, iter_events
+from truckllm.providers.sse import iter_events
 
 RetryAfter = Callable[[Mapping[str, str]], float | None]
 
@@ -39,7 +39,9 @@ async def send_form(
         # The form asked for a stream (its ``stream`` field, wherever it lies in the form: the
         # gateway does not read that far): relayed event by event, as the upstream sends it.
         reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
-        reply.events = _transcript_events(http, resp, reply)
+        reply.events = relay_events(
+            http, resp, (b"transcript.text.done",), lambda b: _read_transcript_usage(b, reply)
+        )
         return reply
     body = await http.read(resp)
     if resp.status >= 400:
@@ -67,26 +69,10 @@ async def send_speech(
     return _error(http, resp, body, retry_after, call.dialect)
 
 
-async def _transcript_events(
-    http: UpstreamHTTP, resp: Response, reply: Reply
-) -> AsyncIterator[bytes]:
-    """A streamed transcription's events, batched as they arrive; the usage read from its
-    ``transcript.text.done`` event, the only one parsed."""
-    framer = SSEFramer(http.id)
-    try:
-        with http.mid_stream():
-            async for chunk in resp:
-                batch = framer.feed(chunk)
-                if batch:
-                    if b"transcript.text.done" in batch:
-                        for ev in iter_events(batch):
-                            reply.usage = _usage(ev.data) or reply.usage
-                    yield batch
-            rest = framer.close()
-            if rest:
-                yield rest
-    finally:
-        resp.release()
+def _read_transcript_usage(batch: bytes, reply: Reply) -> None:
+    """The usage of a streamed transcription, from its ``transcript.text.done`` event."""
+    for ev in iter_events(batch):
+        reply.usage = _usage(ev.data) or reply.usage
 
 
 async def _chunks(http: UpstreamHTTP, resp: Response) -> AsyncIterator[bytes]:

@@ -7,17 +7,15 @@ come back byte for byte. Usage is read on the side from the body's ``usage`` and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from truckllm.config.schema import KeyConfig
-from truckllm.http.client import Response
 from truckllm.providers.base import Call, Reply, Usage
 from truckllm.providers.errors import normalise_upstream_error
-from truckllm.providers.http import UpstreamHTTP
-from truckllm.providers.sse import SSEFramer, iter_events
+from truckllm.providers.http import UpstreamHTTP, relay_events
+from truckllm.providers.sse import iter_events
 
 _FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
 
@@ -32,7 +30,7 @@ async def send_responses(
     ctype = resp.headers.get("content-type", "application/json")
     if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
         reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
-        reply.events = _events(http, resp, reply)
+        reply.events = relay_events(http, resp, _FINAL, lambda batch: _read_usage(batch, reply))
         return reply
     body = await http.read(resp)
     if resp.status >= 400:
@@ -64,23 +62,6 @@ async def by_id(http: UpstreamHTTP, url: str, method: str, key: KeyConfig) -> tu
     if resp.status >= 400:
         body, _ = normalise_upstream_error(http.scrub(body), resp.status, http.id)
     return resp.status, body
-
-
-async def _events(http: UpstreamHTTP, resp: Response, reply: Reply) -> AsyncIterator[bytes]:
-    framer = SSEFramer(http.id)
-    try:
-        with http.mid_stream():
-            async for chunk in resp:
-                batch = framer.feed(chunk)
-                if batch:
-                    if any(marker in batch for marker in _FINAL):
-                        _read_usage(batch, reply)
-                    yield batch
-            rest = framer.close()
-            if rest:
-                yield rest
-    finally:
-        resp.release()
 
 
 def _read_usage(batch: bytes, reply: Reply) -> None:
