@@ -24,6 +24,7 @@ from truckllm.config.schema import Config, TracingConfig
 from truckllm.http.client import HTTPClient, HTTPClientError, ParsedURL
 from truckllm.http.exchange import post_whole
 from truckllm.providers.called import shown_url
+from truckllm.telemetry.batching import batch_ready
 from truckllm.telemetry.exposition import Page
 from truckllm.telemetry.otlp import CLIENT, SERVER, Encoder, request
 from truckllm.telemetry.record import RequestRecord
@@ -144,19 +145,14 @@ class OtlpExporter:
             self._client = None
 
     async def _run(self) -> None:
-        queue, wake = self._queue, self._wake
-        while True:
-            if not queue:
-                if self._closing:
-                    return
-                wake.clear()
-                await wake.wait()
-                continue
-            if self._spans < BATCH_SPANS and not self._closing:
-                wake.clear()  # set again by a full batch or by close()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.flush_interval):
-                        await wake.wait()
+        def full() -> bool:
+            return self._spans >= BATCH_SPANS
+
+        def closing() -> bool:
+            return self._closing
+
+        interval = self.config.flush_interval
+        while await batch_ready(self._queue, self._wake, full, closing, interval):
             spans, taken = await self._batch()
             try:
                 if spans:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from truckllm.telemetry.batching import batch_ready
 from truckllm.telemetry.record import RequestRecord
 
 log = logging.getLogger("truckllm.telemetry.sinks")
@@ -245,19 +246,15 @@ class QueueSink:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     async def _run(self) -> None:
-        queue, wake = self._queue, self._wake
-        while True:
-            if not queue:
-                if self._closing:
-                    return
-                wake.clear()
-                await wake.wait()
-                continue
-            if len(queue) < self.batch_size and not self._closing:
-                wake.clear()  # set again by a full batch or by close()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.flush_interval):
-                        await wake.wait()
+        queue = self._queue
+
+        def full() -> bool:
+            return len(queue) >= self.batch_size
+
+        def closing() -> bool:
+            return self._closing
+
+        while await batch_ready(queue, self._wake, full, closing, self.flush_interval):
             n = min(len(queue), self.batch_size)
             batch = [queue.popleft() for _ in range(n)]
             self._in_delivery = n
