@@ -65,7 +65,7 @@ class Proxy:
                 trace.end(rec)
             raise
         look = None
-        if self.cache is not None:  # the response cache: a hit is answered here
+        if self.cache is not None and self.cache.backend is not None:  # a hit is answered here
             label, headers = p.label or p.endpoint, req.scope["headers"]
             look = await self.cache.lookup(headers, p.client, label, p.body, p.stream, route, rec)
             if look is not None and look.entry is not None:
