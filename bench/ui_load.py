@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from browser import start_browser  # type: ignore[import-not-found]  # tests/browser.py
 
 from truckllm.api import App
+from truckllm.collector import Collector
 from truckllm.config import load_config
-from truckllm.runner import FullCollections
 from truckllm.stores.base import METRICS, Batch, RowKey
 from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import MockUpstream
@@ -183,7 +183,7 @@ def main() -> None:
 
 def run(app: App, server: ServerThread, args: argparse.Namespace) -> None:
     async def serving_gc() -> None:  # the garbage-collection policy of `truckllm` serving
-        FullCollections().start()
+        Collector().start()
 
     assert server.loop is not None
     asyncio.run_coroutine_threadsafe(serving_gc(), server.loop).result(10)

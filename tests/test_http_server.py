@@ -24,10 +24,10 @@ from helpers import request, wait_until
 
 from truckllm.api import App
 from truckllm.api.asgi import DisconnectWatch
+from truckllm.collector import Collector
 from truckllm.config import Config, parse_config
 from truckllm.http.server import DISCONNECT_EXTENSION, HTTPServer
 from truckllm.providers import provider_registry
-from truckllm.runner import FullCollections
 from truckllm.testing.mock import MockUpstream
 from truckllm.testing.serve import ServerThread, free_port
 
@@ -792,60 +792,74 @@ def test_the_gateway_app_also_runs_under_uvicorn(upstream_factory: Any) -> None:
         thread.join(10)
 
 
-def test_collections_run_when_tracked_objects_grow_not_by_allocation_count() -> None:
+def test_collector_walks_young_objects_on_its_timer_and_the_old_ones_rarely() -> None:
+    """Each tick's young collection frees the cyclic garbage made since the last one; survivors
+    move to the old generation, which only a full collection walks (once it grew past
+    ``old_slack``); the timer hurries after a long young walk and slows down when idle."""
     enabled = gc.isenabled()
 
     class Node:
         def __init__(self) -> None:
             self.me = self  # a reference cycle: only the garbage collector frees it
 
-    async def main() -> tuple[bool, int, bool, bool, int]:
-        collections = FullCollections(interval=0.05, slack=50_000)
-        checks, target, reached = 0, 0, asyncio.Event()
-        check = collections._tick
+    async def main() -> dict[str, object]:
+        collector = Collector(
+            min_interval=0.005, max_young_interval=0.04, old_check=0.0, old_slack=200_000
+        )
+        ticks, target, reached = 0, 0, asyncio.Event()
+        tick = collector._tick
 
         def counted() -> None:
-            nonlocal checks
-            checks += 1
-            check()
-            if checks >= target:
+            nonlocal ticks
+            ticks += 1
+            tick()
+            if ticks >= target:
                 reached.set()
 
-        collections._tick = counted  # type: ignore[method-assign]
+        collector._tick = counted  # type: ignore[method-assign]
 
-        async def checked(n: int) -> None:
+        async def ticked(n: int) -> None:
             nonlocal target
-            target = checks + n
+            target = ticks + n
             reached.clear()
             await asyncio.wait_for(reached.wait(), 10)
 
         gc.collect()
-        collections.start()
+        collector.start()
+        seen: dict[str, object] = {"automatic": gc.isenabled()}
         try:
-            automatic = gc.isenabled()
-            for _ in range(200_000):  # allocations freed as they go: no growth, no collection
-                b = [0]
-                b.append(1)
-            small = [Node() for _ in range(10_000)]  # cyclic garbage below the slack waits
-            small_probe = weakref.ref(small[0])
-            del small
-            await checked(4)
-            flat = collections.collections
-            waited = small_probe() is not None
-            # Past the slack (and half the live objects, in a long test session): collected.
-            grow = max(60_000, len(gc.get_objects()) // 2 + 10_000)
-            nodes = [Node() for _ in range(grow)]
-            probe = weakref.ref(nodes[0])
-            del nodes
-            await checked(2)  # a check that saw the growth, finished
-            return automatic, flat, waited, probe() is None, collections.collections
+            kept = [Node() for _ in range(30_000)]
+            garbage = [Node() for _ in range(30_000)]
+            probe = weakref.ref(garbage[0])
+            del garbage
+            await ticked(1)
+            seen["young_freed"] = probe() is None
+            seen["kept_old"] = any(o is kept[0] for o in gc.get_objects(2))
+            # Cyclic garbage that reached the old generation waits for a full collection...
+            old_probe = weakref.ref(kept[0])
+            del kept
+            await ticked(3)
+            seen["old_waits"] = old_probe() is not None and collector.full_collections == 0
+            # ...which runs once the old generation grew past ``old_slack``.
+            grown = [Node() for _ in range(250_000)]
+            await ticked(1)  # young: they move to the old generation, a long walk...
+            seen["busy_interval"] = collector.interval  # ...so the timer hurries
+            del grown
+            await ticked(2)
+            seen["full"] = collector.full_collections
+            seen["old_freed"] = old_probe() is None
+            await ticked(6)  # nothing to walk: the timer slows down again
+            seen["idle_interval"] = collector.interval
+            return seen
         finally:
-            collections.stop()
+            collector.stop()
 
-    automatic, flat, waited, freed, ran = asyncio.run(main())
-    assert not automatic  # no collections by allocation count while it runs
-    assert flat == 0 and waited  # no growth past the slack: no collection
-    assert freed and ran >= 1  # growth past it: collected on the timer
+    seen = asyncio.run(main())
+    assert seen["automatic"] is False  # no collections by allocation count while it runs
+    assert seen["busy_interval"] == 0.02 and seen["idle_interval"] == 0.04
+    assert seen["young_freed"] and seen["kept_old"]
+    assert seen["old_waits"]  # a young collection never walks the old generation
+    assert seen["full"] == 1 and seen["old_freed"]
     assert gc.isenabled() == enabled  # stop() gives the process its collector back
 
 
@@ -857,7 +871,7 @@ def test_closed_connections_and_finished_requests_leave_no_reference_cycles(
     loop: str, upstream: MockUpstream
 ) -> None:
     """Every served connection, request and upstream connection is freed by reference counting:
-    none waits in a reference cycle for a full garbage collection (see ``FullCollections``)."""
+    none waits in a reference cycle for a full garbage collection (see ``truckllm.collector``)."""
     from truckllm.http import client as http_client
     from truckllm.http import server as http_server
 
@@ -866,7 +880,9 @@ def test_closed_connections_and_finished_requests_leave_no_reference_cycles(
     server = ServerThread(App(gateway_config(upstream.url)), loop=loop).start()
     try:
         with socket.create_connection((server.host, server.port)) as sock:  # leaves mid-request
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{"
+            )
         # The requests below are accepted after that connection, so it is served (then closed)
         # before the server stops; one still being accepted then is asyncio's to free.
         chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}

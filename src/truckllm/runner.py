@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from truckllm.api import App
+from truckllm.collector import Collector
 from truckllm.config import Config, parse_listen
 from truckllm.http.forwarded import parse_networks
 from truckllm.http.server import EdgeLimits, HTTPServer
@@ -25,74 +26,6 @@ log = logging.getLogger("truckllm.http")
 STARTUP_FAILURE = 3  # the exit status when the app's start-up fails (workers.py relies on it)
 MAX_OPEN_FILES = 1 << 20  # the soft descriptor limit is raised to the hard one, up to this
 STREAM_CUT_MARGIN_S = 0.5  # streams still open this long before the drain deadline are ended
-COLLECTION_CHECK_INTERVAL = 1.0  # how often the growth of tracked objects is looked at
-FULL_COLLECTION_MAX_INTERVAL = 600.0  # a full collection at least this often
-FULL_COLLECTION_SLACK = 100_000  # tracked objects of growth that may wait for a collection
-
-
-class FullCollections:
-    """The garbage collector for a serving process: no collections by allocation count, a full
-    one when the tracked objects grew by ``slack`` (or half the live heap, if more) since the
-    last, checked every ``interval`` seconds, and at least every ``max_interval`` seconds.
-
-    Reference counting frees everything the gateway's request, stream and connection paths
-    make: they leave no reference cycles (``gc.DEBUG_SAVEALL`` after thousands of requests and
-    streams, and a test that fails on any). What Python's collections by allocation count do
-    then is walk live objects and find nothing, at the worst moments. With 1,000 streams open,
-    every waiting stream holds a future and coroutines that outlive the young collections: at
-    Python's thresholds (700/10/25%) the young and middle collections paused the gateway up to
-    20 ms every second and a full one ran every 1-2 s at 25-135 ms each; at higher thresholds
-    the middle collection held 40,000 such objects and paused 30-50 ms. Cyclic garbage from
-    anywhere else (a library, an error path) is still collected: ``gc.get_count()[0]`` counts
-    the tracked objects made and not freed since the last collection (O(1)), so the garbage that
-    can wait is bounded by ``slack`` (about 10-20 MB) and by ``max_interval``. Process-wide: used
-    by the foreground server, each worker and ``truckllm mock``, never by embedded or test
-    servers."""
-
-    def __init__(
-        self,
-        interval: float = COLLECTION_CHECK_INTERVAL,
-        max_interval: float = FULL_COLLECTION_MAX_INTERVAL,
-        slack: int = FULL_COLLECTION_SLACK,
-    ) -> None:
-        self.interval = interval
-        self.max_interval = max_interval
-        self.slack = slack
-        self.collections = 0  # full collections this has run
-        self._live = 0  # tracked objects after the last full collection
-        self._last = 0.0
-        self._was_enabled: bool | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self) -> None:
-        self._loop = loop = asyncio.get_running_loop()
-        self._was_enabled = gc.isenabled()
-        gc.disable()  # no collections by allocation count; _tick decides
-        self._live = len(gc.get_objects())
-        self._last = loop.time()
-        self._timer = loop.call_later(self.interval, self._tick)
-
-    def _tick(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        grown = gc.get_count()[0]  # tracked objects made and not freed since the last collection
-        if grown > max(self.slack, self._live // 2) or now - self._last >= self.max_interval:
-            gc.collect()
-            self.collections += 1
-            self._live = len(gc.get_objects())
-            self._last = now
-        self._timer = loop.call_later(self.interval, self._tick)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._was_enabled is not None:
-            if self._was_enabled:
-                gc.enable()
-            self._was_enabled = None
 
 
 class GatewayServer:
@@ -113,7 +46,7 @@ class GatewayServer:
         shutdown_timeout: float | None = None,
         keep_alive_timeout: float | None = None,
         handle_signals: bool = True,
-        collections: FullCollections | None = None,
+        collections: Collector | None = None,
     ) -> None:
         self.app = app
         self.host = host
@@ -271,7 +204,7 @@ def serve(app: App, listen: str | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM; exits with status 3 if start-up fails."""
     host, port = parse_listen(listen or app.config.server.listen)
     raise_open_files_limit()
-    server = GatewayServer(app, host, port, collections=FullCollections())
+    server = GatewayServer(app, host, port, collections=Collector())
     freeze_startup_objects()
     run_async(server.serve())
     if not server.started:

@@ -129,8 +129,8 @@ def _spawn(make_app: Callable[[], App], sock: socket.socket, slot: int) -> int:
 
 
 def _worker(make_app: Callable[[], App], sock: socket.socket) -> int:
+    from truckllm.collector import Collector
     from truckllm.runner import (
-        FullCollections,
         GatewayServer,
         freeze_startup_objects,
         raise_open_files_limit,
@@ -140,7 +140,7 @@ def _worker(make_app: Callable[[], App], sock: socket.socket) -> int:
     raise_open_files_limit()
     app = make_app()
     host, port = sock.getsockname()[:2]
-    server = GatewayServer(app, host, port, sock=sock, collections=FullCollections())
+    server = GatewayServer(app, host, port, sock=sock, collections=Collector())
     freeze_startup_objects()
     run_async(server.serve())
     return 0 if server.started else STARTUP_FAILURE

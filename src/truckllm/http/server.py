@@ -96,6 +96,7 @@ class EdgeStats:
         self.overloaded = 0
         self.timeouts: dict[str, int] = {"headers": 0, "body": 0, "send": 0, "keep_alive": 0}
 
+
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}

@@ -287,9 +287,9 @@ def main(args: Sequence[str]) -> int:
             f"{url}",
             flush=True,
         )
-        # Like the gateway: full collections on a timer, so a benchmark's mock does not stall
-        # every stream it serves for tens of ms every second or two.
-        collections = FullCollections()
+        # Like the gateway: young collections on a timer, full ones rarely, so a benchmark's
+        # mock does not stall every stream it serves for tens of ms.
+        collections = Collector()
         collections.start()
         try:
             await asyncio.Event().wait()
@@ -297,7 +297,8 @@ def main(args: Sequence[str]) -> int:
             collections.stop()
             await mock.stop()
 
-    from truckllm.runner import FullCollections, freeze_startup_objects, run_async
+    from truckllm.collector import Collector
+    from truckllm.runner import freeze_startup_objects, run_async
 
     freeze_startup_objects()
     with contextlib.suppress(KeyboardInterrupt):
