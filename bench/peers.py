@@ -292,6 +292,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with nginx(tmp) as direct_url:
             upstream = direct_url.rsplit("/chat/completions", 1)[0]
             targets, skipped = peers(args, tmp, upstream)
+            left_out = set(args.skip)
+            targets = [t for t in targets if t.key.split("-")[0] not in left_out
+                       and t.key not in left_out]  # fmt: skip
             direct = Peer("direct", "direct -> nginx", [], url=direct_url)
             return run_targets(args, tmp, [direct, *targets], skipped)
 
@@ -428,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("TRUCKLLM_PEERS_PYTHON", "/work/peers-venv/bin/python"),
         help="the interpreter of the virtualenv with tensorzero and litellm "
         "(env TRUCKLLM_PEERS_PYTHON)",
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["baseline", "off", "on-w2", "tensorzero", "litellm"],
+        help="leave these targets out (a quicker run)",
     )
     p.add_argument("--json", type=Path)
     return run_and_report(measure, report, p.parse_args(argv))

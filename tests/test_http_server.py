@@ -804,8 +804,8 @@ def test_collector_walks_young_objects_on_its_timer_and_the_old_ones_rarely() ->
 
     async def main() -> dict[str, object]:
         collector = Collector(
-            min_interval=0.005, max_young_interval=0.04, old_check=0.0, old_slack=200_000
-        )
+            min_interval=0.005, max_young_interval=0.2, share=1.0, old_check=0.0, old_slack=200_000
+        )  # share=1.0: no cap on the time spent, so that a long walk makes the timer hurry
         ticks, target, reached = 0, 0, asyncio.Event()
         tick = collector._tick
 
@@ -856,11 +856,40 @@ def test_collector_walks_young_objects_on_its_timer_and_the_old_ones_rarely() ->
 
     seen = asyncio.run(main())
     assert seen["automatic"] is False  # no collections by allocation count while it runs
-    assert seen["busy_interval"] == 0.02 and seen["idle_interval"] == 0.04
+    assert seen["busy_interval"] < 0.2 and seen["idle_interval"] == 0.2
     assert seen["young_freed"] and seen["kept_old"]
     assert seen["old_waits"]  # a young collection never walks the old generation
     assert seen["full"] == 1 and seen["old_freed"]
     assert gc.isenabled() == enabled  # stop() gives the process its collector back
+
+
+def test_collector_spends_at_most_its_share_of_the_time_on_young_objects() -> None:
+    """Objects in flight are walked however often the timer looks: a long young walk does not
+    make it look more often than ``share`` of the time allows."""
+    keep = gc.isenabled()
+
+    async def main() -> float:
+        collector = Collector(min_interval=0.005, max_young_interval=0.3)
+        done = asyncio.Event()
+        tick = collector._tick
+
+        def once() -> None:
+            tick()
+            done.set()
+
+        collector._tick = once  # type: ignore[method-assign]
+        gc.collect()
+        collector.start()
+        try:
+            alive = [[i] for i in range(200_000)]  # a long walk: tens of ms, over 2% of 0.3 s
+            await asyncio.wait_for(done.wait(), 10)
+            del alive
+            return collector.interval
+        finally:
+            collector.stop()
+
+    assert asyncio.run(main()) == 0.3
+    assert gc.isenabled() == keep
 
 
 # Freeing what earlier tests' torn-down loops left open warns; that is not what this test is about.

@@ -17,9 +17,11 @@ So a collection never walks the whole heap while serving, except rarely:
   alive; what survives (a stream's objects, alive until it ends) moves to the old generation and
   is not walked again. The timer adapts so that a young collection pauses about ``pause``
   seconds: the interval halves (down to ``min_interval``) after a longer one and doubles (up to
-  ``max_young_interval``) after a much shorter one, so 1,000 streams starting in a second are
-  walked in pieces of a millisecond or two, and an idle process wakes ten times a second (a
-  collection that finds nothing to walk takes microseconds).
+  ``max_young_interval``) after a much shorter one, and never so short that more than 5% of the
+  time goes to young collections (a busy server's requests in flight are walked however often
+  it looks). So 1,000 streams starting in a second are walked in pieces of a millisecond or
+  two, and an idle process wakes ten times a second (a collection that finds nothing to walk
+  takes microseconds).
   (``gc.get_count()[0]`` cannot say how many young objects wait: it counts allocations less
   deallocations, and old objects freed by reference counting, a finished stream's, take it
   down while new streams' objects pile up.)
@@ -41,6 +43,7 @@ import time
 
 YOUNG_MIN_INTERVAL = 0.01  # young collections at most this often
 YOUNG_MAX_INTERVAL = 0.1  # and at least this often
+YOUNG_SHARE = 0.05  # of the time, at most, spent in young collections
 YOUNG_PAUSE = 0.002  # the pause a young collection aims at, in seconds
 OLD_CHECK_INTERVAL = 10.0  # how often the old generation's size is looked at
 OLD_SLACK = 1_000_000  # old objects beyond the last full collection's that trigger another
@@ -57,6 +60,7 @@ class Collector:
         min_interval: float = YOUNG_MIN_INTERVAL,
         max_young_interval: float = YOUNG_MAX_INTERVAL,
         pause: float = YOUNG_PAUSE,
+        share: float = YOUNG_SHARE,
         old_check: float = OLD_CHECK_INTERVAL,
         old_slack: int = OLD_SLACK,
         max_interval: float = FULL_MAX_INTERVAL,
@@ -65,6 +69,7 @@ class Collector:
         self.max_young_interval = max_young_interval
         self.interval = max_young_interval
         self.pause = pause
+        self.share = share
         self.old_check = old_check
         self.old_slack = old_slack
         self.max_interval = max_interval
@@ -100,10 +105,15 @@ class Collector:
         gc.collect(1)
         took = time.perf_counter() - t0
         self.young_collections += 1
+        interval = self.interval
         if took > self.pause:
-            self.interval = max(self.min_interval, self.interval / 2)
+            interval = interval / 2
         elif took < self.pause / 3:
-            self.interval = min(self.max_young_interval, self.interval * 2)
+            interval = interval * 2
+        # Objects that are only in flight (a busy server's requests) are walked however often it
+        # looks: at most ``share`` of the time goes to walking them.
+        interval = max(interval, took / self.share)
+        self.interval = min(self.max_young_interval, max(self.min_interval, interval))
 
     def _old_grew(self, now: float) -> bool:
         if now - self._last_check < self.old_check:
