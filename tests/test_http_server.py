@@ -869,7 +869,7 @@ def test_collector_spends_at_most_its_share_of_the_time_on_young_objects() -> No
     keep = gc.isenabled()
 
     async def main() -> float:
-        collector = Collector(min_interval=0.005, max_young_interval=0.3)
+        collector = Collector(min_interval=0.005, max_young_interval=0.3, share=0.01)
         done = asyncio.Event()
         tick = collector._tick
 
@@ -881,7 +881,7 @@ def test_collector_spends_at_most_its_share_of_the_time_on_young_objects() -> No
         gc.collect()
         collector.start()
         try:
-            alive = [[i] for i in range(200_000)]  # a long walk: tens of ms, over 2% of 0.3 s
+            alive = [[i] for i in range(200_000)]  # a long walk: tens of ms, over 1% of 0.3 s
             await asyncio.wait_for(done.wait(), 10)
             del alive
             return collector.interval
