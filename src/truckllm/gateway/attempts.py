@@ -481,20 +481,19 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
     assert reply.events is not None
     kind = OutcomeKind.CANCELLED
     broken: UpstreamError | None = None
+    clock = time.perf_counter
+    waited, count = 0.0, 0  # kept in locals per event, written to ``served`` once at the end
     try:
         if served.first:
-            served.events_out += served.first.count(b"\n\n")
+            count = served.first.count(b"\n\n")
             yield served.first
-        events = reply.events
-        while True:
-            t = time.perf_counter()
-            try:
-                batch = await anext(events)
-            except StopAsyncIteration:
-                break
-            served.upstream_s += time.perf_counter() - t
-            served.events_out += batch.count(b"\n\n")
+        t = clock()
+        async for batch in reply.events:
+            waited += clock() - t
+            count += batch.count(b"\n\n")
             yield batch
+            t = clock()
+        waited += clock() - t  # the wait for the end of the stream
         kind = OutcomeKind.SUCCESS
     except UpstreamError as exc:
         # After the first byte no retry is possible; a named upstream error (a rate limit
@@ -504,6 +503,8 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
         broken = exc
         raise StreamBroken(client_error(exc)) from exc
     finally:
+        served.upstream_s += waited
+        served.events_out += count
         served.pick.done(
             Outcome(kind, 200, time.perf_counter() - served.started, served.ttft_s, reply.usage)
         )

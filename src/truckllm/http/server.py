@@ -101,6 +101,7 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_FRAMING = frozenset((b"content-length", b"connection", b"transfer-encoding"))
 _LAST_CHUNK = b"0\r\n\r\n"
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
@@ -301,6 +302,9 @@ class _Cycle:
                 self.response_complete = True
             return
         if self.head_sent:
+            if self.chunked and more and body:  # a stream's next chunk: the usual write
+                conn.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+                return
             if self.no_body:
                 data = b""
             elif self.chunked:
@@ -333,24 +337,26 @@ class _Cycle:
     def _head(self, body: bytes, more: bool) -> bytes:
         """The status line and headers, with the framing the response needs, plus ``body``."""
         status = self.status
-        parts = [_status_line(status), self.conn.server.date()]
-        lines = 2
-        content_length = -1
-        transfer_encoding = False
         server = self.conn.server
         keep_alive = self.keep_alive and not (server.draining or server.keep_alive_off)
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                content_length = int(value)
-            elif lname == b"connection":
-                if value.lower() == b"close":
+        headers = self.headers
+        # Two comprehensions and C-level searches rather than a loop of comparisons per header:
+        # the framing headers are looked for among the lower-cased names.
+        names = [name.lower() for name, _ in headers]
+        parts = [_status_line(status), server.date()]
+        parts += [b"%b: %b\r\n" % (name, value) for name, value in headers]
+        content_length = -1
+        transfer_encoding = False
+        if not _FRAMING.isdisjoint(names):
+            if b"content-length" in names:
+                content_length = int(headers[names.index(b"content-length")][1])
+            transfer_encoding = b"transfer-encoding" in names
+            if b"connection" in names:  # written below, from keep_alive
+                pairs = list(zip(names, headers, strict=True))
+                if any(n == b"connection" and h[1].lower() == b"close" for n, h in pairs):
                     keep_alive = False
-                continue  # written below, from keep_alive
-            elif lname == b"transfer-encoding":
-                transfer_encoding = True
-            parts.append(b"%b: %b\r\n" % (name, value))
-            lines += 1
+                parts[2:] = [b"%b: %b\r\n" % tuple(h) for n, h in pairs if n != b"connection"]
+        lines = len(parts)
         no_body = chunked = False
         if self.is_head or status < 200 or status in (204, 304):
             no_body = True
