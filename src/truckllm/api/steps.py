@@ -122,7 +122,7 @@ class Keeper(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen: a frozen __init__ is a call per field, per request
 class Proxied:
     """A request for the gateway to run: who asks, what, and how the answer goes back. With
     ``inbound`` the client speaks another dialect than the internal form: ``body`` and ``raw``
