@@ -254,6 +254,24 @@ def test_gzip_is_decoded_and_informational_answers_are_skipped(run: Runner) -> N
     run(main())
 
 
+def test_header_names_are_lower_cased_and_a_repeated_one_joined_in_order(run: Runner) -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.reply(ok(b"{}", b"X-Seen: 1\r\nWarning: a\r\nX-SEEN: 2\r\n"))
+
+    async def main() -> dict[str, str]:
+        async with RawServer(handler) as srv:
+            client = HTTPClient()
+            resp = await post(client, srv.url())
+            await resp.read()
+            await client.close()
+            return resp.headers
+
+    headers = run(main())
+    assert headers["x-seen"] == "1, 2" and headers["warning"] == "a"
+    assert headers["content-type"] == "application/json"
+
+
 def test_read_timeout_fires_on_silence_not_on_a_slow_steady_stream(run: Runner) -> None:
     async def handler(conn: Conn) -> None:
         line, _, _ = await conn.request()

@@ -477,11 +477,14 @@ class _Connection(asyncio.Protocol):
         response = self.response
         assert response is not None
         response.status = status
-        headers: dict[str, str] = {}
-        for name, value in self.raw_headers:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[key] = headers[key] + ", " + text if key in headers else text
+        raw = self.raw_headers
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+        if len(headers) != len(raw):  # a repeated name: its values joined, in order
+            headers = {}
+            for name, value in raw:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                headers[key] = headers[key] + ", " + text if key in headers else text
         self.raw_headers = []
         response.headers = headers
         length = headers.get("content-length")
