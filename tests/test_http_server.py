@@ -792,104 +792,112 @@ def test_the_gateway_app_also_runs_under_uvicorn(upstream_factory: Any) -> None:
         thread.join(10)
 
 
-def test_collector_walks_young_objects_on_its_timer_and_the_old_ones_rarely() -> None:
-    """Each tick's young collection frees the cyclic garbage made since the last one; survivors
-    move to the old generation, which only a full collection walks (once it grew past
-    ``old_slack``); the timer hurries after a long young walk and slows down when idle."""
-    enabled = gc.isenabled()
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the garbage collector frees it
 
-    class Node:
-        def __init__(self) -> None:
-            self.me = self  # a reference cycle: only the garbage collector frees it
 
-    async def main() -> dict[str, object]:
-        collector = Collector(
-            min_interval=0.005, max_young_interval=0.2, share=1.0, old_check=0.0, old_slack=200_000
-        )  # share=1.0: no cap on the time spent, so that a long walk makes the timer hurry
-        ticks, target, reached = 0, 0, asyncio.Event()
+class _Ticks:
+    """Counts a collector's timer ticks, so a test waits for ticks, not for wall-clock time."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.ticks, self.target, self.reached = 0, 0, asyncio.Event()
         tick = collector._tick
 
         def counted() -> None:
-            nonlocal ticks
-            ticks += 1
+            self.ticks += 1
             tick()
-            if ticks >= target:
-                reached.set()
+            if self.ticks >= self.target:
+                self.reached.set()
 
         collector._tick = counted  # type: ignore[method-assign]
 
-        async def ticked(n: int) -> None:
-            nonlocal target
-            target = ticks + n
-            reached.clear()
-            await asyncio.wait_for(reached.wait(), 10)
+    async def wait(self, n: int) -> None:
+        self.target = self.ticks + n
+        self.reached.clear()
+        await asyncio.wait_for(self.reached.wait(), 10)
 
+
+def test_collector_walks_young_objects_once_they_pile_up_and_the_old_ones_rarely() -> None:
+    """A young collection runs once ``young`` more objects were made than freed, and frees the
+    cyclic garbage among them; survivors move to the old generation, which only a full
+    collection walks (once it grew past ``old_slack``); allocations freed as they go trigger
+    nothing."""
+    enabled = gc.isenabled()
+
+    async def main() -> dict[str, object]:
+        collector = Collector(
+            interval=0.005, young=20_000, max_young_interval=1e9, old_check=0.0, old_slack=200_000
+        )
+        ticks = _Ticks(collector)
         gc.collect()
         collector.start()
         seen: dict[str, object] = {"automatic": gc.isenabled()}
         try:
-            kept = [Node() for _ in range(30_000)]
-            garbage = [Node() for _ in range(30_000)]
+            for _ in range(200_000):  # allocations freed as they go: no collection
+                b = [0]
+                b.append(1)
+            small = [_Node() for _ in range(5_000)]  # cyclic garbage below ``young`` waits
+            small_probe = weakref.ref(small[0])
+            del small
+            await ticks.wait(3)
+            seen["quiet"] = (collector.young_collections, collector.full_collections)
+            seen["waited"] = small_probe() is not None
+            kept = [_Node() for _ in range(30_000)]  # past ``young``: a young collection
+            garbage = [_Node() for _ in range(30_000)]
             probe = weakref.ref(garbage[0])
             del garbage
-            await ticked(1)
-            seen["young_freed"] = probe() is None
+            await ticks.wait(2)
+            seen["young_freed"] = probe() is None and small_probe() is None
+            seen["young"] = collector.young_collections
             seen["kept_old"] = any(o is kept[0] for o in gc.get_objects(2))
             # Cyclic garbage that reached the old generation waits for a full collection...
             old_probe = weakref.ref(kept[0])
             del kept
-            await ticked(3)
+            await ticks.wait(3)
             seen["old_waits"] = old_probe() is not None and collector.full_collections == 0
             # ...which runs once the old generation grew past ``old_slack``.
-            grown = [Node() for _ in range(250_000)]
-            await ticked(1)  # young: they move to the old generation, a long walk...
-            seen["busy_interval"] = collector.interval  # ...so the timer hurries
+            grown = [_Node() for _ in range(250_000)]
+            await ticks.wait(2)  # young: they move to the old generation
             del grown
-            await ticked(2)
+            await ticks.wait(2)
             seen["full"] = collector.full_collections
             seen["old_freed"] = old_probe() is None
-            await ticked(6)  # nothing to walk: the timer slows down again
-            seen["idle_interval"] = collector.interval
             return seen
         finally:
             collector.stop()
 
     seen = asyncio.run(main())
     assert seen["automatic"] is False  # no collections by allocation count while it runs
-    assert seen["busy_interval"] < 0.2 and seen["idle_interval"] == 0.2
-    assert seen["young_freed"] and seen["kept_old"]
+    assert seen["quiet"] == (0, 0) and seen["waited"]  # below ``young``: nothing ran
+    assert seen["young_freed"] and seen["young"] == 1 and seen["kept_old"]
     assert seen["old_waits"]  # a young collection never walks the old generation
     assert seen["full"] == 1 and seen["old_freed"]
     assert gc.isenabled() == enabled  # stop() gives the process its collector back
 
 
-def test_collector_spends_at_most_its_share_of_the_time_on_young_objects() -> None:
-    """Objects in flight are walked however often the timer looks: a long young walk does not
-    make it look more often than ``share`` of the time allows."""
-    keep = gc.isenabled()
+def test_collector_walks_young_objects_at_least_every_max_young_interval() -> None:
+    """Old objects freed while new ones are made keep the count low: the timer still collects
+    the young generation, so cyclic garbage among it waits at most ``max_young_interval``."""
+    enabled = gc.isenabled()
 
-    async def main() -> float:
-        collector = Collector(min_interval=0.005, max_young_interval=0.3, share=0.01)
-        done = asyncio.Event()
-        tick = collector._tick
-
-        def once() -> None:
-            tick()
-            done.set()
-
-        collector._tick = once  # type: ignore[method-assign]
+    async def main() -> tuple[bool, int]:
+        collector = Collector(interval=0.005, young=10**9, max_young_interval=0.02)
+        ticks = _Ticks(collector)
         gc.collect()
         collector.start()
         try:
-            alive = [[i] for i in range(200_000)]  # a long walk: tens of ms, over 1% of 0.3 s
-            await asyncio.wait_for(done.wait(), 10)
-            del alive
-            return collector.interval
+            garbage = [_Node() for _ in range(1_000)]
+            probe = weakref.ref(garbage[0])
+            del garbage
+            await ticks.wait(6)  # 30 ms of ticks at least: past max_young_interval
+            return probe() is None, collector.young_collections
         finally:
             collector.stop()
 
-    assert asyncio.run(main()) == 0.3
-    assert gc.isenabled() == keep
+    freed, young = asyncio.run(main())
+    assert freed and young >= 1
+    assert gc.isenabled() == enabled
 
 
 # Freeing what earlier tests' torn-down loops left open warns; that is not what this test is about.
