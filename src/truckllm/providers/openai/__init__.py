@@ -227,8 +227,8 @@ def _take_usage(batch: bytes, reply: Reply, strip: bool) -> bytes:
         for null in _USAGE_NULLS:
             if null in batch:  # a search costs less than a replace that finds nothing
                 batch = batch.replace(null, b"")
-        if b'"usage"' not in batch:  # the usual chunk once its null usage is gone
-            return batch
+                if b'"usage"' not in batch:  # the usual chunk once its null usage is gone
+                    return batch
     if not _USAGE_OBJECT.search(batch):
         return batch
     kept: list[bytes] = []
