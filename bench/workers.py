@@ -1,11 +1,13 @@
 """Multi-process: ``server.workers: 2`` against one process, on one port, in the same run.
 
 Starts ``truckllm mock`` and gateways with ``server.workers`` 1 and 2 (and, with ``--redis`` or
-when ``redis-server`` is installed, 2 workers sharing their limits through Redis:
-``storage.runtime.type: redis`` with an rpm limit per key high enough never to bind, so every
-request spends a shared lease), then drives each with ``wrk`` at 32 and 128 connections, the
-target order alternating per round. Reported: requests/s, latency percentiles, the ratio to one
-process, and how the CPU time and memory split over the worker processes.
+when ``redis-server`` is installed, 2 workers with an rpm limit per key high enough never to
+bind, counted by each worker on its own and then shared through Redis:
+``storage.runtime.type: redis``, so every request spends a shared lease; the two differ only in
+where the limit is counted, which is the cost of sharing it), then drives each with ``wrk`` at
+32 and 128 connections, the target order alternating per round. Reported: requests/s, latency
+percentiles, the ratio to one process, and how the CPU time and memory split over the worker
+processes.
 
     python bench/workers.py [--duration 10] [--rounds 2] [--json out.json]
 """
@@ -37,15 +39,22 @@ from overhead import ROUTE, Cell, run_wrk, start_redis, write_lua
 SHARED_RPM = 10_000_000
 
 
-def target_config(upstream: str, tmp: Path, workers: int, redis_port: int | None) -> str:
+def target_config(
+    upstream: str, tmp: Path, workers: int, limits: bool, redis_port: int | None
+) -> str:
     # No file request log: every worker would append to (and rotate) the same file.
     text = gateway_config(upstream, tmp, workers=workers, telemetry=False)
-    if redis_port is not None:
+    if limits:
         text = text.replace(
             "secret: sk-bench-1}", f"secret: sk-bench-1, limits: {{rpm: {SHARED_RPM}}}}}"
         ).replace("secret: sk-bench-2}", f"secret: sk-bench-2, limits: {{rpm: {SHARED_RPM}}}}}")
+    if redis_port is not None:
         text += f"storage: {{runtime: {{type: redis, url: 'redis://{HOST}:{redis_port}/0'}}}}\n"
     return text
+
+
+LOCAL = "2 workers, the same limits counted per worker"
+SHARED = "2 workers, limits shared in Redis"
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,12 +78,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         redis_port = free_port() if use_redis else None
         if redis_port is not None:
             redis = start_redis(redis_port, tmp / "redis.log")
-        specs: list[tuple[str, int, int | None]] = [("1 process", 1, None), ("2 workers", 2, None)]
+        specs: list[tuple[str, int, bool, int | None]] = [
+            ("1 process", 1, False, None),
+            ("2 workers", 2, False, None),
+        ]
         if redis_port is not None:
-            specs.append(("2 workers, limits shared in Redis", 2, redis_port))
-        for label, workers, rport in specs:
+            specs.append((LOCAL, 2, True, None))
+            specs.append((SHARED, 2, True, redis_port))
+        for label, workers, limits, rport in specs:
             config = tmp / f"gateway-{len(targets)}.yaml"
-            config.write_text(target_config(f"{mock.base}/v1", tmp, workers, rport))
+            config.write_text(target_config(f"{mock.base}/v1", tmp, workers, limits, rport))
             port = free_port()
             cmd = [python, "-m", "truckllm", "--config", str(config), "--listen", f"{HOST}:{port}"]
             targets[label] = start(f"gateway-{len(targets)}", cmd, port, tmp)
@@ -163,6 +176,13 @@ def report(r: dict[str, Any]) -> str:
         "(`storage.runtime.type: redis`); in the others each worker counts on its own. wrk: "
         + (f"pinned to CPU {r['pin_wrk']} (`taskset`)." if r.get("pin_wrk") else "not pinned.")
     )
+    local, shared = r["targets"].get(LOCAL), r["targets"].get(SHARED)
+    if local and shared:
+        lines.append(
+            "\nThe cost of sharing the limits (Redis row against the row with the same limits "
+            f"counted per worker): {shared['32']['rps'] / local['32']['rps']:.2f}x the requests/s "
+            f"at 32 connections, {shared['128']['rps'] / local['128']['rps']:.2f}x at 128."
+        )
     errors = {k: (t["32"]["errors"], t["128"]["errors"]) for k, t in r["targets"].items()}
     if any(sum(e) for e in errors.values()):
         lines.append(f"\nErrors (32, 128 connections): {errors}")

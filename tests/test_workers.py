@@ -3,10 +3,12 @@ all; a worker that dies is replaced. A real command, real processes, real HTTP."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -156,6 +158,49 @@ def test_workers_share_the_port_reload_on_sighup_replace_the_dead_and_stop_toget
     pids = [int(p) for p in re.findall(r"worker \d started \(pid (\d+)\)", text)]
     assert len(pids) == 3 and not any(alive(p) for p in pids)
     assert "restarting" in text and "Traceback" not in text
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """20 connections opened at once (a client filling its pool) land on both workers, not on
+    whichever woke first; each connection's worker is the pid the admin overview names."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(config(upstream, "gpt-4"))
+    port = free_port()
+    log = tmp_path / "out.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [TRUCKLLM, "-config", str(cfg), "-listen", f"127.0.0.1:{port}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_serving(f"http://127.0.0.1:{port}/healthz", proc, timeout=20)
+        pids = started_pids(log, 2)
+        for pid in pids:  # both accept by now
+            served_alone(port, "gpt-4", pid, pids)
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        ask = (
+            b"GET /admin/v1/overview HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer adm-workers\r\n\r\n"
+        )
+        served: list[int] = []
+        for sock in socks:
+            with sock:
+                sock.sendall(ask)
+                reader = sock.makefile("rb")
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    head += reader.readline()
+                length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+                served.append(json.loads(reader.read(length))["worker"]["pid"])
+                reader.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    counts = {pid: served.count(pid) for pid in pids}
+    assert sum(counts.values()) == 20 and min(counts.values()) >= 6, counts
 
 
 def test_workers_must_be_a_sane_count() -> None:

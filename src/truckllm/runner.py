@@ -18,6 +18,7 @@ from typing import Any
 from truckllm.api import App
 from truckllm.collector import Collector
 from truckllm.config import Config, parse_listen
+from truckllm.http.acceptor import Loads
 from truckllm.http.forwarded import parse_networks
 from truckllm.http.server import EdgeLimits, HTTPServer
 
@@ -43,6 +44,8 @@ class GatewayServer:
         port: int = 0,
         *,
         sock: socket.socket | None = None,
+        loads: Loads | None = None,
+        slot: int = 0,
         shutdown_timeout: float | None = None,
         keep_alive_timeout: float | None = None,
         handle_signals: bool = True,
@@ -52,6 +55,7 @@ class GatewayServer:
         self.host = host
         self.port = port
         self.sock = sock
+        self.loads, self.slot = loads, slot  # with sock: the workers' shared loads, this one's
         self.shutdown_timeout = shutdown_timeout
         self.keep_alive_timeout = keep_alive_timeout
         self.handle_signals = handle_signals
@@ -77,7 +81,9 @@ class GatewayServer:
                 log.error("application start-up failed: exiting")
                 return
             try:
-                await http.listen(self.host, self.port, sock=self.sock)
+                await http.listen(
+                    self.host, self.port, sock=self.sock, shared=self.loads, slot=self.slot
+                )
             except OSError as exc:
                 log.error("cannot listen on %s:%d: %s", self.host, self.port, exc)
                 await http.shutdown(0)  # the app's lifespan shutdown: flush, close

@@ -1,7 +1,9 @@
 """``server.workers: N``: N gateway processes serving one port.
 
 The supervisor binds the listening socket once (so a port in use fails at once, and nothing else
-can join the port the way ``SO_REUSEPORT`` would allow), then forks N workers that accept on it.
+can join the port the way ``SO_REUSEPORT`` would allow), then forks N workers that accept on it,
+taking turns through a table of their open connections (:mod:`truckllm.http.acceptor`), so that a
+burst of new connections is spread over them.
 Each worker builds its own :class:`~truckllm.api.App` after the fork: its own event loop, upstream
 session, runtime, reloader and telemetry; nothing is shared between processes except through a
 shared state store (``storage.runtime.type: redis``), so without one each worker enforces limits
@@ -27,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from truckllm.api import App
+from truckllm.http.acceptor import Loads
 from truckllm.process import set_worker
 from truckllm.runner import STARTUP_FAILURE
 
@@ -50,6 +53,7 @@ def serve_workers(
     """Run ``workers`` processes on ``host:port`` until SIGTERM/SIGINT; the exit status.
     ``grace`` is how long stopping workers may take before they are killed."""
     sock = bind(host, port)
+    loads = Loads(workers)  # shared with the workers: each one's open connections
     # Frozen objects are never touched by the collector: the forked workers keep sharing their
     # pages with the supervisor instead of copying them on the first collection.
     gc.freeze()
@@ -61,7 +65,7 @@ def serve_workers(
     status = 0
     try:
         for slot in range(workers):
-            children[_spawn(make_app, sock, slot)] = slot
+            children[_spawn(make_app, sock, loads, slot)] = slot
         log.info("serving on %s:%d with %d worker processes", host, port, workers)
         while children or (pending and stopping_since is None):
             info = signal.sigtimedwait(_SIGNALS, 0.5)
@@ -93,7 +97,7 @@ def serve_workers(
             for slot, when in list(pending.items()):
                 if when <= now and stopping_since is None:
                     del pending[slot]
-                    children[_spawn(make_app, sock, slot)] = slot
+                    children[_spawn(make_app, sock, loads, slot)] = slot
             if stopping_since is not None and now - stopping_since > grace + 5:
                 log.error("workers still running after %.0f s: killing them", grace + 5)
                 _send(children, signal.SIGKILL)
@@ -107,7 +111,7 @@ def serve_workers(
     return status
 
 
-def _spawn(make_app: Callable[[], App], sock: socket.socket, slot: int) -> int:
+def _spawn(make_app: Callable[[], App], sock: socket.socket, loads: Loads, slot: int) -> int:
     pid = os.fork()
     if pid:
         log.info("worker %d started (pid %d)", slot, pid)
@@ -116,7 +120,7 @@ def _spawn(make_app: Callable[[], App], sock: socket.socket, slot: int) -> int:
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         set_worker(slot)
-        code = _worker(make_app, sock)
+        code = _worker(make_app, sock, loads, slot)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
@@ -128,7 +132,7 @@ def _spawn(make_app: Callable[[], App], sock: socket.socket, slot: int) -> int:
         os._exit(code)
 
 
-def _worker(make_app: Callable[[], App], sock: socket.socket) -> int:
+def _worker(make_app: Callable[[], App], sock: socket.socket, loads: Loads, slot: int) -> int:
     from truckllm.collector import Collector
     from truckllm.runner import (
         GatewayServer,
@@ -140,7 +144,10 @@ def _worker(make_app: Callable[[], App], sock: socket.socket) -> int:
     raise_open_files_limit()
     app = make_app()
     host, port = sock.getsockname()[:2]
-    server = GatewayServer(app, host, port, sock=sock, collections=Collector())
+    loads.counts[slot] = 0  # a replacement starts with no connections
+    server = GatewayServer(
+        app, host, port, sock=sock, loads=loads, slot=slot, collections=Collector()
+    )
     freeze_startup_objects()
     run_async(server.serve())
     return 0 if server.started else STARTUP_FAILURE

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import operator
 import os
@@ -51,6 +50,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from truckllm.http.acceptor import FD_ERRNOS, Loads, OneAtATime
 from truckllm.http.forwarded import Networks, forwarded_client, trusted
 
 log = logging.getLogger("truckllm.http")
@@ -123,7 +123,6 @@ _TIMEOUT = _error_body("The request was not received in time.", "invalid_request
 _SERVER_ERROR = _error_body("Internal server error.", "server_error")
 _OVERLOADED = _error_body("The server is at capacity, retry shortly.", "overloaded_error")
 _RETRY_AFTER = b"retry-after: 1\r\n"
-_FD_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _JSON = [(b"content-type", b"application/json")]
 _CLOSED_PARSER = httptools.HttpRequestParser(object())  # what an unconnected protocol holds
 
@@ -948,7 +947,7 @@ class HTTPServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.keep_alive_off = False  # serving, but every answer closes its connection
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[asyncio.Server | OneAtATime] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._forced = asyncio.Event()
 
@@ -963,9 +962,24 @@ class HTTPServer:
         *,
         sock: socket.socket | None = None,
         backlog: int = 2048,
+        shared: Loads | None = None,
+        slot: int = 0,
     ) -> None:
-        """Accept connections on ``host:port``, or on an already bound socket."""
-        if sock is not None:
+        """Accept connections on ``host:port``, or on an already bound socket; ``shared``: the
+        loads of the processes that accept on it too (this one's is ``slot``), to take turns
+        with them (:mod:`.acceptor`)."""
+        server: asyncio.Server | OneAtATime
+        if sock is not None and shared is not None:
+            server = OneAtATime(
+                self.loop,
+                sock,
+                lambda: _Connection(self),
+                self.accept_failed,
+                shared,
+                slot,
+                lambda: len(self.conns),
+            )
+        elif sock is not None:
             server = await self.loop.create_server(
                 lambda: _Connection(self), sock=sock, backlog=backlog
             )
@@ -987,7 +1001,7 @@ class HTTPServer:
         exc = context.get("exception")
         if (
             isinstance(exc, OSError)
-            and exc.errno in _FD_ERRNOS
+            and exc.errno in FD_ERRNOS
             and "accept" in str(context.get("message", ""))
         ):
             self.accept_failed(exc)
@@ -1015,11 +1029,13 @@ class HTTPServer:
         """uvloop only (see the module's docstring): is a descriptor left for the next accept?"""
         if isinstance(self.loop, asyncio.BaseEventLoop) or not self.servers:
             return
+        if isinstance(self.servers[0], OneAtATime):
+            return  # its accepts report their own failures
         for sock in self.sockets[:1]:
             try:
                 os.close(os.dup(sock.fileno()))
             except OSError as exc:
-                if exc.errno in _FD_ERRNOS:
+                if exc.errno in FD_ERRNOS:
                     self.accept_failed(exc)
 
     def overloaded(self) -> None:
