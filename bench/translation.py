@@ -371,11 +371,7 @@ def bench_messages_inbound(repeat: int, loop: asyncio.AbstractEventLoop) -> list
         ("messages-in", "request: orjson.loads, to internal, orjson.dumps", req),
         ("messages-in", "response: internal answer to a Message", resp),
         ("messages-in", "request + response", req + resp),
-        (
-            "messages-in",
-            "stream, per event, internal to Anthropic events",
-            _per_op(stream, repeat, len(openai_reads)),
-        ),
+        ("messages-in", "stream, per event, internal to Anthropic events", _per_op(stream, repeat, len(openai_reads))),
         (
             "messages-in",
             "passthrough stream, per event, usage read on the side",

@@ -106,9 +106,7 @@ def test_client_rules_are_validated_with_key_paths(yaml: str, problem: str) -> N
 )
 def test_storage_is_validated_with_key_paths(runtime: str, problem: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        parse_config(
-            f"providers: [{{id: p, base_url: 'http://x'}}]\nstorage: {{runtime: {runtime}}}\n"
-        )
+        parse_config(f"providers: [{{id: p, base_url: 'http://x'}}]\nstorage: {{runtime: {runtime}}}\n")
     assert any(problem in p for p in exc.value.problems), exc.value.problems
 
 
@@ -146,17 +144,11 @@ def test_ledger_totals_equal_the_sum_of_per_request_costs_and_the_admin_view_gro
     costs: list[Decimal] = []
     for i in range(30):
         client = {"Authorization": "Bearer ka" if i % 3 else "Bearer kb"}
-        body = {
-            **CHAT,
-            "model": "smart" if i % 2 else "m",
-            "messages": [{"role": "user", "content": "x" * i}],
-        }
+        body = {**CHAT, "model": "smart" if i % 2 else "m", "messages": [{"role": "user", "content": "x" * i}]}
         resp = gw.post("/v1/chat/completions", body, headers=client)
         assert resp.status == 200, resp.body
         costs.append(Decimal(resp.headers["x-truckllm-cost-usd"]))
-    resp = gw.post(
-        "/v1/chat/completions", {**CHAT, "model": "nope"}, headers={"Authorization": "Bearer ka"}
-    )
+    resp = gw.post("/v1/chat/completions", {**CHAT, "model": "nope"}, headers={"Authorization": "Bearer ka"})
     assert resp.status == 404
     usage = gw.request("GET", "/admin/v1/usage", headers=ADMIN)
     assert usage.status == 200, usage.body
@@ -166,26 +158,19 @@ def test_ledger_totals_equal_the_sum_of_per_request_costs_and_the_admin_view_gro
     grouped = gw.request(
         "GET", "/admin/v1/usage?group_by=client,provider,key,model,alias", headers=ADMIN
     ).json()
-    rows = {
-        (r["client"], r["provider"], r["key"], r["model"], r["alias"]): r for r in grouped["data"]
-    }
+    rows = {(r["client"], r["provider"], r["key"], r["model"], r["alias"]): r for r in grouped["data"]}
     assert rows[("team-a", "pb", "b1", "big", "smart")]["requests"] == 10
     assert rows[("team-b", "pa", "a1", "m", "")]["requests"] == 5
     assert sum(Decimal(r["cost_usd"]) for r in grouped["data"]) == sum(costs)
     hourly = gw.request(
-        "GET",
-        f"/admin/v1/usage?group_by=client&bucket=hour&from={int(time.time()) - 7200}",
+        "GET", f"/admin/v1/usage?group_by=client&bucket=hour&from={int(time.time()) - 7200}",
         headers=ADMIN,
     ).json()
     assert hourly["granularity"] == "minute" and all("bucket_start" in r for r in hourly["data"])
     assert gw.request("GET", "/admin/v1/usage?group_by=colour", headers=ADMIN).status == 400
     assert gw.request("GET", "/admin/v1/usage?from=yesterday", headers=ADMIN).status == 400
-    assert (
-        gw.request("GET", "/admin/v1/usage", headers={"Authorization": "Bearer ka"}).status == 401
-    )
-    iso = gw.request(
-        "GET", "/admin/v1/usage?from=2000-01-01&to=2100-01-01T00:00:00Z", headers=ADMIN
-    )
+    assert gw.request("GET", "/admin/v1/usage", headers={"Authorization": "Bearer ka"}).status == 401
+    iso = gw.request("GET", "/admin/v1/usage?from=2000-01-01&to=2100-01-01T00:00:00Z", headers=ADMIN)
     assert iso.json()["granularity"] == "day"
     assert Decimal(iso.json()["total"]["cost_usd"]) == sum(costs)
 
@@ -214,9 +199,7 @@ def test_client_rules_refuse_before_any_upstream_call(
 
     def post(key: str, model: str = "m", **extra: Any) -> Any:
         return gw.post(
-            "/v1/chat/completions",
-            {**CHAT, "model": model, **extra},
-            headers={"Authorization": f"Bearer {key}"},
+            "/v1/chat/completions", {**CHAT, "model": model, **extra}, headers={"Authorization": f"Bearer {key}"}
         )
 
     assert post("kn", "cheap").status == 200
@@ -300,12 +283,7 @@ def test_streamed_and_non_streamed_answers_bill_the_same(
     u = first.usage
     assert u.prompt_tokens == reported["prompt_tokens"]
     assert u.cached_tokens > 0 or provider == "openai"  # the OpenAI mock caches nothing
-    expected = cost_nanos(
-        rates_of(Pricing(3, 15, 0.3, "per_1m_tokens")),
-        u.prompt_tokens,
-        u.completion_tokens,
-        u.cached_tokens,
-    )
+    expected = cost_nanos(rates_of(Pricing(3, 15, 0.3, "per_1m_tokens")), u.prompt_tokens, u.completion_tokens, u.cached_tokens)
     assert Decimal(plain.headers["x-truckllm-cost-usd"]) == Decimal(expected) / 10**9
     assert "x-truckllm-cost-usd" not in streamed.headers
 
@@ -318,13 +296,8 @@ def test_a_stream_cut_short_is_billed_as_an_estimate(
           - {{id: p, base_url: "{upstream.url}", models: [m], keys: [{{id: k, secret: s, pricing: {PRICE}}}]}}
         """)
     records = collect(gw)
-    chunk = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": None}],
-    }
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": None}]}
     upstream.script.append(Scripted(events=[chunk] * 6 + ["[DONE]"], cut_after=5))
     resp = gw.post("/v1/chat/completions", {**CHAT, "stream": True})
     assert resp.status == 200 and b'"error"' in resp.body
@@ -363,7 +336,7 @@ def test_spend_survives_a_restart_with_the_file_store(
             base_url: {upstream.url}
             models: [m]
             keys: [{{id: k, secret: s, pricing: {{input_token_cost: 1, output_token_cost: 1, unit: per_1m_tokens}}}}]
-        storage: {{runtime: {{type: file, path: "{tmp_path / "usage.json"}"}}}}
+        storage: {{runtime: {{type: file, path: "{tmp_path / 'usage.json'}"}}}}
         """
     client = {"Authorization": "Bearer kt"}
     first = gateway_factory(text)

@@ -163,15 +163,10 @@ def test_no_config_serves_openai_from_the_environment(upstream: MockUpstream) ->
     port = free_port()
     env = {"OPENAI_API_KEY": "sk-env-key", "OPENAI_BASE_URL": upstream.url}
     with running(["-listen", f"127.0.0.1:{port}"], port, env=env) as result:
-        resp = request(
-            "POST",
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}]},
-        )
+        resp = request("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
+                       {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}]})
         assert resp.status == 200
-        assert (
-            upstream.received[-1].body["model"] == "gpt-4.1-nano"
-        )  # every model name passes through
+        assert upstream.received[-1].body["model"] == "gpt-4.1-nano"  # every model name passes through
         assert upstream.received[-1].bearer == "sk-env-key"
     assert result["status"] == 0 and "sk-env-key" not in str(result["output"])
 
@@ -221,9 +216,7 @@ def test_help_lists_every_command_with_one_line() -> None:
         assert result.returncode == 0
         out = result.stdout
         assert "-config FILE" in out and "-listen ADDR" in out and "--version" in out
-        listed = [
-            line.split()[0] for line in out.split("commands:\n")[1].split("\n\n")[0].splitlines()
-        ]
+        listed = [line.split()[0] for line in out.split("commands:\n")[1].split("\n\n")[0].splitlines()]
         assert listed == ["serve", "check", "demo", "mock", "version"]
     assert "--probe" in run("check", "--help").stdout
 
@@ -256,7 +249,9 @@ def test_an_unknown_command_names_the_commands(word: str, hint: str | None) -> N
         assert "did you mean" not in result.stderr
 
 
-def test_check_probe_says_which_keys_work(serve_fake: Callable[..., Any], tmp_path: Path) -> None:
+def test_check_probe_says_which_keys_work(
+    serve_fake: Callable[..., Any], tmp_path: Path
+) -> None:
     openai = serve_fake(MockUpstream, valid_keys={"sk-openai-good"})
     anthropic = serve_fake(FakeAnthropic, valid_keys={"sk-ant-good"})
     gemini = serve_fake(FakeGemini, valid_keys={"gemini-good"})

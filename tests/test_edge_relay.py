@@ -317,11 +317,9 @@ def test_a_large_anthropic_passthrough_answer_is_relayed_as_it_arrives(
     body = anthropic_message(3 * MiB)
     release = loop_thread.run(_event())
     upstream.script = [_head(len(body)), body[: 2 * MiB], release, body[2 * MiB :]]
-    config = (
-        edge_config(upstream.url)
-        .replace("  - id: openai\n", "  - id: openai\n    type: anthropic\n")
-        .replace(upstream.url, upstream.url.removesuffix("/v1"))
-    )
+    config = edge_config(upstream.url).replace(
+        "  - id: openai\n", "  - id: openai\n    type: anthropic\n"
+    ).replace(upstream.url, upstream.url.removesuffix("/v1"))
     gw = gateway_factory(config)  # type: ignore[operator]
     records = _records(gw)
     sock = connect(gw)

@@ -157,9 +157,7 @@ def test_a_tool_round_trip(stack: Stack, client: anthropic.Anthropic, model: str
     assert second.stop_reason == "end_turn" and second.content[0].type == "text"
 
 
-def test_a_streamed_tool_call_is_input_json_deltas(
-    stack: Stack, client: anthropic.Anthropic
-) -> None:
+def test_a_streamed_tool_call_is_input_json_deltas(stack: Stack, client: anthropic.Anthropic) -> None:
     with client.messages.stream(
         model="claude-on-openai",
         max_tokens=256,
@@ -268,11 +266,7 @@ def test_upstream_errors_pass_through_unmodified(stack: Stack, client: anthropic
 @pytest.mark.parametrize(
     ("kwargs", "key", "error"),
     [
-        (
-            {"model": "claude-direct", "max_tokens": 10, "messages": HI},
-            "wrong",
-            "AuthenticationError",
-        ),
+        ({"model": "claude-direct", "max_tokens": 10, "messages": HI}, "wrong", "AuthenticationError"),
         ({"model": "no-such-model", "max_tokens": 10, "messages": HI}, None, "NotFoundError"),
         ({"model": "claude-direct", "max_tokens": 0, "messages": HI}, None, "BadRequestError"),
         ({"model": "claude-direct", "max_tokens": 10, "messages": []}, None, "BadRequestError"),
@@ -405,10 +399,7 @@ def test_a_stream_broken_after_the_first_byte_ends_with_an_error_event(
     else:
         chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
         events = [
-            {
-                **chunk,
-                "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}],
-            },
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]},
             {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": None}]},
             "[DONE]",
         ]
@@ -455,10 +446,7 @@ def test_usage_groups_by_claude_codes_session(stack: Stack) -> None:
     body = {"model": "claude-on-openai", "max_tokens": 20, "messages": HI}
     for _ in range(2):
         assert request("POST", stack.gw.url + "/v1/messages", body, headers).status == 200
-    assert (
-        request("POST", stack.gw.url + "/v1/messages", body, {"x-api-key": "client-key"}).status
-        == 200
-    )
+    assert request("POST", stack.gw.url + "/v1/messages", body, {"x-api-key": "client-key"}).status == 200
     stack.last()
     usage = request(
         "GET",

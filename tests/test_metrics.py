@@ -350,7 +350,6 @@ def test_event_loop_lag_shows_a_stalled_loop(
 ) -> None:
     gw = gateway_factory(config(upstream.url))
     name = "truckllm_event_loop_lag_seconds"
-
     # A few ticks on an idle loop: all of them on time.
     def idle_ticked() -> Samples | None:
         samples, _ = scrape(gw)

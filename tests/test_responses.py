@@ -306,9 +306,7 @@ def test_a_codex_request_is_translated(stack: Stack) -> None:
 
 def test_namespace_calls_are_mapped_back(stack: Stack) -> None:
     body = {**CODEX_LIKE, "stream": False, "input": "Spawn an agent"}
-    resp = request(
-        "POST", stack.gw.url + "/v1/responses", body, {"Authorization": "Bearer client-key"}
-    )
+    resp = request("POST", stack.gw.url + "/v1/responses", body, {"Authorization": "Bearer client-key"})
     assert resp.status == 200, resp.body
     call = resp.json()["output"][-1]
     assert call["type"] == "function_call"
@@ -326,23 +324,14 @@ def test_passthrough_is_byte_faithful_both_ways(stack: Stack) -> None:
     )
     stack.native.script.append(Scripted(body=answer))
     body = {"model": "resp-direct", "input": "Hi", "tools": [{"type": "web_search"}], "store": True}
-    resp = request(
-        "POST", stack.gw.url + "/v1/responses", body, {"Authorization": "Bearer client-key"}
-    )
+    resp = request("POST", stack.gw.url + "/v1/responses", body, {"Authorization": "Bearer client-key"})
     assert resp.status == 200 and resp.body == answer
     assert "x-truckllm-dropped-tools" not in resp.headers  # the upstream runs its tools
     sent = stack.native.received[-1]
-    assert sent.path == "/v1/responses" and orjson.loads(sent.raw) == {
-        **body,
-        "model": "gpt-4.1-mini",
-    }
+    assert sent.path == "/v1/responses" and orjson.loads(sent.raw) == {**body, "model": "gpt-4.1-mini"}
     rec = stack.last()
     assert rec.usage is not None
-    assert (rec.usage.prompt_tokens, rec.usage.cached_tokens, rec.usage.completion_tokens) == (
-        7,
-        2,
-        3,
-    )
+    assert (rec.usage.prompt_tokens, rec.usage.cached_tokens, rec.usage.completion_tokens) == (7, 2, 3)
 
 
 def test_passthrough_stream_is_byte_faithful(stack: Stack) -> None:
@@ -357,15 +346,10 @@ def test_passthrough_stream_is_byte_faithful(stack: Stack) -> None:
     ]
     stack.native.script.append(Scripted(events=list(events)))
     body = {"model": "resp-direct", "input": "Hi", "stream": True}
-    resp = request(
-        "POST", stack.gw.url + "/v1/responses", body, {"Authorization": "Bearer client-key"}
-    )
+    resp = request("POST", stack.gw.url + "/v1/responses", body, {"Authorization": "Bearer client-key"})
     assert resp.status == 200 and resp.body == b"".join(events)
     rec = stack.last()
-    assert rec.usage is not None and (rec.usage.prompt_tokens, rec.usage.completion_tokens) == (
-        9,
-        4,
-    )
+    assert rec.usage is not None and (rec.usage.prompt_tokens, rec.usage.completion_tokens) == (9, 4)
 
 
 def test_errors_are_the_sdks_own_exceptions(stack: Stack, client: openai.OpenAI) -> None:
@@ -393,9 +377,7 @@ def test_a_broken_translated_stream_ends_with_response_failed(stack: Stack) -> N
     }
     stack.chat.script.append(Scripted(events=[chunk, chunk, chunk], cut_after=2))
     body = {"model": "resp-on-chat", "input": "Hi", "stream": True}
-    resp = request(
-        "POST", stack.gw.url + "/v1/responses", body, {"Authorization": "Bearer client-key"}
-    )
+    resp = request("POST", stack.gw.url + "/v1/responses", body, {"Authorization": "Bearer client-key"})
     kinds = [orjson.loads(e)["type"] for e in sse_events(resp.body)]
     assert kinds[0] == "response.created" and kinds[-1] == "response.failed"
     assert "response.completed" not in kinds
@@ -431,9 +413,7 @@ def test_previous_response_id_across_two_gateways_sharing_redis(
     c2 = openai.OpenAI(base_url=two.url + "/v1", api_key="x", max_retries=0)
     with c1, c2:
         first = c1.responses.create(model="translated", input="My name is Ada.")
-        second = c2.responses.create(
-            model="translated", previous_response_id=first.id, input="Name?"
-        )
+        second = c2.responses.create(model="translated", previous_response_id=first.id, input="Name?")
         assert second.output_text
         sent = chat.received[-1].body["messages"]
         assert sent[0] == {"role": "user", "content": "My name is Ada."}

@@ -174,7 +174,9 @@ def test_builtin_tools_error_is_a_400_in_the_responses_dialect(
     before = len(claude.received)
     with sdk(gw) as client:
         with pytest.raises(openai.BadRequestError) as info:
-            client.responses.create(model="strict", input="Hi", tools=[{"type": "web_search"}])
+            client.responses.create(
+                model="strict", input="Hi", tools=[{"type": "web_search"}]
+            )
         assert info.value.code == "unsupported_tool" and info.value.param == "tools"
         assert "web_search" in info.value.message
         assert len(claude.received) == before  # nothing sent

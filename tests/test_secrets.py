@@ -126,9 +126,7 @@ logging:
         resp = keep("upstream 401s", request("POST", url, chat, CLIENT))
         assert resp.status == 502  # both keys refused: out of service
         for key_id in ("k1", "k2"):  # an operator vouches for them again
-            assert (
-                request("POST", f"{base}/admin/v1/keys/{key_id}/enable", None, ADMIN).status == 200
-            )
+            assert request("POST", f"{base}/admin/v1/keys/{key_id}/enable", None, ADMIN).status == 200
         failing = f"internal error for key {SECRETS['upstream key 2']}".encode()
         upstream.script.extend([Scripted(status=500, body=failing)] * 3)  # every attempt fails
         resp = keep("upstream 500", request("POST", url, chat, CLIENT))

@@ -25,11 +25,7 @@ from truckllm.testing.mock import KeyBehaviour, MockUpstream, Scripted
 from truckllm.testing.serve import ServerThread
 from truckllm.testing.store_server import StoreServer
 
-CHAT: dict[str, Any] = {
-    "model": "m",
-    "messages": [{"role": "user", "content": "hi"}],
-    "max_tokens": 8,
-}
+CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
 def shared_config(upstream: str, storage: str, rpm: int, max_wait: float = 0) -> str:
@@ -197,6 +193,7 @@ def test_redis_store_shares_cooldowns_between_gateways(
     before = len(upstream.arrivals)
     resp = b.post("/v1/chat/completions", CHAT)
     assert resp.status == 429 and len(upstream.arrivals) == before  # b never called upstream
+
 
 
 def test_with_the_store_down_each_gateway_holds_a_client_limit_at_its_share(

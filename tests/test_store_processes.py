@@ -27,11 +27,7 @@ from truckllm.testing.loop import LoopThread
 from truckllm.testing.mock import KeyBehaviour, MockUpstream
 from truckllm.testing.serve import free_port
 
-CHAT: dict[str, Any] = {
-    "model": "m",
-    "messages": [{"role": "user", "content": "hi"}],
-    "max_tokens": 8,
-}
+CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 ADMIN = {"Authorization": "Bearer adm-1"}
 PRICING = "{input_token_cost: 0.15, output_token_cost: 0.6, unit: per_1m_tokens}"
 
@@ -58,15 +54,7 @@ class Gateways:
     def start(self) -> str:
         port = free_port()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "truckllm",
-                "--config",
-                str(self.path),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
+            [sys.executable, "-m", "truckllm", "--config", str(self.path), "--listen", f"127.0.0.1:{port}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

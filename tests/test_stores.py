@@ -64,7 +64,9 @@ KINDS = ["memory", "file", "http", "redis"]
 
 
 @pytest.fixture
-def store_case(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Any]:
+def store_case(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[str], Any]:
     def make(kind: str) -> Any:
         url = None
         if kind == "redis":
@@ -95,9 +97,7 @@ def test_a_batch_counts_once_and_queries_group_and_split(
             assert again.cooldowns.keys() == {"k1"} and again.cooldowns["k1"] > now
             today = await store.sync(Batch("proc-2", 1, now, {(minute, ROW_A): counts(1, 1)}))
             assert today.spend_total["team-a"] == 1_501 and today.peers == 2
-            assert today.spend_day.get("team-a") == (
-                1_501 if minute // 86400 == int(now) // 86400 else None
-            )
+            assert today.spend_day.get("team-a") == (1_501 if minute // 86400 == int(now) // 86400 else None)
 
             total = await store.query(UsageQuery())
             assert total.granularity == "day"
@@ -106,17 +106,14 @@ def test_a_batch_counts_once_and_queries_group_and_split(
             # start would (rightly) be answered from the hour table.
             start = minute - 7200 + (60 if (minute - 7200) % 3600 == 0 else 0)
             by_client = await store.query(UsageQuery(("client",), start=start))
-            assert {g: c[COST] for g, _, c in by_client.rows} == {
-                ("team-a",): 1_501,
-                ("team-b",): 7,
-            }
+            assert {g: c[COST] for g, _, c in by_client.rows} == {("team-a",): 1_501, ("team-b",): 7}
             assert by_client.granularity == "minute"
             hourly = await store.query(
                 UsageQuery(("provider", "alias"), start=minute // 3600 * 3600 - 3600, bucket="hour")
             )
             assert hourly.granularity == "hour"
             assert len({t for _, t, _ in hourly.rows}) == 2
-            assert ("openai", "smart") in {g for g, _, _ in hourly.rows}
+            assert (("openai", "smart") in {g for g, _, _ in hourly.rows})
 
     run(main())
 
@@ -171,9 +168,7 @@ def test_file_store_recovers_from_a_torn_journal_tail_and_compacts_safely(tmp_pa
     async def write(n: int, start_seq: int) -> None:
         store = FileStore(path)
         for i in range(n):
-            await store.sync(
-                Batch("p", start_seq + i, time.time(), {(minute, ROW_A): counts(1, 10)})
-            )
+            await store.sync(Batch("p", start_seq + i, time.time(), {(minute, ROW_A): counts(1, 10)}))
         store._journal.close()  # die without the clean shutdown's compaction
         store._lock.close()
 
@@ -257,9 +252,7 @@ def test_usage_rows_from_before_the_session_dimension_still_read() -> None:
 
     read = counts(2, 30)
     counts_old = read[:WIRE]  # as written then: without saved_nanos, which reads as 0
-    snapshot = {
-        "usage": {"minute": [[600, "team-a", "openai", "k1", "gpt-4o", "smart", *counts_old]]}
-    }
+    snapshot = {"usage": {"minute": [[600, "team-a", "openai", "k1", "gpt-4o", "smart", *counts_old]]}}
     table = Tables.load(snapshot).usage["minute"]
     assert table == {600: {("team-a", "openai", "k1", "gpt-4o", "smart", ""): read}}
     old = {"origin": "p", "seq": 1, "now": 0.0, "usage": [[600, *ROW_A[:5], *counts_old]]}

@@ -72,9 +72,7 @@ def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
     return ".".join([*base, node.module] if node.module else base)
 
 
-def _walk(
-    node: ast.AST, in_function: bool, type_only: bool
-) -> Iterator[tuple[ast.AST, bool, bool]]:
+def _walk(node: ast.AST, in_function: bool, type_only: bool) -> Iterator[tuple[ast.AST, bool, bool]]:
     for child in ast.iter_child_nodes(node):
         yield child, in_function, type_only
         nested_fn = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)

@@ -20,7 +20,7 @@ from truckllm.testing.mock_media import parse_form
 SMUGGLED = [
     "name*=UTF-8''model",
     "name*=utf-8'en'model",
-    "NAME* = \"UTF-8''model\"",
+    'NAME* = "UTF-8\'\'model"',
     "name*0=mod; name*1=el",
 ]
 
@@ -28,10 +28,7 @@ SMUGGLED = [
 @pytest.mark.parametrize("where", ["after", "before"])
 @pytest.mark.parametrize("spelling", SMUGGLED)
 def test_an_extended_name_field_is_refused_not_sent_on(
-    serve_fake: Callable[..., Any],
-    gateway_factory: Callable[..., Gateway],
-    spelling: str,
-    where: str,
+    serve_fake: Callable[..., Any], gateway_factory: Callable[..., Gateway], spelling: str, where: str
 ) -> None:
     up = serve_fake(MockUpstream)
     gw = gateway_factory(f"""
@@ -61,7 +58,7 @@ def test_an_extended_name_field_is_refused_not_sent_on(
 
 def test_filenames_and_plain_names_are_not_extended_names() -> None:
     for head, extended in [
-        ("name=\"file\"; filename*=UTF-8''a.wav", False),
+        ('name="file"; filename*=UTF-8\'\'a.wav', False),
         ('name="file"; filename="my name*1.wav"', False),
         ('name="model"', False),
         ("name*=UTF-8''model", True),

@@ -31,13 +31,9 @@ def form(model: str, file_first: bool, audio: bytes = AUDIO) -> bytes:
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
     ).encode()
     file_part = (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-            "Content-Type: audio/wav\r\n\r\n"
-        ).encode()
-        + audio
-        + b"\r\n"
-    )
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode() + audio + b"\r\n"
     parts = file_part + model_part if file_first else model_part + file_part
     return parts + f"--{BOUNDARY}--\r\n".encode()
 

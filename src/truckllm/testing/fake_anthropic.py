@@ -57,8 +57,6 @@ _ERROR_STATUS = {
     "overloaded_error": 529,
 }
 """The error types of the ``anthropic`` SDK's ``ErrorResponse`` and their statuses."""
-
-
 def error_body(error_type: str, message: str, request_id: str = "req_fake") -> dict[str, Any]:
     """An Anthropic error body."""
     return {
@@ -298,9 +296,7 @@ class FakeAnthropic(FakeServer):
         body, _ = await self.take(request, request.path)
         rid = f"req_fake{next(self._ids):06d}"
         if request.headers.get("anthropic-version") is None:
-            return _error(
-                400, "invalid_request_error", "anthropic-version: header is required", rid
-            )
+            return _error(400, "invalid_request_error", "anthropic-version: header is required", rid)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, "invalid_request_error", "messages: Field required", rid)
         counted = {k: body.get(k) for k in ("system", "messages", "tools")}

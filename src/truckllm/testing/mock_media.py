@@ -197,7 +197,8 @@ class MediaAPI:
                 "usage": usage,
             }
             deltas: list[Event] = [
-                {"type": "transcript.text.delta", "delta": w, "logprobs": []} for w in _pieces(text)
+                {"type": "transcript.text.delta", "delta": w, "logprobs": []}
+                for w in _pieces(text)
             ]
             return await send_stream(
                 request,

@@ -75,7 +75,9 @@ class ChatToResponsesStream(ChunkStream):
     ) -> None:
         kind = f"call:{index}"
         if self._kind != kind:
-            item = self.echo.function_call(str(call_id or new_id("call")), name, "", "in_progress")
+            item = self.echo.function_call(
+                str(call_id or new_id("call")), name, "", "in_progress"
+            )
             self._item(out, kind, item)
         if arguments:
             self._delta(out, "response.function_call_arguments.delta", arguments)
