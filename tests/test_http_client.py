@@ -272,6 +272,45 @@ def test_header_names_are_lower_cased_and_a_repeated_one_joined_in_order(run: Ru
     assert headers["content-type"] == "application/json"
 
 
+def test_a_host_name_is_looked_up_once_for_many_connections(run: Runner) -> None:
+    """Eight connections opened at once to ``localhost``, then four more one by one: one lookup
+    of the name (the loop's getaddrinfo, counted), and every connection served. ``localhost``
+    may resolve to ::1 first, where nothing listens: the next address is tried."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.reply(ok(b"{}", b"Connection: close\r\n"))  # a new connection each time
+
+    async def main() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        lookups = 0
+        real = loop.getaddrinfo
+
+        async def counted(*args: Any, **kw: Any) -> Any:
+            nonlocal lookups
+            lookups += 1
+            return await real(*args, **kw)
+
+        loop.getaddrinfo = counted  # type: ignore[method-assign]
+        async with RawServer(handler) as srv:
+            url = srv.url()
+            target = ParsedURL.parse(f"http://localhost:{url.origin[2]}/v1/chat/completions")
+            client = HTTPClient()
+
+            async def one() -> int:
+                resp = await post(client, target)
+                await resp.read()
+                return resp.status
+
+            statuses = await asyncio.gather(*(one() for _ in range(8)))
+            statuses += [await one() for _ in range(4)]
+            await client.close()
+            return lookups, srv.connections, statuses.count(200)
+
+    lookups, connections, served = run(main())
+    assert (lookups, connections, served) == (1, 12, 12)
+
+
 def test_read_timeout_fires_on_silence_not_on_a_slow_steady_stream(run: Runner) -> None:
     async def handler(conn: Conn) -> None:
         line, _, _ = await conn.request()

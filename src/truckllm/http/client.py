@@ -40,6 +40,7 @@ import httptools
 
 from truckllm.http.pool_stats import PoolStats
 from truckllm.http.proxy import Proxy, ProxyEnv, open_tunnel
+from truckllm.http.resolve import Resolver
 from truckllm.http.tls import TLSSettings, build_context
 
 __all__ = [
@@ -737,6 +738,7 @@ class HTTPClient:
         self.max_response_bytes = max_response_bytes
         self._ssl = ssl_context
         self._pools: dict[PoolKey, _OriginPool] = {}
+        self._resolver = Resolver()  # upstream names looked up once per DNS_TTL, not per connection
         self.pool_stats = PoolStats()  # waits at a connection cap, for /metrics
         self._contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
         self.closed = False
@@ -893,7 +895,7 @@ class HTTPClient:
     async def _connect(
         self, pool: _OriginPool, loop: asyncio.AbstractEventLoop, limit: float
     ) -> _Connection:
-        scheme, host, port = pool.origin
+        scheme = pool.origin[0]
         tls = (pool.tls or self._ssl_context()) if scheme == "https" else None
         started = loop.time()
         pool.count += 1
@@ -902,14 +904,7 @@ class HTTPClient:
                 if pool.proxy is not None and tls is not None:
                     conn = await self._tunnel(pool, loop, tls)
                 else:
-                    via = pool.proxy  # plain http through a proxy: the connection is to the proxy
-                    _, conn = await loop.create_connection(
-                        lambda: _Connection(pool, loop),
-                        host if via is None else via.host,
-                        port if via is None else via.port,
-                        ssl=tls,
-                        server_hostname=host if tls is not None else None,
-                    )
+                    conn = await self._open(pool, loop, tls)
         except BaseException:
             pool.closed()
             raise
@@ -919,6 +914,32 @@ class HTTPClient:
         pool.opened(conn)
         conn.connect_s = loop.time() - started
         return conn
+
+    async def _open(
+        self, pool: _OriginPool, loop: asyncio.AbstractEventLoop, tls: ssl.SSLContext | None
+    ) -> _Connection:
+        """A connection to the origin (or, plain http through a proxy, to the proxy), to its
+        addresses in turn (:class:`~truckllm.http.resolve.Resolver`)."""
+        _, host, port = pool.origin
+        via = pool.proxy
+        name, at = (host, port) if via is None else (via.host, via.port)
+        failed: OSError | None = None
+        for address in await self._resolver.addresses(loop, name, at):
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(pool, loop),
+                    address,
+                    at,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
+                )
+            except OSError as exc:
+                failed = exc
+                continue
+            return conn
+        self._resolver.forget(name, at)
+        assert failed is not None
+        raise failed
 
     @staticmethod
     async def _tunnel(
