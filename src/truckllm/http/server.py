@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import os
 import socket
 import time
@@ -102,8 +101,6 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_HEADER_LINE = b"%b: %b\r\n"
-_name_of = operator.itemgetter(0)
 _LAST_CHUNK = b"0\r\n\r\n"
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
@@ -338,32 +335,24 @@ class _Cycle:
     def _head(self, body: bytes, more: bool) -> bytes:
         """The status line and headers, with the framing the response needs, plus ``body``."""
         status = self.status
+        parts = [_status_line(status), self.conn.server.date()]
+        lines = 2
+        content_length = -1
+        transfer_encoding = False
         server = self.conn.server
         keep_alive = self.keep_alive and not (server.draining or server.keep_alive_off)
-        headers = self.headers
-        # No Python loop over the headers: the lines are formatted and the names lower-cased by
-        # C (map, join), and the framing headers found by searching the names.
-        try:
-            lines_out = b"".join(map(_HEADER_LINE.__mod__, headers))
-        except TypeError:  # not tuples (ASGI allows lists)
-            lines_out = b"".join([_HEADER_LINE % tuple(h) for h in headers])
-        names = b"\n" + b"\n".join(map(_name_of, headers)).lower() + b"\n"
-        parts = [_status_line(status), server.date(), lines_out]
-        lines = 2 + len(headers)
-        content_length = -1
-        at = names.find(b"\ncontent-length\n")
-        if at >= 0:
-            content_length = int(headers[names.count(b"\n", 0, at)][1])
-        transfer_encoding = b"\ntransfer-encoding\n" in names
-        if b"\nconnection\n" in names:  # left out, written below from keep_alive
-            kept = []
-            for name, value in headers:
-                if name.lower() == b"connection":
-                    keep_alive = keep_alive and value.lower() != b"close"
-                    lines -= 1
-                else:
-                    kept.append(_HEADER_LINE % (name, value))
-            parts[2] = b"".join(kept)
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                content_length = int(value)
+            elif lname == b"connection":
+                if value.lower() == b"close":
+                    keep_alive = False
+                continue  # written below, from keep_alive
+            elif lname == b"transfer-encoding":
+                transfer_encoding = True
+            parts.append(b"%b: %b\r\n" % (name, value))
+            lines += 1
         no_body = chunked = False
         if self.is_head or status < 200 or status in (204, 304):
             no_body = True
