@@ -84,6 +84,23 @@ class ClientPolicy:
             wait = max(self.shared.ready_at(now, tokens) - now, 0.0)
         return wait
 
+    def take(self, now: float, tokens: float) -> bool:
+        """Reserve the request at once when it fits every window as counted (a window moving on
+        only lowers its count, so it fits then too) and no shared limiter is involved. False:
+        nothing was reserved; :meth:`wait_s` and :meth:`reserve` decide."""
+        if self.shared is not None:
+            return False
+        rpm, tpm = self.rpm, self.tpm
+        if rpm is not None and rpm.total + 1.0 > rpm.limit:
+            return False
+        if tpm is not None and tokens:
+            if tpm.total + tokens > tpm.limit:
+                return False
+            tpm.add(now, tokens)
+        if rpm is not None:
+            rpm.add(now, 1.0)
+        return True
+
     def reserve(self, now: float, tokens: float) -> None:
         if self.rpm is not None:
             self.rpm.add(now, 1.0)
