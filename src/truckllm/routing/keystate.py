@@ -254,7 +254,8 @@ class KeyState:
         share = 1.0
         for window, is_tokens in self._windows:
             amount = tokens if is_tokens else 1.0
-            left = (window.limit - window.used(now) - amount) / window.limit
+            used = window.total if now < window.head_end else window.used(now)
+            left = (window.limit - used - amount) / window.limit
             if left < share:
                 share = left
         q = self.quota

@@ -11,7 +11,16 @@ import math
 
 
 class SlidingWindow:
-    __slots__ = ("_bucket_s", "_buckets", "_head", "_head_start", "limit", "span_s", "total")
+    __slots__ = (
+        "_bucket_s",
+        "_buckets",
+        "_head",
+        "_head_start",
+        "head_end",
+        "limit",
+        "span_s",
+        "total",
+    )
 
     def __init__(self, limit: int, span_s: float, buckets: int = 60) -> None:
         self.limit = limit
@@ -20,6 +29,8 @@ class SlidingWindow:
         self._buckets = [0.0] * (buckets + 1)  # + the bucket straddling the window's start
         self._head = 0  # index of the bucket that holds "now"
         self._head_start = 0.0  # start time of the head bucket
+        # when the head bucket ends: until then ``total`` is current without a call to move on
+        self.head_end = self._bucket_s
         self.total = 0.0
 
     def _advance(self, now: float) -> None:
@@ -38,20 +49,20 @@ class SlidingWindow:
                 self.total -= self._buckets[self._head]
                 self._buckets[self._head] = 0.0
         self._head_start += steps * self._bucket_s
+        self.head_end = self._head_start + self._bucket_s
         if self.total < 1e-9:
             self.total = 0.0
 
     def add(self, now: float, amount: float) -> None:
         """Count ``amount`` at ``now`` (negative to give back part of a reservation)."""
-        if now - self._head_start >= self._bucket_s:  # else still in the head bucket
+        if now >= self.head_end:  # else still in the head bucket
             self._advance(now)
         self._buckets[self._head] += amount
-        self.total += amount
-        if self.total < 0:
-            self.total = 0.0
+        total = self.total + amount
+        self.total = total if total > 0.0 else 0.0
 
     def used(self, now: float) -> float:
-        if now - self._head_start >= self._bucket_s:
+        if now >= self.head_end:
             self._advance(now)
         return self.total
 
@@ -60,7 +71,7 @@ class SlidingWindow:
 
     def wait_for(self, now: float, amount: float) -> float:
         """Seconds until ``amount`` more fits (0 if it fits now; ``inf`` if it never can)."""
-        if now - self._head_start >= self._bucket_s:
+        if now >= self.head_end:
             self._advance(now)
         if amount > self.limit:
             return math.inf
