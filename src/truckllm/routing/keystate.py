@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Protocol
 
@@ -178,13 +178,20 @@ class KeyState:
         self._windows: list[tuple[SlidingWindow, bool]] = []
         self.shared: SharedLimit | None = None  # set when a shared store holds the limits
         self.outlier = Outlier(pool or OutlierPool(settings.outlier))
-        self.apply_limits(key.limits)
+        self.free = True
+        self.price: tuple[object, ...] = ()
+        self.configure(key)
 
-    @property
-    def free(self) -> bool:
-        """Whether the key costs nothing (no pricing configured): price plays no part in its score."""
-        p = self.key.pricing
-        return not (p.input_token_cost or p.output_token_cost or p.cached_input_token_cost)
+    def configure(self, key: KeyConfig) -> None:
+        """Adopt ``key``'s settings, at start and on every reload: its limits, and what each pick
+        reads of its price. ``free``: the key costs nothing (no pricing configured), so price
+        plays no part in its score; ``price``: its prices as a tuple, equal for two keys exactly
+        when their ``Pricing`` is (compared in C, not by the dataclass's ``__eq__``)."""
+        self.key = key
+        p = key.pricing
+        self.free = not (p.input_token_cost or p.output_token_cost or p.cached_input_token_cost)
+        self.price = tuple(getattr(p, f.name) for f in fields(p))
+        self.apply_limits(key.limits)
 
     def apply_limits(self, limits: Limits) -> None:
         self.rpm = _window(limits.rpm, 60.0, self.rpm)

@@ -100,9 +100,8 @@ class Router:
             for k in p.keys:
                 old = previous.get(k.id)
                 if old is not None and old.provider_id == p.id:
-                    old.key = k  # keep counters, cooldowns and averages; adopt the new settings
+                    old.configure(k)  # keep counters, cooldowns and averages; adopt the new settings
                     old.settings = self.settings
-                    old.apply_limits(k.limits)
                     outlier = Outlier(ps.key_pool)
                     outlier.adopt(old.outlier)
                     old.outlier = outlier
@@ -283,7 +282,7 @@ class Router:
         prior = self._prior_latency(candidates)
         a, b = candidates[0], candidates[1]
         # Free keys, or keys at one price: price plays no part (the ratio would be 1 for both).
-        if (a.free and b.free) or a.key.pricing == b.key.pricing:
+        if (a.free and b.free) or a.price == b.price:
             return self._soft_min(
                 a,
                 b,
