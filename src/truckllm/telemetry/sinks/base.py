@@ -46,12 +46,6 @@ def _ms(seconds: float) -> float:
     return int(seconds * 1e6 + 0.5) / 1e3
 
 
-def _cut(text: str | None) -> str | None:
-    if text is None or len(text) <= _MAX_TEXT:
-        return text
-    return text[:_MAX_TEXT]
-
-
 class RecordEncoder:
     """Turns records into request-log objects: one JSON object per request, no bodies.
 
@@ -74,8 +68,9 @@ class RecordEncoder:
         return self._prefix + _MILLIS[int((t - second) * 1000)]
 
     def obj(self, r: RequestRecord) -> dict[str, Any]:
-        # Once per request on the event loop: the helpers are inlined where it is cheap
-        # (``_cut`` for short texts, ``_ms``, the current second's time prefix).
+        # Once per request: the helpers are inlined where it is cheap (``_ms``, the current
+        # second's time prefix), and client-chosen texts cut by a slice (a text no longer than
+        # the cut comes back as itself; ``None`` stays ``None``).
         u = r.usage
         ttft = r.ttft_s
         latency = r.latency_s
@@ -92,18 +87,16 @@ class RecordEncoder:
             "time": stamp,
             "request_id": r.request_id,
             "client_id": r.client_id,
-            "session_id": session
-            if session is None or len(session) <= _MAX_TEXT
-            else _cut(session),
+            "session_id": session and session[:_MAX_TEXT],
             "client_ip": r.client_ip,
-            "endpoint": r.endpoint if len(r.endpoint) <= _MAX_TEXT else r.endpoint[:_MAX_TEXT],
-            "model": model if model is None or len(model) <= _MAX_TEXT else _cut(model),
+            "endpoint": r.endpoint[:_MAX_TEXT],
+            "model": model and model[:_MAX_TEXT],
             "alias": r.alias,
             "provider": r.provider,
             "key_id": r.key_id,
             "upstream_model": r.upstream_model,
             "status": r.status,
-            "error_code": error if error is None or len(error) <= _MAX_TEXT else _cut(error),
+            "error_code": error and error[:_MAX_TEXT],
             "attempts": r.attempts,
             "latency_ms": int(latency * 1e6 + 0.5) / 1e3,  # _ms, inlined
             "ttft_ms": None if ttft is None else int(ttft * 1e6 + 0.5) / 1e3,
