@@ -21,6 +21,7 @@ from truckllm.stores.limits import SharedLimiter, WindowSpec
 
 class ClientPolicy:
     __slots__ = (
+        "_caps",
         "_checks",
         "allowed",
         "budgets",
@@ -61,6 +62,13 @@ class ClientPolicy:
             if limit is not None
         )
         self.has_budget = bool(self._checks)
+        # each budget as a bound the spend is compared with (one no spend reaches when unset)
+        day, month, total = self.budgets
+        self._caps = (
+            math.inf if day is None else day,
+            math.inf if month is None else month,
+            math.inf if total is None else total,
+        )
         self.specs = [
             WindowSpec(name, 60.0, limit, name == "tpm")
             for name, limit in (("rpm", entry.rpm), ("tpm", entry.tpm))
@@ -124,6 +132,9 @@ class ClientPolicy:
                 window.limit = max(spec.limit // max(peers, 1), 1)
 
     def check_budget(self, spent: tuple[int, int, int], wall: float) -> None:
+        day, month, total = self._caps
+        if spent[0] < day and spent[1] < month and spent[2] < total:
+            return
         for i, limit, period in self._checks:
             if spent[i] >= limit:
                 raise _over_budget(period, limit, wall)
