@@ -411,6 +411,15 @@ def test_sliding_window_never_undercounts() -> None:
     assert w.wait_for(0.0, 11) == math.inf
 
 
+def test_sliding_window_take_counts_only_what_fits() -> None:
+    w = SlidingWindow(limit=10, span_s=60)
+    assert w.take(0.0, 6) and w.total == 6
+    assert not w.take(1.0, 5) and w.total == 6  # refused: nothing counted
+    assert w.take(1.5, 4) and w.room(1.5) == 0
+    assert not w.take(60.5, 1)  # the first bucket is still in the window
+    assert w.take(61.5, 6) and w.used(61.5) == 10  # it left at 61 s: 4 + 6
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [

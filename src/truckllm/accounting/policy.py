@@ -99,14 +99,12 @@ class ClientPolicy:
         if self.shared is not None:
             return False
         rpm, tpm = self.rpm, self.tpm
-        if rpm is not None and rpm.total + 1.0 > rpm.limit:
+        if rpm is not None and not rpm.take(now, 1.0):
             return False
-        if tpm is not None and tokens:
-            if tpm.total + tokens > tpm.limit:
-                return False
-            tpm.add(now, tokens)
-        if rpm is not None:
-            rpm.add(now, 1.0)
+        if tpm is not None and tokens and not tpm.take(now, tokens):
+            if rpm is not None:
+                rpm.add(now, -1.0)  # given back: as if never counted
+            return False
         return True
 
     def reserve(self, now: float, tokens: float) -> None:

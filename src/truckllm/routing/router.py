@@ -100,7 +100,8 @@ class Router:
             for k in p.keys:
                 old = previous.get(k.id)
                 if old is not None and old.provider_id == p.id:
-                    old.configure(k)  # keep counters, cooldowns and averages; adopt the new settings
+                    # keep counters, cooldowns and averages; adopt the new settings
+                    old.configure(k)
                     old.settings = self.settings
                     outlier = Outlier(ps.key_pool)
                     outlier.adopt(old.outlier)

@@ -61,6 +61,18 @@ class SlidingWindow:
         total = self.total + amount
         self.total = total if total > 0.0 else 0.0
 
+    def take(self, now: float, amount: float) -> bool:
+        """Count ``amount`` (>= 0) at ``now`` if it fits (``wait_for`` would say 0); False,
+        counting nothing, if it does not."""
+        if now >= self.head_end:
+            self._advance(now)
+        total = self.total + amount
+        if total > self.limit:
+            return False
+        self._buckets[self._head] += amount
+        self.total = total
+        return True
+
     def used(self, now: float) -> float:
         if now >= self.head_end:
             self._advance(now)
