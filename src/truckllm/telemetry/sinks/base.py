@@ -125,7 +125,7 @@ class RecordEncoder:
         for start in range(0, len(batch), _ENCODE_CHUNK):
             if start:
                 await asyncio.sleep(0)
-            out.extend(dumps(obj(r), option=opt) for r in batch[start : start + _ENCODE_CHUNK])
+            out += [dumps(obj(r), option=opt) for r in batch[start : start + _ENCODE_CHUNK]]
         return out
 
     async def array(self, batch: list[RequestRecord]) -> bytes:
