@@ -358,6 +358,20 @@ def test_state_survives_a_reload_by_key_id() -> None:
     assert "b" not in new.states() and new.states()["c"].requests == 0
 
 
+def test_a_reload_gives_a_kept_key_its_new_price() -> None:
+    price = "pricing: {input_token_cost: 1, output_token_cost: 2}"
+    router, clock = make_router(f"- {{id: a, secret: a}}\n- {{id: b, secret: b, {price}}}")
+    a, b = router.states()["a"], router.states()["b"]
+    assert a.free and not b.free and a.price != b.price
+    new, _ = make_router(
+        f"- {{id: a, secret: a, {price}}}\n- {{id: b, secret: b, {price}}}",
+        carry_over=router,
+        clock=clock,
+    )
+    assert new.states()["a"] is a and not a.free and a.price == b.price
+    assert a.key.pricing == b.key.pricing and a.key.pricing is not b.key.pricing
+
+
 # -- policies and parsing --------------------------------------------------------------------
 
 
