@@ -228,9 +228,10 @@ class KeyState:
                 at = b
         for window, is_tokens in self._windows:
             # a request over the limit waits for an empty window
-            amount = (tokens if tokens < window.limit else window.limit) if is_tokens else 1.0
+            cap = window.cap
+            amount = (tokens if tokens < cap else cap) if is_tokens else 1.0
             # fits even before the window moves on (moving on only lowers total): no wait
-            if window.total + amount <= window.limit:
+            if window.total + amount <= cap:
                 continue
             wait = window.wait_for(now, amount)
             if wait and now + wait > at:
@@ -262,7 +263,8 @@ class KeyState:
         for window, is_tokens in self._windows:
             amount = tokens if is_tokens else 1.0
             used = window.total if now < window.head_end else window.used(now)
-            left = (window.limit - used - amount) / window.limit
+            cap = window.cap
+            left = (cap - used - amount) / cap
             if left < share:
                 share = left
         q = self.quota

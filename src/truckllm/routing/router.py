@@ -162,12 +162,13 @@ class Router:
                 adaptive_score(found[0][0], now, est, prior, cheapest),
                 adaptive_score(found[1][0], now, est, prior, cheapest),
             )
-        state.reserve(now, est.total)
+        tokens = float(est.total)  # a float, as the windows count: no int arithmetic on them
+        state.reserve(now, tokens)
         if ps.outlier.ejected_until:
             ps.outlier.on_pick(now)
         if affinity is not None and self.affinity is not None:
             self.affinity.remember(affinity, state.key.id)
-        return Pick(self, state, ps, now, est.total)
+        return Pick(self, state, ps, now, tokens)
 
     def _scan(
         self,
@@ -222,7 +223,7 @@ class Router:
             return None, ready - now
         keys = ps.keys
         n = len(keys)
-        tokens = est.total
+        tokens = float(est.total)
         if strategy == "round_robin":
             start = self._cursor[ps.id]
             wait = math.inf

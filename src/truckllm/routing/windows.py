@@ -16,14 +16,16 @@ class SlidingWindow:
         "_buckets",
         "_head",
         "_head_start",
+        "_limit",
+        "cap",
         "head_end",
-        "limit",
         "span_s",
         "total",
     )
 
     def __init__(self, limit: int, span_s: float, buckets: int = 60) -> None:
-        self.limit = limit
+        self._limit = limit
+        self.cap = float(limit)
         self.span_s = span_s
         self._bucket_s = span_s / buckets
         self._buckets = [0.0] * (buckets + 1)  # + the bucket straddling the window's start
@@ -32,6 +34,17 @@ class SlidingWindow:
         # when the head bucket ends: until then ``total`` is current without a call to move on
         self.head_end = self._bucket_s
         self.total = 0.0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: int) -> None:
+        self._limit = limit
+        # the limit as a float, kept with it: the counts are floats, and a float compared with
+        # (or taken from) a float is the interpreter's fast path, with an int it is not
+        self.cap = float(limit)
 
     def _advance(self, now: float) -> None:
         elapsed = now - self._head_start
@@ -67,7 +80,7 @@ class SlidingWindow:
         if now >= self.head_end:
             self._advance(now)
         total = self.total + amount
-        if total > self.limit:
+        if total > self.cap:
             return False
         self._buckets[self._head] += amount
         self.total = total
@@ -79,15 +92,15 @@ class SlidingWindow:
         return self.total
 
     def room(self, now: float) -> float:
-        return self.limit - self.used(now)
+        return self._limit - self.used(now)
 
     def wait_for(self, now: float, amount: float) -> float:
         """Seconds until ``amount`` more fits (0 if it fits now; ``inf`` if it never can)."""
         if now >= self.head_end:
             self._advance(now)
-        if amount > self.limit:
+        if amount > self._limit:
             return math.inf
-        excess = self.total + amount - self.limit
+        excess = self.total + amount - self._limit
         if excess <= 0:
             return 0.0
         n = len(self._buckets)
