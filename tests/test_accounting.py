@@ -233,6 +233,31 @@ def test_client_rules_refuse_before_any_upstream_call(
     assert len(upstream.received) == before  # refused before any upstream call
 
 
+def test_a_request_refused_for_tokens_is_not_counted_against_requests(
+    upstream: MockUpstream, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gw = gateway_factory(f"""
+        server:
+          api_keys:
+            - {{id: both, key: kb, rpm: 1000, tpm: 100}}
+        providers:
+          - id: p
+            base_url: {upstream.url}
+            models: ["*"]
+            keys: [{{id: k, secret: s}}]
+        """)
+    statuses = [
+        gw.post(
+            "/v1/chat/completions", {**CHAT, "max_tokens": 1}, headers={"Authorization": "Bearer kb"}
+        ).status
+        for _ in range(12)
+    ]
+    admitted = statuses.count(200)
+    assert admitted >= 2 and statuses.count(429) == 12 - admitted, statuses
+    rpm = gw.app.accounting.policies["both"].rpm
+    assert rpm is not None and rpm.used(time.monotonic()) == admitted
+
+
 # -- the same bill, streamed or not, through every provider type ----------------------------------
 
 

@@ -358,6 +358,20 @@ def test_state_survives_a_reload_by_key_id() -> None:
     assert "b" not in new.states() and new.states()["c"].requests == 0
 
 
+def test_a_reload_gives_a_kept_key_its_new_price() -> None:
+    price = "pricing: {input_token_cost: 1, output_token_cost: 2}"
+    router, clock = make_router(f"- {{id: a, secret: a}}\n- {{id: b, secret: b, {price}}}")
+    a, b = router.states()["a"], router.states()["b"]
+    assert a.free and not b.free and a.price != b.price
+    new, _ = make_router(
+        f"- {{id: a, secret: a, {price}}}\n- {{id: b, secret: b, {price}}}",
+        carry_over=router,
+        clock=clock,
+    )
+    assert new.states()["a"] is a and not a.free and a.price == b.price
+    assert a.key.pricing == b.key.pricing and a.key.pricing is not b.key.pricing
+
+
 # -- policies and parsing --------------------------------------------------------------------
 
 
@@ -409,6 +423,15 @@ def test_sliding_window_never_undercounts() -> None:
     )  # the oldest bucket leaves after 60 s + a bucket
     assert w.room(60.99) == 0 and w.room(61.0) == 1 and w.room(62.0) == 2
     assert w.wait_for(0.0, 11) == math.inf
+
+
+def test_sliding_window_take_counts_only_what_fits() -> None:
+    w = SlidingWindow(limit=10, span_s=60)
+    assert w.take(0.0, 6) and w.total == 6
+    assert not w.take(1.0, 5) and w.total == 6  # refused: nothing counted
+    assert w.take(1.5, 4) and w.room(1.5) == 0
+    assert not w.take(60.5, 1)  # the first bucket is still in the window
+    assert w.take(61.5, 6) and w.used(61.5) == 10  # it left at 61 s: 4 + 6
 
 
 @pytest.mark.parametrize(

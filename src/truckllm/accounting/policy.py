@@ -21,6 +21,7 @@ from truckllm.stores.limits import SharedLimiter, WindowSpec
 
 class ClientPolicy:
     __slots__ = (
+        "_caps",
         "_checks",
         "allowed",
         "budgets",
@@ -61,6 +62,13 @@ class ClientPolicy:
             if limit is not None
         )
         self.has_budget = bool(self._checks)
+        # each budget as a bound the spend is compared with (one no spend reaches when unset)
+        day, month, total = self.budgets
+        self._caps = (
+            math.inf if day is None else day,
+            math.inf if month is None else month,
+            math.inf if total is None else total,
+        )
         self.specs = [
             WindowSpec(name, 60.0, limit, name == "tpm")
             for name, limit in (("rpm", entry.rpm), ("tpm", entry.tpm))
@@ -83,6 +91,21 @@ class ClientPolicy:
         if self.shared is not None and wait == 0.0:
             wait = max(self.shared.ready_at(now, tokens) - now, 0.0)
         return wait
+
+    def take(self, now: float, tokens: float) -> bool:
+        """Reserve the request at once when it fits every window as counted (a window moving on
+        only lowers its count, so it fits then too) and no shared limiter is involved. False:
+        nothing was reserved; :meth:`wait_s` and :meth:`reserve` decide."""
+        if self.shared is not None:
+            return False
+        rpm, tpm = self.rpm, self.tpm
+        if rpm is not None and not rpm.take(now, 1.0):
+            return False
+        if tpm is not None and tokens and not tpm.take(now, tokens):
+            if rpm is not None:
+                rpm.add(now, -1.0)  # given back: as if never counted
+            return False
+        return True
 
     def reserve(self, now: float, tokens: float) -> None:
         if self.rpm is not None:
@@ -107,6 +130,9 @@ class ClientPolicy:
                 window.limit = max(spec.limit // max(peers, 1), 1)
 
     def check_budget(self, spent: tuple[int, int, int], wall: float) -> None:
+        day, month, total = self._caps
+        if spent[0] < day and spent[1] < month and spent[2] < total:
+            return
         for i, limit, period in self._checks:
             if spent[i] >= limit:
                 raise _over_budget(period, limit, wall)

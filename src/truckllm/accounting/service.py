@@ -94,7 +94,7 @@ class Accounting:
         if policy is None:
             return None
         model = rec.model or ""
-        if not policy.allows(model):
+        if policy.allowed is not None and not policy.allows(model):
             raise model_not_allowed(model)
         if policy.has_budget:
             wall = time.time()
@@ -110,6 +110,9 @@ class Accounting:
             if as_endpoint != endpoint or default_output != self._default_output:
                 est = None
         now = time.monotonic()
+        if policy.take(now, tokens):  # fits every window as counted: reserved
+            rec.client_tokens = tokens
+            return est
         wait = policy.wait_s(now, tokens)
         shared = policy.shared
         if 0 < wait <= 0.05 and shared is not None:  # a lease is on its way

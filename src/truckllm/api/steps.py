@@ -37,7 +37,8 @@ def authenticate(req: Request) -> str:
                 token = bearer
         elif name == b"x-api-key" and not token:
             token = value
-    if not token.strip():
+    token = token.strip()
+    if not token:
         raise APIError(
             401,
             "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
@@ -45,7 +46,6 @@ def authenticate(req: Request) -> str:
             code="missing_api_key",
             type_="invalid_request_error",
         )
-    token = token.strip()
     cache = req.rt.client_key_cache
     client = cache.get(token)
     if client is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Protocol
 
@@ -178,13 +178,20 @@ class KeyState:
         self._windows: list[tuple[SlidingWindow, bool]] = []
         self.shared: SharedLimit | None = None  # set when a shared store holds the limits
         self.outlier = Outlier(pool or OutlierPool(settings.outlier))
-        self.apply_limits(key.limits)
+        self.free = True
+        self.price: tuple[object, ...] = ()
+        self.configure(key)
 
-    @property
-    def free(self) -> bool:
-        """Whether the key costs nothing (no pricing configured): price plays no part in its score."""
-        p = self.key.pricing
-        return not (p.input_token_cost or p.output_token_cost or p.cached_input_token_cost)
+    def configure(self, key: KeyConfig) -> None:
+        """Adopt ``key``'s settings, at start and on every reload: its limits, and what each pick
+        reads of its price. ``free``: the key costs nothing (no pricing configured), so price
+        plays no part in its score; ``price``: its prices as a tuple, equal for two keys exactly
+        when their ``Pricing`` is (compared in C, not by the dataclass's ``__eq__``)."""
+        self.key = key
+        p = key.pricing
+        self.free = not (p.input_token_cost or p.output_token_cost or p.cached_input_token_cost)
+        self.price = tuple(getattr(p, f.name) for f in fields(p))
+        self.apply_limits(key.limits)
 
     def apply_limits(self, limits: Limits) -> None:
         self.rpm = _window(limits.rpm, 60.0, self.rpm)
@@ -221,9 +228,10 @@ class KeyState:
                 at = b
         for window, is_tokens in self._windows:
             # a request over the limit waits for an empty window
-            amount = (tokens if tokens < window.limit else window.limit) if is_tokens else 1.0
+            cap = window.cap
+            amount = (tokens if tokens < cap else cap) if is_tokens else 1.0
             # fits even before the window moves on (moving on only lowers total): no wait
-            if window.total + amount <= window.limit:
+            if window.total + amount <= cap:
                 continue
             wait = window.wait_for(now, amount)
             if wait and now + wait > at:
@@ -254,7 +262,9 @@ class KeyState:
         share = 1.0
         for window, is_tokens in self._windows:
             amount = tokens if is_tokens else 1.0
-            left = (window.limit - window.used(now) - amount) / window.limit
+            used = window.total if now < window.head_end else window.used(now)
+            cap = window.cap
+            left = (cap - used - amount) / cap
             if left < share:
                 share = left
         q = self.quota

@@ -173,7 +173,9 @@ class Outlier:
                     self._restore(now)
             return
         self.window.record(now, success)
-        self.pool.window.record(now, success)
+        pool = self.pool
+        if pool.members > 1:  # alone in its pool, a target has no peers: nothing reads the sums
+            pool.window.record(now, success)
         if not success:
             self._judge(now)
 

@@ -100,9 +100,9 @@ class Router:
             for k in p.keys:
                 old = previous.get(k.id)
                 if old is not None and old.provider_id == p.id:
-                    old.key = k  # keep counters, cooldowns and averages; adopt the new settings
+                    # keep counters, cooldowns and averages; adopt the new settings
+                    old.configure(k)
                     old.settings = self.settings
-                    old.apply_limits(k.limits)
                     outlier = Outlier(ps.key_pool)
                     outlier.adopt(old.outlier)
                     old.outlier = outlier
@@ -162,12 +162,13 @@ class Router:
                 adaptive_score(found[0][0], now, est, prior, cheapest),
                 adaptive_score(found[1][0], now, est, prior, cheapest),
             )
-        state.reserve(now, est.total)
+        tokens = float(est.total)  # a float, as the windows count: no int arithmetic on them
+        state.reserve(now, tokens)
         if ps.outlier.ejected_until:
             ps.outlier.on_pick(now)
         if affinity is not None and self.affinity is not None:
             self.affinity.remember(affinity, state.key.id)
-        return Pick(self, state, ps, now, est.total)
+        return Pick(self, state, ps, now, tokens)
 
     def _scan(
         self,
@@ -222,7 +223,7 @@ class Router:
             return None, ready - now
         keys = ps.keys
         n = len(keys)
-        tokens = est.total
+        tokens = float(est.total)
         if strategy == "round_robin":
             start = self._cursor[ps.id]
             wait = math.inf
@@ -283,7 +284,7 @@ class Router:
         prior = self._prior_latency(candidates)
         a, b = candidates[0], candidates[1]
         # Free keys, or keys at one price: price plays no part (the ratio would be 1 for both).
-        if (a.free and b.free) or a.key.pricing == b.key.pricing:
+        if (a.free and b.free) or a.price == b.price:
             return self._soft_min(
                 a,
                 b,

@@ -78,6 +78,10 @@ class RotatingFile:
         assert f is not None
         size = os.fstat(f.fileno()).st_size  # other processes may append to it too
         limit = self.max_bytes
+        if limit is None or size + sum(map(len, lines)) <= limit:  # no line rolls the file over
+            f.write(b"".join(lines))
+            f.flush()
+            return
         pending: list[bytes] = []
         for line in lines:
             if limit is not None and size and size + len(line) > limit:
