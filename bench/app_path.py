@@ -50,6 +50,7 @@ from truckllm.api import App
 from truckllm.config import load_config
 from truckllm.config.schema import KeyConfig
 from truckllm.http.client import HTTPClient, ParsedURL
+from truckllm.http.server import DISCONNECT_EXTENSION
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderContext, ProviderFactory
 from truckllm.providers.base import Call, Reply
@@ -59,6 +60,10 @@ LOOPS = ("app", "round trip", "app + round trip")
 _UPSTREAM_HEAD = (
     f"Authorization: Bearer {UPSTREAM_KEY}\r\nContent-Type: application/json\r\n"
 ).encode()
+
+
+def _no_watch(callback: Any) -> None:
+    """The disconnect extension of a harness whose client never leaves."""
 
 
 def canned_registry(body: bytes) -> Registry[ProviderFactory]:
@@ -113,7 +118,8 @@ async def measure(args: argparse.Namespace, mock: Service, config: Path) -> dict
             "path": ROUTE,
             "headers": headers,
             "query_string": b"",
-            "extensions": {},
+            # as the gateway's own server does: no fallback timer per request to watch the client
+            "extensions": {DISCONNECT_EXTENSION: _no_watch},
         }
         await app(scope, receive, send)
 

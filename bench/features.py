@@ -33,6 +33,7 @@ from overhead import REQUEST_BODY, ROUTE
 from truckllm.api import App
 from truckllm.config import load_config
 from truckllm.config.schema import KeyConfig
+from truckllm.http.server import DISCONNECT_EXTENSION
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderContext, ProviderFactory
 from truckllm.providers.base import Call, Reply
@@ -77,6 +78,10 @@ CONFIGS: dict[str, frozenset[str]] = {
     **{f"{f} only": frozenset({f}) for f in FEATURES},
     "on": frozenset(FEATURES),
 }
+
+
+def _no_watch(callback: Any) -> None:
+    """The disconnect extension of a harness whose client never leaves."""
 
 
 def config_text(upstream: str, tmp: Path, features: frozenset[str]) -> str:
@@ -137,7 +142,8 @@ class Harness:
             "path": ROUTE,
             "headers": self.headers,
             "query_string": b"",
-            "extensions": {},
+            # as the gateway's own server does: no fallback timer per request to watch the client
+            "extensions": {DISCONNECT_EXTENSION: _no_watch},
         }
         await self.app(scope, self.receive, self.send)
 
