@@ -232,6 +232,47 @@ def targets(res: dict[str, dict[str, Any]]) -> list[Row]:
         )
         peak = s["gateway_peak_rss_mb"]
         out.append((f"{what}: gateway peak RSS", f"{peak:.0f} MB", "<= 150 MB", peak <= 150))
+        cold = s.get("cold") or {}
+        if "direct" in cold and "gateway" in cold:
+            d, gw = cold["direct"], cold["gateway"]
+            for key, label in (("ttft_p99", "time to first token"), ("gap_p99", "gap")):
+                added = gw[key] - d[key]
+                out.append(
+                    (
+                        f"{what}, 1,000 started within a second on a fresh gateway: added "
+                        f"{label}, p99 ({gw[key]:.1f} against {d[key]:.1f} ms direct)",
+                        f"{added:+.2f} ms",
+                        "<= 5 ms",
+                        added <= 5,
+                    )
+                )
+    w = res.get("workers", {}).get("data")
+    if w and "1 process" in w["targets"] and "2 workers" in w["targets"]:
+        one, two = w["targets"]["1 process"], w["targets"]["2 workers"]
+        for n in ("32", "128"):
+            ratio = two[n]["rps"] / one[n]["rps"]
+            out.append(
+                (
+                    f"{n} connections: `server.workers: 2` over one process, requests/s (wrk "
+                    "pinned to a core of its own)",
+                    f"{ratio:.2f}",
+                    "> 1.00",
+                    ratio > 1.0,
+                )
+            )
+        local = w["targets"].get("2 workers, the same limits counted per worker")
+        shared = w["targets"].get("2 workers, limits shared in Redis")
+        if local and shared:
+            worst = min(shared[n]["rps"] / local[n]["rps"] for n in ("32", "128"))
+            out.append(
+                (
+                    "2 workers: limits shared in Redis over the same limits per worker, "
+                    "requests/s (the lower of 32 and 128 connections)",
+                    f"{worst:.2f}",
+                    ">= 0.90",
+                    worst >= 0.90,
+                )
+            )
     sh = res.get("streaming-shared", {}).get("data")
     if sh:
         out.append(

@@ -1,6 +1,8 @@
 """Multi-process: ``server.workers: 2`` against one process, on one port, in the same run.
 
-Starts ``truckllm mock`` and gateways with ``server.workers`` 1 and 2 (and, with ``--redis`` or
+Starts an upstream (nginx answering a fixed chat completion, as ``peers.py`` does, so that one
+gateway process is what limits; ``--upstream mock`` for ``truckllm mock``) and gateways with
+``server.workers`` 1 and 2 (and, with ``--redis`` or
 when ``redis-server`` is installed, 2 workers with an rpm limit per key high enough never to
 bind, counted by each worker on its own and then shared through Redis:
 ``storage.runtime.type: redis``, so every request spends a shared lease; the two differ only in
@@ -15,6 +17,7 @@ processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -35,6 +38,7 @@ from common import (
     wait_http,
 )
 from overhead import ROUTE, Cell, run_wrk, start_redis, write_lua
+from peers import nginx
 
 SHARED_RPM = 10_000_000
 
@@ -63,18 +67,27 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.pin_wrk:
         wrk = ["taskset", "-c", args.pin_wrk, *wrk]
     tmp = Path(tempfile.mkdtemp(prefix="truckllm-workers-"))
-    mock_port = free_port()
-    mock = start(
-        "mock",
-        [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}"],
-        mock_port,
-        tmp,
-    )
+    upstreams = contextlib.ExitStack()
+    if args.upstream == "nginx":
+        # A fixed answer from nginx: one gateway process is the ceiling, as in peers.py; the
+        # mock, a Python process of its own, takes a core's share that the workers would use.
+        upstream = upstreams.enter_context(nginx(tmp)).rsplit("/chat/completions", 1)[0]
+    else:
+        mock_port = free_port()
+        mock = start(
+            "mock",
+            [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}"],
+            mock_port,
+            tmp,
+        )
+        upstreams.callback(mock.stop)
+        upstream = f"{mock.base}/v1"
     redis = None
     use_redis = args.redis if args.redis is not None else shutil.which("redis-server") is not None
     targets: dict[str, Service] = {}
     try:
-        wait_http(mock.base + "/v1/models")
+        if args.upstream == "mock":
+            wait_http(upstream + "/models")
         redis_port = free_port() if use_redis else None
         if redis_port is not None:
             redis = start_redis(redis_port, tmp / "redis.log")
@@ -87,7 +100,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             specs.append((SHARED, 2, True, redis_port))
         for label, workers, limits, rport in specs:
             config = tmp / f"gateway-{len(targets)}.yaml"
-            config.write_text(target_config(f"{mock.base}/v1", tmp, workers, limits, rport))
+            config.write_text(target_config(upstream, tmp, workers, limits, rport))
             port = free_port()
             cmd = [python, "-m", "truckllm", "--config", str(config), "--listen", f"{HOST}:{port}"]
             targets[label] = start(f"gateway-{len(targets)}", cmd, port, tmp)
@@ -115,6 +128,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 used = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
                 cpu[label] = [a + b for a, b in zip(cpu[label], used, strict=False)]
         out: dict[str, Any] = {
+            "upstream": args.upstream,
             "duration": args.duration,
             "rounds": args.rounds,
             "pin_wrk": args.pin_wrk,
@@ -145,7 +159,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for svc in targets.values():
             svc.stop()
-        mock.stop()
+        upstreams.close()
         if redis is not None:
             redis.kill()
             redis.wait(5)
@@ -173,7 +187,13 @@ def report(r: dict[str, Any]) -> str:
         )
     lines.append(
         "\nLimits, cooldowns and usage are shared between the workers only in the Redis row "
-        "(`storage.runtime.type: redis`); in the others each worker counts on its own. wrk: "
+        "(`storage.runtime.type: redis`); in the others each worker counts on its own. Upstream: "
+        + (
+            "nginx answering a fixed chat completion"
+            if r.get("upstream") == "nginx"
+            else "truckllm mock"
+        )
+        + ". wrk: "
         + (f"pinned to CPU {r['pin_wrk']} (`taskset`)." if r.get("pin_wrk") else "not pinned.")
     )
     local, shared = r["targets"].get(LOCAL), r["targets"].get(SHARED)
@@ -207,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         "mock are not pinned)",
     )
     p.add_argument("--python", default=default_python())
+    p.add_argument(
+        "--upstream",
+        choices=["nginx", "mock"],
+        default="nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else "mock",
+        help="what answers the gateways: nginx's fixed completion (default where installed, as "
+        "in peers.py) or truckllm mock",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     return run_and_report(bench, report, args)
