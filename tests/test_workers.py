@@ -86,17 +86,10 @@ def served_alone(port: int, model: str, serving: int, pids: list[int]) -> str:
     return prefix
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def test_workers_share_the_port_reload_on_sighup_replace_the_dead_and_stop_together(
+def start_gateway(
     upstream: MockUpstream, tmp_path: Path
-) -> None:
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``truckllm`` with 2 workers on a free port, serving; its process, port and log file."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text(config(upstream, "gpt-4"))
     port = free_port()
@@ -109,6 +102,26 @@ def test_workers_share_the_port_reload_on_sighup_replace_the_dead_and_stop_toget
         )
     try:
         wait_serving(f"http://127.0.0.1:{port}/healthz", proc, timeout=20)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, port, log
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_share_the_port_reload_on_sighup_replace_the_dead_and_stop_together(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    proc, port, log = start_gateway(upstream, tmp_path)
+    cfg = tmp_path / "config.yaml"
+    try:
         # Each worker serves the port by itself, with its own app (its own request-id prefix).
         pids = started_pids(log, 2)
         assert len(pids) == 2
@@ -165,18 +178,8 @@ def test_a_burst_of_connections_is_spread_over_the_workers(
 ) -> None:
     """20 connections opened at once (a client filling its pool) land on both workers, not on
     whichever woke first; each connection's worker is the pid the admin overview names."""
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(config(upstream, "gpt-4"))
-    port = free_port()
-    log = tmp_path / "out.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [TRUCKLLM, "-config", str(cfg), "-listen", f"127.0.0.1:{port}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc, port, log = start_gateway(upstream, tmp_path)
     try:
-        wait_serving(f"http://127.0.0.1:{port}/healthz", proc, timeout=20)
         pids = started_pids(log, 2)
         for pid in pids:  # both accept by now
             served_alone(port, "gpt-4", pid, pids)

@@ -115,15 +115,9 @@ class Ledger:
         d = v.spend_day.get(client, 0) if v.day == day else 0
         m = v.spend_month.get(client, 0) if v.month == month else 0
         t = v.spend_total.get(client, 0)
-        s = self._unconfirmed.get(client)
-        if s is not None:
-            if s.day == day:
-                d += s.day_nanos
-            if s.month == month:
-                m += s.month_nanos
-            t += s.total_nanos
-        if self._inflight_spend:  # only while a batch is on its way to the store
-            s = self._inflight_spend.get(client)
+        # Spend not yet in the store's view, and (only while a batch is on its way) in flight.
+        for pending in (self._unconfirmed, self._inflight_spend):
+            s = pending.get(client) if pending else None
             if s is not None:
                 if s.day == day:
                     d += s.day_nanos
