@@ -66,6 +66,20 @@ def _no_watch(callback: Any) -> None:
     """The disconnect extension of a harness whose client never leaves."""
 
 
+def post_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An ASGI scope of a chat completion POST, with the disconnect extension the gateway's own
+    server gives the app (without it, every request would arm a fallback timer to watch the
+    client that the real path does not have)."""
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": ROUTE,
+        "headers": headers,
+        "query_string": b"",
+        "extensions": {DISCONNECT_EXTENSION: _no_watch},
+    }
+
+
 def canned_registry(body: bytes) -> Registry[ProviderFactory]:
     """A registry whose ``openai`` provider answers every call with ``body`` at once."""
     headers = {"content-type": "application/json", "content-length": str(len(body))}
@@ -112,16 +126,7 @@ async def measure(args: argparse.Namespace, mock: Service, config: Path) -> dict
             status.append(message["status"])
 
     async def app_call() -> None:
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": ROUTE,
-            "headers": headers,
-            "query_string": b"",
-            # as the gateway's own server does: no fallback timer per request to watch the client
-            "extensions": {DISCONNECT_EXTENSION: _no_watch},
-        }
-        await app(scope, receive, send)
+        await app(post_scope(headers), receive, send)
 
     async def both() -> None:
         await app_call()

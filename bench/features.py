@@ -27,17 +27,12 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+from app_path import canned_registry, post_scope
 from common import HOST, run_and_report
-from overhead import REQUEST_BODY, ROUTE
+from overhead import REQUEST_BODY
 
 from truckllm.api import App
 from truckllm.config import load_config
-from truckllm.config.schema import KeyConfig
-from truckllm.http.server import DISCONNECT_EXTENSION
-from truckllm.plugins import Registry
-from truckllm.providers import ProviderContext, ProviderFactory
-from truckllm.providers.base import Call, Reply
-from truckllm.providers.openai import _usage_of_body
 
 CLIENT_KEY = "sk-client-bench"
 # The answer nginx gives in bench/nginx.conf, and the canned provider here.
@@ -80,10 +75,6 @@ CONFIGS: dict[str, frozenset[str]] = {
 }
 
 
-def _no_watch(callback: Any) -> None:
-    """The disconnect extension of a harness whose client never leaves."""
-
-
 def config_text(upstream: str, tmp: Path, features: frozenset[str]) -> str:
     """The gateway's configuration with ``features`` on (the names in ``FEATURES``)."""
     extra = (LIMITS if "limits" in features else "") + (PRICING if "pricing" in features else "")
@@ -94,23 +85,6 @@ def config_text(upstream: str, tmp: Path, features: frozenset[str]) -> str:
     if "log" in features:
         text += REQUEST_LOG.format(log=tmp / "requests.jsonl")
     return text
-
-
-def canned_registry(body: bytes) -> Registry[ProviderFactory]:
-    """A registry whose ``openai`` provider answers every call with ``body`` at once."""
-    headers = {"content-type": "application/json", "content-length": str(len(body))}
-
-    class CannedProvider:
-        def __init__(self, ctx: ProviderContext) -> None:
-            self.id = ctx.config.id
-
-        async def send(self, call: Call, key: KeyConfig) -> Reply:
-            usage, model = _usage_of_body(body)
-            return Reply(200, "application/json", headers, body=body, usage=usage, model=model)
-
-    registry: Registry[ProviderFactory] = Registry("provider", "truckllm.providers")
-    registry.register("openai", CannedProvider)
-    return registry
 
 
 class Harness:
@@ -136,16 +110,7 @@ class Harness:
             self.status.add(message["status"])
 
     async def call(self) -> None:
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": ROUTE,
-            "headers": self.headers,
-            "query_string": b"",
-            # as the gateway's own server does: no fallback timer per request to watch the client
-            "extensions": {DISCONNECT_EXTENSION: _no_watch},
-        }
-        await self.app(scope, self.receive, self.send)
+        await self.app(post_scope(self.headers), self.receive, self.send)
 
     async def drained(self) -> None:
         """Until the request-log sinks hold nothing (a batch waits up to a second to fill)."""
