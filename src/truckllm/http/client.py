@@ -510,18 +510,9 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         response = self.response
         if response is not None and response.status:
-            if response._left < 0 and response._decoder is None and response._error is None:
-                # A stream's chunk as it came (no cap, no decoding): straight to the reader, the
-                # steps of _feed, _append and _wake without their calls (once per event).
-                response._chunks.append(body)
-                response._size += len(body)
-                if response._size > _BUFFER_HIGH:
-                    self.pause()
-                waiter = response._waiter
-                if waiter is not None:
-                    response._waiter = None
-                    if not waiter.done():
-                        waiter.set_result(None)
+            if response._decoder is None:  # the usual body: nothing to inflate, no zlib error
+                if response._error is None:  # else over the cap: the rest is dropped
+                    response._append(body)
                 return
             try:
                 response._feed(body)
