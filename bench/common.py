@@ -37,6 +37,7 @@ __all__ = [
     "pct",
     "proc_status_kb",
     "start",
+    "start_mock",
     "tree_pids",
     "write_json",
 ]
@@ -80,6 +81,14 @@ def start(name: str, cmd: list[str], port: int, tmp: Path) -> Service:
     print(f"starting {name}: {shlex.join(cmd)}", file=sys.stderr)
     svc.start()
     return svc
+
+
+def start_mock(python: str, tmp: Path) -> Service:
+    """``truckllm mock`` with its defaults, in a process of its own, on a free port."""
+    port = free_port()
+    return start(
+        "mock", [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{port}"], port, tmp
+    )
 
 
 def start_gateway(python: str, config: Path, tmp: Path, name: str = "gateway") -> Service:

@@ -36,6 +36,7 @@ from common import (
     proc_status_kb,
     run_and_report,
     start,
+    start_mock,
     wait_http,
 )
 from overhead import REQUEST_BODY, ROUTE, run_wrk, write_lua
@@ -73,13 +74,7 @@ def timed(cmd: list[str], runs: int) -> float:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     python = args.python
     tmp = Path(tempfile.mkdtemp(prefix="truckllm-memory-"))
-    mock_port = free_port()
-    mock = start(
-        "mock",
-        [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}"],
-        mock_port,
-        tmp,
-    )
+    mock = start_mock(python, tmp)
     config = tmp / "gateway.yaml"
     config.write_text(gateway_config(f"{mock.base}/v1", tmp))
     # The gateways compile into (then read from) a bytecode cache of their own, whatever the

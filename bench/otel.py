@@ -46,6 +46,7 @@ from common import (
     gateway_config,
     run_and_report,
     start,
+    start_mock,
     wait_http,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -168,13 +169,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     wrk = shutil.which("wrk") or "wrk"
     tmp = Path(tempfile.mkdtemp(prefix="truckllm-otel-"))
     collector = Collector()
-    mock_port = free_port()
-    mock = start(
-        "mock",
-        [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}"],
-        mock_port,
-        tmp,
-    )
+    mock = start_mock(python, tmp)
     targets: dict[str, Service] = {}
     try:
         wait_http(mock.base + "/v1/models")

@@ -34,6 +34,7 @@ from common import (
     proc_status_kb,
     run_and_report,
     start,
+    start_mock,
     tree_pids,
     wait_http,
 )
@@ -73,13 +74,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         # mock, a Python process of its own, takes a core's share that the workers would use.
         upstream = upstreams.enter_context(nginx(tmp)).rsplit("/chat/completions", 1)[0]
     else:
-        mock_port = free_port()
-        mock = start(
-            "mock",
-            [python, "-m", "truckllm", "mock", "--listen", f"{HOST}:{mock_port}"],
-            mock_port,
-            tmp,
-        )
+        mock = start_mock(python, tmp)
         upstreams.callback(mock.stop)
         upstream = f"{mock.base}/v1"
     redis = None
