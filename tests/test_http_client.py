@@ -489,3 +489,111 @@ def test_header_injection_is_refused_when_headers_are_encoded() -> None:
     assert ParsedURL.parse("http://[::1]:8080/v1").host_header == b"[::1]:8080"
     with pytest.raises(ValueError):
         ParsedURL.parse("ftp://example.com/")
+
+
+def _stepped(parts: list[bytes], steps: list[asyncio.Event]) -> Handler:
+    """A chunked answer: the head with ``parts[0]``, then each next part once its step is set,
+    then the end once the last step is."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        await conn.reply(head + b"%x\r\n%b\r\n" % (len(parts[0]), parts[0]))
+        for part, step in zip([*parts[1:], b""], steps, strict=True):
+            await step.wait()
+            await conn.reply(b"%x\r\n%b\r\n" % (len(part), part))
+        await conn.reader.read()
+
+    return handler
+
+
+def test_a_spliced_body_goes_to_the_sink_from_the_read_callback(run: Runner) -> None:
+    """Each read after the splice reaches the sink outside any task; the splice ends with the
+    body, and the reader then sees the end."""
+
+    async def main() -> None:
+        steps = [asyncio.Event(), asyncio.Event()]
+        async with RawServer(_stepped([b"one", b"two"], steps)) as srv:
+            client = HTTPClient()
+            resp = await post(client, srv.url())
+            assert await anext(resp) == b"one"
+            got: list[tuple[bytes, bool]] = []
+
+            def sink(data: bytes) -> bool:
+                got.append((data, asyncio.current_task() is None))
+                steps[len(got)].set()  # the end comes after the part: it must be taken first
+                return True
+
+            done = resp.splice(sink)
+            assert not done.done()
+            steps[0].set()
+            await done
+            assert got == [(b"two", True)]  # no task ran the sink: the read callback did
+            assert [chunk async for chunk in resp] == []
+            assert resp.complete
+            resp.release()
+            await client.close()
+
+    run(main())
+
+
+def test_a_sink_that_says_stop_leaves_the_rest_to_the_reader(run: Runner) -> None:
+    async def main() -> None:
+        steps = [asyncio.Event(), asyncio.Event(), asyncio.Event()]
+        async with RawServer(_stepped([b"a", b"b", b"c"], steps)) as srv:
+            client = HTTPClient()
+            resp = await post(client, srv.url())
+            assert await anext(resp) == b"a"
+            got: list[bytes] = []
+            done = resp.splice(lambda data: got.append(data) or False)
+            steps[0].set()
+            await done
+            assert got == [b"b"]
+            steps[1].set()
+            steps[2].set()
+            assert b"".join([chunk async for chunk in resp]) == b"c"
+            assert got == [b"b"]  # nothing after the stop reached the sink
+            resp.release()
+            await client.close()
+
+    run(main())
+
+
+def test_a_sink_that_raises_fails_the_reader_with_its_error(run: Runner) -> None:
+    async def main() -> None:
+        steps = [asyncio.Event(), asyncio.Event()]
+        async with RawServer(_stepped([b"a", b"b"], steps)) as srv:
+            client = HTTPClient()
+            resp = await post(client, srv.url())
+            assert await anext(resp) == b"a"
+
+            def sink(data: bytes) -> bool:
+                raise ValueError(f"refused {data!r}")
+
+            done = resp.splice(sink)
+            steps[0].set()
+            await done
+            with pytest.raises(ValueError, match="refused b'b'"):
+                await anext(resp)
+            resp.release()
+            await client.close()
+
+    run(main())
+
+
+def test_a_splice_never_skips_a_part_already_waiting(run: Runner) -> None:
+    async def main() -> None:
+        steps = [asyncio.Event()]
+        async with RawServer(_stepped([b"waiting"], steps)) as srv:
+            client = HTTPClient()
+            resp = await post(client, srv.url())  # the part came with the head, in one read
+            got: list[bytes] = []
+            done = resp.splice(lambda data: got.append(data) or True)
+            assert done.done() and got == []
+            assert await anext(resp) == b"waiting"
+            steps[0].set()
+            assert [chunk async for chunk in resp] == []
+            resp.release()
+            await client.close()
+
+    run(main())

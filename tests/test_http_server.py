@@ -911,8 +911,17 @@ def test_closed_connections_and_finished_requests_leave_no_reference_cycles(
     none waits in a reference cycle for a full garbage collection (see ``truckllm.collector``)."""
     from truckllm.http import client as http_client
     from truckllm.http import server as http_server
+    from truckllm.providers.base import Reply
+    from truckllm.providers.direct import Direct
 
-    ours = (http_server._Connection, http_server._Cycle, http_client._Connection)
+    ours = (
+        http_server._Connection,
+        http_server._Cycle,
+        http_client._Connection,
+        http_client.Response,
+        Reply,
+        Direct,
+    )
     gc.collect()
     server = ServerThread(App(gateway_config(upstream.url)), loop=loop).start()
     try:

@@ -328,7 +328,13 @@ def _ctx(pid: str, ptype: str) -> ProviderContext:
 def _events_of(name: str) -> Callable[[_Reads, Reply], AsyncIterator[bytes]]:
     if name == "openai":
         openai = OpenAIProvider(_ctx("oai", "openai"))
-        return lambda resp, reply: openai._events(cast(Any, resp), reply, False)
+
+        def openai_events(resp: _Reads, reply: Reply) -> AsyncIterator[bytes]:
+            openai._events(cast(Any, resp), reply, False)  # sets reply.events (and .direct)
+            assert reply.events is not None
+            return reply.events
+
+        return openai_events
     if name == "anthropic":
         anthropic = AnthropicProvider(_ctx("claude", "anthropic"))
         return lambda resp, reply: anthropic._events(

@@ -24,7 +24,7 @@ from truckllm.coordination import Coordinator
 from truckllm.errors import APIError
 from truckllm.gateway import Runtime, RuntimeHolder
 from truckllm.http.client import HTTPClient, ProxyEnv
-from truckllm.http.server import EDGE_STATS
+from truckllm.http.server import EDGE_STATS, PUSH_EXTENSION
 from truckllm.plugins import Registry
 from truckllm.providers import ProviderFactory, provider_registry
 from truckllm.reload import Reloader
@@ -207,7 +207,10 @@ class App:
         try:
             route = self._route(scope["method"], scope["path"])
             # One runtime for the whole request, even if a reload swaps it meanwhile.
-            await route.handler(Request(self.holder.current, scope, receive, send, request_id))
+            extensions = scope.get("extensions")
+            push = extensions.get(PUSH_EXTENSION) if extensions else None
+            req = Request(self.holder.current, scope, receive, send, request_id, push)
+            await route.handler(req)
         except APIError as err:  # raised only before the response starts
             if not err.recorded:
                 name = route.name if route is not None and route.name else str(scope["path"])

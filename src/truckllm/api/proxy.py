@@ -133,7 +133,16 @@ class Proxy:
                 await send_whole(req.send, served, rec, headers, self.accounting, egress, p.keeper)
             else:
                 await send_stream(
-                    req.send, served, rec, headers, t0, p.egress, translate, p.keeper, self.streams
+                    req.send,
+                    served,
+                    rec,
+                    headers,
+                    t0,
+                    p.egress,
+                    translate,
+                    p.keeper,
+                    self.streams,
+                    req.push,
                 )
         except APIError as err:
             rec.status, rec.error_code, err.recorded = err.status, err.code, True

@@ -14,6 +14,7 @@ from truckllm.api.relayed import send_relayed
 from truckllm.api.steps import Egress, Keeper
 from truckllm.errors import APIError
 from truckllm.gateway import Served, StreamBroken, relay, whole_body
+from truckllm.providers.direct import Push
 from truckllm.telemetry.record import RequestRecord
 
 log = logging.getLogger("truckllm.api")
@@ -116,19 +117,21 @@ async def send_stream(
     translate: bool,
     keeper: Keeper | None = None,
     streams: Streams | None = None,
+    push: Push | None = None,
 ) -> None:
     """The stream, event batch by event batch as they arrive; through ``egress`` (the client's
     dialect, None for the internal form) when ``translate``. A break after the first byte, or
     the cut at the drain deadline (``streams``), ends the stream with an error event in the
-    client's dialect, which the SDKs raise."""
+    client's dialect, which the SDKs raise. With ``push`` (the server's plain writer), events
+    passed through as they came are written from the upstream's read callback (see ``relay``)."""
     if keeper is not None:
         await keeper.stream_started(served)
     ctype = served.reply.content_type
     binary = not ctype.startswith("text/event-stream")  # audio: relayed chunk by chunk
     head = [(b"content-type", ctype.encode()), *headers] if binary else SSE_HEADERS + headers
     await send({"type": "http.response.start", "status": 200, "headers": head})
-    events = relay(served)
     out = egress.stream() if egress is not None and translate else None
+    events = relay(served, push if out is None and keeper is None else None)
     task = asyncio.current_task() if streams is not None else None
     if streams is not None and task is not None:
         streams.tasks.add(task)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from truckllm.api.asgi import Receive, Scope, Send
 from truckllm.errors import APIError
 from truckllm.gateway import Runtime
+from truckllm.providers.direct import Push
 
 
 @dataclass(slots=True)
@@ -21,6 +22,9 @@ class Request:
     receive: Receive
     send: Send
     id: str
+    # The server's plain writer for a started response's next part (``truckllm.push``), when
+    # ``send`` is the server's own: a wrapped ``send`` (:func:`with_send`) drops it.
+    push: Push | None = None
 
 
 Handler = Callable[[Request], Awaitable[None]]

@@ -339,8 +339,8 @@ class Lookup:
 
 
 def with_send(req: Any, send: ASGISend) -> Any:
-    """The request with another ``send``."""
-    return dataclasses.replace(req, send=send)
+    """The request with another ``send`` (and no ``push``, which would write past it)."""
+    return dataclasses.replace(req, send=send, push=None)
 
 
 def dumps(obj: dict[str, Any]) -> bytes:

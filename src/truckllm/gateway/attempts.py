@@ -42,6 +42,7 @@ from truckllm.providers.base import (
     UpstreamError,
 )
 from truckllm.providers.called import forget_call
+from truckllm.providers.direct import Push
 from truckllm.providers.errors import error_body
 from truckllm.routing import (
     Estimate,
@@ -474,9 +475,14 @@ async def _first_event(
     return OutcomeKind.SUCCESS, None, served
 
 
-async def relay(served: Served) -> AsyncGenerator[bytes, None]:
+async def relay(served: Served, push: Push | None = None) -> AsyncGenerator[bytes, None]:
     """The committed stream's events. Reports the attempt's outcome exactly once, whether the
-    stream ends, breaks, or the consumer goes away (``aclose`` or cancellation)."""
+    stream ends, breaks, or the consumer goes away (``aclose`` or cancellation).
+
+    With ``push`` (a plain writer to the client: the server's ``truckllm.push``), a passthrough
+    stream's events after the first are written by it from the upstream's read callback
+    (:class:`~truckllm.providers.direct.Direct`) and not yielded, until the stream ends or the
+    client falls behind; the rest is yielded as without it."""
     reply = served.reply
     assert reply.events is not None
     kind = OutcomeKind.CANCELLED
@@ -488,6 +494,16 @@ async def relay(served: Served) -> AsyncGenerator[bytes, None]:
             count = served.first.count(b"\n\n")
             yield served.first
         t = clock()
+        direct = reply.direct
+        if push is not None and direct is not None and direct.events is reply.events:
+            to_client = push
+
+            def counted(batch: bytes) -> bool:
+                nonlocal count
+                count += batch.count(b"\n\n")
+                return to_client(batch)
+
+            await direct.relay(counted)
         async for batch in reply.events:
             waited += clock() - t
             count += batch.count(b"\n\n")

@@ -31,7 +31,7 @@ import asyncio
 import collections
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
@@ -163,6 +163,7 @@ class Response:
         "_error",
         "_left",
         "_packed",
+        "_sink",
         "_size",
         "_waiter",
         "_whole",
@@ -188,6 +189,7 @@ class Response:
         self._backlog = b""
         self._ending = False  # the message ended with a backlog still to inflate
         self._whole = False  # read() holds the whole body anyway (capped by max_body)
+        self._sink: Callable[[bytes], bool] | None = None  # see splice
 
     # -- fed by the connection ----------------------------------------------------------------
 
@@ -229,6 +231,18 @@ class Response:
                 if self._conn is not None:
                     self._conn.abort()
                 return
+        sink = self._sink
+        if sink is not None:
+            try:
+                keep = sink(data)
+            except Exception as exc:  # the reader raises it, as from a read
+                self._sink = None
+                self._fail(exc)
+                return
+            if not keep:
+                self._sink = None
+                self._wake()
+            return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > _BUFFER_HIGH and self._conn is not None:
@@ -310,6 +324,25 @@ class Response:
         self.release()
         return data
 
+    def splice(self, sink: Callable[[bytes], bool]) -> asyncio.Future[None]:
+        """Hand each part of the body to ``sink`` as it is read, from the connection's own
+        callback: no future, no task wake-up per part. A future is returned, set when the
+        splice ends: the body ended or failed, ``sink`` returned False (it took that part but
+        wants no more now) or raised (the reader gets that error). Reading resumes with
+        ``async for``/:meth:`read`, which see the end, the error and anything that came after.
+        Parts already waiting are never skipped: with any, the future is set at once."""
+        conn = self._conn
+        if conn is None or self._chunks or self._backlog or self._done or self._error:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        self._sink = sink
+        return self._arm()
+
+    def unsplice(self) -> None:
+        """Stop a :meth:`splice` (its reader was cancelled): parts wait for the reader again."""
+        self._sink = None
+
     def __aiter__(self) -> Response:
         return self
 
@@ -335,6 +368,7 @@ class Response:
         return self._done
 
     def release(self) -> None:
+        self._sink = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish(self)

@@ -61,6 +61,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]
 
 DISCONNECT_EXTENSION = "truckllm.disconnect"  # scope["extensions"]: see _Cycle.watch_disconnect
+PUSH_EXTENSION = "truckllm.push"  # scope["extensions"]: see _Cycle.push
 EDGE_STATS = "truckllm.edge"  # the lifespan scope's extensions: the server's EdgeStats
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is answered with 431
 BODY_HIGH_WATER = 64 * 1024  # unread request body that pauses reading
@@ -290,6 +291,22 @@ class _Cycle:
             self.headers = message.get("headers", ())
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def push(self, body: bytes) -> bool:
+        """The ``truckllm.push`` extension: a started response's next body part (not the last),
+        written now by a plain call, from outside the app's task (a stream relayed from its
+        upstream's read callback). True while the client keeps up; False once its socket is
+        full or it is gone: the caller then goes back to ``send``, which waits for the drain."""
+        if not self.response_started or self.response_complete:
+            raise RuntimeError("truckllm.push outside a started response")
+        conn = self.conn
+        if conn.closing:  # dropped, as by send: the client is gone
+            return False
+        if self.chunked and body:
+            conn.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self.write(body, True)
+        return not conn.write_paused
 
     def write(self, body: bytes, more: bool) -> None:
         """Write a body part (with the head first); completes the response when not ``more``."""
@@ -658,7 +675,10 @@ class _Connection(asyncio.Protocol):
             parser.should_keep_alive() and not (server.draining or server.keep_alive_off),
             version == "1.0",
         )
-        scope["extensions"] = {DISCONNECT_EXTENSION: cycle.watch_disconnect}
+        scope["extensions"] = {
+            DISCONNECT_EXTENSION: cycle.watch_disconnect,
+            PUSH_EXTENSION: cycle.push,
+        }
         self.parsing = cycle
         if self.active is None:
             self.start(cycle)

@@ -17,6 +17,7 @@ import orjson
 
 from truckllm.config.schema import KeyConfig, ProviderConfig, Timeouts
 from truckllm.http.client import HTTPClient
+from truckllm.providers.direct import Direct
 from truckllm.providers.errors import error_body
 
 Endpoint = Literal[
@@ -158,9 +159,12 @@ class Reply:
     error_code: str | None = None
     retry_after: float | None = None  # seconds, when the upstream said when to come back
     dialect: str = INTERNAL
+    # The fast path of a passthrough ``events``, valid while ``events`` is still its generator.
+    direct: Direct | None = None
     _release: Any = field(default=None, repr=False)
 
     async def aclose(self) -> None:
+        self.direct = None  # it names this reply (its feed reads usage into it): no cycle left
         for parts in (self.events, self.rest):
             aclose = getattr(parts, "aclose", None)
             if aclose is not None:

@@ -21,8 +21,14 @@ from truckllm.http.client import (
     encode_headers,
 )
 from truckllm.http.exchange import exchange_whole
-from truckllm.providers.base import ProviderContext, UpstreamTimeout, UpstreamUnavailable
+from truckllm.providers.base import (
+    ProviderContext,
+    Reply,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from truckllm.providers.called import note_call
+from truckllm.providers.direct import Direct, Feed
 from truckllm.providers.sse import SSEFramer
 
 _TARGET_CACHE_LIMIT = 4096
@@ -250,25 +256,48 @@ class TransportErrors:
             raise UpstreamUnavailable(f"{self._broken}: {type(exc).__name__}") from exc
 
 
-async def relay_events(
+def relay_events(
+    reply: Reply,
     http: UpstreamHTTP,
     resp: Response,
     markers: tuple[bytes, ...],
     read: Callable[[bytes], None],
-) -> AsyncIterator[bytes]:
+) -> None:
     """A passthrough stream's events, batched as they arrive and framed on event boundaries;
     ``read`` sees a batch holding any of ``markers`` (the events usage is read from) before it
-    goes on. The response is released at the end, however the stream ends."""
+    goes on."""
     framer = SSEFramer(http.id)
+
+    def feed(chunk: bytes) -> bytes:
+        batch = framer.feed(chunk)
+        if batch and any(marker in batch for marker in markers):
+            read(batch)
+        return batch
+
+    stream_through(reply, http, resp, feed, framer.close)
+
+
+def stream_through(
+    reply: Reply, http: UpstreamHTTP, resp: Response, feed: Feed, close: Callable[[], bytes]
+) -> None:
+    """Set ``reply.events`` to the events ``feed`` makes of each read of ``resp`` (``close``:
+    what is left at its end), and ``reply.direct`` to the same relayed from the read callback.
+    The response is released at the end, however the stream ends."""
+    events = _fed(http, resp, feed, close)
+    reply.events = events
+    reply.direct = Direct(events, resp, feed)
+
+
+async def _fed(
+    http: UpstreamHTTP, resp: Response, feed: Feed, close: Callable[[], bytes]
+) -> AsyncIterator[bytes]:
     try:
         with http.mid_stream():
             async for chunk in resp:
-                batch = framer.feed(chunk)
+                batch = feed(chunk)
                 if batch:
-                    if any(marker in batch for marker in markers):
-                        read(batch)
                     yield batch
-            rest = framer.close()
+            rest = close()
             if rest:
                 yield rest
     finally:

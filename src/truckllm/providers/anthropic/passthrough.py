@@ -14,7 +14,7 @@ field of Anthropic's Message), as :mod:`truckllm.providers.openai.relay` does fo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -24,7 +24,7 @@ from truckllm.http.client import Response, encode_headers
 from truckllm.providers.anthropic.errors import stream_error, translate_error
 from truckllm.providers.base import Call, ProviderContext, Reply, Usage
 from truckllm.providers.errors import parse_retry_after
-from truckllm.providers.http import UpstreamHTTP, header
+from truckllm.providers.http import UpstreamHTTP, header, stream_through
 from truckllm.providers.openai.relay import ERROR_BODY_MAX, RELAY_ABOVE, relay_rest
 from truckllm.providers.sse import SSEFramer, iter_events
 
@@ -87,7 +87,7 @@ class Passthrough:
         ctype = resp.headers.get("content-type", "application/json")
         if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
             reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
-            reply.events = self._events(resp, reply)
+            self._events(resp, reply)
             return reply
         if resp.status >= 400:
             body, whole = await self._http.read_start(resp, ERROR_BODY_MAX)
@@ -113,28 +113,25 @@ class Passthrough:
                 reply.model = _model(message)
         return reply
 
-    async def _events(self, resp: Response, reply: Reply) -> AsyncIterator[bytes]:
+    def _events(self, resp: Response, reply: Reply) -> None:
         """The upstream's events as they arrive, each batch complete events; usage read from the
         two events that carry it. An ``error`` event before anything was sent raises (so the
         gateway can fail over); after that it reaches the client as the upstream sent it."""
         framer = SSEFramer(self.id)
         sent = False
-        try:
-            with self._http.mid_stream():
-                async for chunk in resp:
-                    batch = framer.feed(chunk)
-                    if batch:
-                        if b"event: message_" in batch:
-                            self._read_usage(batch, reply)
-                        if not sent and b"event: error" in batch:
-                            self._raise_error(batch)
-                        sent = True
-                        yield batch
-                rest = framer.close()
-                if rest:
-                    yield rest
-        finally:
-            resp.release()
+
+        def feed(chunk: bytes) -> bytes:
+            nonlocal sent
+            batch = framer.feed(chunk)
+            if batch:
+                if b"event: message_" in batch:
+                    self._read_usage(batch, reply)
+                if not sent and b"event: error" in batch:
+                    self._raise_error(batch)
+                sent = True
+            return batch
+
+        stream_through(reply, self._http, resp, feed, framer.close)
 
     def _raise_error(self, batch: bytes) -> None:
         for ev in iter_events(batch):

@@ -11,7 +11,7 @@ generations, and audio (:mod:`truckllm.providers.openai.media`).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -33,7 +33,7 @@ from truckllm.providers.errors import (
     normalise_upstream_error,
     parse_retry_after,
 )
-from truckllm.providers.http import UpstreamHTTP, bearer, header
+from truckllm.providers.http import UpstreamHTTP, bearer, header, stream_through
 from truckllm.providers.openai.media import image_usage, send_form, send_speech
 from truckllm.providers.openai.relay import ERROR_BODY_MAX, RELAY_ABOVE, object_end, relay_rest
 from truckllm.providers.openai.responses import by_id, send_responses
@@ -120,7 +120,7 @@ class OpenAIProvider:
         ctype = resp.headers.get("content-type", "application/json")
         if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
             reply = Reply(200, ctype, resp.headers, _release=resp.release)
-            reply.events = self._events(resp, reply, strip_usage)
+            self._events(resp, reply, strip_usage)
             return reply
         if resp.status >= 400:
             body, whole = await self._http.read_start(resp, ERROR_BODY_MAX)
@@ -146,27 +146,24 @@ class OpenAIProvider:
             usage = image_usage(body, usage)
         return Reply(resp.status, ctype, resp.headers, body=body, usage=usage, model=model)
 
-    async def _events(
-        self, resp: Response, reply: Reply, strip_usage: bool
-    ) -> AsyncIterator[bytes]:
+    def _events(self, resp: Response, reply: Reply, strip_usage: bool) -> None:
         """Complete SSE events, batched as they arrived in one read; the usage chunk recorded and,
         when only the gateway asked for it, removed."""
         framer = SSEFramer(self.id)
-        try:
-            with self._http.mid_stream():
-                async for chunk in resp:
-                    batch = framer.feed(chunk)
-                    if batch and b'"usage"' in batch:
-                        batch = _take_usage(batch, reply, strip_usage)
-                    if batch:
-                        yield batch
+
+        def feed(chunk: bytes) -> bytes:
+            batch = framer.feed(chunk)
+            if batch and b'"usage"' in batch:
+                return _take_usage(batch, reply, strip_usage)
+            return batch
+
+        def close() -> bytes:
             batch = framer.close()
             if batch and b'"usage"' in batch:
-                batch = _take_usage(batch, reply, strip_usage)
-            if batch:
-                yield batch
-        finally:
-            resp.release()
+                return _take_usage(batch, reply, strip_usage)
+            return batch
+
+        stream_through(reply, self._http, resp, feed, close)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

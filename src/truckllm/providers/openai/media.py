@@ -39,8 +39,8 @@ async def send_form(
         # The form asked for a stream (its ``stream`` field, wherever it lies in the form: the
         # gateway does not read that far): relayed event by event, as the upstream sends it.
         reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
-        reply.events = relay_events(
-            http, resp, (b"transcript.text.done",), lambda b: _read_transcript_usage(b, reply)
+        relay_events(
+            reply, http, resp, (b"transcript.text.done",), lambda b: _read_transcript_usage(b, reply)
         )
         return reply
     body = await http.read(resp)

@@ -30,7 +30,7 @@ async def send_responses(
     ctype = resp.headers.get("content-type", "application/json")
     if call.stream and resp.status == 200 and ctype.startswith("text/event-stream"):
         reply = Reply(200, ctype, resp.headers, _release=resp.release, dialect=call.dialect)
-        reply.events = relay_events(http, resp, _FINAL, lambda batch: _read_usage(batch, reply))
+        relay_events(reply, http, resp, _FINAL, lambda batch: _read_usage(batch, reply))
         return reply
     body = await http.read(resp)
     if resp.status >= 400:

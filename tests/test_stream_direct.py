@@ -1,0 +1,186 @@
+"""A passthrough stream written from the upstream's read callback (``truckllm.push``, see
+``truckllm.providers.direct``): the server's writer says when the client is full, and a client
+that reads nothing for a while, then everything, gets every byte of the stream, in order, once.
+(The hand-over itself, at the upstream side, is in tests/test_http_client.py: ``splice``.)"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from edge_helpers import CLIENT_KEY
+from helpers import Gateway
+
+from truckllm.http.server import PUSH_EXTENSION, HTTPServer
+
+GatewayFactory = Callable[..., Gateway]
+
+EVENTS = 8_000
+CONTENT = "x" * 2_000  # 8,000 events of about 2 kB: 16 MB, more than the buffers on the way
+
+
+def _event(i: int) -> bytes:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4",
+        "choices": [{"index": 0, "delta": {"content": f"{i:05d}{CONTENT}"}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+STREAM = b"".join(_event(i) for i in range(EVENTS)) + b"data: [DONE]\n\n"
+
+
+class Upstream:
+    """An OpenAI-compatible upstream on its own loop that writes :data:`STREAM` as fast as it is
+    taken; ``stalled`` is set once a write has to wait for the gateway (or all is written)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.stalled = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop
+        ).result(10)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        for start in range(0, len(STREAM), 16_384):
+            part = STREAM[start : start + 16_384]
+            writer.write(b"%x\r\n%b\r\n" % (len(part), part))
+            if writer.transport.get_write_buffer_size() > 65_536:
+                self.stalled.set()  # the gateway takes no more for now
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        self.stalled.set()
+        writer.close()
+        await writer.wait_closed()
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def _body_of(data: bytes) -> bytes:
+    """A chunked HTTP/1.1 answer's body."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    out: list[bytes] = []
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(rest[:size])
+        rest = rest[size + 2 :]
+
+
+def test_a_client_that_stops_reading_then_reads_gets_every_byte_of_a_passthrough_stream(
+    gateway_factory: GatewayFactory,
+) -> None:
+    upstream = Upstream()
+    try:
+        gw = gateway_factory(f"""
+            server:
+              api_keys: [{CLIENT_KEY}]
+            providers:
+              - id: openai
+                base_url: {upstream.url}
+                keys: [{{id: k1, secret: sk-1}}]
+            model_aliases:
+              gpt-4: openai:gpt-4
+            """)
+        body = orjson.dumps(
+            {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        with socket.socket() as sock:
+            sock.settimeout(30)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few kB
+            sock.connect((gw.server.host, gw.server.port))
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Authorization: Bearer " + CLIENT_KEY.encode() + b"\r\n"
+                b"Content-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+            # Read nothing until the gateway has stopped taking the upstream's writes (its
+            # buffers towards this client are full) or the upstream has written everything.
+            assert upstream.stalled.wait(30)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read it quickly
+            chunks = []
+            while data := sock.recv(65536):
+                chunks.append(data)
+        assert _body_of(b"".join(chunks)) == STREAM
+    finally:
+        upstream.stop()
+
+
+class _Pusher:
+    """An app that writes its stream by the server's ``truckllm.push`` until it says the client
+    is full, then ends the response by ``send``."""
+
+    def __init__(self) -> None:
+        self.pushed = 0
+        self.full = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        push = scope["extensions"][PUSH_EXTENSION]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"start", "more_body": True})
+        part = b"y" * 65_536
+        while self.pushed < 1_024:  # 64 MB: far past any socket's buffers
+            self.pushed += 1
+            if not push(part):
+                self.full = True
+                break
+        await send({"type": "http.response.body", "body": b"end", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def test_push_writes_at_once_and_says_when_the_client_is_full() -> None:
+    app = _Pusher()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> HTTPServer:
+        server = HTTPServer(app)
+        await server.listen("127.0.0.1", 0)
+        return server
+
+    server = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            chunks = []
+            while data := sock.recv(65536):
+                chunks.append(data)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.shutdown(1), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    assert app.full and app.pushed < 1_024
+    assert _body_of(b"".join(chunks)) == b"start" + b"y" * 65_536 * app.pushed + b"end"
