@@ -275,7 +275,9 @@ def bench_openai(repeat: int, loop: asyncio.AbstractEventLoop) -> list[Row]:
     call = Call("chat", body, RAW, "gpt-4o-2024-08-06", False, False, "r1")
 
     def events(resp: _Response, reply: Reply) -> AsyncIterator[bytes]:
-        return provider._events(cast(Any, resp), reply, True)
+        provider._events(cast(Any, resp), reply, True)  # sets reply.events
+        assert reply.events is not None
+        return reply.events
 
     request = _per_op(lambda: provider._request_body(call), repeat)
     response = _per_op(lambda: _usage_of_body(OPENAI_ANSWER), repeat)
@@ -451,7 +453,9 @@ def bench_responses_inbound(repeat: int, loop: asyncio.AbstractEventLoop) -> lis
 
     def events(resp: _Response, reply: Reply) -> AsyncIterator[bytes]:
         read = lambda batch: _read_usage(batch, reply)  # noqa: E731
-        return relay_events(provider._http, cast(Any, resp), _FINAL, read)
+        relay_events(reply, provider._http, cast(Any, resp), _FINAL, read)  # sets reply.events
+        assert reply.events is not None
+        return reply.events
 
     keeper = ResponsesKeeper(cast(Any, None), ResponsesEgress(echo), "c", [], [], 60.0, 1 << 22)
 
