@@ -20,6 +20,7 @@ from truckllm.http.client import (
     InvalidResponse,
     ParsedURL,
     Response,
+    ResponseTooLarge,
     encode_headers,
 )
 
@@ -593,6 +594,28 @@ def test_a_splice_never_skips_a_part_already_waiting(run: Runner) -> None:
             assert await anext(resp) == b"waiting"
             steps[0].set()
             assert [chunk async for chunk in resp] == []
+            resp.release()
+            await client.close()
+
+    run(main())
+
+
+def test_a_body_under_a_size_cap_is_never_spliced(run: Runner) -> None:
+    """Only the reader counts a capped body against its cap: a splice would pass it by."""
+
+    async def main() -> None:
+        steps = [asyncio.Event(), asyncio.Event()]
+        async with RawServer(_stepped([b"a", b"bb"], steps)) as srv:
+            client = HTTPClient()
+            resp = await post(client, srv.url(), max_body=2)
+            assert await anext(resp) == b"a"
+            got: list[bytes] = []
+            done = resp.splice(lambda data: got.append(data) or True)
+            assert done.done()
+            steps[0].set()
+            with pytest.raises(ResponseTooLarge):
+                await anext(resp)
+            assert got == []
             resp.release()
             await client.close()
 

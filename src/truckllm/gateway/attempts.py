@@ -496,14 +496,10 @@ async def relay(served: Served, push: Push | None = None) -> AsyncGenerator[byte
         t = clock()
         direct = reply.direct
         if push is not None and direct is not None and direct.events is reply.events:
-            to_client = push
-
-            def counted(batch: bytes) -> bool:
-                nonlocal count
-                count += batch.count(b"\n\n")
-                return to_client(batch)
-
-            await direct.relay(counted)
+            try:
+                await direct.relay(push)
+            finally:
+                count += direct.sent
         async for batch in reply.events:
             waited += clock() - t
             count += batch.count(b"\n\n")

@@ -222,16 +222,7 @@ class Response:
                     return
 
     def _append(self, data: bytes) -> None:
-        if self._left >= 0:
-            self._left -= len(data)
-            if self._left < 0:
-                self._fail(ResponseTooLarge("the upstream's answer is over the size limit"))
-                self._chunks.clear()
-                self._size = 0
-                if self._conn is not None:
-                    self._conn.abort()
-                return
-        sink = self._sink
+        sink = self._sink  # a spliced stream (no cap: streams have none)
         if sink is not None:
             try:
                 keep = sink(data)
@@ -243,6 +234,15 @@ class Response:
                 self._sink = None
                 self._wake()
             return
+        if self._left >= 0:
+            self._left -= len(data)
+            if self._left < 0:
+                self._fail(ResponseTooLarge("the upstream's answer is over the size limit"))
+                self._chunks.clear()
+                self._size = 0
+                if self._conn is not None:
+                    self._conn.abort()
+                return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > _BUFFER_HIGH and self._conn is not None:
@@ -330,9 +330,11 @@ class Response:
         splice ends: the body ended or failed, ``sink`` returned False (it took that part but
         wants no more now) or raised (the reader gets that error). Reading resumes with
         ``async for``/:meth:`read`, which see the end, the error and anything that came after.
-        Parts already waiting are never skipped: with any, the future is set at once."""
+        Parts already waiting are never skipped: with any (or for a body under a size cap, which
+        only the reader counts), the future is set at once."""
         conn = self._conn
-        if conn is None or self._chunks or self._backlog or self._done or self._error:
+        waiting = self._chunks or self._backlog or self._done or self._error is not None
+        if conn is None or waiting or self._left >= 0:
             done = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done

@@ -25,24 +25,31 @@ class Direct:
     read of ``resp``). Valid only while the reply's ``events`` is still that generator: a
     consumer that wraps it (the response cache's tap) has to see every event."""
 
-    __slots__ = ("_feed", "_resp", "events")
+    __slots__ = ("_feed", "_resp", "events", "sent")
 
     def __init__(self, events: AsyncIterator[bytes], resp: Response, feed: Feed) -> None:
         self.events = events
         self._resp = resp
         self._feed = feed
+        self.sent = 0  # events pushed (blank-line ends), set when relay returns or is cancelled
 
     async def relay(self, push: Push) -> None:
         """Send the stream's events by ``push`` as they are read, until it ends, fails, or the
         client is full; then the caller goes on with ``events``."""
         feed = self._feed
+        sent = 0
 
         def sink(chunk: bytes) -> bool:
+            nonlocal sent
             batch = feed(chunk)
-            return push(batch) if batch else True
+            if not batch:
+                return True
+            sent += batch.count(b"\n\n")
+            return push(batch)
 
         resp = self._resp
         try:
             await resp.splice(sink)
         finally:
             resp.unsplice()
+            self.sent += sent
