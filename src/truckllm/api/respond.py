@@ -11,7 +11,7 @@ import time
 from truckllm.accounting import Accounting, format_usd
 from truckllm.api.asgi import SSE_HEADERS, Send
 from truckllm.api.relayed import send_relayed
-from truckllm.api.steps import Egress, Keeper
+from truckllm.api.steps import Egress, Keeper, StreamOut
 from truckllm.errors import APIError
 from truckllm.gateway import Served, StreamBroken, relay, whole_body
 from truckllm.providers.direct import Push
@@ -107,6 +107,44 @@ def shutting_down() -> APIError:
     )
 
 
+class _Step:
+    """What a stream's batch goes through on its way out: the client's dialect (``out``), the
+    keeper's look, the first byte's time. Used by ``send_stream``'s loop and, as a plain writer
+    (:meth:`pushing`), by the relay from the upstream's read callback."""
+
+    __slots__ = ("keeper", "out", "rec", "t0")
+
+    def __init__(
+        self, rec: RequestRecord, t0: float, out: StreamOut | None, keeper: Keeper | None
+    ) -> None:
+        self.rec, self.t0, self.out, self.keeper = rec, t0, out, keeper
+
+    def __call__(self, batch: bytes) -> bytes:
+        """The bytes to send for ``batch`` (``b""``: none yet)."""
+        if self.out is not None:
+            batch = self.out.feed(batch)
+            if not batch:
+                return batch
+        elif self.keeper is not None:
+            self.keeper.observe(batch)
+        rec = self.rec
+        if rec.ttft_s is None:
+            rec.ttft_s = time.perf_counter() - self.t0
+        return batch
+
+    def pushing(self, push: Push) -> Push:
+        """``push`` behind this step; ``push`` itself when the step only times the first byte,
+        which the stream's first batch (sent by ``send``, never pushed) has done."""
+        if self.out is None and self.keeper is None:
+            return push
+
+        def through(batch: bytes) -> bool:
+            out = self(batch)
+            return push(out) if out else True
+
+        return through
+
+
 async def send_stream(
     send: Send,
     served: Served,
@@ -122,8 +160,9 @@ async def send_stream(
     """The stream, event batch by event batch as they arrive; through ``egress`` (the client's
     dialect, None for the internal form) when ``translate``. A break after the first byte, or
     the cut at the drain deadline (``streams``), ends the stream with an error event in the
-    client's dialect, which the SDKs raise. With ``push`` (the server's plain writer), events
-    passed through as they came are written from the upstream's read callback (see ``relay``)."""
+    client's dialect, which the SDKs raise. With ``push`` (the server's plain writer), the
+    batches after the first go through the same steps from the upstream's read callback and are
+    written by it (see ``relay``)."""
     if keeper is not None:
         await keeper.stream_started(served)
     ctype = served.reply.content_type
@@ -131,22 +170,17 @@ async def send_stream(
     head = [(b"content-type", ctype.encode()), *headers] if binary else SSE_HEADERS + headers
     await send({"type": "http.response.start", "status": 200, "headers": head})
     out = egress.stream() if egress is not None and translate else None
-    events = relay(served, push if out is None and keeper is None else None)
+    step = _Step(rec, t0, out, keeper)
+    events = relay(served, None if push is None else step.pushing(push))
     task = asyncio.current_task() if streams is not None else None
     if streams is not None and task is not None:
         streams.tasks.add(task)
     error: APIError | None = None
     try:
         async for batch in events:
-            if out is not None:
-                batch = out.feed(batch)
-                if not batch:
-                    continue
-            elif keeper is not None:
-                keeper.observe(batch)
-            if rec.ttft_s is None:
-                rec.ttft_s = time.perf_counter() - t0
-            await send({"type": "http.response.body", "body": batch, "more_body": True})
+            batch = step(batch)
+            if batch:
+                await send({"type": "http.response.body", "body": batch, "more_body": True})
         tail = out.finish() if out is not None else b""
         if keeper is not None:
             await keeper.stream_ended(served)
