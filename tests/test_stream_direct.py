@@ -9,13 +9,15 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from edge_helpers import CLIENT_KEY
 from helpers import Gateway
 
 from truckllm.http.server import PUSH_EXTENSION, HTTPServer
+from truckllm.telemetry.record import RequestRecord
+from truckllm.testing.mock import MockUpstream
 
 GatewayFactory = Callable[..., Gateway]
 
@@ -184,3 +186,47 @@ def test_push_writes_at_once_and_says_when_the_client_is_full() -> None:
         loop.close()
     assert app.full and app.pushed < 1_024
     assert _body_of(b"".join(chunks)) == b"start" + b"y" * 65_536 * app.pushed + b"end"
+
+
+def test_streams_spread_over_many_reads_arrive_whole_in_each_dialect(
+    serve_fake: Callable[..., Any], gateway_factory: GatewayFactory
+) -> None:
+    """Events a few ms apart reach the gateway in separate reads, so all but the first go by the
+    read-callback relay: a chat client (passthrough), a Messages client and a Responses client
+    (both translated from chat) each get the whole answer, and each request's record its usage
+    and its first byte's time."""
+    import anthropic
+    import openai
+
+    upstream = serve_fake(MockUpstream, reply_words=30, event_delay=0.003)
+    gw = gateway_factory(f"""
+        server:
+          api_keys: [{CLIENT_KEY}]
+        providers:
+          - id: openai
+            base_url: {upstream.url}
+            keys: [{{id: k1, secret: sk-1}}]
+        model_aliases:
+          gpt-4: openai:gpt-4
+        """)
+    records: list[RequestRecord] = []
+    gw.app.records.subscribe(records.append)
+    hi = [{"role": "user", "content": "Hi"}]
+    whole = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    answer = whole.chat.completions.create(model="gpt-4", messages=cast(Any, hi))
+    expected = answer.choices[0].message.content
+    assert expected and len(expected.split()) == 30
+    chunks = whole.chat.completions.create(model="gpt-4", messages=cast(Any, hi), stream=True)
+    chat_text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    claude = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    with claude.messages.stream(model="gpt-4", max_tokens=64, messages=cast(Any, hi)) as stream:
+        messages_text = "".join(stream.text_stream)
+    responses = whole.responses.create(model="gpt-4", input="Hi", stream=True)
+    responses_text = "".join(e.delta for e in responses if e.type == "response.output_text.delta")
+    gw.settled()
+    assert chat_text == messages_text == responses_text == expected
+    streamed = [r for r in records if r.stream]
+    assert [r.endpoint for r in streamed] == ["chat", "messages", "responses"]
+    for rec in streamed:
+        assert rec.status == 200 and rec.ttft_s is not None
+        assert rec.usage is not None and rec.usage.completion_tokens > 0
