@@ -3,6 +3,7 @@ condition (never for a stretch of wall-clock time)."""
 
 from __future__ import annotations
 
+import gc
 import http.client
 import subprocess
 import threading
@@ -151,4 +152,38 @@ def assert_no_attempt_in_flight(gw: Gateway) -> None:
     wait_until(
         lambda: not any(s.in_flight for s in gw.states().values()),
         what="an attempt that never reported to its key",
+    )
+
+
+def cyclic_of(types: tuple[type, ...]) -> list[str]:
+    """The objects of ``types`` that only a full garbage collection frees now (held in reference
+    cycles), by type name: ``[]`` when reference counting freed them all."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return [
+            f"{type(o).__module__}.{type(o).__qualname__}"
+            for o in gc.garbage
+            if isinstance(o, types)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def request_types() -> tuple[type, ...]:
+    """The classes a served request and its upstream call leave behind: each must be freed by
+    reference counting (see ``truckllm.collector``), which :func:`cyclic_of` checks."""
+    from truckllm.http import client as http_client
+    from truckllm.http import server as http_server
+    from truckllm.providers.base import Reply
+    from truckllm.providers.direct import Direct
+
+    return (
+        http_server._Connection,
+        http_server._Cycle,
+        http_client._Connection,
+        http_client.Response,
+        Reply,
+        Direct,
     )

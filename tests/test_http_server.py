@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import aiohttp
 import orjson
 import pytest
-from helpers import request, wait_until
+from helpers import cyclic_of, request, request_types, wait_until
 
 from truckllm.api import App
 from truckllm.api.asgi import DisconnectWatch
@@ -909,19 +909,7 @@ def test_closed_connections_and_finished_requests_leave_no_reference_cycles(
 ) -> None:
     """Every served connection, request and upstream connection is freed by reference counting:
     none waits in a reference cycle for a full garbage collection (see ``truckllm.collector``)."""
-    from truckllm.http import client as http_client
-    from truckllm.http import server as http_server
-    from truckllm.providers.base import Reply
-    from truckllm.providers.direct import Direct
-
-    ours = (
-        http_server._Connection,
-        http_server._Cycle,
-        http_client._Connection,
-        http_client.Response,
-        Reply,
-        Direct,
-    )
+    ours = request_types()
     gc.collect()
     server = ServerThread(App(gateway_config(upstream.url)), loop=loop).start()
     try:
@@ -939,15 +927,4 @@ def test_closed_connections_and_finished_requests_leave_no_reference_cycles(
         assert request("GET", server.url + "/nowhere").status == 404
     finally:
         server.stop()  # closes the idle upstream connections too
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        cyclic = [
-            f"{type(o).__module__}.{type(o).__qualname__}"
-            for o in gc.garbage
-            if isinstance(o, ours)
-        ]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    assert cyclic == []
+    assert cyclic_of(ours) == []

@@ -6,18 +6,27 @@ that reads nothing for a while, then everything, gets every byte of the stream, 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import textwrap
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
+import pytest
 from edge_helpers import CLIENT_KEY
-from helpers import Gateway
+from helpers import Gateway, cyclic_of, request, request_types
 
+from truckllm.api import App
+from truckllm.config import parse_config
 from truckllm.http.server import PUSH_EXTENSION, HTTPServer
+from truckllm.providers import provider_registry
 from truckllm.telemetry.record import RequestRecord
+from truckllm.testing.behaviour import KeyBehaviour
 from truckllm.testing.mock import MockUpstream
+from truckllm.testing.serve import ServerThread
 
 GatewayFactory = Callable[..., Gateway]
 
@@ -40,10 +49,13 @@ STREAM = b"".join(_event(i) for i in range(EVENTS)) + b"data: [DONE]\n\n"
 
 
 class Upstream:
-    """An OpenAI-compatible upstream on its own loop that writes :data:`STREAM` as fast as it is
-    taken; ``stalled`` is set once a write has to wait for the gateway (or all is written)."""
+    """An OpenAI-compatible upstream on its own loop that writes ``stream`` (gzip-compressed,
+    flushed every 16 kB, with ``gzip``) as fast as it is taken; ``stalled`` is set once a write
+    has to wait for the gateway (or all is written)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: bytes = STREAM, gzip: bool = False) -> None:
+        self.stream = stream
+        self.gzip = gzip
         self.loop = asyncio.new_event_loop()
         self.stalled = threading.Event()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -58,9 +70,17 @@ class Upstream:
         length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        if self.gzip:
+            writer.write(b"content-encoding: gzip\r\n")
         writer.write(b"transfer-encoding: chunked\r\n\r\n")
-        for start in range(0, len(STREAM), 16_384):
-            part = STREAM[start : start + 16_384]
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31) if self.gzip else None
+        stream = self.stream
+        for start in range(0, len(stream), 16_384):
+            part = stream[start : start + 16_384]
+            if packer is not None:
+                part = packer.compress(part) + packer.flush(zlib.Z_SYNC_FLUSH)
+                if start + 16_384 >= len(stream):
+                    part += packer.flush()
             writer.write(b"%x\r\n%b\r\n" % (len(part), part))
             if writer.transport.get_write_buffer_size() > 65_536:
                 self.stalled.set()  # the gateway takes no more for now
@@ -83,9 +103,11 @@ class Upstream:
 
 
 def _body_of(data: bytes) -> bytes:
-    """A chunked HTTP/1.1 answer's body."""
+    """A 200 answer's body, chunked or delimited by the connection's end."""
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
+    if b"transfer-encoding: chunked" not in head.lower():
+        return rest
     out: list[bytes] = []
     while True:
         size_line, _, rest = rest.partition(b"\r\n")
@@ -96,21 +118,29 @@ def _body_of(data: bytes) -> bytes:
         rest = rest[size + 2 :]
 
 
+def _gateway(factory: GatewayFactory, upstream_url: str) -> Gateway:
+    return factory(f"""
+        server:
+          api_keys: [{CLIENT_KEY}]
+        providers:
+          - id: openai
+            base_url: {upstream_url}
+            keys: [{{id: k1, secret: sk-1}}]
+        model_aliases:
+          gpt-4: openai:gpt-4
+        """)
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["identity", "gzip"])
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
 def test_a_client_that_stops_reading_then_reads_gets_every_byte_of_a_passthrough_stream(
-    gateway_factory: GatewayFactory,
+    gateway_factory: GatewayFactory, version: str, gzip: bool
 ) -> None:
-    upstream = Upstream()
+    """Also from a gzip-compressed upstream (inflated in bounded steps), and to an HTTP/1.0
+    client (no chunks: the body ends when the connection does)."""
+    upstream = Upstream(gzip=gzip)
     try:
-        gw = gateway_factory(f"""
-            server:
-              api_keys: [{CLIENT_KEY}]
-            providers:
-              - id: openai
-                base_url: {upstream.url}
-                keys: [{{id: k1, secret: sk-1}}]
-            model_aliases:
-              gpt-4: openai:gpt-4
-            """)
+        gw = _gateway(gateway_factory, upstream.url)
         body = orjson.dumps(
             {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         )
@@ -119,10 +149,10 @@ def test_a_client_that_stops_reading_then_reads_gets_every_byte_of_a_passthrough
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few kB
             sock.connect((gw.server.host, gw.server.port))
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                b"Authorization: Bearer " + CLIENT_KEY.encode() + b"\r\n"
-                b"Content-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+                b"POST /v1/chat/completions HTTP/%b\r\nHost: x\r\nConnection: close\r\n"
+                b"Authorization: Bearer %b\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%b"
+                % (version.encode(), CLIENT_KEY.encode(), len(body), body)
             )
             # Read nothing until the gateway has stopped taking the upstream's writes (its
             # buffers towards this client are full) or the upstream has written everything.
@@ -230,3 +260,50 @@ def test_streams_spread_over_many_reads_arrive_whole_in_each_dialect(
     for rec in streamed:
         assert rec.status == 200 and rec.ttft_s is not None
         assert rec.usage is not None and rec.usage.completion_tokens > 0
+
+
+@pytest.mark.filterwarnings("ignore:unclosed transport:ResourceWarning")
+@pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stream_broken_mid_way_ends_with_an_error_event_and_leaves_no_cycles(
+    serve_fake: Callable[..., Any], loop: str, fault: str
+) -> None:
+    """The upstream cuts the connection, or goes silent past its read timeout, after the first
+    events: the client's stream ends with an error event, and the request's objects (the client's
+    connection among them) are freed by reference counting, not left in a cycle through the
+    error's traceback."""
+    upstream = serve_fake(
+        MockUpstream,
+        event_delay=0.005,
+        reply_words=40,
+        keys={"sk-1": KeyBehaviour(faults={fault: 1.0})},
+    )
+    cfg = parse_config(
+        textwrap.dedent(f"""
+        providers:
+          - id: openai
+            base_url: {upstream.url}
+            keys: [{{id: k1, secret: sk-1}}]
+            timeout: {{read: 0.3}}
+        model_aliases:
+          gpt-4: openai:gpt-4
+        """),
+        "<test>",
+        {},
+        provider_registry().names(),
+    )
+    body = {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    gc.collect()
+    server = ServerThread(App(cfg), loop=loop).start()
+    try:
+        for _ in range(2):
+            got = request("POST", server.url + "/v1/chat/completions", body)
+            assert got.status == 200
+            events = [e for e in got.body.split(b"\n\n") if e]
+            assert b'"content"' in events[0]  # the stream had begun
+            assert events[-1].startswith(b'data: {"error"'), events[-1]
+            assert b"[DONE]" not in got.body
+    finally:
+        server.stop()
+    assert cyclic_of(request_types()) == []

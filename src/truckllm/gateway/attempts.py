@@ -481,30 +481,33 @@ async def relay(served: Served, push: Push | None = None) -> AsyncGenerator[byte
 
     With ``push`` (a plain writer to the client: the server's ``truckllm.push``), a passthrough
     stream's events after the first are written by it from the upstream's read callback
-    (:class:`~truckllm.providers.direct.Direct`) and not yielded, until the stream ends or the
-    client falls behind; the rest is yielded as without it."""
+    (:class:`~truckllm.providers.direct.Direct`) and not yielded, while the client keeps up;
+    what comes while it catches up is yielded (its consumer waits for the drain), then the
+    read callback takes over again."""
     reply = served.reply
     assert reply.events is not None
     kind = OutcomeKind.CANCELLED
     broken: UpstreamError | None = None
     clock = time.perf_counter
     waited, count = 0.0, 0  # kept in locals per event, written to ``served`` once at the end
+    direct = reply.direct
+    if push is None or direct is None or direct.events is not reply.events:
+        direct = None  # (the cache's tap replaced the events: it must see every one)
+    pushing = direct.relay if direct is not None else None
     try:
         if served.first:
             count = served.first.count(b"\n\n")
             yield served.first
         t = clock()
-        direct = reply.direct
-        if push is not None and direct is not None and direct.events is reply.events:
-            try:
-                await direct.relay(push)
-            finally:
-                count += direct.sent
+        if pushing is not None and push is not None:
+            await pushing(push)
         async for batch in reply.events:
             waited += clock() - t
             count += batch.count(b"\n\n")
             yield batch
             t = clock()
+            if pushing is not None and push is not None:
+                await pushing(push)
         waited += clock() - t  # the wait for the end of the stream
         kind = OutcomeKind.SUCCESS
     except UpstreamError as exc:
@@ -515,6 +518,9 @@ async def relay(served: Served, push: Push | None = None) -> AsyncGenerator[byte
         broken = exc
         raise StreamBroken(client_error(exc)) from exc
     finally:
+        if direct is not None:  # the client's writes are the gateway's time, not the upstream's
+            count += direct.sent
+            waited -= direct.pushed_s
         served.upstream_s += waited
         served.events_out += count
         served.pick.done(
@@ -522,6 +528,9 @@ async def relay(served: Served, push: Push | None = None) -> AsyncGenerator[byte
         )
         if broken is not None and served.on_broken is not None:
             served.on_broken(served, broken, kind)
+        # The error's traceback holds this frame, which holds the error and the client's
+        # writer: dropped, so the request's objects are freed by reference counting.
+        broken = direct = pushing = push = None
         await reply.aclose()
 
 

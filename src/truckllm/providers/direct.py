@@ -12,6 +12,7 @@ end, the error or the next read as it would have. Nothing is read twice or skipp
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 
 from truckllm.http.client import Response
@@ -25,27 +26,34 @@ class Direct:
     read of ``resp``). Valid only while the reply's ``events`` is still that generator: a
     consumer that wraps it (the response cache's tap) has to see every event."""
 
-    __slots__ = ("_feed", "_resp", "events", "sent")
+    __slots__ = ("_feed", "_resp", "events", "pushed_s", "sent")
 
     def __init__(self, events: AsyncIterator[bytes], resp: Response, feed: Feed) -> None:
         self.events = events
         self._resp = resp
         self._feed = feed
-        self.sent = 0  # events pushed (blank-line ends), set when relay returns or is cancelled
+        # Added up as each relay returns (or is cancelled): events pushed (blank-line ends),
+        # and the seconds spent in push (the client's writes, not the upstream's time).
+        self.sent = 0
+        self.pushed_s = 0.0
 
     async def relay(self, push: Push) -> None:
         """Send the stream's events by ``push`` as they are read, until it ends, fails, or the
-        client is full; then the caller goes on with ``events``."""
+        client is full; then the caller goes on with ``events`` (and may call this again)."""
         feed = self._feed
-        sent = 0
+        clock = time.perf_counter
+        sent, pushed_s = 0, 0.0
 
         def sink(chunk: bytes) -> bool:
-            nonlocal sent
+            nonlocal sent, pushed_s
             batch = feed(chunk)
             if not batch:
                 return True
             sent += batch.count(b"\n\n")
-            return push(batch)
+            t = clock()
+            more = push(batch)
+            pushed_s += clock() - t
+            return more
 
         resp = self._resp
         try:
@@ -53,3 +61,4 @@ class Direct:
         finally:
             resp.unsplice()
             self.sent += sent
+            self.pushed_s += pushed_s
