@@ -164,7 +164,11 @@ async def send_stream(
     batches after the first go through the same steps from the upstream's read callback and are
     written by it (see ``relay``)."""
     if keeper is not None:
-        await keeper.stream_started(served)
+        try:
+            await keeper.stream_started(served)
+        except BaseException:  # the relay that reports the attempt has not begun
+            await served.abandon()
+            raise
     ctype = served.reply.content_type
     binary = not ctype.startswith("text/event-stream")  # audio: relayed chunk by chunk
     head = [(b"content-type", ctype.encode()), *headers] if binary else SSE_HEADERS + headers

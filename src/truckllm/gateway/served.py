@@ -29,6 +29,12 @@ class Served:
     # Told when a committed stream fails (after its report to the pick): the failure log line.
     on_broken: Callable[[Served, UpstreamError, OutcomeKind], None] | None = None
 
+    async def abandon(self) -> None:
+        """A stream given up before its relay began (the client left first): the attempt
+        reported as cancelled, the upstream connection closed."""
+        self.pick.done(Outcome(OutcomeKind.CANCELLED, 200))
+        await self.reply.aclose()
+
     def settle(self) -> None:
         """Report a deferred outcome (once). A whole success is reported after its answer is on
         its way to the client, so learning from it is not on the request's critical path."""
