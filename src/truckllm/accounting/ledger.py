@@ -61,6 +61,11 @@ class Ledger:
         self._inflight_spend: dict[str, _Spend] = {}
 
     def add(self, rec: RequestRecord) -> None:
+        self.count(rec, int(rec.time) // 60 * 60, nanos_of(rec.cost_usd))
+
+    def count(self, rec: RequestRecord, minute: int, cost: int) -> None:
+        """:meth:`add` with the record's minute and cost in nano-dollars (``nanos_of``) read
+        by the caller, who shares them with the other counts (``api/counts.py``)."""
         if rec.endpoint not in COUNTED_ENDPOINTS:
             return
         row: RowKey = (
@@ -71,7 +76,6 @@ class Ledger:
             rec.alias or "",
             rec.session_id or "",
         )
-        minute = int(rec.time) // 60 * 60
         k = (minute, row)
         counts = self.pending.get(k)
         if counts is None:
@@ -89,7 +93,6 @@ class Ledger:
             counts[6] += usage.reasoning_tokens
         if rec.saved_usd:  # a cache hit: what the upstream call it replaced cost
             counts[SAVED] += nanos_of(rec.saved_usd)
-        cost = nanos_of(rec.cost_usd)
         if cost:
             counts[COST] += cost
             if row[0]:
