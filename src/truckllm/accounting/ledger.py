@@ -11,6 +11,8 @@ spend not yet confirmed by the store.
 
 from __future__ import annotations
 
+from typing import Any
+
 from truckllm.providers.base import Usage
 from truckllm.stores.base import COST, METRICS, SAVED, Batch, RowKey, View, day_of, month_of
 from truckllm.telemetry.record import RequestRecord
@@ -59,6 +61,9 @@ class Ledger:
         self._unconfirmed: dict[str, _Spend] = {}  # spend not yet in ``view``
         self._period = ("", "", 0.0, 0.0)  # (day, month, start, end) of the last spent() call
         self._inflight_spend: dict[str, _Spend] = {}
+        # spent() by client between two batches: [day, month, today, this month, in total];
+        # _spend() keeps an entry current, a batch swapped out or confirmed empties the table
+        self._spent: dict[str, list[Any]] = {}
 
     def add(self, rec: RequestRecord) -> None:
         self.count(rec, int(rec.time) // 60 * 60, nanos_of(rec.cost_usd))
@@ -102,10 +107,21 @@ class Ledger:
         if when >= self._day_ends or not self._day:
             self._day, self._month = day_of(when), month_of(when)
             self._day_ends = (when // 86400 + 1) * 86400
+        day, month = self._day, self._month
         s = self._unconfirmed.get(client)
         if s is None:
-            s = self._unconfirmed[client] = _Spend(self._day, self._month)
-        s.add(self._day, self._month, nanos)
+            s = self._unconfirmed[client] = _Spend(day, month)
+        s.add(day, month, nanos)
+        known = self._spent.get(client)
+        if known is not None:
+            # spent() for that day and month grows by ``nanos`` (whatever ``s`` held before:
+            # _Spend.add restarts a period's sum at a new period); for another, it is read again
+            if known[0] == day and known[1] == month:
+                known[2] += nanos
+                known[3] += nanos
+                known[4] += nanos
+            else:
+                del self._spent[client]
 
     def spent(self, client: str, now: float) -> tuple[int, int, int]:
         """(today, this month, in total) in nano-dollars, UTC."""
@@ -114,6 +130,9 @@ class Ledger:
             start = now // 86400 * 86400
             day, month = day_of(now), month_of(now)
             self._period = (day, month, start, start + 86400)
+        known = self._spent.get(client)
+        if known is not None and known[0] == day and known[1] == month:
+            return known[2], known[3], known[4]
         v = self.view
         d = v.spend_day.get(client, 0) if v.day == day else 0
         m = v.spend_month.get(client, 0) if v.month == month else 0
@@ -127,6 +146,7 @@ class Ledger:
                 if s.month == month:
                     m += s.month_nanos
                 t += s.total_nanos
+        self._spent[client] = [day, month, d, m, t]
         return d, m, t
 
     # -- batches ------------------------------------------------------------------------------
@@ -140,12 +160,14 @@ class Ledger:
         batch = Batch(self.origin, self._seq, now, self.pending, self.cooldowns)
         self.pending, self.cooldowns = {}, {}
         self._inflight_spend, self._unconfirmed = self._unconfirmed, {}
+        self._spent = {}
         self.inflight = batch
         return batch
 
     def confirmed(self, view: View) -> None:
         self.inflight = None
         self._inflight_spend = {}
+        self._spent = {}
         self.view = view
 
     @property
