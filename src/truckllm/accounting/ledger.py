@@ -11,8 +11,6 @@ spend not yet confirmed by the store.
 
 from __future__ import annotations
 
-from typing import Any
-
 from truckllm.providers.base import Usage
 from truckllm.stores.base import COST, METRICS, SAVED, Batch, RowKey, View, day_of, month_of
 from truckllm.telemetry.record import RequestRecord
@@ -61,9 +59,9 @@ class Ledger:
         self._unconfirmed: dict[str, _Spend] = {}  # spend not yet in ``view``
         self._period = ("", "", 0.0, 0.0)  # (day, month, start, end) of the last spent() call
         self._inflight_spend: dict[str, _Spend] = {}
-        # spent() by client between two batches: [day, month, today, this month, in total];
-        # _spend() keeps an entry current, a batch swapped out or confirmed empties the table
-        self._spent: dict[str, list[Any]] = {}
+        # spent() by client without the unconfirmed spend (the store's view and the spend in
+        # flight): (day, month, today, this month, in total); a batch sent or confirmed empties it
+        self._spent: dict[str, tuple[str, str, int, int, int]] = {}
 
     def add(self, rec: RequestRecord) -> None:
         self.count(rec, int(rec.time) // 60 * 60, nanos_of(rec.cost_usd))
@@ -107,21 +105,10 @@ class Ledger:
         if when >= self._day_ends or not self._day:
             self._day, self._month = day_of(when), month_of(when)
             self._day_ends = (when // 86400 + 1) * 86400
-        day, month = self._day, self._month
         s = self._unconfirmed.get(client)
         if s is None:
-            s = self._unconfirmed[client] = _Spend(day, month)
-        s.add(day, month, nanos)
-        known = self._spent.get(client)
-        if known is not None:
-            # spent() for that day and month grows by ``nanos`` (whatever ``s`` held before:
-            # _Spend.add restarts a period's sum at a new period); for another, it is read again
-            if known[0] == day and known[1] == month:
-                known[2] += nanos
-                known[3] += nanos
-                known[4] += nanos
-            else:
-                del self._spent[client]
+            s = self._unconfirmed[client] = _Spend(self._day, self._month)
+        s.add(self._day, self._month, nanos)
 
     def spent(self, client: str, now: float) -> tuple[int, int, int]:
         """(today, this month, in total) in nano-dollars, UTC."""
@@ -130,23 +117,29 @@ class Ledger:
             start = now // 86400 * 86400
             day, month = day_of(now), month_of(now)
             self._period = (day, month, start, start + 86400)
-        known = self._spent.get(client)
-        if known is not None and known[0] == day and known[1] == month:
-            return known[2], known[3], known[4]
-        v = self.view
-        d = v.spend_day.get(client, 0) if v.day == day else 0
-        m = v.spend_month.get(client, 0) if v.month == month else 0
-        t = v.spend_total.get(client, 0)
-        # Spend not yet in the store's view, and (only while a batch is on its way) in flight.
-        for pending in (self._unconfirmed, self._inflight_spend):
-            s = pending.get(client) if pending else None
+        # The store's view and the spend in flight change only with a batch: kept until then.
+        base = self._spent.get(client)
+        if base is None or base[0] != day or base[1] != month:
+            v = self.view
+            d = v.spend_day.get(client, 0) if v.day == day else 0
+            m = v.spend_month.get(client, 0) if v.month == month else 0
+            t = v.spend_total.get(client, 0)
+            s = self._inflight_spend.get(client) if self._inflight_spend else None
             if s is not None:
                 if s.day == day:
                     d += s.day_nanos
                 if s.month == month:
                     m += s.month_nanos
                 t += s.total_nanos
-        self._spent[client] = [day, month, d, m, t]
+            base = self._spent[client] = (day, month, d, m, t)
+        _, _, d, m, t = base
+        s = self._unconfirmed.get(client)  # spend not yet sent to the store
+        if s is not None:
+            if s.day == day:
+                d += s.day_nanos
+            if s.month == month:
+                m += s.month_nanos
+            t += s.total_nanos
         return d, m, t
 
     # -- batches ------------------------------------------------------------------------------
