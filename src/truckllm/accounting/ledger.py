@@ -59,8 +59,16 @@ class Ledger:
         self._unconfirmed: dict[str, _Spend] = {}  # spend not yet in ``view``
         self._period = ("", "", 0.0, 0.0)  # (day, month, start, end) of the last spent() call
         self._inflight_spend: dict[str, _Spend] = {}
+        # spent() by client without the unconfirmed spend (the store's view and the spend in
+        # flight): (day, month, today, this month, in total); a batch sent or confirmed empties it
+        self._spent: dict[str, tuple[str, str, int, int, int]] = {}
 
     def add(self, rec: RequestRecord) -> None:
+        self.count(rec, int(rec.time) // 60 * 60, nanos_of(rec.cost_usd))
+
+    def count(self, rec: RequestRecord, minute: int, cost: int) -> None:
+        """:meth:`add` with the record's minute and cost in nano-dollars (``nanos_of``) read
+        by the caller, who shares them with the other counts (``api/counts.py``)."""
         if rec.endpoint not in COUNTED_ENDPOINTS:
             return
         row: RowKey = (
@@ -71,7 +79,6 @@ class Ledger:
             rec.alias or "",
             rec.session_id or "",
         )
-        minute = int(rec.time) // 60 * 60
         k = (minute, row)
         counts = self.pending.get(k)
         if counts is None:
@@ -89,7 +96,6 @@ class Ledger:
             counts[6] += usage.reasoning_tokens
         if rec.saved_usd:  # a cache hit: what the upstream call it replaced cost
             counts[SAVED] += nanos_of(rec.saved_usd)
-        cost = nanos_of(rec.cost_usd)
         if cost:
             counts[COST] += cost
             if row[0]:
@@ -111,19 +117,29 @@ class Ledger:
             start = now // 86400 * 86400
             day, month = day_of(now), month_of(now)
             self._period = (day, month, start, start + 86400)
-        v = self.view
-        d = v.spend_day.get(client, 0) if v.day == day else 0
-        m = v.spend_month.get(client, 0) if v.month == month else 0
-        t = v.spend_total.get(client, 0)
-        # Spend not yet in the store's view, and (only while a batch is on its way) in flight.
-        for pending in (self._unconfirmed, self._inflight_spend):
-            s = pending.get(client) if pending else None
+        # The store's view and the spend in flight change only with a batch: kept until then.
+        base = self._spent.get(client)
+        if base is None or base[0] != day or base[1] != month:
+            v = self.view
+            d = v.spend_day.get(client, 0) if v.day == day else 0
+            m = v.spend_month.get(client, 0) if v.month == month else 0
+            t = v.spend_total.get(client, 0)
+            s = self._inflight_spend.get(client) if self._inflight_spend else None
             if s is not None:
                 if s.day == day:
                     d += s.day_nanos
                 if s.month == month:
                     m += s.month_nanos
                 t += s.total_nanos
+            base = self._spent[client] = (day, month, d, m, t)
+        _, _, d, m, t = base
+        s = self._unconfirmed.get(client)  # spend not yet sent to the store
+        if s is not None:
+            if s.day == day:
+                d += s.day_nanos
+            if s.month == month:
+                m += s.month_nanos
+            t += s.total_nanos
         return d, m, t
 
     # -- batches ------------------------------------------------------------------------------
@@ -137,12 +153,14 @@ class Ledger:
         batch = Batch(self.origin, self._seq, now, self.pending, self.cooldowns)
         self.pending, self.cooldowns = {}, {}
         self._inflight_spend, self._unconfirmed = self._unconfirmed, {}
+        self._spent = {}
         self.inflight = batch
         return batch
 
     def confirmed(self, view: View) -> None:
         self.inflight = None
         self._inflight_spend = {}
+        self._spent = {}
         self.view = view
 
     @property

@@ -11,7 +11,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from truckllm.accounting.ledger import Ledger
+from truckllm.accounting.ledger import Ledger, nanos_of
 from truckllm.accounting.money import Rates, cost_nanos, rates_of
 from truckllm.accounting.policy import (
     ClientPolicy,
@@ -147,7 +147,11 @@ class Accounting:
 
     def record(self, rec: RequestRecord) -> None:
         """The record consumer: count the request, and correct the client's tpm reservation."""
-        self.ledger.add(rec)
+        self.count(rec, int(rec.time) // 60 * 60, nanos_of(rec.cost_usd))
+
+    def count(self, rec: RequestRecord, minute: int, nanos: int) -> None:
+        """:meth:`record` with the record's minute and cost in nano-dollars read by the caller."""
+        self.ledger.count(rec, minute, nanos)
         if rec.client_tokens:
             policy = self.policies.get(rec.client_id or "")
             if policy is not None:

@@ -26,10 +26,6 @@ _NBINS = len(_EDGES) + 1
 _HIDDEN = ("/admin/", "/ui")  # the dashboard's own requests are not traffic
 
 
-def _hidden(endpoint: str) -> bool:
-    return endpoint.startswith(_HIDDEN)
-
-
 class Minute:
     """One minute's counts; histograms of latency, time to first token and gateway overhead."""
 
@@ -53,7 +49,8 @@ class Minute:
         self.ttft = [0] * _NBINS
         self.overhead = [0] * _NBINS
 
-    def add(self, rec: RequestRecord) -> None:
+    def add(self, rec: RequestRecord, nanos: int | None = None) -> None:
+        """Count ``rec``; ``nanos``: its cost in nano-dollars when the caller has it."""
         self.requests += 1
         if rec.status >= 400 or rec.status == 0:
             self.errors += 1
@@ -64,10 +61,14 @@ class Minute:
             self.prompt += u.prompt_tokens
             self.completion += u.completion_tokens
             self.cached += u.cached_tokens
-        if rec.cost_usd:
-            self.cost_nanos += round(rec.cost_usd * 1e9)
-        self.latency[bisect.bisect(_EDGES, rec.latency_s)] += 1
-        self.overhead[bisect.bisect(_EDGES, rec.overhead_s)] += 1
+        if nanos is None:
+            cost = rec.cost_usd
+            nanos = round(cost * 1e9) if cost else 0
+        self.cost_nanos += nanos
+        latency = rec.latency_s
+        self.latency[bisect.bisect(_EDGES, latency)] += 1
+        own = latency - rec.upstream_s  # RequestRecord.overhead_s, inlined
+        self.overhead[bisect.bisect(_EDGES, own if own > 0.0 else 0.0)] += 1
         if rec.ttft_s is not None:
             self.ttft[bisect.bisect(_EDGES, rec.ttft_s)] += 1
 
@@ -98,16 +99,23 @@ class Recent:
         self._minute: Minute | None = None
 
     def __call__(self, rec: RequestRecord) -> None:
-        if _hidden(rec.endpoint):
-            return
-        self.tail.append((next(self._seq), rec))
-        if rec.endpoint.startswith("/"):
+        cost = rec.cost_usd
+        self.count(rec, int(rec.time) // 60 * 60, round(cost * 1e9) if cost else 0)
+
+    def count(self, rec: RequestRecord, minute: int, nanos: int) -> None:
+        """The consumer with the record's minute and cost in nano-dollars read by the caller,
+        who shares them with the other counts (``api/counts.py``)."""
+        endpoint = rec.endpoint
+        if endpoint.startswith("/"):
+            if endpoint.startswith(_HIDDEN):
+                return
+            self.tail.append((next(self._seq), rec))
             return  # an unknown URL: in the tail, not in the overview's API traffic
-        minute = int(rec.time) // 60 * 60
+        self.tail.append((next(self._seq), rec))
         m = self._minute
         if m is None or minute != self._current:
             m = self._roll(minute)
-        m.add(rec)
+        m.add(rec, nanos)
 
     def _roll(self, minute: int) -> Minute:
         m = self.minutes.get(minute)

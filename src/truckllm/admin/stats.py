@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from truckllm.providers.base import Usage
 from truckllm.telemetry.record import RequestRecord
 
 
@@ -26,16 +27,22 @@ class Stats:
     by_key: dict[str, KeyUsage] = field(default_factory=dict)
 
     def __call__(self, rec: RequestRecord) -> None:
+        self.count(rec.status, rec.key_id, rec.usage, rec.cost_usd)
+
+    def count(self, status: int, key_id: str | None, u: Usage | None, cost: float | None) -> None:
+        """The consumer with the record's fields read by the caller, who shares them with the
+        other counts (``api/counts.py``)."""
         self.requests += 1
-        self.by_status[rec.status] = self.by_status.get(rec.status, 0) + 1
-        if rec.key_id is None:
+        by_status = self.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        if key_id is None:
             return
-        usage = self.by_key.get(rec.key_id)
+        usage = self.by_key.get(key_id)
         if usage is None:
-            usage = self.by_key[rec.key_id] = KeyUsage()
+            usage = self.by_key[key_id] = KeyUsage()
         usage.requests += 1
-        if rec.usage is not None:
-            usage.prompt_tokens += rec.usage.prompt_tokens
-            usage.completion_tokens += rec.usage.completion_tokens
-        if rec.cost_usd:
-            usage.cost_micro_usd += round(rec.cost_usd * 1_000_000)
+        if u is not None:
+            usage.prompt_tokens += u.prompt_tokens
+            usage.completion_tokens += u.completion_tokens
+        if cost:
+            usage.cost_micro_usd += round(cost * 1_000_000)

@@ -14,6 +14,7 @@ from functools import partial
 from truckllm.accounting import Accounting
 from truckllm.admin import AdminAPI, AdminContext, Stats
 from truckllm.api.asgi import ClientGone, Receive, Scope, Send, client_ip, send_error
+from truckllm.api.counts import Counts
 from truckllm.api.endpoints import all_routes
 from truckllm.api.proxy import Proxy
 from truckllm.api.routes import Readiness, Request, Route
@@ -80,11 +81,10 @@ class App:
             else None
         )
         self.telemetry = Telemetry(config, self.records)
+        self.telemetry.feed_metrics = False  # fed by the app's Counts, below
         if self.reloader is not None:
             self.reloader.listeners.append(self.telemetry.reload_result)
         stats = Stats()
-        self.records.subscribe(stats)
-        self.records.subscribe(self.accounting.record)
         self.readiness = Readiness(checks={"store": self.coordinator.health})
         admin = AdminAPI(
             AdminContext(
@@ -95,7 +95,11 @@ class App:
                 accounting=self.accounting,
             )
         )
-        self.records.subscribe(admin.context.recent)  # the dashboard's overview and tail
+        # the admin counts, the usage ledger, the dashboard's overview and tail, the metrics:
+        # one consumer, one pass over each record (the request-log sinks subscribe at start)
+        self.records.subscribe(
+            Counts(stats, admin.context.recent, self.accounting, self.telemetry.metrics)
+        )
         self.cache = ResponseCache(config, self.accounting.cost_nanos)  # docs/cache.md
         self.holder.listeners.append(self.cache.attach)
         if self.telemetry.metrics is not None:

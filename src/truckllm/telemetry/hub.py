@@ -46,6 +46,9 @@ class Telemetry:
         self.sinks: list[Sink] = []
         self.edge: EdgeCounters | None = None  # the HTTP server's counters, when it gives them
         self.tracer: Tracer | None = None  # built at start when tracing.endpoint is set
+        # start() subscribes the metrics to the bus unless their owner feeds them (the app
+        # does, with its other counts: api/counts.py)
+        self.feed_metrics = True
         self._started = False
         self._closed = False
 
@@ -61,7 +64,8 @@ class Telemetry:
             if self.metrics is not None:
                 self.metrics.extra.append(self.tracer.exporter.render)
         if self.metrics is not None:
-            self.records.subscribe(self.metrics.consume)
+            if self.feed_metrics:
+                self.records.subscribe(self.metrics.consume)
             self.metrics.loop_lag.start()
         if not self.config.logging.sinks:
             return
