@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated: " + ",".join(QUICK))
     p.add_argument("--results", type=Path, default=BENCH / "results")
     p.add_argument(
-        "--plot", type=Path, default=REPO / "docs" / "benchmarks.png", help="PNG (needs matplotlib)"
+        "--plot", type=Path, help="PNG (needs matplotlib); default: --out's path ending in .png"
     )
     p.add_argument(
         "--patience",
@@ -492,6 +492,8 @@ def write_report(
     now: str,
 ) -> None:
     plot_rel: str | None = None
+    if args.plot is None:  # beside the report: a report written elsewhere leaves docs/ alone
+        args.plot = args.out.with_suffix(".png")
     plot = subprocess.run(
         [args.python, str(BENCH / "plot.py"), str(args.results / "all.json"), str(args.plot)],
         check=False,
