@@ -3,6 +3,7 @@ condition (never for a stretch of wall-clock time)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import http.client
 import subprocess
@@ -187,3 +188,31 @@ def request_types() -> tuple[type, ...]:
         Reply,
         Direct,
     )
+
+
+class LoopServer:
+    """A raw TCP server on an event loop of its own (a daemon thread), for upstreams and stores
+    that must misbehave in ways the fakes do not: a subclass serves each connection in
+    :meth:`serve`. ``port`` once made; :meth:`stop` closes it and its loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self.serve, "127.0.0.1", 0), self.loop
+        ).result(10)
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()

@@ -11,28 +11,23 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from helpers import Gateway, assert_no_attempt_in_flight
+from helpers import Gateway, LoopServer, assert_no_attempt_in_flight
 
 from truckllm.testing.mock import MockUpstream
 
 GatewayFactory = Callable[..., Gateway]
 
 
-class HangingStore:
+class HangingStore(LoopServer):
     """An ``http`` state store that never answers ``/kv/set`` (``asked`` is set when one comes)
     and fails everything else."""
 
     def __init__(self) -> None:
         self.asked = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop
-        ).result(10)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -46,16 +41,6 @@ class HangingStore:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         writer.close()
-
-    def stop(self) -> None:
-        async def close() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 def test_a_client_that_leaves_while_the_first_event_is_kept_leaves_no_attempt_in_flight(

@@ -17,7 +17,7 @@ from typing import Any, cast
 import orjson
 import pytest
 from edge_helpers import CLIENT_KEY
-from helpers import Gateway, cyclic_of, request, request_types
+from helpers import Gateway, LoopServer, cyclic_of, request, request_types
 
 from truckllm.api import App
 from truckllm.config import parse_config
@@ -48,24 +48,19 @@ def _event(i: int) -> bytes:
 STREAM = b"".join(_event(i) for i in range(EVENTS)) + b"data: [DONE]\n\n"
 
 
-class Upstream:
-    """An OpenAI-compatible upstream on its own loop that writes ``stream`` (gzip-compressed,
-    flushed every 16 kB, with ``gzip``) as fast as it is taken; ``stalled`` is set once a write
-    has to wait for the gateway (or all is written)."""
+class Upstream(LoopServer):
+    """An OpenAI-compatible upstream that writes ``stream`` (gzip-compressed, flushed every
+    16 kB, with ``gzip``) as fast as it is taken; ``stalled`` is set once a write has to wait for
+    the gateway (or all is written)."""
 
     def __init__(self, stream: bytes = STREAM, gzip: bool = False) -> None:
         self.stream = stream
         self.gzip = gzip
-        self.loop = asyncio.new_event_loop()
         self.stalled = threading.Event()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop
-        ).result(10)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
@@ -90,16 +85,6 @@ class Upstream:
         self.stalled.set()
         writer.close()
         await writer.wait_closed()
-
-    def stop(self) -> None:
-        async def close() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 def _body_of(data: bytes) -> bytes:
@@ -229,16 +214,7 @@ def test_streams_spread_over_many_reads_arrive_whole_in_each_dialect(
     import openai
 
     upstream = serve_fake(MockUpstream, reply_words=30, event_delay=0.003)
-    gw = gateway_factory(f"""
-        server:
-          api_keys: [{CLIENT_KEY}]
-        providers:
-          - id: openai
-            base_url: {upstream.url}
-            keys: [{{id: k1, secret: sk-1}}]
-        model_aliases:
-          gpt-4: openai:gpt-4
-        """)
+    gw = _gateway(gateway_factory, upstream.url)
     records: list[RequestRecord] = []
     gw.app.records.subscribe(records.append)
     hi = [{"role": "user", "content": "Hi"}]
