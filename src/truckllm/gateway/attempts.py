@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from truckllm.errors import APIError
@@ -491,23 +492,25 @@ async def relay(served: Served, push: Push | None = None) -> AsyncGenerator[byte
     clock = time.perf_counter
     waited, count = 0.0, 0  # kept in locals per event, written to ``served`` once at the end
     direct = reply.direct
-    if push is None or direct is None or direct.events is not reply.events:
-        direct = None  # (the cache's tap replaced the events: it must see every one)
-    pushing = direct.relay if direct is not None else None
+    resume: Callable[[], Awaitable[None]] | None = None  # the read-callback relay, to resume
+    if push is not None and direct is not None and direct.events is reply.events:
+        resume = partial(direct.relay, push)
+    else:
+        direct = None  # (no writer, or the cache's tap replaced the events: it sees every one)
     try:
         if served.first:
             count = served.first.count(b"\n\n")
             yield served.first
         t = clock()
-        if pushing is not None and push is not None:
-            await pushing(push)
+        if resume is not None:
+            await resume()
         async for batch in reply.events:
             waited += clock() - t
             count += batch.count(b"\n\n")
             yield batch
             t = clock()
-            if pushing is not None and push is not None:
-                await pushing(push)
+            if resume is not None:  # the client has taken that batch: the callback again
+                await resume()
         waited += clock() - t  # the wait for the end of the stream
         kind = OutcomeKind.SUCCESS
     except UpstreamError as exc:
@@ -530,7 +533,7 @@ async def relay(served: Served, push: Push | None = None) -> AsyncGenerator[byte
             served.on_broken(served, broken, kind)
         # The error's traceback holds this frame, which holds the error and the client's
         # writer: dropped, so the request's objects are freed by reference counting.
-        broken = direct = pushing = push = None
+        broken = direct = resume = push = None
         await reply.aclose()
 
 
