@@ -10,6 +10,7 @@ import os
 import textwrap
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -611,6 +612,28 @@ def test_two_file_sinks_may_not_share_a_path() -> None:
         ConfigError, match=r"sinks\[1\].path: .* already written by logging.sinks\[0\]"
     ):
         parse_config(text, "<t>", {})
+
+
+def test_encoded_lines_hold_only_their_bytes() -> None:
+    """A batch's lines are kept until the sink has written them all: each holds its own bytes,
+    not the buffer ``orjson.dumps`` reserved (8 KB for a 400-byte line, which made every
+    batch of 1,000 grow the heap by megabytes and fault it in again)."""
+    encoder = RecordEncoder()
+    batch = [
+        RequestRecord(1714564800.0 + i, f"r{i}", "chat", model="gpt-4o-mini", status=200)
+        for i in range(1000)
+    ]
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        lines = asyncio.run(encoder.lines(batch))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    size = sum(map(len, lines))
+    assert len(lines) == 1000 and all(line.endswith(b"}\n") for line in lines)
+    assert [orjson.loads(line)["request_id"] for line in lines] == [r.request_id for r in batch]
+    assert held < 2 * size, (held, size)
 
 
 def test_record_times_are_rfc3339_utc_and_client_text_is_cut() -> None:
