@@ -5,10 +5,12 @@ a restart and a torn tail."""
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from redis_server import redis_server  # noqa: F401 - a fixture
 from test_stores import KINDS, store_case  # noqa: F401 - a fixture
@@ -51,6 +53,30 @@ def tear(path: Path) -> None:
     """A write cut off mid-record."""
     with open(path, "ab") as f:
         f.write(b"TLK1\x01 torn")
+
+
+def test_the_table_holds_about_what_it_counts() -> None:
+    """Values made by ``orjson.dumps`` keep the buffer orjson reserved (4 KB and more for a
+    hundred bytes); the table keeps a copy of each value's own size, so the memory its
+    ``max_bytes`` bounds is the memory it holds."""
+    table = KVTable()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i in range(2000):
+            record = {
+                "id": f"resp_{i}",
+                "client": "c1",
+                "items": [{"role": "user", "content": "hi"}],
+            }
+            table.set(f"responses:resp_{i}", orjson.dumps(record), 60)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 2000 * 60 < table.size < 2000 * 200
+    # the entries' own bytes plus the table's bookkeeping (a tuple and a slot each); the
+    # values as orjson returned them held 4,000 bytes and more apiece
+    assert held < 2000 * 600, (held, table.size)
 
 
 def test_the_file_store_keeps_its_table_across_a_restart_and_a_torn_tail(tmp_path: Path) -> None:
