@@ -388,6 +388,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of the process so far, all its threads (``/proc/<pid>/stat``)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(text.rsplit(")", 1)[1].split()[7])  # minflt
+
+
 def fmt_ms(us: float) -> str:
     return f"{us / 1e3:.3f}"
 

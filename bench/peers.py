@@ -52,6 +52,7 @@ from overhead import (
     WrkResult,
     cpu_seconds,
     machine_info,
+    minor_faults,
     parse_wrk_output,
 )
 
@@ -151,6 +152,11 @@ class Peer:
 
     def cpu(self) -> float:
         return sum(cpu_seconds(p) for p in tree_pids(self.proc.pid)) if self.proc else 0.0
+
+    def faults(self) -> int:
+        """Minor page faults of the target's processes: the kernel's work, which the CPU per
+        request includes and an instruction count does not."""
+        return sum(minor_faults(p) for p in tree_pids(self.proc.pid)) if self.proc else 0
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -304,6 +310,7 @@ def run_targets(
 ) -> dict[str, Any]:
     conns = (1, *args.connections)
     cells = {(t.key, n): Cell() for t in targets for n in conns}
+    faults = {(t.key, n): 0 for t in targets for n in conns}
     wrk = ["taskset", "-c", args.pin_wrk, "wrk"] if args.pin_wrk else ["wrk"]
 
     def run_wrk(url: str, script: Path, n: int, seconds: int) -> WrkResult:
@@ -337,9 +344,11 @@ def run_targets(
             for t in targets if rnd % 2 == 0 else list(reversed(targets)):
                 run_wrk(t.url, scripts[t.key], max(conns), args.warmup)
                 for n in conns:
-                    c0 = t.cpu() if t.proc else 0.0
+                    c0, f0 = (t.cpu(), t.faults()) if t.proc else (0.0, 0)
                     res = run_wrk(t.url, scripts[t.key], n, args.duration)
-                    cells[(t.key, n)].cpu_s += (t.cpu() - c0) if t.proc else 0.0
+                    if t.proc:
+                        cells[(t.key, n)].cpu_s += t.cpu() - c0
+                        faults[(t.key, n)] += t.faults() - f0
                     cells[(t.key, n)].runs.append(res)
                     print(
                         f"round {rnd + 1} {t.label} c={n}: {res.rps:,.0f} req/s "
@@ -365,6 +374,11 @@ def run_targets(
                     "rps": cells[(t.key, n)].rps,
                     "errors": cells[(t.key, n)].errors,
                     "cpu_us": cells[(t.key, n)].cpu_us if t.proc else None,
+                    "faults": (
+                        faults[(t.key, n)] / max(sum(r.requests for r in cells[(t.key, n)].runs), 1)
+                        if t.proc
+                        else None
+                    ),
                     **{f"p{p}": cells[(t.key, n)].pct(p) / 1e3 for p in PERCENTILES},
                 }
                 for n in conns
@@ -382,11 +396,12 @@ def report(r: dict[str, Any]) -> str:
     out = [
         f"nginx answers a fixed chat completion; wrk -t1 ({'pinned to CPU ' + r['pin_wrk'] if r['pin_wrk'] else 'sharing the CPUs'}), "
         f"{r['rounds']} rounds of {r['duration']} s per point, order alternating. Added p50: "
-        "the target's p50 less direct's. CPU/request: the target's processes (all workers).",
+        "the target's p50 less direct's. CPU/request and page faults/request (minor faults): the "
+        "target's processes (all workers).",
         "",
         f"| target | 1 conn p50 | 1 conn added p50 | {hi} conns req/s | vs TensorZero | vs bare "
-        f"passthrough | {hi} conns p99 | CPU/request ({hi} conns) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"passthrough | {hi} conns p99 | CPU/request ({hi} conns) | page faults/request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     direct = res["direct"]
     base = res.get("baseline")
@@ -400,11 +415,12 @@ def report(r: dict[str, Any]) -> str:
             else "-"
         )
         cpu = f"{many['cpu_us']:.0f} µs" if many["cpu_us"] else "-"
+        faults = f"{many['faults']:.2f}" if many.get("faults") is not None else "-"
         errs = sum(cell[str(n)]["errors"] for n in conns)
         label = r["labels"][key] + (f" ({errs} errors)" if errs else "")
         out.append(
             f"| {label} | {one['p50']:.3f} ms | {added} | {many['rps']:,.0f} | {vs_tz} | "
-            f"{vs_base} | {many['p99']:.3f} ms | {cpu} |"
+            f"{vs_base} | {many['p99']:.3f} ms | {cpu} | {faults} |"
         )
     on, off = res.get("on"), res.get("off")
     if on and off:
