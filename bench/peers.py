@@ -32,13 +32,14 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,7 @@ def run_targets(
         return parse_wrk_output(proc.stdout, n)
 
     scrapers: list[Scraper] = []
+    pairs: list[dict[str, float]] = []
     try:
         for t in targets[1:]:
             print(f"starting {t.label}", file=sys.stderr)
@@ -355,6 +357,7 @@ def run_targets(
                         f"p50={res.latency_us['50'] / 1e3:.3f} ms errors={res.errors}",
                         file=sys.stderr,
                     )
+        pairs = on_off_pairs(args, {t.key: t for t in targets}, scripts, run_wrk, max(conns))
     finally:
         for s in scrapers:
             s.stop()
@@ -367,6 +370,8 @@ def run_targets(
         "pin_wrk": args.pin_wrk,
         "duration": args.duration,
         "rounds": args.rounds,
+        "pairs": pairs,
+        "pair_duration": args.pair_duration,
         "machine": machine_info(args.python, "wrk"),
         "targets": {
             t.key: {
@@ -386,6 +391,49 @@ def run_targets(
             for t in targets
         },
     }
+
+
+def on_off_pairs(
+    args: argparse.Namespace,
+    by_key: dict[str, Peer],
+    scripts: dict[str, Path],
+    run_wrk: Callable[[str, Path, int, int], WrkResult],
+    n: int,
+) -> list[dict[str, float]]:
+    """Everything on against everything off in pairs of short runs taken back to back, the
+    order alternating: a pair's ratio sees the same state of the machine, where the rounds
+    above put every other target between the two (on these shared VMs the figures drift by
+    a fifth within minutes)."""
+    off, on = by_key.get("off"), by_key.get("on")
+    if off is None or on is None or not args.pairs:
+        return []
+    out: list[dict[str, float]] = []
+    for i in range(args.pairs):
+        got: dict[str, tuple[float, float]] = {}
+        for t in (off, on) if i % 2 == 0 else (on, off):
+            run_wrk(t.url, scripts[t.key], n, 1)
+            c0 = t.cpu()
+            res = run_wrk(t.url, scripts[t.key], n, args.pair_duration)
+            got[t.key] = (res.rps, (t.cpu() - c0) * 1e6 / max(res.requests, 1))
+        out.append(
+            {
+                "off_rps": got["off"][0],
+                "on_rps": got["on"][0],
+                "off_cpu_us": got["off"][1],
+                "on_cpu_us": got["on"][1],
+            }
+        )
+        print(
+            f"pair {i + 1}: on/off {got['on'][0] / got['off'][0]:.2f} "
+            f"({got['on'][0]:,.0f} / {got['off'][0]:,.0f} req/s)",
+            file=sys.stderr,
+        )
+    return out
+
+
+def pair_ratios(r: dict[str, Any]) -> list[float]:
+    """Each pair's everything-on requests/s over everything-off's."""
+    return [p["on_rps"] / p["off_rps"] for p in r.get("pairs") or []]
 
 
 def report(r: dict[str, Any]) -> str:
@@ -430,6 +478,16 @@ def report(r: dict[str, Any]) -> str:
             f"the requests/s at {hi} connections, {on[hi]['cpu_us'] / off[hi]['cpu_us']:.2f}x the CPU "
             "per request.",
         ]
+    ratios = pair_ratios(r)
+    if ratios:
+        cpu_ratios = [p["on_cpu_us"] / p["off_cpu_us"] for p in r["pairs"]]
+        out += [
+            "",
+            f"The same in {len(ratios)} pairs of {r['pair_duration']} s runs taken back to back "
+            f"(order alternating, {hi} connections): median {statistics.median(ratios):.2f}x the "
+            f"requests/s (pairs: {', '.join(f'{x:.2f}' for x in ratios)}), median "
+            f"{statistics.median(cpu_ratios):.2f}x the CPU per request.",
+        ]
     out += [f"- skipped: {s}" for s in r["skipped"]]
     return "\n".join(out)
 
@@ -455,6 +513,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["baseline", "off", "on-w2", "tensorzero", "litellm"],
         help="leave these targets out (a quicker run)",
     )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=6,
+        help="pairs of back-to-back runs of everything off and on (0: none)",
+    )
+    p.add_argument("--pair-duration", type=int, default=3, help="seconds per run of a pair")
     p.add_argument("--json", type=Path)
     return run_and_report(measure, report, p.parse_args(argv))
 

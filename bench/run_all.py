@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -347,14 +348,28 @@ def peer_targets(res: dict[str, dict[str, Any]]) -> list[Row]:
                 )
             )
         share = t["on"][hi]["rps"] / t["off"][hi]["rps"]
-        out.append(
-            (
-                f"{hi} connections, 1 process: everything on over everything off, requests/s",
-                f"{share:.2f}",
-                ">= 0.90",
-                share >= 0.9,
+        ratios = [x["on_rps"] / x["off_rps"] for x in p.get("pairs") or []]
+        if ratios:  # the pairs taken back to back are the figure; the rounds' ratio beside it
+            paired = statistics.median(ratios)
+            out.append(
+                (
+                    f"{hi} connections, 1 process: everything on over everything off, "
+                    f"requests/s, median of {len(ratios)} back-to-back pairs (the rounds' ratio "
+                    "in brackets)",
+                    f"{paired:.2f} ({share:.2f})",
+                    ">= 0.90",
+                    paired >= 0.9,
+                )
             )
-        )
+        else:
+            out.append(
+                (
+                    f"{hi} connections, 1 process: everything on over everything off, requests/s",
+                    f"{share:.2f}",
+                    ">= 0.90",
+                    share >= 0.9,
+                )
+            )
     f = res.get("features", {}).get("data")
     if f and f.get("on_over_off"):
         out.append(
